@@ -1,0 +1,67 @@
+"""Pictures of a schedule: its LR response to a loss curve."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+if TYPE_CHECKING:
+    from .schedule import MLRSNetSchedule
+
+
+def typical_loss_curve(num_steps: int = 600, num_classes: int = 10, final_loss: float = 0.01) -> list[float]:
+    """A smooth, typical training-loss curve: ``ln C`` (chance level) decaying exponentially to ``final_loss``."""
+    start = math.log(num_classes)
+    return [final_loss + (start - final_loss) * math.exp(-6.0 * t / num_steps) for t in range(num_steps)]
+
+
+def default_preview_settings(schedule: MLRSNetSchedule) -> tuple[int, float]:
+    """``(num_classes, base_lr)`` for a preview: the meta-training task's classes (else 10) and base LR 1."""
+    return int(schedule.meta_training.get("num_classes") or 10), 1.0
+
+
+def plot_lr_response(
+    schedule: MLRSNetSchedule,
+    path: str | Path,
+    losses: Sequence[float] | None = None,
+    num_classes: int | None = None,
+    base_lr: float | None = None,
+    title: str | None = None,
+) -> list[float]:
+    """Plot the loss fed in (top) and the LR the schedule sets (bottom) to ``path``; return the LRs.
+
+    Uses :meth:`MLRSNetSchedule.simulate`, so stage switches and gamma are those of a real run of
+    ``len(losses)`` steps. ``losses`` defaults to :func:`typical_loss_curve`.
+    """
+    default_classes, default_base_lr = default_preview_settings(schedule)
+    num_classes = num_classes or default_classes
+    base_lr = base_lr or default_base_lr
+    losses = list(losses) if losses is not None else typical_loss_curve(num_classes=num_classes)
+    lrs = schedule.simulate(losses, num_classes=num_classes, base_lr=base_lr)
+
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, constrained_layout=True)
+    steps = range(len(losses))
+    ax_loss.plot(steps, losses, color="tab:gray")
+    ax_loss.set_ylabel("training loss (input)")
+    ax_lr.plot(steps, lrs, color="tab:blue")
+    ax_lr.set_ylabel("learning rate" if schedule.gamma != "relative" else "LR / learning_rate")
+    ax_lr.set_xlabel("optimizer step")
+    if min(lrs) > 0:
+        ax_lr.set_yscale("log")  # learned LRs span decades
+    for first in schedule.stage_boundaries(len(losses))[1:]:
+        for ax in (ax_loss, ax_lr):
+            ax.axvline(first, color="k", linestyle="--", linewidth=0.8)
+    gamma = schedule.gamma if isinstance(schedule.gamma, str) else f"{schedule.gamma:g}"
+    ax_loss.set_title(
+        title or f"MLR-SNet LR response ({schedule.num_stages} stage(s), gamma={gamma}, C={num_classes})"
+    )
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return lrs

@@ -1,0 +1,418 @@
+"""The LR math: an MLR-SNet schedule, its stages and its gamma rules.
+
+``lr_t = gamma * p_t`` where ``p_t`` in (0, 1) is what the current stage's :class:`~mlrsnet_hf.MLRSNet`
+predicts from the training loss of step ``t``. A schedule has one or more stages (the released
+recipe uses three networks for the three thirds of a run) and one of three gamma rules:
+
+* a float: ``gamma`` fixed for the whole run (the paper's meta-training and its stated transfer
+  setting: 1 for images, 40 for text);
+* ``"auto"``: the released transfer rule, recomputed at the start of each stage from the average
+  training loss ``L`` at that moment and the number of classes ``C`` (the vocabulary size for
+  language models): ``gamma = |sqrt(L) * ln(L * C) / C ** 0.25 / 4|``;
+* ``"relative"``: for adaptive optimizers (AdamW, the transformers default) whose good learning rates
+  are orders of magnitude below SGD's. The user's ``learning_rate`` (``base_lr``) sets the scale and
+  the network the shape: ``gamma = base_lr / p_1``, where ``p_1`` is the network's first prediction
+  of the run, and ``lr_t = min(gamma * p_t, relative_max_scale * base_lr)``. So the first step uses
+  exactly ``base_lr``; later steps follow the network's relative changes; and
+  ``0 < lr_t <= relative_max_scale * base_lr`` always holds (with the default ``relative_max_scale=1``
+  the LR never exceeds the ``learning_rate`` the user set). ``gamma`` is not recomputed at stage
+  switches in this mode, so the drop between the stages' networks is kept.
+
+Runtime use (what the Trainer glue does every optimizer step)::
+
+    schedule.start(num_classes=10)                      # zero state, before the first step
+    stage = schedule.stage_at(step, total_steps)
+    if stage != schedule.stage:
+        schedule.enter_stage(stage, average_loss=L)     # L only needed for gamma="auto"
+    lr = schedule.step(loss)                            # the LR for this optimizer step
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
+from torch import nn
+
+from . import __version__
+from .network import MLRSNet, MLRSNetState
+
+logger = logging.getLogger(__name__)
+
+INPUT_NORMALIZATIONS = ("none", "log_num_classes")
+GAMMA_RULES = ("auto", "relative")
+MODEL_TYPE = "mlrsnet_schedule"
+
+
+def auto_gamma(average_loss: float, num_classes: int) -> float:
+    """The released transfer rule ``|sqrt(L) * ln(L * C) / C ** 0.25 / 4|``."""
+    if not (math.isfinite(average_loss) and average_loss > 0):
+        raise ValueError(f'gamma="auto" needs a finite, positive average training loss, got {average_loss}.')
+    if num_classes < 2:
+        raise ValueError(f'gamma="auto" needs num_classes >= 2, got {num_classes}.')
+    return abs(math.sqrt(average_loss) * math.log(average_loss * num_classes) / num_classes**0.25 / 4)
+
+
+def default_stage_starts(num_stages: int) -> list[float]:
+    """Equal parts of the run: ``[0, 1/n, 2/n, ...]`` (the released recipe: thirds)."""
+    return [k / num_stages for k in range(num_stages)]
+
+
+class MLRSNetSchedule(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="mlrsnet_hf",
+    tags=["mlrsnet", "learning-rate-schedule", "meta-learning"],
+    paper_url="https://arxiv.org/abs/2007.14546",
+):
+    """A learned LR schedule: one :class:`MLRSNet` per stage plus the rule that scales its output.
+
+    Args:
+        hidden_size: LSTM width of every stage's network.
+        num_layers: stacked cells per network.
+        gate_layout: ``"ifgo"`` or ``"ifog_shifted"`` (see :data:`mlrsnet_hf.network.GATE_LAYOUTS`).
+        num_stages: number of networks used one after another.
+        stage_starts: fraction of the run at which each stage starts; ``[0.0, ...]``, increasing.
+            Defaults to equal parts.
+        gamma: a float, ``"auto"`` or ``"relative"`` (see the module docstring).
+        input_normalization: ``"none"`` (the raw loss is the input) or ``"log_num_classes"`` (the loss
+            divided by ``ln C``, the released setting for language models).
+        relative_max_scale: with ``gamma="relative"``, the bound on ``lr / base_lr``.
+        meta_training: what the schedule was meta-trained on (``dataset``, ``model``, ``epochs``,
+            ``optimizer``, ``num_classes``, ``results``...); recorded in ``config.json`` and the card.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 50,
+        num_layers: int = 1,
+        gate_layout: str = "ifgo",
+        num_stages: int = 1,
+        stage_starts: list[float] | None = None,
+        gamma: float | str = "auto",
+        input_normalization: str = "none",
+        relative_max_scale: float = 1.0,
+        meta_training: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_stages < 1:
+            raise ValueError(f"num_stages must be >= 1, got {num_stages}.")
+        stage_starts = default_stage_starts(num_stages) if stage_starts is None else [float(s) for s in stage_starts]
+        if len(stage_starts) != num_stages:
+            raise ValueError(f"stage_starts has {len(stage_starts)} entries but num_stages={num_stages}.")
+        if stage_starts[0] != 0.0 or any(b <= a for a, b in zip(stage_starts, stage_starts[1:])):
+            raise ValueError(f"stage_starts must start at 0.0 and increase strictly, got {stage_starts}.")
+        if stage_starts[-1] >= 1.0:
+            raise ValueError(f"stage_starts must be fractions of the run below 1.0, got {stage_starts}.")
+        if isinstance(gamma, str):
+            if gamma not in GAMMA_RULES:
+                raise ValueError(f"gamma must be a positive float, 'auto' or 'relative', got {gamma!r}.")
+        elif (
+            isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (math.isfinite(gamma) and gamma > 0)
+        ):
+            raise ValueError(f"gamma must be a positive float, 'auto' or 'relative', got {gamma!r}.")
+        if input_normalization not in INPUT_NORMALIZATIONS:
+            raise ValueError(
+                f"input_normalization must be one of {', '.join(INPUT_NORMALIZATIONS)}, got {input_normalization!r}."
+            )
+        if not relative_max_scale > 0:
+            raise ValueError(f"relative_max_scale must be > 0, got {relative_max_scale}.")
+
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.gate_layout = gate_layout
+        self.num_stages = num_stages
+        self.stage_starts = stage_starts
+        self.gamma = gamma if isinstance(gamma, str) else float(gamma)
+        self.input_normalization = input_normalization
+        self.relative_max_scale = float(relative_max_scale)
+        self.meta_training = dict(meta_training or {})
+        self.stages = nn.ModuleList(MLRSNet(hidden_size, num_layers, gate_layout) for _ in range(num_stages))
+        self.start()
+
+    # ------------------------------------------------------------------ config
+    @property
+    def config(self) -> dict[str, Any]:
+        """The architecture and recipe, as written to ``config.json``."""
+        return {
+            "model_type": MODEL_TYPE,
+            "library_name": "mlrsnet_hf",
+            "library_version": __version__,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "gate_layout": self.gate_layout,
+            "num_stages": self.num_stages,
+            "stage_starts": list(self.stage_starts),
+            "gamma": self.gamma,
+            "input_normalization": self.input_normalization,
+            "relative_max_scale": self.relative_max_scale,
+            "meta_training": copy.deepcopy(self.meta_training),
+        }
+
+    def extra_repr(self) -> str:
+        return f"num_stages={self.num_stages}, stage_starts={self.stage_starts}, gamma={self.gamma!r}"
+
+    # ----------------------------------------------------------------- runtime
+    def start(self, num_classes: int | None = None, base_lr: float | None = None) -> None:
+        """Reset the runtime state for a new run: zero LSTM state, no stage entered, no gamma yet.
+
+        Args:
+            num_classes: ``C``, needed by ``gamma="auto"`` and ``input_normalization="log_num_classes"``.
+            base_lr: the user's learning rate, needed by ``gamma="relative"``.
+        """
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+        if base_lr is not None and not (math.isfinite(base_lr) and base_lr > 0):
+            raise ValueError(f"base_lr must be a positive number, got {base_lr}.")
+        self.num_classes = num_classes
+        self.base_lr = base_lr
+        self.stage = -1
+        self.state = self.stages[0].initial_state()
+        self.gammas: list[float | None] = [None] * self.num_stages
+        self.last_lr: float | None = None
+        self.num_steps = 0
+        self.num_skipped = 0
+
+    @property
+    def current_gamma(self) -> float | None:
+        """The gamma of the current stage (None until known)."""
+        return None if self.stage < 0 else self.gammas[self.stage]
+
+    @property
+    def needs_average_loss(self) -> bool:
+        """True when :meth:`enter_stage` needs the average training loss (``gamma="auto"``)."""
+        return self.gamma == "auto"
+
+    def stage_boundaries(self, total_steps: int) -> list[int]:
+        """The first optimizer step (0-based) of each stage in a run of ``total_steps`` steps."""
+        # The epsilon keeps e.g. 300 * (1/3) at 100 despite floating point.
+        return [math.floor(s * total_steps + 1e-9) for s in self.stage_starts]
+
+    def stage_at(self, step: int, total_steps: int) -> int:
+        """The stage that optimizer step ``step`` (0-based) of a ``total_steps`` run belongs to."""
+        return max(k for k, first in enumerate(self.stage_boundaries(total_steps)) if step >= first)
+
+    def enter_stage(self, stage: int, average_loss: float | None = None) -> None:
+        """Switch to ``stage`` (the LSTM state carries over) and fix its gamma.
+
+        ``average_loss`` is the average training loss at this moment, required with ``gamma="auto"``.
+        """
+        if not 0 <= stage < self.num_stages:
+            raise ValueError(f"stage must be in [0, {self.num_stages}), got {stage}.")
+        if self.gamma == "auto":
+            if average_loss is None:
+                raise ValueError('gamma="auto" needs the average training loss at the start of each stage.')
+            if self.num_classes is None:
+                raise ValueError('gamma="auto" needs num_classes: call start(num_classes=...) first.')
+            self.gammas[stage] = auto_gamma(float(average_loss), self.num_classes)
+            if self.gammas[stage] == 0.0:
+                logger.warning("gamma='auto' gave 0 for stage %d (L * C == 1): the LR is 0 in this stage.", stage)
+        elif self.gamma == "relative":
+            if self.base_lr is None:
+                raise ValueError('gamma="relative" needs the base learning rate: call start(base_lr=...) first.')
+            # Fixed by the first prediction of the run, then kept across stages.
+            self.gammas[stage] = next((g for g in self.gammas if g is not None), None)
+        else:
+            self.gammas[stage] = self.gamma
+        self.stage = stage
+
+    def normalize_loss(self, loss: torch.Tensor | float) -> torch.Tensor | float:
+        """The network's input: the loss, divided by ``ln C`` with ``input_normalization="log_num_classes"``."""
+        if self.input_normalization == "log_num_classes":
+            if self.num_classes is None:
+                raise ValueError(
+                    'input_normalization="log_num_classes" needs num_classes: call start(num_classes=...).'
+                )
+            return loss / math.log(self.num_classes)
+        return loss
+
+    def predict(
+        self, loss: torch.Tensor | float, state: MLRSNetState | None = None, stage: int | None = None
+    ) -> tuple[torch.Tensor, MLRSNetState]:
+        """``p`` for ``loss`` from ``state`` (default: the current one) with the stage's network, differentiably."""
+        stage = self.stage if stage is None else stage
+        if stage < 0:
+            raise RuntimeError("No stage entered yet: call enter_stage(0, ...) before the first step.")
+        return self.stages[stage](self.normalize_loss(loss), self.state if state is None else state)
+
+    def scale(self, p: torch.Tensor) -> torch.Tensor:
+        """``lr = gamma * p`` for the current stage (bounded in relative mode); differentiable in ``p``."""
+        gamma = self.current_gamma
+        if gamma is None:
+            raise RuntimeError("gamma is not known yet: enter a stage (and take a first step in relative mode).")
+        lr = gamma * p
+        if self.gamma == "relative":
+            lr = torch.clamp(lr, max=self.relative_max_scale * self.base_lr)
+        return lr
+
+    def step(self, loss: torch.Tensor | float) -> float:
+        """Read the training loss of this optimizer step, advance the LSTM state and return the LR to use.
+
+        A non-finite loss is skipped: the state is left as it was and the last LR is returned, with a
+        warning. A non-finite loss at the very first step (no LR yet) is an error.
+        """
+        loss_value = float(loss)
+        if not math.isfinite(loss_value):
+            self.num_skipped += 1
+            if self.last_lr is None:
+                raise ValueError(f"The training loss of the first step is {loss_value}: no learning rate can be set.")
+            logger.warning(
+                "Non-finite training loss (%s): keeping the LSTM state and the last LR %g.", loss_value, self.last_lr
+            )
+            return self.last_lr
+        with torch.no_grad():
+            p, state = self.predict(loss_value)
+            if self.gamma == "relative" and self.current_gamma is None:
+                self.gammas[self.stage] = self.base_lr / p.item()
+            lr = self.scale(p).item()
+        self.state = state.detach()
+        self.last_lr = lr
+        self.num_steps += 1
+        return lr
+
+    # ------------------------------------------------------------- previewing
+    @torch.no_grad()
+    def unroll(
+        self, losses: Sequence[float] | torch.Tensor, stage: int = 0, num_classes: int | None = None
+    ) -> torch.Tensor:
+        """``p_t`` (before gamma) of one stage's network for a sequence of losses, from a zero state.
+
+        The state is carried from one loss to the next, as in training. ``num_classes`` is needed only
+        with ``input_normalization="log_num_classes"``. Does not touch the runtime state.
+        """
+        if not 0 <= stage < self.num_stages:
+            raise ValueError(f"stage must be in [0, {self.num_stages}), got {stage}.")
+        net = self.stages[stage]
+        saved = self.num_classes
+        self.num_classes = num_classes if num_classes is not None else saved
+        try:
+            state = net.initial_state()
+            out = []
+            for loss in torch.as_tensor(losses, dtype=torch.float64).tolist():
+                p, state = net(self.normalize_loss(loss), state)
+                out.append(p)
+        finally:
+            self.num_classes = saved
+        return torch.stack(out) if out else torch.empty(0)
+
+    def simulate(
+        self, losses: Sequence[float], num_classes: int | None = None, base_lr: float | None = None
+    ) -> list[float]:
+        """The LR a run of ``len(losses)`` steps would get for this loss curve, stages and gamma included.
+
+        With ``gamma="auto"`` the loss at each stage's first step stands in for the average training
+        loss. Runs on a copy: the runtime state of this schedule is not touched.
+        """
+        sim = copy.deepcopy(self)
+        sim.start(num_classes=num_classes, base_lr=base_lr)
+        lrs = []
+        for step, loss in enumerate(losses):
+            stage = sim.stage_at(step, len(losses))
+            if stage != sim.stage:
+                sim.enter_stage(stage, average_loss=loss if sim.needs_average_loss else None)
+            lrs.append(sim.step(loss))
+        return lrs
+
+    # ------------------------------------------------------- state for resume
+    def get_extra_state(self) -> dict[str, Any]:
+        """Runtime state, part of ``state_dict()`` (tensors and plain data only: loads with ``weights_only``)."""
+        return {
+            "stage": self.stage,
+            "h": self.state.h.clone(),
+            "c": self.state.c.clone(),
+            "gammas": list(self.gammas),
+            "num_classes": self.num_classes,
+            "base_lr": self.base_lr,
+            "last_lr": self.last_lr,
+            "num_steps": self.num_steps,
+            "num_skipped": self.num_skipped,
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if len(state["gammas"]) != self.num_stages:
+            raise ValueError(
+                f"Runtime state is for {len(state['gammas'])} stages, this schedule has {self.num_stages}."
+            )
+        self.stage = int(state["stage"])
+        self.state = MLRSNetState(state["h"].clone(), state["c"].clone())
+        self.gammas = list(state["gammas"])
+        self.num_classes = state["num_classes"]
+        self.base_lr = state["base_lr"]
+        self.last_lr = state["last_lr"]
+        self.num_steps = int(state["num_steps"])
+        self.num_skipped = int(state["num_skipped"])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The learned parameters only (what ``model.safetensors`` holds)."""
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.endswith("_extra_state")}
+
+    # ----------------------------------------------------------------- Hub I/O
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        config: dict | None = None,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **push_to_hub_kwargs,
+    ) -> str | None:
+        """Write the schedule repo: ``config.json``, ``model.safetensors``, ``README.md`` and ``lr_response.png``.
+
+        Files are written to a temporary directory next to ``save_directory`` and moved into place, so an
+        interrupted save never leaves a half-written file. A ``README.md`` not generated by this library
+        is kept as it is.
+        """
+        from .hub import save_schedule
+
+        if config is not None:
+            raise ValueError("MLRSNetSchedule derives config.json from the schedule itself; do not pass config=.")
+        save_schedule(self, Path(save_directory), **(model_card_kwargs or {}))
+        if push_to_hub:
+            return self.push_to_hub(
+                repo_id or Path(save_directory).name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs
+            )
+        return None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        **overrides: Any,
+    ) -> MLRSNetSchedule:
+        """Load a schedule repo from a local directory or the Hub (``"org/name"``), strictly.
+
+        ``overrides`` replace recipe fields of ``config.json`` (e.g. ``gamma=0.1``). Works offline
+        (``HF_HUB_OFFLINE=1``) from the local HF cache. Missing, corrupted or mismatched files raise
+        :class:`~mlrsnet_hf.hub.ScheduleFileError` naming the file.
+        """
+        from .hub import load_schedule
+
+        return load_schedule(
+            cls,
+            str(pretrained_model_name_or_path),
+            overrides=overrides,
+            force_download=force_download,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            revision=revision,
+        )
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The repo's ``README.md``, rendered from ``hub_cards/mlrsnet_schedule.md``."""
+        from .hub import render_model_card
+
+        return render_model_card(self, **kwargs)

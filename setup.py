@@ -1,0 +1,39 @@
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+here = Path(__file__).parent
+version = re.search(r'__version__ = "([^"]+)"', (here / "mlrsnet_hf" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="mlrsnet_hf",
+    version=version,
+    description="Learned, transferable learning-rate schedules (MLR-SNet) for the Hugging Face ecosystem",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    # hub_cards/ (the model card templates) lives at the top level and ships inside the package.
+    packages=["mlrsnet_hf", "mlrsnet_hf.hub_cards"],
+    package_dir={"mlrsnet_hf.hub_cards": "hub_cards"},
+    package_data={"mlrsnet_hf.hub_cards": ["*.md"]},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0",
+        "datasets>=3.0",
+        "accelerate>=1.0",
+        "huggingface-hub>=0.34",
+        "evaluate>=0.4",
+        "safetensors>=0.4.3",
+        "matplotlib>=3.7",
+        "jinja2>=3.0",
+        "numpy",
+    ],
+    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "scikit-learn>=1.3"]},
+    entry_points={"console_scripts": ["mlrsnet=mlrsnet_hf.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
