@@ -241,5 +241,5 @@ def _stage_rows(schedule: MLRSNetSchedule) -> list[dict[str, str]]:
     ends = [*schedule.stage_starts[1:], 1.0]
     return [
         {"index": str(k), "start": f"{start:.3g}", "end": f"{end:.3g}"}
-        for k, (start, end) in enumerate(zip(schedule.stage_starts, ends))
+        for k, (start, end) in enumerate(zip(schedule.stage_starts, ends, strict=True))
     ]

@@ -85,7 +85,7 @@ def convert_official(paths: Sequence[str | Path], out_dir: str | Path | None = N
     schedule = MLRSNetSchedule(
         hidden_size=hidden_size, gate_layout="ifgo", num_stages=len(states), gamma="auto", meta_training=meta
     )
-    for k, (net, state) in enumerate(zip(schedule.stages, states)):
+    for k, (net, state) in enumerate(zip(schedule.stages, states, strict=True)):
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as e:

@@ -30,6 +30,7 @@ Runtime use (what the Trainer glue does every optimizer step)::
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -106,7 +107,7 @@ class MLRSNetSchedule(
         stage_starts = default_stage_starts(num_stages) if stage_starts is None else [float(s) for s in stage_starts]
         if len(stage_starts) != num_stages:
             raise ValueError(f"stage_starts has {len(stage_starts)} entries but num_stages={num_stages}.")
-        if stage_starts[0] != 0.0 or any(b <= a for a, b in zip(stage_starts, stage_starts[1:])):
+        if stage_starts[0] != 0.0 or any(b <= a for a, b in itertools.pairwise(stage_starts)):
             raise ValueError(f"stage_starts must start at 0.0 and increase strictly, got {stage_starts}.")
         if stage_starts[-1] >= 1.0:
             raise ValueError(f"stage_starts must be fractions of the run below 1.0, got {stage_starts}.")
