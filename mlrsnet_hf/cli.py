@@ -1,0 +1,109 @@
+"""The ``mlrsnet`` command line.
+
+mlrsnet convert-official mlr_snet_1.pth mlr_snet_100.pth mlr_snet_200.pth --out DIR
+mlrsnet info SCHEDULE                       # a local directory or a Hub repo id
+mlrsnet plot SCHEDULE --out lr.png [--losses FILE] [--num-classes C] [--base-lr LR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .hub import ScheduleFileError
+from .official import convert_official
+from .plotting import plot_lr_response
+from .schedule import MLRSNetSchedule
+
+
+def read_losses(path: str | Path) -> list[float]:
+    """A loss curve from a JSON list or a text file with one number per line."""
+    text = Path(path).read_text(encoding="utf-8").strip()
+    try:
+        values = json.loads(text) if text.startswith("[") else [float(line) for line in text.split() if line]
+    except ValueError as e:
+        raise ValueError(f"{path}: expected a JSON list of numbers or one number per line ({e}).") from e
+    if not values:
+        raise ValueError(f"{path} holds no losses.")
+    return [float(v) for v in values]
+
+
+def describe(schedule: MLRSNetSchedule, name: str) -> str:
+    """A human-readable summary of a schedule: stages, gamma rule and provenance."""
+    lines = [
+        f"schedule: {name}",
+        f"  stages: {schedule.num_stages} (start at fractions {[round(s, 4) for s in schedule.stage_starts]})",
+        f"  gamma rule: {schedule.gamma}"
+        + (f" (relative_max_scale={schedule.relative_max_scale})" if schedule.gamma == "relative" else ""),
+        f"  input normalisation: {schedule.input_normalization}",
+        f"  network: hidden_size={schedule.hidden_size}, num_layers={schedule.num_layers}, "
+        f"gate_layout={schedule.gate_layout}",
+        f"  parameters: {sum(p.numel() for p in schedule.parameters())}",
+    ]
+    if schedule.meta_training:
+        lines.append("  meta-trained on:")
+        lines += [f"    {key}: {value}" for key, value in schedule.meta_training.items()]
+    else:
+        lines.append("  meta-trained on: not recorded")
+    return "\n".join(lines)
+
+
+def _convert(args: argparse.Namespace) -> None:
+    schedule = convert_official(args.checkpoints, args.out)
+    print(describe(schedule, str(args.out)))
+
+
+def _info(args: argparse.Namespace) -> None:
+    print(describe(MLRSNetSchedule.from_pretrained(args.schedule), args.schedule))
+
+
+def _plot(args: argparse.Namespace) -> None:
+    schedule = MLRSNetSchedule.from_pretrained(args.schedule)
+    losses = read_losses(args.losses) if args.losses else None
+    lrs = plot_lr_response(schedule, args.out, losses=losses, num_classes=args.num_classes, base_lr=args.base_lr)
+    print(
+        f"wrote {args.out}: {len(lrs)} steps, LR from {lrs[0]:.4g} to {lrs[-1]:.4g} (min {min(lrs):.4g}, max {max(lrs):.4g})"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlrsnet", description="Learned LR schedules (MLR-SNet) as Hub repos.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert-official", help="turn the released MLR-SNet checkpoints into a schedule repo")
+    p.add_argument("checkpoints", nargs="+", help="mlr_snet_1.pth [mlr_snet_100.pth mlr_snet_200.pth], in stage order")
+    p.add_argument("--out", required=True, type=Path, help="directory to write the schedule repo to")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("info", help="stages, gamma rule and what a schedule was meta-trained on")
+    p.add_argument("schedule", help="a schedule directory or Hub repo id")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("plot", help="plot a schedule's LR response to a loss curve")
+    p.add_argument("schedule", help="a schedule directory or Hub repo id")
+    p.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    p.add_argument("--losses", help="loss curve: JSON list or one number per line (default: a typical curve)")
+    p.add_argument("--num-classes", type=int, help="C for gamma='auto' (default: the meta-training task's, else 10)")
+    p.add_argument("--base-lr", type=float, help="learning_rate for gamma='relative' (default 1)")
+    p.set_defaults(func=_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        args.func(args)
+    except (ScheduleFileError, ValueError) as e:
+        print(f"mlrsnet: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from PIL import Image
+from safetensors.torch import load_file
+
+from mlrsnet_hf import MLRSNetSchedule, ScheduleFileError
+
+FILES = {"config.json", "model.safetensors", "README.md", "lr_response.png"}
+
+
+@pytest.fixture
+def schedule() -> MLRSNetSchedule:
+    torch.manual_seed(0)
+    return MLRSNetSchedule(
+        hidden_size=20,
+        num_stages=3,
+        gamma="auto",
+        meta_training={
+            "name": "mlrsnet-digits-cnn",
+            "dataset": "sklearn/digits",
+            "model": "SmallCNN",
+            "epochs": 30,
+            "optimizer": "SGD",
+            "num_classes": 10,
+            "results": {"accuracy": 0.97},
+        },
+    )
+
+
+@pytest.fixture
+def repo(schedule, tmp_path) -> Path:
+    out = tmp_path / "repo"
+    schedule.save_pretrained(out)
+    return out
+
+
+def test_files_and_exact_round_trip(schedule, repo):
+    assert {p.name for p in repo.iterdir()} == FILES
+    loaded = MLRSNetSchedule.from_pretrained(repo)
+    assert loaded.config == schedule.config
+    for key, value in schedule.weights().items():
+        assert torch.equal(loaded.weights()[key], value), key  # bit-exact
+    assert set(load_file(repo / "model.safetensors")) == set(schedule.weights())
+    config = json.loads((repo / "config.json").read_text())
+    assert config["model_type"] == "mlrsnet_schedule"
+    assert config["library_version"] == __import__("mlrsnet_hf").__version__
+    assert config["gate_layout"] == "ifgo" and config["stage_starts"] == pytest.approx([0, 1 / 3, 2 / 3])
+    assert config["meta_training"]["dataset"] == "sklearn/digits"
+    losses = [2.3, 1.9, 1.2, 0.8, 0.4]
+    assert torch.equal(loaded.unroll(losses, stage=2), schedule.unroll(losses, stage=2))
+
+
+def test_model_card_metadata_and_picture(repo):
+    card = ModelCard.load(repo / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "mlrsnet_hf"
+    assert {"mlrsnet", "learning-rate-schedule"} <= set(data["tags"])
+    assert data["datasets"] == ["sklearn/digits"]
+    result = data["model-index"][0]["results"][0]
+    assert result["dataset"]["type"] == "sklearn/digits"
+    assert result["metrics"][0] == {"type": "accuracy", "value": 0.97}
+    assert "![" in card.text and "(lr_response.png)" in card.text
+    assert "| stages | 3 |" in card.text and "SmallCNN" in card.text
+    with Image.open(repo / "lr_response.png") as img:
+        assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 200
+
+
+def test_card_without_results_has_no_model_index(tmp_path):
+    MLRSNetSchedule().save_pretrained(tmp_path / "fresh")
+    data = ModelCard.load(tmp_path / "fresh" / "README.md").data.to_dict()
+    assert data["library_name"] == "mlrsnet_hf" and "model-index" not in data
+
+
+def test_overrides_and_unknown_options(repo):
+    assert MLRSNetSchedule.from_pretrained(repo, gamma=0.1).gamma == 0.1
+    with pytest.raises(TypeError, match="Unknown schedule options \\['gama'\\]"):
+        MLRSNetSchedule.from_pretrained(repo, gama=0.1)
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_missing_file_is_named(repo, name):
+    (repo / name).unlink()
+    with pytest.raises(ScheduleFileError, match=f"{name} is missing"):
+        MLRSNetSchedule.from_pretrained(repo)
+
+
+def test_truncated_and_corrupted_weights(repo):
+    weights = repo / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ScheduleFileError, match="model.safetensors is truncated or corrupted"):
+        MLRSNetSchedule.from_pretrained(repo)
+    weights.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ScheduleFileError, match="model.safetensors is truncated or corrupted"):
+        MLRSNetSchedule.from_pretrained(repo)
+
+
+def test_config_weights_mismatch(repo):
+    config_path = repo / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "hidden_size": 30}))
+    with pytest.raises(ScheduleFileError, match=r"does not match .*config.json.*shape mismatch"):
+        MLRSNetSchedule.from_pretrained(repo)
+    config_path.write_text(json.dumps({**config, "num_stages": 2, "stage_starts": [0.0, 0.5]}))
+    with pytest.raises(ScheduleFileError, match=r"unexpected \['stages.2"):
+        MLRSNetSchedule.from_pretrained(repo)
+    config_path.write_text(json.dumps({**config, "num_stages": 4, "stage_starts": None}))
+    with pytest.raises(ScheduleFileError, match=r"missing \['stages.3"):
+        MLRSNetSchedule.from_pretrained(repo)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"gate_layout": "xyzw"}, "config.json does not describe a valid schedule: Unknown gate_layout 'xyzw'"),
+        ({"warmup": 3}, r"config.json has unknown fields \['warmup'\]"),
+        ({"model_type": "bert"}, "model_type 'bert'"),
+    ],
+)
+def test_bad_config_fields(repo, edit, message):
+    config_path = repo / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **edit}))
+    with pytest.raises(ScheduleFileError, match=message):
+        MLRSNetSchedule.from_pretrained(repo)
+
+
+def test_invalid_json(repo):
+    (repo / "config.json").write_text("{not json")
+    with pytest.raises(ScheduleFileError, match="config.json is not valid JSON"):
+        MLRSNetSchedule.from_pretrained(repo)
+
+
+def test_not_a_directory_nor_repo_id(tmp_path):
+    with pytest.raises(ScheduleFileError, match="neither an existing local directory nor a valid Hub repo id"):
+        MLRSNetSchedule.from_pretrained(str(tmp_path / "no" / "such" / "dir"))
+
+
+def test_save_is_atomic_and_keeps_other_files(schedule, tmp_path, monkeypatch):
+    out = tmp_path / "repo"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "README.md").write_text("# My own card\n\nhand-written")
+    schedule.save_pretrained(out)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "README.md").read_text() == "# My own card\n\nhand-written"  # a foreign card is kept
+    assert {p.name for p in out.iterdir()} >= FILES
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    # A failure during saving leaves the existing repo untouched and no temporary directory behind.
+    import mlrsnet_hf.plotting
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(mlrsnet_hf.plotting, "plot_lr_response", boom)
+    with torch.no_grad():
+        schedule.stages[0].head.bias.add_(1.0)
+    with pytest.raises(RuntimeError, match="disk full"):
+        schedule.save_pretrained(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+
+
+def test_our_card_is_regenerated(schedule, repo):
+    schedule.meta_training["results"] = {"accuracy": 0.99}
+    schedule.save_pretrained(repo)
+    assert "0.99" in (repo / "README.md").read_text()
+
+
+def test_save_refuses_a_file_path(schedule, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(NotADirectoryError):
+        schedule.save_pretrained(target)
+    assert target.read_text() == "x"
+
+
+def test_push_to_hub_uploads_the_repo(schedule, monkeypatch):
+    uploaded = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        from huggingface_hub.hf_api import RepoUrl
+
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploaded["repo_id"] = repo_id
+        uploaded["files"] = {p.name for p in Path(folder_path).iterdir()}
+        uploaded["card"] = (Path(folder_path) / "README.md").read_text()
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    schedule.push_to_hub("org/mlrsnet-digits")
+    assert uploaded["repo_id"] == "org/mlrsnet-digits"
+    assert uploaded["files"] == FILES
+    assert "library_name: mlrsnet_hf" in uploaded["card"]
+
+
+OFFLINE_SCRIPT = """
+import sys
+from mlrsnet_hf import MLRSNetSchedule, ScheduleFileError
+s = MLRSNetSchedule.from_pretrained("org/mlrsnet-digits")
+print("loaded", s.num_stages, s.meta_training["dataset"])
+try:
+    MLRSNetSchedule.from_pretrained("org/not-cached")
+except ScheduleFileError as e:
+    print("error:", e)
+"""
+
+
+def test_offline_loading_from_the_hf_cache(repo, tmp_path):
+    # The HF cache layout that `hf download org/mlrsnet-digits` leaves behind.
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cached = tmp_path / "hub" / "models--org--mlrsnet-digits"
+    (cached / "refs").mkdir(parents=True)
+    (cached / "refs" / "main").write_text(commit)
+    snapshot = cached / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for path in repo.iterdir():
+        (snapshot / path.name).write_bytes(path.read_bytes())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "loaded 3 sklearn/digits" in out.stdout
+    assert "error: Cannot load config.json of schedule 'org/not-cached'" in out.stdout
+    assert "hf download org/not-cached" in out.stdout
