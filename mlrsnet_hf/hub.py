@@ -40,6 +40,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 PLOT_NAME = "lr_response.png"
+USED_PLOT_NAME = "lr_used.png"
 CARD_TEMPLATE = "mlrsnet_schedule.md"
 _METADATA_KEYS = ("model_type", "library_name", "library_version")
 
@@ -49,9 +50,14 @@ class ScheduleFileError(OSError):
 
 
 # ---------------------------------------------------------------------- saving
-def save_schedule(schedule: MLRSNetSchedule, save_directory: Path, **card_kwargs: Any) -> None:
-    """Write the repo into a temporary sibling directory, then move the files into place."""
-    from .plotting import plot_lr_response
+def save_schedule(
+    schedule: MLRSNetSchedule, save_directory: Path, lr_history: list[float] | None = None, **card_kwargs: Any
+) -> None:
+    """Write the repo into a temporary sibling directory, then move the files into place.
+
+    ``lr_history``, the LR of every optimizer step of a training run, adds ``lr_used.png`` to the repo and the card.
+    """
+    from .plotting import plot_lr_curve, plot_lr_response
 
     save_directory = Path(save_directory)
     if save_directory.exists() and not save_directory.is_dir():
@@ -66,6 +72,9 @@ def save_schedule(schedule: MLRSNetSchedule, save_directory: Path, **card_kwargs
         (tmp / CONFIG_NAME).write_text(json.dumps(schedule.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(schedule.weights(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "mlrsnet_hf": __version__})
         plot_lr_response(schedule, tmp / PLOT_NAME)
+        if lr_history:
+            plot_lr_curve(lr_history, tmp / USED_PLOT_NAME)
+            card_kwargs["used_plot_name"] = USED_PLOT_NAME
         if not keep_card:
             render_model_card(schedule, **card_kwargs).save(tmp / CARD_NAME)
         if not save_directory.exists():
@@ -156,7 +165,8 @@ def load_schedule(
     config_path = resolve_file(model_id, CONFIG_NAME, **download_kwargs)
     config = {**read_config(config_path, init_params), **overrides}
     try:
-        schedule = cls(**config)
+        with torch.random.fork_rng(devices=[]):  # loading must not advance the caller's random stream
+            schedule = cls(**config)
     except (TypeError, ValueError) as e:
         raise ScheduleFileError(f"{config_path} does not describe a valid schedule: {e}") from e
 
@@ -189,6 +199,7 @@ def load_schedule(
         raise ScheduleFileError(f"{weights_path} holds non-finite values in {bad}.")
     schedule.load_state_dict({**weights, "_extra_state": schedule.get_extra_state()}, strict=True)
     schedule.eval()
+    schedule.name_or_path = model_id
     return schedule
 
 

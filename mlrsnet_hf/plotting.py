@@ -65,3 +65,16 @@ def plot_lr_response(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return lrs
+
+
+def plot_lr_curve(lrs: Sequence[float], path: str | Path, title: str = "LR used in training") -> None:
+    """Plot the LR of every optimizer step of a run."""
+    fig, ax = plt.subplots(figsize=(7, 3), constrained_layout=True)
+    ax.plot(range(len(lrs)), lrs, color="tab:blue")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    if min(lrs) > 0:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -134,6 +134,7 @@ class MLRSNetSchedule(
         self.input_normalization = input_normalization
         self.relative_max_scale = float(relative_max_scale)
         self.meta_training = dict(meta_training or {})
+        self.name_or_path: str | None = None  # where it was loaded from (set by from_pretrained)
         self.stages = nn.ModuleList(MLRSNet(hidden_size, num_layers, gate_layout) for _ in range(num_stages))
         self.start()
 
@@ -252,11 +253,15 @@ class MLRSNetSchedule(
             lr = torch.clamp(lr, max=self.relative_max_scale * self.base_lr)
         return lr
 
-    def step(self, loss: torch.Tensor | float) -> float:
+    def step(self, loss: torch.Tensor | float, differentiable: bool = False) -> float | torch.Tensor:
         """Read the training loss of this optimizer step, advance the LSTM state and return the LR to use.
 
-        A non-finite loss is skipped: the state is left as it was and the last LR is returned, with a
-        warning. A non-finite loss at the very first step (no LR yet) is an error.
+        With ``differentiable=True`` the LR is returned as a 0-d tensor that carries the graph to this
+        stage's parameters (one step from the detached state: what meta-training differentiates);
+        otherwise as a float. The stored state is detached either way.
+
+        A non-finite loss is skipped: the state is left as it was and the last LR is returned (as a
+        float), with a warning. A non-finite loss at the very first step (no LR yet) is an error.
         """
         loss_value = float(loss)
         if not math.isfinite(loss_value):
@@ -267,15 +272,15 @@ class MLRSNetSchedule(
                 "Non-finite training loss (%s): keeping the LSTM state and the last LR %g.", loss_value, self.last_lr
             )
             return self.last_lr
-        with torch.no_grad():
+        with torch.set_grad_enabled(differentiable):
             p, state = self.predict(loss_value)
             if self.gamma == "relative" and self.current_gamma is None:
                 self.gammas[self.stage] = self.base_lr / p.item()
-            lr = self.scale(p).item()
+            lr = self.scale(p)
         self.state = state.detach()
-        self.last_lr = lr
+        self.last_lr = lr.item()
         self.num_steps += 1
-        return lr
+        return lr if differentiable else self.last_lr
 
     # ------------------------------------------------------------- previewing
     @torch.no_grad()

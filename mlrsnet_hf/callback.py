@@ -1,0 +1,336 @@
+"""The Trainer glue: drive an :class:`MLRSNetSchedule` from inside a ``transformers`` training loop.
+
+:class:`ScheduleController` is shared by :class:`MLRSNetCallback` (for a plain ``Trainer``) and
+:class:`~mlrsnet_hf.MLRSNetTrainer`, so both set exactly the same LR sequence:
+
+* the training loss of a step is read from the model's own output (a forward hook on the model,
+  training-mode forwards with gradients only), averaged over the step's gradient-accumulation
+  micro-batches and then over processes (token-normalised losses, when the Trainer passes
+  ``num_items_in_batch``, are summed the way the Trainer sums them);
+* just before ``optimizer.step()`` (``on_pre_optimizer_step``, after gradient clipping) the schedule
+  reads that loss and the LR is written into every parameter group; the scheduler's ``get_last_lr()``
+  reports it, so the logged ``learning_rate`` is the LR actually used;
+* at the first step of each stage with ``gamma="auto"``, the average training loss is taken over the
+  first ``auto_gamma_batches`` batches of the training set per process (in order, model in eval mode,
+  no gradients), averaged over processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.state import PartialState
+from accelerate.utils import reduce, send_to_device
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from .config import parse_gamma
+from .meta_gradient import model_loss
+from .schedule import MLRSNetSchedule
+
+logger = logging.getLogger(__name__)
+
+SCHEDULE_DIR_NAME = "mlrsnet_schedule"
+
+
+def default_num_classes(model: nn.Module) -> int | None:
+    """C for a model: the vocabulary size of a language model, else ``config.num_labels``."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    get_output = getattr(model, "get_output_embeddings", None)
+    is_lm = callable(get_output) and get_output() is not None
+    if is_lm and getattr(config, "vocab_size", None):
+        return int(config.vocab_size)
+    return getattr(config, "num_labels", None)
+
+
+def is_sgd(optimizer: torch.optim.Optimizer) -> bool:
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
+    return isinstance(inner, torch.optim.SGD)
+
+
+class ScheduleController:
+    """Feeds a schedule the training loss of each optimizer step and writes its LR into the optimizer."""
+
+    def __init__(
+        self,
+        schedule: MLRSNetSchedule,
+        gamma: str | float | None = None,
+        num_classes: int | None = None,
+        input_normalization: str | None = None,
+        relative_max_scale: float | None = None,
+        auto_gamma_batches: int = 20,
+    ) -> None:
+        self.schedule = schedule
+        self.gamma = parse_gamma(gamma)
+        self.num_classes = num_classes
+        self.input_normalization = input_normalization
+        self.relative_max_scale = relative_max_scale
+        self.auto_gamma_batches = auto_gamma_batches
+        self.last_lrs: list[float] = []
+        self.lr_history: list[float] = []
+        self._hook: Any = None
+        self._loss_sum: torch.Tensor | None = None
+        self._num_losses = 0
+        self._partial = False
+        self._paused = False
+
+    # ----------------------------------------------------------- set-up
+    def configure(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, base_lr: float, num_training_steps: int
+    ) -> None:
+        """Resolve the schedule options for this run and start the schedule from a zero state."""
+        schedule = self.schedule
+        if self.gamma is not None:
+            schedule.gamma = self.gamma
+        elif not is_sgd(optimizer) and schedule.gamma != "relative":
+            logger.warning(
+                "%s is not SGD: using gamma='relative' (learning_rate=%g sets the scale, the schedule the shape). "
+                "Pass gamma explicitly to override.",
+                type(getattr(optimizer, "optimizer", optimizer)).__name__,
+                base_lr,
+            )
+            schedule.gamma = "relative"
+        if self.input_normalization is not None:
+            schedule.input_normalization = self.input_normalization
+        if self.relative_max_scale is not None:
+            schedule.relative_max_scale = float(self.relative_max_scale)
+        num_classes = self.num_classes or default_num_classes(model)
+        if (schedule.gamma == "auto" or schedule.input_normalization == "log_num_classes") and not num_classes:
+            raise ValueError(
+                "The schedule needs the number of classes C (gamma='auto' or input_normalization='log_num_classes') "
+                "and the model's config does not give it: pass num_classes."
+            )
+        self.num_training_steps = num_training_steps
+        self.initial_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+        self.base_lr = base_lr
+        schedule.start(num_classes=num_classes, base_lr=base_lr if schedule.gamma == "relative" else None)
+        self.last_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.lr_history = []
+
+    def attach(self, model: nn.Module) -> None:
+        """Start reading the model's training losses."""
+        self.detach()
+        self._hook = model.register_forward_hook(self._record, with_kwargs=True)
+
+    def detach(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forwards inside this block are not training losses (e.g. meta batches)."""
+        self._paused, was = True, self._paused
+        try:
+            yield
+        finally:
+            self._paused = was
+
+    # ---------------------------------------------------- loss capture
+    def _record(self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        if self._paused or not module.training or not torch.is_grad_enabled():
+            return
+        loss = model_loss(output)
+        if loss is None:
+            return
+        loss = loss.detach().float().mean()
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        self._num_losses += 1
+        self._partial = kwargs.get("num_items_in_batch") is not None
+
+    def step_loss(self, average_tokens_across_devices: bool = True) -> float:
+        """The training loss of this optimizer step, averaged over micro-batches and processes; resets the meter."""
+        if self._loss_sum is None:
+            raise RuntimeError(
+                "MLR-SNet needs the training loss, but the model returned none during this step. The model must "
+                "return a loss (pass labels); with label_smoothing_factor or compute_loss_func the Trainer computes "
+                "the loss outside the model, which MLR-SNet cannot read."
+            )
+        if self._partial:
+            # Token-normalised micro-batch losses (sum / num_items_in_batch) add up to the step loss.
+            value = self._loss_sum
+            if average_tokens_across_devices:
+                value = value * PartialState().num_processes  # num_items_in_batch counted all processes
+        else:
+            value = self._loss_sum / self._num_losses
+        self._loss_sum, self._num_losses = None, 0
+        if PartialState().num_processes > 1:
+            value = reduce(value, reduction="mean")
+        return value.item()
+
+    # ------------------------------------------------------ LR setting
+    def before_optimizer_step(
+        self,
+        step: int,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module,
+        train_dataloader: DataLoader | None,
+        device: torch.device,
+        average_tokens_across_devices: bool = True,
+        differentiable: bool = False,
+    ) -> torch.Tensor | None:
+        """Set the LR of optimizer step ``step`` (0-based) from its training loss.
+
+        Returns the LR as a tensor with its graph to the schedule when ``differentiable`` and the loss
+        was finite (what meta-training differentiates), else None.
+        """
+        loss = self.step_loss(average_tokens_across_devices)
+        schedule = self.schedule
+        stage = schedule.stage_at(step, self.num_training_steps)
+        if stage != schedule.stage:
+            average = None
+            if schedule.needs_average_loss:
+                average = average_training_loss(model, train_dataloader, device, self.auto_gamma_batches)
+            schedule.enter_stage(stage, average_loss=average)
+            logger.info("MLR-SNet stage %d from step %d (gamma=%s)", stage, step, schedule.current_gamma)
+        finite = math.isfinite(loss)
+        lr = schedule.step(loss, differentiable=differentiable and finite)
+        lr_value = lr.item() if isinstance(lr, torch.Tensor) else lr
+        if schedule.gamma == "relative":
+            self.last_lrs = [initial * lr_value / self.base_lr for initial in self.initial_lrs]
+        else:
+            self.last_lrs = [lr_value] * len(optimizer.param_groups)
+        for group, value in zip(optimizer.param_groups, self.last_lrs, strict=True):
+            group["lr"] = value
+        self.lr_history.append(lr_value)
+        return lr if isinstance(lr, torch.Tensor) else None
+
+    # ------------------------------------------------------- resume
+    def runtime_state(self) -> dict[str, Any]:
+        """The schedule's runtime state and the LR bookkeeping, as JSON-friendly plain data."""
+        extra = self.schedule.get_extra_state()
+        extra["h"], extra["c"] = extra["h"].tolist(), extra["c"].tolist()
+        return {"schedule": extra, "last_lrs": list(self.last_lrs), "lr_history": list(self.lr_history)}
+
+    def load_runtime_state(self, state: dict[str, Any]) -> None:
+        extra = dict(state["schedule"])
+        dtype = self.schedule.stages[0].head.weight.dtype
+        extra["h"] = torch.as_tensor(extra["h"], dtype=dtype)
+        extra["c"] = torch.as_tensor(extra["c"], dtype=dtype)
+        self.schedule.set_extra_state(extra)
+        self.last_lrs = list(state["last_lrs"])
+        self.lr_history = list(state["lr_history"])
+
+
+@torch.no_grad()
+def average_training_loss(
+    model: nn.Module, train_dataloader: DataLoader | None, device: torch.device, num_batches: int
+) -> float:
+    """Mean loss over the first ``num_batches`` training batches of this process (in order, eval mode), over processes."""
+    if train_dataloader is None:
+        raise ValueError("gamma='auto' needs the training data to measure the average loss at stage starts.")
+    state = PartialState()
+    loader = DataLoader(
+        train_dataloader.dataset,
+        batch_size=train_dataloader.batch_size or getattr(train_dataloader, "total_batch_size", None) or 1,
+        collate_fn=train_dataloader.collate_fn,
+        shuffle=False,
+    )
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    try:
+        for index, batch in enumerate(loader):
+            if count == num_batches:
+                break
+            if index % state.num_processes != state.process_index:
+                continue
+            loss = model_loss(model(**send_to_device(batch, device)))
+            if loss is None:
+                raise ValueError("The model returned no loss on a training batch: gamma='auto' needs labels.")
+            total += loss.double().mean()
+            count += 1
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("No training batch available to measure the average loss for gamma='auto'.")
+    mean = total / count
+    if state.num_processes > 1:
+        mean = reduce(mean, reduction="mean")
+    return mean.item()
+
+
+class MLRSNetCallback(TrainerCallback, ExportableState):
+    """Give a plain ``transformers.Trainer`` an MLR-SNet schedule (transfer mode).
+
+    Example::
+
+        trainer = Trainer(model=model, args=args, train_dataset=train,
+                          callbacks=[MLRSNetCallback(MLRSNetSchedule.from_pretrained("dir"), gamma=0.1)])
+
+    Takes the same schedule options as :class:`~mlrsnet_hf.MLRSNetConfig` and sets the same LR sequence
+    as :class:`~mlrsnet_hf.MLRSNetTrainer` for the same seed and data. The Trainer's own scheduler
+    (``lr_scheduler_type``) is overridden: before every ``optimizer.step()`` the schedule's LR is written
+    into the optimizer and reported by ``lr_scheduler.get_last_lr()``. Its state is saved in each
+    checkpoint (``trainer_state.json``), so ``resume_from_checkpoint`` continues the LR sequence
+    exactly; a schedule built in memory is saved to ``output_dir/mlrsnet_schedule`` for that purpose.
+    """
+
+    def __init__(
+        self,
+        schedule: MLRSNetSchedule | str,
+        gamma: str | float | None = None,
+        num_classes: int | None = None,
+        input_normalization: str | None = None,
+        relative_max_scale: float | None = None,
+        auto_gamma_batches: int = 20,
+    ) -> None:
+        if isinstance(schedule, (str, Path)):
+            schedule = MLRSNetSchedule.from_pretrained(str(schedule))
+        if not isinstance(schedule, MLRSNetSchedule):
+            raise TypeError(f"schedule must be an MLRSNetSchedule or a path/repo id, got {type(schedule).__name__}.")
+        self.schedule = schedule
+        self.options = {
+            "gamma": gamma,
+            "num_classes": num_classes,
+            "input_normalization": input_normalization,
+            "relative_max_scale": relative_max_scale,
+            "auto_gamma_batches": auto_gamma_batches,
+        }
+        self.controller = ScheduleController(schedule, **self.options)
+        self.runtime: dict[str, Any] | None = None  # set by the Trainer when resuming from a checkpoint
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if self.schedule.name_or_path is None:
+            path = Path(args.output_dir) / SCHEDULE_DIR_NAME
+            if state.is_world_process_zero:
+                self.schedule.save_pretrained(path)
+            self.schedule.name_or_path = str(path)
+        self.controller.configure(model, optimizer, args.learning_rate, state.max_steps)
+        if self.runtime is not None and state.global_step > 0:
+            self.controller.load_runtime_state(self.runtime)
+        self.controller.attach(model)
+        self._lr_scheduler = lr_scheduler
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.controller.before_optimizer_step(
+            state.global_step,
+            optimizer,
+            model,
+            kwargs.get("train_dataloader"),
+            args.device,
+            average_tokens_across_devices=args.average_tokens_across_devices,
+        )
+        scheduler = getattr(self, "_lr_scheduler", None)
+        if scheduler is not None:
+            scheduler._last_lr = list(self.controller.last_lrs)  # what the Trainer logs as learning_rate
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.controller.detach()
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "args": {"schedule": self.schedule.name_or_path, **self.options},
+            "attributes": {"runtime": self.controller.runtime_state()},
+        }

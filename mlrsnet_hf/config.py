@@ -1,0 +1,119 @@
+"""``MLRSNetConfig``: ``TrainingArguments`` plus the schedule and meta-training options."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+# Optimizers whose update is linear in the LR (``w_{t+1} = w_t - lr * d`` with ``d`` independent of
+# ``lr``): meta-training reads ``d`` off the real step for these.
+LR_LINEAR_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam")
+
+
+def parse_gamma(value: str | float | None) -> str | float | None:
+    """``"auto"``, ``"relative"``, a positive float (also given as a string, as on the command line) or None."""
+    if value is None or value in ("auto", "relative"):
+        return value
+    try:
+        gamma = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"gamma must be 'auto', 'relative' or a positive number, got {value!r}.") from None
+    if not (math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be 'auto', 'relative' or a positive number, got {value!r}.")
+    return gamma
+
+
+@dataclass
+class MLRSNetConfig(TrainingArguments):
+    """Training arguments for :class:`~mlrsnet_hf.MLRSNetTrainer`: every ``TrainingArguments`` field plus the ones below.
+
+    Two modes: **transfer** (``meta_train=False``: a learned schedule sets the LR of every optimizer step
+    from that step's training loss) and **meta-train** (``meta_train=True``: the schedule is learned
+    online, paper Algorithm 1). ``lr_scheduler_type`` and warm-up settings are ignored: the schedule
+    sets the LR.
+
+    Defaults follow the paper's recipes: ``optim="sgd"``. With an Adam-family optimizer (e.g.
+    ``optim="adamw_torch"``) and ``gamma`` left unset, ``gamma="relative"`` is used: ``learning_rate``
+    is the LR of the first step and the upper bound, and the schedule shapes it.
+    """
+
+    optim: str = field(
+        default="sgd",
+        metadata={"help": "The optimizer (as in TrainingArguments). Default 'sgd', the paper's optimizer."},
+    )
+    schedule: str | None = field(
+        default=None,
+        metadata={
+            "help": "The learned schedule: a local directory or a Hub repo id. Required for transfer; for "
+            "meta-training, a schedule to start from (default: a freshly initialised one)."
+        },
+    )
+    gamma: str | None = field(
+        default=None,
+        metadata={
+            "help": "LR scale: 'auto' (released rule from the loss and the number of classes at each stage start), "
+            "'relative' (learning_rate sets the scale), or a number (lr = gamma * p). Default: the schedule's own "
+            "rule with SGD, 'relative' with other optimizers; 1.0 for a fresh schedule with SGD."
+        },
+    )
+    num_classes: int | None = field(
+        default=None,
+        metadata={
+            "help": "C for gamma='auto' and input_normalization='log_num_classes'. Default: the model config's "
+            "num_labels, or vocab_size for language models."
+        },
+    )
+    input_normalization: str | None = field(
+        default=None,
+        metadata={
+            "help": "'none' or 'log_num_classes' (the loss divided by ln C, the released setting for language "
+            "models). Default: the schedule's own."
+        },
+    )
+    relative_max_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "With gamma='relative': the bound on lr / learning_rate. Default: the schedule's own (1.0)."
+        },
+    )
+    auto_gamma_batches: int = field(
+        default=20,
+        metadata={
+            "help": "With gamma='auto': the average training loss at each stage start is taken over this many "
+            "batches per process (the first ones, in order, model in eval mode)."
+        },
+    )
+    meta_train: bool = field(
+        default=False, metadata={"help": "Learn the schedule online while the model trains (needs meta_dataset)."}
+    )
+    meta_update_interval: int = field(
+        default=100, metadata={"help": "Update the schedule every this many optimizer steps."}
+    )
+    meta_learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate of the schedule's weights."})
+    meta_weight_decay: float = field(default=1e-4, metadata={"help": "Adam weight decay of the schedule's weights."})
+    meta_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Meta (validation) batch size per process. Default: per_device_train_batch_size."},
+    )
+    schedule_hidden_size: int = field(
+        default=50, metadata={"help": "Hidden size of a freshly initialised schedule (meta-train without schedule)."}
+    )
+    schedule_num_stages: int = field(
+        default=1, metadata={"help": "Number of stages of a freshly initialised schedule."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.gamma = parse_gamma(self.gamma)
+        if self.input_normalization not in (None, "none", "log_num_classes"):
+            raise ValueError(
+                f"input_normalization must be 'none' or 'log_num_classes', got {self.input_normalization!r}."
+            )
+        if self.meta_update_interval < 1:
+            raise ValueError(f"meta_update_interval must be >= 1, got {self.meta_update_interval}.")
+        if self.auto_gamma_batches < 1:
+            raise ValueError(f"auto_gamma_batches must be >= 1, got {self.auto_gamma_batches}.")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")

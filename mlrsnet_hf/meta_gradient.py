@@ -1,0 +1,117 @@
+"""The meta-gradient: an exact first-order hypergradient of the meta loss w.r.t. the schedule.
+
+The real step is ``w_{t+1} = w_t - lr(theta) * d``, where ``d`` is the update direction the optimizer
+applies (for SGD: gradient + weight decay through the momentum buffer; for Adam/AdamW: the
+preconditioned moment plus decoupled decay). ``d`` does not depend on ``theta``, so
+
+    dL_meta(w_{t+1}) / dtheta = dL_meta/dlr * dlr/dtheta,    dL_meta/dlr = -<grad L_meta(w_{t+1}), d>
+
+with no second-order terms. For optimizers whose update is linear in the LR (SGD with momentum,
+Adam, AdamW, ...) ``d = (w_t - w_{t+1}) / lr_t`` is read off the real step, so ``w'`` *is* the real
+next iterate and the meta batch is evaluated at the model's own weights: one extra forward/backward,
+no model copy, no ``create_graph``, and a single parameter-sized buffer (``w_t``).
+
+The meta forward goes through ``torch.func.functional_call`` with the model's own parameters and
+*cloned* buffers, in training mode: BatchNorm uses batch statistics (as in the training step the LR
+acts on) but the real running statistics are not updated by meta batches, and dropout stays active
+(the meta loss is the training objective's, measured on held-out data). Works for any ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+
+def model_loss(output: Any) -> torch.Tensor | None:
+    """The loss a model returned: ``output["loss"]`` for dict-like outputs, else ``output[0]``."""
+    if isinstance(output, Mapping):
+        return output.get("loss")
+    if isinstance(output, (tuple, list)) and output:
+        return output[0]
+    return output if isinstance(output, torch.Tensor) and output.dim() == 0 else None
+
+
+def meta_loss(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+    """The model's loss on ``batch`` at its current weights, without touching its buffers (BN statistics)."""
+    tensors = dict(model.named_parameters())
+    tensors.update({name: b.clone() for name, b in model.named_buffers()})
+    loss = model_loss(functional_call(model, tensors, args=(), kwargs=dict(batch), tie_weights=True, strict=False))
+    if loss is None:
+        raise ValueError("The model returned no loss on the meta batch: the meta dataset must provide labels.")
+    return loss
+
+
+def lr_derivative(
+    meta_loss_value: torch.Tensor, params: Sequence[torch.Tensor], before: Sequence[torch.Tensor], lr: float
+) -> torch.Tensor:
+    """``dL_meta/dlr = -<grad L_meta(w_{t+1}), d>`` with ``d = (w_t - w_{t+1}) / lr`` read off the real step.
+
+    ``params`` hold ``w_{t+1}`` (the model after ``optimizer.step()``), ``before`` holds ``w_t``.
+    """
+    grads = torch.autograd.grad(meta_loss_value, list(params), allow_unused=True)
+    dot = torch.zeros((), dtype=torch.float64, device=meta_loss_value.device)
+    for g, p, b in zip(grads, params, before, strict=True):
+        if g is not None:
+            dot += (g.double() * (b.double() - p.detach().double())).sum()
+    return -dot / lr
+
+
+class MetaBatches:
+    """Batches of the meta (held-out) dataset: shuffled per epoch, sharded over processes, resumable.
+
+    Epoch ``e`` uses the permutation of ``torch.randperm(n, generator=seed + e)``; process ``r`` of
+    ``P`` takes every ``P``-th index from ``r``; batches are full and equally many on every process
+    (the remainder is dropped). The
+    position ``(epoch, index)`` is the whole state.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        collate_fn: Callable[[list[Any]], Any],
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if len(dataset) < batch_size * world_size:
+            raise ValueError(
+                f"The meta dataset has {len(dataset)} examples, fewer than one batch of {batch_size} per process "
+                f"({world_size} process(es))."
+            )
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.collate_fn = collate_fn
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.index = 0
+
+    def _indices(self) -> list[int]:
+        perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        per_round = self.batch_size * self.world_size  # every process gets the same number of full batches
+        perm = perm[: len(perm) - len(perm) % per_round]
+        return perm[self.rank :: self.world_size].tolist()
+
+    def next(self) -> Any:
+        indices = self._indices()
+        if self.index + self.batch_size > len(indices):
+            self.epoch += 1
+            self.index = 0
+            indices = self._indices()
+        batch = [self.dataset[i] for i in indices[self.index : self.index + self.batch_size]]
+        self.index += self.batch_size
+        return self.collate_fn(batch)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self.index = int(state["index"])

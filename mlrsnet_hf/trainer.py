@@ -1,0 +1,315 @@
+"""``MLRSNetTrainer``: a ``transformers.Trainer`` whose LR is set by an MLR-SNet schedule, learned online or transferred."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import reduce
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+from transformers import Trainer, TrainerCallback
+
+from .callback import ScheduleController
+from .config import LR_LINEAR_OPTIMIZERS, MLRSNetConfig
+from .meta_gradient import MetaBatches, lr_derivative, meta_loss
+from .schedule import MLRSNetSchedule
+
+logger = logging.getLogger(__name__)
+
+
+class MLRSNetLR(LRScheduler):
+    """The Trainer's ``lr_scheduler``: reports the schedule's LR and carries its state in ``scheduler.pt``.
+
+    The LR itself is set before ``optimizer.step()`` by the trainer's hooks; ``step()`` only counts.
+    ``state_dict()`` holds the schedule (weights, stage, LSTM state, gammas), the meta-optimizer state
+    and the meta-data position, as tensors and plain data (the Trainer reloads it with ``weights_only=True``).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, trainer: MLRSNetTrainer) -> None:
+        self.trainer = trainer
+        super().__init__(optimizer)
+
+    def get_last_lr(self) -> list[float]:
+        """The LR of the current optimizer step (what the Trainer logs), set just before ``optimizer.step()``."""
+        return self.get_lr()
+
+    def get_lr(self) -> list[float]:
+        return list(self.trainer.controller.last_lrs) or [group["lr"] for group in self.optimizer.param_groups]
+
+    def step(self, epoch: int | None = None) -> None:
+        self.last_epoch += 1
+        self._last_lr = self.get_lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self.trainer
+        state = {
+            "last_epoch": self.last_epoch,
+            "schedule": trainer.schedule.state_dict(),
+            "last_lrs": list(trainer.controller.last_lrs),
+            "lr_history": list(trainer.controller.lr_history),
+        }
+        if trainer.meta_optimizer is not None:
+            state["meta_optimizer"] = trainer.meta_optimizer.state_dict()
+            state["meta_batches"] = trainer.meta_batches.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        trainer = self.trainer
+        self.last_epoch = state["last_epoch"]
+        trainer.schedule.load_state_dict(state["schedule"])
+        trainer.controller.last_lrs = list(state["last_lrs"])
+        trainer.controller.lr_history = list(state["lr_history"])
+        self._last_lr = list(state["last_lrs"])
+        if trainer.meta_optimizer is not None:
+            if "meta_optimizer" not in state:
+                raise ValueError(
+                    "The checkpoint was written without meta-training: cannot resume with meta_train=True."
+                )
+            trainer.meta_optimizer.load_state_dict(state["meta_optimizer"])
+            trainer.meta_batches.load_state_dict(state["meta_batches"])
+
+
+class _MLRSNetHooks(TrainerCallback):
+    """Connects the Trainer's loop events to :class:`MLRSNetTrainer` (internal; state lives in ``scheduler.pt``)."""
+
+    def __init__(self, trainer: MLRSNetTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.trainer.controller.attach(model)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._before_optimizer_step(state.global_step)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._after_optimizer_step()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer.controller.detach()
+
+
+class MLRSNetTrainer(Trainer):
+    """``Trainer`` with MLR-SNet: transfer a learned schedule, or meta-train one online (``args.meta_train``).
+
+    Args:
+        model, args, ...: as for ``transformers.Trainer``; ``args`` is an :class:`MLRSNetConfig`.
+        meta_dataset: held-out data for meta-training (the paper's meta/validation set).
+        schedule: an :class:`MLRSNetSchedule` to use instead of loading ``args.schedule``.
+
+    ``trainer.schedule`` is the schedule in use; ``save_schedule``/``push_schedule_to_hub`` write it as a
+    schedule repo recording what it was trained on.
+    """
+
+    _tag_names = ["mlrsnet", "learning-rate-schedule"]
+    _name = "MLR-SNet"
+    _paper = {"title": "MLR-SNet: Transferable LR Schedules for Heterogeneous Tasks", "id": "2007.14546"}
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: MLRSNetConfig | None = None,
+        *,
+        meta_dataset: Any = None,
+        schedule: MLRSNetSchedule | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            args = MLRSNetConfig(output_dir="trainer_output", schedule=None, meta_train=True)
+        if not isinstance(args, MLRSNetConfig):
+            raise TypeError(
+                f"args must be an MLRSNetConfig (a TrainingArguments subclass), got {type(args).__name__}."
+            )
+        if schedule is None:
+            if args.schedule is not None:
+                schedule = MLRSNetSchedule.from_pretrained(args.schedule)
+            elif args.meta_train:
+                with torch.random.fork_rng(devices=[]):  # seeded by args.seed, without touching the caller's stream
+                    torch.manual_seed(args.seed)
+                    schedule = MLRSNetSchedule(
+                        hidden_size=args.schedule_hidden_size, num_stages=args.schedule_num_stages, gamma=1.0
+                    )
+            else:
+                raise ValueError(
+                    "Transfer mode (meta_train=False) needs a learned schedule: set args.schedule to a directory "
+                    "or Hub repo id, pass schedule=, or set meta_train=True to learn one."
+                )
+        if args.meta_train and meta_dataset is None:
+            raise ValueError("meta_train=True needs meta_dataset: held-out training data for the meta updates.")
+        super().__init__(model=model, args=args, **kwargs)
+        self.schedule = schedule
+        self.controller = ScheduleController(
+            schedule,
+            gamma=args.gamma,
+            num_classes=args.num_classes,
+            input_normalization=args.input_normalization,
+            relative_max_scale=args.relative_max_scale,
+            auto_gamma_batches=args.auto_gamma_batches,
+        )
+        self.meta_dataset = meta_dataset
+        self.meta_optimizer: torch.optim.Optimizer | None = None
+        self.meta_batches: MetaBatches | None = None
+        self._meta_lr: torch.Tensor | None = None
+        self._weights_before: list[torch.Tensor] | None = None
+        self._meta_losses: list[float] = []
+        self.last_hypergradient: dict[str, torch.Tensor] | None = None
+        self.add_callback(_MLRSNetHooks(self))
+
+    # ------------------------------------------------------------ set-up
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> LRScheduler:
+        if self.lr_scheduler is None:
+            optimizer = optimizer or self.optimizer
+            self.controller.configure(self.model, optimizer, self.args.learning_rate, num_training_steps)
+            if self.args.meta_train:
+                self._setup_meta_training(optimizer)
+            self.lr_scheduler = MLRSNetLR(optimizer, self)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def _setup_meta_training(self, optimizer: torch.optim.Optimizer) -> None:
+        inner = getattr(optimizer, "optimizer", optimizer)
+        if type(inner).__name__ not in LR_LINEAR_OPTIMIZERS:
+            raise ValueError(
+                f"Meta-training reads the update direction off the real step, which needs an optimizer whose update "
+                f"is linear in the LR ({', '.join(LR_LINEAR_OPTIMIZERS)}); got {type(inner).__name__}."
+            )
+        self.schedule.train()
+        self.meta_optimizer = torch.optim.Adam(
+            self.schedule.parameters(), lr=self.args.meta_learning_rate, weight_decay=self.args.meta_weight_decay
+        )
+        dataset = self.meta_dataset
+        if hasattr(dataset, "column_names"):  # a datasets.Dataset: drop the columns the model does not take
+            dataset = self._remove_unused_columns(dataset, description="meta")
+        self.meta_batches = MetaBatches(
+            dataset,
+            batch_size=self.args.meta_batch_size or self.args.per_device_train_batch_size,
+            collate_fn=self.data_collator,
+            seed=self.args.seed,
+            rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes,
+        )
+
+    # ------------------------------------------------------- the loop
+    def _is_meta_step(self, step: int) -> bool:
+        return self.args.meta_train and (step + 1) % self.args.meta_update_interval == 0
+
+    def _before_optimizer_step(self, step: int) -> None:
+        meta = self._is_meta_step(step)
+        self._meta_lr = self.controller.before_optimizer_step(
+            step,
+            self.optimizer,
+            self.model,
+            self.get_train_dataloader_for_gamma(),
+            self.args.device,
+            average_tokens_across_devices=self.args.average_tokens_across_devices,
+            differentiable=meta,
+        )
+        if self._meta_lr is not None:
+            # w_t, to read the update direction off the real step: the one extra parameter-sized buffer.
+            self._weights_before = [p.detach().clone() for p in self._trainable_parameters()]
+
+    def _after_optimizer_step(self) -> None:
+        lr, before = self._meta_lr, self._weights_before
+        self._meta_lr = self._weights_before = None
+        if lr is None or before is None:
+            return
+        if self.accelerator.optimizer_step_was_skipped or lr.item() == 0.0:
+            return  # no step was taken (e.g. fp16 overflow): nothing to learn from
+        params = self._trainable_parameters()
+        for p in params:
+            p.grad = None  # the training gradients are spent; free them before the meta backward
+        batch = self._prepare_inputs(self.meta_batches.next())
+        with self.controller.paused(), self.compute_loss_context_manager():
+            loss = meta_loss(self.model, batch)
+        dlr = lr_derivative(loss, params, before, lr.item())
+        del before
+        if self.accelerator.num_processes > 1:
+            dlr = reduce(dlr, reduction="mean")  # the same hypergradient, hence the same theta, on every rank
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        lr.backward(dlr.to(lr.dtype).cpu())
+        self.last_hypergradient = {
+            n: p.grad.detach().clone() for n, p in self.schedule.named_parameters() if p.grad is not None
+        }
+        self.meta_optimizer.step()
+        self._meta_losses.append(reduce(loss.detach().float(), reduction="mean").item())
+
+    def _trainable_parameters(self) -> list[torch.Tensor]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def get_train_dataloader_for_gamma(self) -> Any:
+        return self.callback_handler.train_dataloader
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._meta_losses:
+            logs["meta_loss"] = sum(self._meta_losses) / len(self._meta_losses)
+            self._meta_losses = []
+        if self.schedule.stage >= 0 and "loss" in logs:
+            logs["schedule_stage"] = self.schedule.stage
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------- outputs
+    def meta_training_record(self) -> dict[str, Any]:
+        """What this run trained: dataset, model, epochs, optimizer, final metrics (for config.json and the card)."""
+        model = self.accelerator.unwrap_model(self.model)
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        record: dict[str, Any] = {
+            "model": getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__,
+            "epochs": round(float(self.state.epoch or 0), 3),
+            "max_steps": self.state.max_steps,
+            "optimizer": type(optimizer).__name__ if optimizer is not None else self.args.optim,
+            "learning_rate": self.args.learning_rate,
+            "weight_decay": self.args.weight_decay,
+            "per_device_train_batch_size": self.args.per_device_train_batch_size,
+            "meta_update_interval": self.args.meta_update_interval,
+            "meta_learning_rate": self.args.meta_learning_rate,
+            "meta_weight_decay": self.args.meta_weight_decay,
+            "num_classes": self.schedule.num_classes,
+        }
+        dataset = getattr(self.train_dataset, "info", None)
+        if dataset is not None and getattr(dataset, "dataset_name", None):
+            record["dataset"] = dataset.dataset_name
+        metrics = {}
+        for entry in self.state.log_history:
+            metrics.update(
+                {
+                    k[len("eval_") :]: v
+                    for k, v in entry.items()
+                    if k.startswith("eval_") and isinstance(v, (int, float))
+                }
+            )
+        for key in ("runtime", "samples_per_second", "steps_per_second", "epoch"):
+            metrics.pop(key, None)
+        if metrics:
+            record["results"] = metrics
+        return record
+
+    def save_schedule(self, save_directory: str | Path, meta_training: dict[str, Any] | None = None) -> None:
+        """Write the schedule in use as a schedule repo; after meta-training, record what it was trained on.
+
+        ``meta_training`` adds to (or overrides) the automatic record, e.g. ``{"dataset": "uoft-cs/cifar10"}``.
+        The card embeds the LR curve actually used in this run.
+        """
+        schedule = copy.deepcopy(self.schedule)
+        if self.args.meta_train:
+            schedule.meta_training = {**self.meta_training_record(), **(meta_training or {})}
+        elif meta_training:
+            schedule.meta_training.update(meta_training)
+        if self.args.should_save:
+            schedule.save_pretrained(
+                save_directory, model_card_kwargs={"lr_history": list(self.controller.lr_history)}
+            )
+
+    def push_schedule_to_hub(self, repo_id: str, meta_training: dict[str, Any] | None = None, **kwargs: Any) -> str:
+        """``save_schedule`` to a temporary directory and upload it to ``repo_id``."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=kwargs.pop("token", None))
+        repo_id = api.create_repo(repo_id, exist_ok=True, private=kwargs.pop("private", None)).repo_id
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_schedule(Path(tmp) / "schedule", meta_training=meta_training)
+            return api.upload_folder(repo_id=repo_id, folder_path=Path(tmp) / "schedule", **kwargs)

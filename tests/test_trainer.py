@@ -1,0 +1,240 @@
+"""MLRSNetTrainer and MLRSNetCallback in transfer mode: the LR of every step, logging, options, bad input."""
+
+import copy
+import json
+
+import pytest
+import torch
+from tiny import DigitsNet, digits
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from mlrsnet_hf import MLRSNetCallback, MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, ScheduleFileError, auto_gamma
+
+
+class Recorder(TrainerCallback):
+    """The LR each optimizer step actually used, read from the optimizer right after the step."""
+
+    def __init__(self):
+        self.lrs = []
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.lrs.append([group["lr"] for group in optimizer.param_groups])
+
+
+def training_losses(model):
+    """Record every training-mode forward's loss (what the schedule reads)."""
+    losses = []
+
+    def hook(module, args, kwargs, output):
+        if module.training and torch.is_grad_enabled():
+            losses.append(output["loss"].detach().float().item())
+
+    model.register_forward_hook(hook, with_kwargs=True)
+    return losses
+
+
+@pytest.fixture
+def schedule_dir(tmp_path):
+    torch.manual_seed(1)
+    schedule = MLRSNetSchedule(hidden_size=16, num_stages=3, gamma=0.4)
+    with torch.no_grad():
+        for p in schedule.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    schedule.save_pretrained(tmp_path / "schedule")
+    return tmp_path / "schedule"
+
+
+def config(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"), max_steps=9, per_device_train_batch_size=32, logging_steps=1,
+        report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True, seed=0, num_classes=10,
+    )  # fmt: skip
+    return MLRSNetConfig(**{**defaults, **kwargs})
+
+
+def replay(schedule_dir, losses, total, **start):
+    """The LR sequence the released recipe gives for these step losses (a fresh copy of the schedule)."""
+    schedule = MLRSNetSchedule.from_pretrained(schedule_dir)
+    schedule.start(**start)
+    lrs = []
+    for step, loss in enumerate(losses):
+        stage = schedule.stage_at(step, total)
+        if stage != schedule.stage:
+            schedule.enter_stage(stage)
+        lrs.append(schedule.step(loss))
+    return lrs
+
+
+def test_transfer_sets_and_logs_the_lr_of_each_step(schedule_dir, tmp_path):
+    torch.manual_seed(0)
+    model = DigitsNet()
+    losses = training_losses(model)
+    recorder = Recorder()
+    trainer = MLRSNetTrainer(
+        model=model, args=config(tmp_path, schedule=str(schedule_dir)), train_dataset=digits(600), callbacks=[recorder]
+    )
+    trainer.train()
+    used = [lrs[0] for lrs in recorder.lrs]
+    assert len(used) == 9 and len(set(used)) > 3
+    assert used == replay(schedule_dir, losses, 9)  # LR of step t from the loss of step t, exactly
+    logged = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+    assert logged == used  # the logged learning_rate is the LR actually used
+    assert trainer.lr_scheduler.get_last_lr()[0] == used[-1]
+    assert [h["schedule_stage"] for h in trainer.state.log_history if "loss" in h] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert all(lrs == [lrs[0]] * len(lrs) for lrs in recorder.lrs)  # every param group
+
+
+def test_callback_gives_a_plain_trainer_the_same_lr_sequence(schedule_dir, tmp_path):
+    torch.manual_seed(0)
+    rec_a = Recorder()
+    MLRSNetTrainer(
+        model=DigitsNet(),
+        args=config(tmp_path, schedule=str(schedule_dir)),
+        train_dataset=digits(600),
+        callbacks=[rec_a],
+    ).train()
+    torch.manual_seed(0)
+    rec_b = Recorder()
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "plain"), max_steps=9, per_device_train_batch_size=32, logging_steps=1,
+        report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True, seed=0, optim="sgd",
+        lr_scheduler_type="linear",
+    )  # fmt: skip
+    callback = MLRSNetCallback(MLRSNetSchedule.from_pretrained(schedule_dir), num_classes=10)
+    plain = Trainer(model=DigitsNet(), args=args, train_dataset=digits(600), callbacks=[callback, rec_b])
+    plain.train()
+    assert rec_a.lrs == rec_b.lrs
+    logged = [h["learning_rate"] for h in plain.state.log_history if "learning_rate" in h]
+    assert logged == [lrs[0] for lrs in rec_b.lrs]  # the plain Trainer's logs are true too
+
+
+def test_callback_options_and_path(schedule_dir, tmp_path):
+    callback = MLRSNetCallback(str(schedule_dir), gamma=0.1)
+    assert callback.schedule.name_or_path == str(schedule_dir)
+    with pytest.raises(TypeError, match="MLRSNetSchedule or a path"):
+        MLRSNetCallback(42)
+
+
+def test_gradient_accumulation_averages_micro_batch_losses(schedule_dir, tmp_path):
+    torch.manual_seed(0)
+    model = DigitsNet()
+    losses = training_losses(model)
+    recorder = Recorder()
+    args = config(tmp_path, schedule=str(schedule_dir), gradient_accumulation_steps=3, per_device_train_batch_size=16)
+    MLRSNetTrainer(model=model, args=args, train_dataset=digits(900), callbacks=[recorder]).train()
+    assert len(losses) == 27
+    step_losses = [sum(losses[i : i + 3]) / 3 for i in range(0, 27, 3)]
+    expected = replay(schedule_dir, step_losses, 9)
+    assert [lrs[0] for lrs in recorder.lrs] == pytest.approx(expected, rel=1e-6)
+
+
+def test_gamma_auto_uses_the_average_training_loss_at_stage_starts(tmp_path):
+    torch.manual_seed(2)
+    schedule = MLRSNetSchedule(hidden_size=16, num_stages=3, gamma="auto")
+    torch.manual_seed(0)
+    model = DigitsNet(batchnorm=False)  # (BN statistics would move with the first training forward)
+    initial = copy.deepcopy(model).eval()
+    data = digits(600)
+    args = config(tmp_path, auto_gamma_batches=4, schedule=None)
+    trainer = MLRSNetTrainer(model=model, args=args, train_dataset=data, schedule=schedule)
+    trainer.train()
+    with torch.no_grad():  # the first 4 batches of 32, in order, eval mode, at the initial weights
+        batches = [data[i * 32 : (i + 1) * 32] for i in range(4)]
+        mean = (
+            sum(
+                initial(torch.stack([d["x"] for d in b]), torch.stack([d["labels"] for d in b]))["loss"].item()
+                for b in batches
+            )
+            / 4
+        )
+    assert trainer.schedule.gammas[0] == pytest.approx(auto_gamma(mean, 10), rel=1e-5)
+    assert all(g is not None and g > 0 for g in trainer.schedule.gammas)
+    assert len(set(trainer.schedule.gammas)) == 3  # recomputed at each stage
+
+
+def test_adamw_defaults_to_relative_mode(schedule_dir, tmp_path, caplog):
+    torch.manual_seed(0)
+    recorder = Recorder()
+    args = config(tmp_path, schedule=str(schedule_dir), optim="adamw_torch", learning_rate=1e-3, max_steps=30)
+    with caplog.at_level("WARNING"):
+        trainer = MLRSNetTrainer(model=DigitsNet(), args=args, train_dataset=digits(1000), callbacks=[recorder])
+        trainer.train()
+    assert "using gamma='relative'" in caplog.text
+    used = [lrs[0] for lrs in recorder.lrs]
+    assert used[0] == pytest.approx(1e-3, rel=1e-6)
+    assert all(0 < lr <= 1e-3 * (1 + 1e-6) for lr in used)
+    assert trainer.schedule.gamma == "relative"
+
+
+def test_bf16_autocast_and_clipping(schedule_dir, tmp_path):
+    torch.manual_seed(0)
+    model = DigitsNet()
+    losses = training_losses(model)
+    recorder = Recorder()
+    args = config(tmp_path, schedule=str(schedule_dir), bf16=True, max_grad_norm=0.1)
+    MLRSNetTrainer(model=model, args=args, train_dataset=digits(600), callbacks=[recorder]).train()
+    assert [lrs[0] for lrs in recorder.lrs] == replay(schedule_dir, losses, 9)
+
+
+def test_nan_loss_keeps_the_last_lr_and_state(schedule_dir, tmp_path, caplog):
+    torch.manual_seed(0)
+    model = DigitsNet(nan_at_call=4)
+    recorder = Recorder()
+    with caplog.at_level("WARNING"):
+        trainer = MLRSNetTrainer(
+            model=model,
+            args=config(tmp_path, schedule=str(schedule_dir)),
+            train_dataset=digits(600),
+            callbacks=[recorder],
+        )
+        trainer.train()
+    used = [lrs[0] for lrs in recorder.lrs]
+    assert used[3] == used[2]  # the NaN step reuses the last good LR
+    assert all(torch.isfinite(torch.tensor(used)))
+    assert trainer.schedule.num_skipped == 1 and trainer.schedule.num_steps == 8
+    assert torch.isfinite(trainer.schedule.state.h).all()
+    assert "Non-finite training loss" in caplog.text
+
+
+def test_bad_input_is_a_clear_error(schedule_dir, tmp_path):
+    with pytest.raises(ValueError, match="Transfer mode .* needs a learned schedule"):
+        MLRSNetTrainer(model=DigitsNet(), args=config(tmp_path), train_dataset=digits(64))
+    with pytest.raises(ValueError, match="meta_train=True needs meta_dataset"):
+        MLRSNetTrainer(model=DigitsNet(), args=config(tmp_path, meta_train=True), train_dataset=digits(64))
+    with pytest.raises(ValueError, match="gamma must be"):
+        config(tmp_path, gamma="cosine")
+    bad = json.loads((schedule_dir / "config.json").read_text())
+    (schedule_dir / "config.json").write_text(json.dumps({**bad, "gate_layout": "fgio"}))
+    with pytest.raises(ScheduleFileError, match="Unknown gate_layout 'fgio'"):
+        MLRSNetTrainer(model=DigitsNet(), args=config(tmp_path, schedule=str(schedule_dir)), train_dataset=digits(64))
+    with pytest.raises(TypeError, match="must be an MLRSNetConfig"):
+        MLRSNetTrainer(model=DigitsNet(), args=TrainingArguments(output_dir=str(tmp_path)), train_dataset=digits(64))
+
+
+def test_needs_num_classes_for_auto_gamma(tmp_path):
+    schedule = MLRSNetSchedule(hidden_size=8, gamma="auto")
+    args = config(tmp_path, num_classes=None, schedule=None)
+    trainer = MLRSNetTrainer(model=DigitsNet(), args=args, train_dataset=digits(64), schedule=schedule)
+    with pytest.raises(ValueError, match="pass num_classes"):
+        trainer.train()
+
+
+def test_config_is_a_cli():
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(MLRSNetConfig).parse_args_into_dataclasses(
+        [
+            "--output_dir",
+            "o",
+            "--schedule",
+            "org/x",
+            "--gamma",
+            "0.5",
+            "--meta_update_interval",
+            "7",
+            "--report_to",
+            "none",
+        ]
+    )
+    assert args.gamma == 0.5 and args.meta_update_interval == 7 and args.schedule == "org/x"
+    assert str(args.optim.value if hasattr(args.optim, "value") else args.optim) == "sgd"
