@@ -308,8 +308,15 @@ class MLRSNetCallback(TrainerCallback, ExportableState):
                 self.schedule.save_pretrained(path)
             self.schedule.name_or_path = str(path)
         self.controller.configure(model, optimizer, args.learning_rate, state.max_steps)
-        if self.runtime is not None and state.global_step > 0:
-            self.controller.load_runtime_state(self.runtime)
+        if state.global_step > 0:  # resuming: the checkpoint's trainer_state.json holds our state
+            saved = state.stateful_callbacks.get(type(self).__name__)
+            saved = saved[0] if isinstance(saved, list) else saved
+            runtime = self.runtime or (saved or {}).get("attributes", {}).get("runtime")
+            if runtime is None:
+                raise ValueError(
+                    f"Resuming at step {state.global_step}, but the checkpoint holds no {type(self).__name__} state."
+                )
+            self.controller.load_runtime_state(runtime)
         self.controller.attach(model)
         self._lr_scheduler = lr_scheduler
 

@@ -1,0 +1,84 @@
+"""resume_from_checkpoint continues with exactly the LR sequence of an uninterrupted run."""
+
+import pytest
+import torch
+from test_trainer import Recorder
+from tiny import DigitsNet, digits
+from transformers import Trainer, TrainingArguments
+
+from mlrsnet_hf import MLRSNetCallback, MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
+
+COMMON = dict(
+    max_steps=10, per_device_train_batch_size=32, logging_steps=1, report_to="none", save_strategy="steps",
+    save_steps=4, disable_tqdm=True, use_cpu=True, seed=0,
+)  # fmt: skip
+
+
+@pytest.fixture
+def schedule_dir(tmp_path):
+    torch.manual_seed(1)
+    schedule = MLRSNetSchedule(hidden_size=16, num_stages=3, gamma="auto")
+    with torch.no_grad():
+        for p in schedule.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    schedule.save_pretrained(tmp_path / "schedule")
+    return tmp_path / "schedule"
+
+
+def run_trainer(out, resume=None, **kwargs):
+    torch.manual_seed(0)
+    recorder = Recorder()
+    data = digits()
+    args = MLRSNetConfig(output_dir=str(out), num_classes=10, auto_gamma_batches=3, **COMMON, **kwargs)
+    trainer = MLRSNetTrainer(
+        model=DigitsNet(dropout=0.1),
+        args=args,
+        train_dataset=data[:1200],
+        meta_dataset=data[1200:],
+        callbacks=[recorder],
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, [lrs[0] for lrs in recorder.lrs]
+
+
+@pytest.mark.parametrize("meta_train", [False, True])
+def test_trainer_resume_is_exact(schedule_dir, tmp_path, meta_train):
+    kwargs = dict(schedule=str(schedule_dir), meta_train=meta_train, meta_update_interval=3, meta_learning_rate=1e-2)
+    full, lrs = run_trainer(tmp_path / "a", **kwargs)
+    assert len(lrs) == 10
+    resumed, tail = run_trainer(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-4"), **kwargs)
+    assert tail == lrs[4:]  # bit-exact, across a stage switch (auto gamma recomputed at step 6)
+    assert resumed.schedule.gammas == full.schedule.gammas
+    for key, value in full.schedule.weights().items():
+        assert torch.equal(resumed.schedule.weights()[key], value), key
+    if meta_train:
+        assert resumed.meta_batches.state_dict() == full.meta_batches.state_dict()
+        initial = MLRSNetSchedule.from_pretrained(schedule_dir).weights()
+        assert any(not torch.equal(v, initial[k]) for k, v in full.schedule.weights().items())
+
+
+def run_callback(out, schedule, resume=None):
+    torch.manual_seed(0)
+    recorder = Recorder()
+    args = TrainingArguments(output_dir=str(out), optim="sgd", **COMMON)
+    callback = MLRSNetCallback(schedule, num_classes=10, auto_gamma_batches=3)
+    trainer = Trainer(
+        model=DigitsNet(dropout=0.1), args=args, train_dataset=digits(1200), callbacks=[callback, recorder]
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return [lrs[0] for lrs in recorder.lrs]
+
+
+def test_callback_resume_is_exact(schedule_dir, tmp_path):
+    lrs = run_callback(tmp_path / "a", str(schedule_dir))
+    tail = run_callback(tmp_path / "b", str(schedule_dir), resume=str(tmp_path / "a" / "checkpoint-4"))
+    assert tail == lrs[4:]
+
+
+def test_callback_saves_an_in_memory_schedule_for_resume(schedule_dir, tmp_path):
+    schedule = MLRSNetSchedule.from_pretrained(schedule_dir)
+    schedule.name_or_path = None  # as if built in memory
+    lrs = run_callback(tmp_path / "a", schedule)
+    assert (tmp_path / "a" / "mlrsnet_schedule" / "model.safetensors").is_file()
+    tail = run_callback(tmp_path / "b", str(schedule_dir), resume=str(tmp_path / "a" / "checkpoint-4"))
+    assert tail == lrs[4:]
