@@ -1,0 +1,44 @@
+"""Run by tests/test_distributed.py under `accelerate launch --num_processes 2`: meta-train, dump each rank's state."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny import DigitsNet, digits  # noqa: E402
+
+from mlrsnet_hf import MLRSNetConfig, MLRSNetTrainer  # noqa: E402
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    torch.manual_seed(0)
+    data = digits()
+    args = MLRSNetConfig(
+        output_dir=str(out / "run"), max_steps=12, per_device_train_batch_size=16, gradient_accumulation_steps=2,
+        meta_train=True, meta_update_interval=3, meta_batch_size=16, meta_learning_rate=1e-2, num_classes=10,
+        gamma="auto", schedule_num_stages=2, auto_gamma_batches=2, logging_steps=1, report_to="none",
+        save_strategy="no", disable_tqdm=True, seed=0, use_cpu=not torch.cuda.is_available(),
+    )  # fmt: skip
+    trainer = MLRSNetTrainer(
+        model=DigitsNet(dropout=0.1), args=args, train_dataset=data[:1200], meta_dataset=data[1200:]
+    )
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    torch.save(
+        {
+            "world_size": trainer.accelerator.num_processes,
+            "theta": trainer.schedule.weights(),
+            "model": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
+            "lstm_h": trainer.schedule.state.h,
+            "gammas": trainer.schedule.gammas,
+            "lrs": trainer.controller.lr_history,
+            "meta_position": trainer.meta_batches.state_dict(),
+        },
+        out / f"rank{rank}.pt",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Two processes (`accelerate launch --multi_gpu --num_processes 2`; gloo on a CPU-only machine)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+
+from mlrsnet_hf import MLRSNetSchedule
+
+
+@pytest.mark.multiprocess
+def test_meta_training_is_identical_on_every_rank(tmp_path):
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+         str(REPO / "tests" / "scripts" / "ddp_meta_train.py"), str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    a, b = ranks
+    # The hypergradient is averaged across processes: theta, LSTM state, gammas and LRs agree exactly,
+    # although each rank drew different meta batches.
+    for key, value in a["theta"].items():
+        assert torch.equal(value, b["theta"][key]), key
+    assert torch.equal(a["lstm_h"], b["lstm_h"])
+    assert a["gammas"] == b["gammas"] and a["lrs"] == b["lrs"] and len(a["lrs"]) == 12
+    assert a["meta_position"] == b["meta_position"] == {"epoch": 0, "index": 64}  # 4 meta steps of 16
+    # DDP keeps the model's parameters equal (BatchNorm running statistics are per rank by design).
+    params = [k for k in a["model"] if "running_" not in k and "num_batches_tracked" not in k]
+    for key in params:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    # And the schedule did learn: theta moved from its seeded initialisation.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        initial = MLRSNetSchedule(hidden_size=50, num_stages=2, gamma=1.0).weights()
+    assert all(not torch.equal(v, initial[k]) for k, v in a["theta"].items())
