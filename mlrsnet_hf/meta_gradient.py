@@ -51,13 +51,16 @@ def lr_derivative(
 ) -> torch.Tensor:
     """``dL_meta/dlr = -<grad L_meta(w_{t+1}), d>`` with ``d = (w_t - w_{t+1}) / lr`` read off the real step.
 
-    ``params`` hold ``w_{t+1}`` (the model after ``optimizer.step()``), ``before`` holds ``w_t``.
+    ``params`` hold ``w_{t+1}`` (the model after ``optimizer.step()``), ``before`` holds ``w_t`` and is
+    consumed: it is overwritten in place with ``w_t - w_{t+1}``, so no further parameter-sized buffer is
+    allocated. Each parameter's dot product is accumulated in float64.
     """
     grads = torch.autograd.grad(meta_loss_value, list(params), allow_unused=True)
     dot = torch.zeros((), dtype=torch.float64, device=meta_loss_value.device)
     for g, p, b in zip(grads, params, before, strict=True):
         if g is not None:
-            dot += (g.double() * (b.double() - p.detach().double())).sum()
+            step = b.sub_(p.detach()).reshape(-1)
+            dot += torch.dot(g.reshape(-1).to(step.dtype), step).double()
     return -dot / lr
 
 

@@ -1,0 +1,306 @@
+"""Speed and memory: Trainer with a built-in schedule vs MLRSNetTrainer (transfer, meta-train), and meta steps.
+
+    python benchmarks/speed.py            # full run, writes benchmarks/results/speed_<device>.{json,md}
+    python benchmarks/speed.py --quick    # a few steps, for the smoke test
+    python benchmarks/speed.py --device cuda --bf16   # on a GPU
+
+Every configuration runs in a fresh subprocess (clean peak memory: peak RSS on CPU, ``max_memory_allocated``
+on CUDA). Training throughput is measured with the real Trainer loop on a small CNN (synthetic 32x32
+images; speed does not depend on the pixel values), after warm-up steps, as the median of repeats.
+The meta-step micro-benchmark compares, on one batch:
+
+* ``plain``: forward, backward and SGD step;
+* ``ours``: a plain step plus our meta step (snapshot of ``w_t``, one forward/backward of the meta
+  batch at ``w_{t+1}``, a dot product, the LSTM backward);
+* ``released``: a plain step plus a meta step in the style of the released implementation (rebuild the
+  model, recompute the training gradient with ``create_graph=True``, virtual step, meta loss,
+  backward through the training graph).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, width: int = 32, num_classes: int = 10) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+        self.features = nn.Sequential(
+            block(3, width, 1), block(width, 2 * width, 2), block(2 * width, 4 * width, 2), nn.AdaptiveAvgPool2d(1)
+        )
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits = self.fc(self.features(x).flatten(1))
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def synthetic(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return [{"x": x[i], "labels": y[i]} for i in range(n)]
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# --------------------------------------------------------------------------- workers
+def worker_train(mode: str, steps: int, warmup: int, device: str, bf16: bool, batch: int) -> dict:
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter())
+
+    torch.manual_seed(0)
+    model = SmallCNN()
+    total = warmup + steps
+    data = synthetic(batch * total)
+    common = dict(
+        output_dir="/tmp/mlrsnet_speed", max_steps=total, per_device_train_batch_size=batch, report_to="none",
+        save_strategy="no", disable_tqdm=True, logging_steps=10**9, use_cpu=device == "cpu", bf16=bf16,
+        optim="sgd", weight_decay=5e-4, dataloader_num_workers=0, seed=0,
+    )  # fmt: skip
+    clock = Clock()
+    if mode == "builtin":
+        trainer = Trainer(
+            model=model, args=TrainingArguments(lr_scheduler_type="cosine", learning_rate=0.1, **common),
+            train_dataset=data, callbacks=[clock],
+        )  # fmt: skip
+    else:
+        schedule = MLRSNetSchedule(num_stages=3, gamma=1.0)
+        interval = int(mode.split("-")[1]) if mode.startswith("meta") else 1
+        args = MLRSNetConfig(meta_train=mode.startswith("meta"), meta_update_interval=interval, **common)
+        trainer = MLRSNetTrainer(
+            model=model, args=args, train_dataset=data, meta_dataset=synthetic(1000, seed=1), schedule=schedule,
+            callbacks=[clock],
+        )  # fmt: skip
+    trainer.train()
+    timed = clock.times[warmup - 1 :]
+    return {"steps_per_s": (len(timed) - 1) / (timed[-1] - timed[0]), "peak_mb": peak_memory_mb(device)}
+
+
+def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: bool) -> dict:
+    from mlrsnet_hf import MLRSNetSchedule
+    from mlrsnet_hf.meta_gradient import lr_derivative, meta_loss
+
+    torch.manual_seed(0)
+    model = (WideMLP() if wide else SmallCNN()).to(device)
+    schedule = MLRSNetSchedule(gamma=0.1)
+    schedule.start()
+    schedule.enter_stage(0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=5e-4)
+    params = list(model.parameters())
+
+    def batch_of(seed: int) -> dict[str, torch.Tensor]:
+        data = synthetic(batch, seed)
+        out = {"x": torch.stack([d["x"] for d in data]), "labels": torch.stack([d["labels"] for d in data])}
+        if wide:
+            out["x"] = out["x"].flatten(1)
+        return {k: v.to(device) for k, v in out.items()}
+
+    train, meta = batch_of(0), batch_of(1)
+
+    def plain_step() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(**train)["loss"]
+        loss.backward()
+        return loss
+
+    def once() -> None:
+        loss = plain_step()
+        if mode == "plain":
+            schedule.step(loss.item())
+            optimizer.step()
+        elif mode == "ours":
+            lr = schedule.step(loss.item(), differentiable=True)
+            for group in optimizer.param_groups:
+                group["lr"] = lr.item()
+            before = [p.detach().clone() for p in params]
+            optimizer.step()
+            for p in params:
+                p.grad = None
+            lr.backward(lr_derivative(meta_loss(model, meta), params, before, lr.item()))
+        else:  # released style
+            copy_ = copy.deepcopy(model)
+            names = [n for n, _ in copy_.named_parameters()]
+            w = dict(copy_.named_parameters())
+            grads = torch.autograd.grad(copy_(**train)["loss"], list(w.values()), create_graph=True)
+            lr = schedule.step(loss.item(), differentiable=True)
+            virtual = {n: w[n] - lr * (g + 5e-4 * w[n]) for n, g in zip(names, grads, strict=True)}
+            virtual.update({n: b.clone() for n, b in copy_.named_buffers()})
+            functional_call(copy_, virtual, args=(), kwargs=meta)["loss"].backward(inputs=list(schedule.parameters()))
+            for group in optimizer.param_groups:
+                group["lr"] = lr.item()
+            optimizer.step()
+        schedule.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        once()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        once()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return {
+        "ms": 1000 * statistics.median(times),
+        "peak_mb": peak_memory_mb(device),
+        "param_mb": sum(p.numel() * p.element_size() for p in params) / 2**20,
+    }
+
+
+class WideMLP(nn.Module):
+    """Parameter-heavy (about 21M parameters) so that a parameter-sized buffer shows in peak memory."""
+
+    def __init__(self, width: int = 2048, depth: int = 5) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(3 * 32 * 32, width), nn.ReLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(width, width), nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits = self.fc(self.body(x))
+        return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
+
+
+# --------------------------------------------------------------------------- driver
+def run_worker(argv: list[str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", *argv], capture_output=True, text=True, check=False, timeout=1800
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {argv} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few steps, one repeat (smoke test)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        kind, mode, *rest = args.worker
+        if kind == "train":
+            steps, warmup, batch = (int(v) for v in rest)
+            result = worker_train(mode, steps, warmup, args.device, args.bf16, batch)
+        else:
+            repeats, batch, wide = (int(v) for v in rest)
+            result = worker_meta_step(mode, repeats, args.device, batch, bool(wide))
+        print(json.dumps(result))
+        return
+
+    steps, warmup, batch, repeats = (12, 3, 16, 1) if args.quick else (600, 20, 64, args.repeats)
+    flags = ["--device", args.device] + (["--bf16"] if args.bf16 else [])
+    results: dict = {
+        "device": args.device,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"
+        + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""),
+        "torch": torch.__version__,
+        "bf16": args.bf16,
+        "quick": args.quick,
+        "train": {},
+        "meta_step": {},
+    }
+    modes = ["builtin", "transfer", "meta-10", "meta-100", "meta-300", "meta-1"]
+    for mode in modes:
+        runs = [run_worker(["train", mode, str(steps), str(warmup), str(batch), *flags]) for _ in range(repeats)]
+        results["train"][mode] = {
+            "steps_per_s": statistics.median(r["steps_per_s"] for r in runs),
+            "peak_mb": max(r["peak_mb"] for r in runs),
+        }
+        print(f"{mode:>9}: {results['train'][mode]['steps_per_s']:.2f} steps/s", file=sys.stderr)
+    for model in ("cnn", "wide_mlp"):
+        for mode in ("plain", "ours", "released"):
+            reps = "5" if args.quick else "30"
+            results["meta_step"][f"{model}/{mode}"] = run_worker(
+                ["meta", mode, reps, str(batch), str(int(model == "wide_mlp")), *flags]
+            )
+    base = results["train"]["builtin"]["steps_per_s"]
+    transfer = results["train"]["transfer"]["steps_per_s"]
+    ratios = {f"{mode}_vs_builtin": results["train"][mode]["steps_per_s"] / base for mode in modes[1:]}
+    # Every step of meta-1 is a meta step: its extra time per step over transfer, in plain steps.
+    ratios["meta_step_extra_cost_in_plain_steps"] = transfer / results["train"]["meta-1"]["steps_per_s"] - 1
+    for model in ("cnn", "wide_mlp"):
+        m = results["meta_step"]
+        plain, ours, released = (m[f"{model}/{k}"] for k in ("plain", "ours", "released"))
+        ratios[f"{model}_ours_step_vs_plain_time"] = ours["ms"] / plain["ms"]
+        ratios[f"{model}_released_step_vs_plain_time"] = released["ms"] / plain["ms"]
+        ratios[f"{model}_ours_extra_peak_mb"] = ours["peak_mb"] - plain["peak_mb"]
+        ratios[f"{model}_released_extra_peak_mb"] = released["peak_mb"] - plain["peak_mb"]
+        ratios[f"{model}_param_mb"] = plain["param_mb"]
+    results["ratios"] = ratios
+
+    out_dir = args.out or RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"speed_{args.device}{'_bf16' if args.bf16 else ''}{'_quick' if args.quick else ''}"
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / f"{name}.md").write_text(to_markdown(results))
+    print(to_markdown(results))
+
+
+def to_markdown(r: dict) -> str:
+    lines = [
+        f"# Speed and memory ({r['device']}{', bf16' if r['bf16'] else ''}; {r['machine']}; torch {r['torch']})",
+        "",
+        "| configuration | steps/s | vs Trainer + cosine | peak memory (MiB) |",
+        "|---|---|---|---|",
+    ]
+    base = r["train"]["builtin"]["steps_per_s"]
+    for mode, v in r["train"].items():
+        lines.append(f"| {mode} | {v['steps_per_s']:.2f} | {v['steps_per_s'] / base:.3f}x | {v['peak_mb']:.0f} |")
+    lines += ["", "| one step on one batch | ms | vs plain | peak memory (MiB) |", "|---|---|---|---|"]
+    for key, v in r["meta_step"].items():
+        plain = r["meta_step"][key.split("/")[0] + "/plain"]
+        lines.append(f"| {key} | {v['ms']:.1f} | {v['ms'] / plain['ms']:.2f}x | {v['peak_mb']:.0f} |")
+    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in r["ratios"].items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
