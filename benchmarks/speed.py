@@ -173,18 +173,43 @@ def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: boo
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        once()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return {
-        "ms": 1000 * statistics.median(times),
+    result = {
+        "ms": timed(once, repeats, device, warmup=0),
         "peak_mb": peak_memory_mb(device),
         "param_mb": sum(p.numel() * p.element_size() for p in params) / 2**20,
     }
+    if mode == "plain":  # the pieces our Trainer adds to a step, timed directly
+        meta_optimizer = torch.optim.Adam(schedule.parameters(), lr=1e-3)
+
+        def lstm_meta() -> None:
+            schedule.step(1.0, differentiable=True).backward(torch.tensor(0.1))
+            meta_optimizer.step()
+            meta_optimizer.zero_grad(set_to_none=True)
+
+        def meta_forward_backward() -> None:
+            torch.autograd.grad(meta_loss(model, meta), params)
+
+        result["components_ms"] = {
+            "lstm_step": timed(lambda: schedule.step(1.0), repeats * 10, device),
+            "lstm_meta_step_with_adam": timed(lstm_meta, repeats * 10, device),
+            "snapshot_w_t": timed(lambda: [p.detach().clone() for p in params], repeats, device),
+            "meta_forward_backward": timed(meta_forward_backward, repeats, device),
+        }
+    return result
+
+
+def timed(fn, repeats: int, device: str, warmup: int = 2) -> float:
+    """Median milliseconds of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 class WideMLP(nn.Module):
@@ -234,7 +259,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    steps, warmup, batch, repeats = (12, 3, 16, 1) if args.quick else (600, 20, 64, args.repeats)
+    steps, warmup, batch, repeats = (12, 3, 16, 1) if args.quick else (300, 20, 64, args.repeats)
     flags = ["--device", args.device] + (["--bf16"] if args.bf16 else [])
     results: dict = {
         "device": args.device,
@@ -247,13 +272,17 @@ def main() -> None:
         "meta_step": {},
     }
     modes = ["builtin", "transfer", "meta-10", "meta-100", "meta-300", "meta-1"]
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for round_ in range(repeats):  # interleaved rounds: machine drift hits every configuration alike
+        for mode in modes:
+            runs[mode].append(run_worker(["train", mode, str(steps), str(warmup), str(batch), *flags]))
+            print(f"round {round_}: {mode:>9} {runs[mode][-1]['steps_per_s']:.2f} steps/s", file=sys.stderr)
     for mode in modes:
-        runs = [run_worker(["train", mode, str(steps), str(warmup), str(batch), *flags]) for _ in range(repeats)]
         results["train"][mode] = {
-            "steps_per_s": statistics.median(r["steps_per_s"] for r in runs),
-            "peak_mb": max(r["peak_mb"] for r in runs),
+            "steps_per_s": statistics.median(r["steps_per_s"] for r in runs[mode]),
+            "spread": (min(r["steps_per_s"] for r in runs[mode]), max(r["steps_per_s"] for r in runs[mode])),
+            "peak_mb": max(r["peak_mb"] for r in runs[mode]),
         }
-        print(f"{mode:>9}: {results['train'][mode]['steps_per_s']:.2f} steps/s", file=sys.stderr)
     for model in ("cnn", "wide_mlp"):
         for mode in ("plain", "ours", "released"):
             reps = "5" if args.quick else "30"
@@ -273,6 +302,12 @@ def main() -> None:
         ratios[f"{model}_ours_extra_peak_mb"] = ours["peak_mb"] - plain["peak_mb"]
         ratios[f"{model}_released_extra_peak_mb"] = released["peak_mb"] - plain["peak_mb"]
         ratios[f"{model}_param_mb"] = plain["param_mb"]
+        c = plain["components_ms"]
+        # What transfer adds to a step, and what a meta step adds, in plain steps (direct timings).
+        ratios[f"{model}_transfer_overhead_per_step"] = c["lstm_step"] / plain["ms"]
+        ratios[f"{model}_meta_step_extra_in_plain_steps"] = (
+            c["lstm_meta_step_with_adam"] + c["snapshot_w_t"] + c["meta_forward_backward"]
+        ) / plain["ms"]
     results["ratios"] = ratios
 
     out_dir = args.out or RESULTS
@@ -287,16 +322,24 @@ def to_markdown(r: dict) -> str:
     lines = [
         f"# Speed and memory ({r['device']}{', bf16' if r['bf16'] else ''}; {r['machine']}; torch {r['torch']})",
         "",
-        "| configuration | steps/s | vs Trainer + cosine | peak memory (MiB) |",
+        "| configuration | steps/s, median (min-max) | vs Trainer + cosine | peak memory (MiB) |",
         "|---|---|---|---|",
     ]
     base = r["train"]["builtin"]["steps_per_s"]
     for mode, v in r["train"].items():
-        lines.append(f"| {mode} | {v['steps_per_s']:.2f} | {v['steps_per_s'] / base:.3f}x | {v['peak_mb']:.0f} |")
+        lo, hi = v["spread"]
+        lines.append(
+            f"| {mode} | {v['steps_per_s']:.2f} ({lo:.2f}-{hi:.2f}) | {v['steps_per_s'] / base:.3f}x | {v['peak_mb']:.0f} |"
+        )
     lines += ["", "| one step on one batch | ms | vs plain | peak memory (MiB) |", "|---|---|---|---|"]
     for key, v in r["meta_step"].items():
         plain = r["meta_step"][key.split("/")[0] + "/plain"]
         lines.append(f"| {key} | {v['ms']:.1f} | {v['ms'] / plain['ms']:.2f}x | {v['peak_mb']:.0f} |")
+    lines += ["", "| component (ms) | " + " | ".join(r["meta_step"]["cnn/plain"]["components_ms"]) + " |"]
+    lines += ["|---|" + "---|" * len(r["meta_step"]["cnn/plain"]["components_ms"])]
+    for model in ("cnn", "wide_mlp"):
+        c = r["meta_step"][f"{model}/plain"]["components_ms"]
+        lines.append(f"| {model} | " + " | ".join(f"{v:.2f}" for v in c.values()) + " |")
     lines += ["", "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in r["ratios"].items()]
     return "\n".join(lines) + "\n"

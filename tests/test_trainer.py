@@ -238,3 +238,30 @@ def test_config_is_a_cli():
     )
     assert args.gamma == 0.5 and args.meta_update_interval == 7 and args.schedule == "org/x"
     assert str(args.optim.value if hasattr(args.optim, "value") else args.optim) == "sgd"
+
+
+def test_push_schedule_to_hub_uploads_the_trained_schedule(schedule_dir, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoUrl
+
+    uploaded = {}
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploaded.update(repo_id=repo_id, files={p.name for p in Path(folder_path).iterdir()})
+        uploaded["config"] = json.loads((Path(folder_path) / "config.json").read_text())
+        return "https://huggingface.co/org/x/commit/0"
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    torch.manual_seed(0)
+    data = digits(400)
+    args = config(tmp_path, schedule=str(schedule_dir), meta_train=True, meta_update_interval=3)
+    trainer = MLRSNetTrainer(model=DigitsNet(), args=args, train_dataset=data[:300], meta_dataset=data[300:])
+    trainer.train()
+    trainer.push_schedule_to_hub("org/mlrsnet-digits", meta_training={"dataset": "sklearn/digits"})
+    assert uploaded["repo_id"] == "org/mlrsnet-digits"
+    assert uploaded["files"] == {"config.json", "model.safetensors", "README.md", "lr_response.png", "lr_used.png"}
+    assert uploaded["config"]["meta_training"]["dataset"] == "sklearn/digits"
+    assert uploaded["config"]["meta_training"]["max_steps"] == 9
