@@ -1,0 +1,181 @@
+"""The paper's data on ``datasets``: image classification sets and the held-out meta split.
+
+Images are loaded with ``datasets.load_dataset`` from their Hub ids (or a local directory in the Hub
+repo's own layout, e.g. what ``hf download`` leaves: ``data/train-*.parquet``) and transformed on the
+fly with ``with_transform``, in torch (no torchvision): training images get the standard
+augmentation (4-pixel zero padding, random 32x32 / 64x64 crop, horizontal flip), every image the
+per-dataset normalisation. Examples come out as ``{"pixel_values": (3, H, W) float tensor, "labels": int}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import DatasetDict, load_dataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageDatasetSpec:
+    """Where an image dataset lives on the Hub and how to read and normalise it."""
+
+    hub_id: str
+    image_column: str
+    label_column: str
+    num_classes: int
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    config: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+
+
+IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
+    "cifar10": ImageDatasetSpec(
+        "uoft-cs/cifar10", "img", "label", 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    ),
+    "cifar100": ImageDatasetSpec(
+        "uoft-cs/cifar100", "img", "fine_label", 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    ),
+    "svhn": ImageDatasetSpec(
+        "ufldl-stanford/svhn",
+        "image",
+        "label",
+        10,
+        32,
+        (0.4377, 0.4438, 0.4728),
+        (0.1980, 0.2010, 0.1970),
+        config="cropped_digits",
+    ),  # fmt: skip
+    "tiny-imagenet": ImageDatasetSpec(
+        "zh-plus/tiny-imagenet",
+        "image",
+        "label",
+        200,
+        64,
+        (0.4802, 0.4481, 0.3975),
+        (0.2770, 0.2691, 0.2821),
+        test_split="valid",
+    ),  # fmt: skip
+}
+
+
+def to_tensor(image: Any) -> torch.Tensor:
+    """A PIL image or array as a ``(3, H, W)`` float tensor in [0, 1]; grayscale is repeated to RGB."""
+    array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def random_crop_flip(image: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The standard CIFAR augmentation: zero-pad by ``padding``, crop back at a random offset, flip half the time."""
+    _, height, width = image.shape
+    padded = torch.nn.functional.pad(image, (padding, padding, padding, padding))
+    top, left = torch.randint(0, 2 * padding + 1, (2,), generator=generator).tolist()
+    out = padded[:, top : top + height, left : left + width]
+    if torch.rand((), generator=generator).item() < 0.5:
+        out = out.flip(-1)
+    return out
+
+
+def image_transform(spec: ImageDatasetSpec, train: bool) -> Callable[[dict[str, list]], dict[str, list]]:
+    """The ``with_transform`` function for a split: to tensor, (augment), normalise, rename to the model's inputs."""
+    mean = torch.tensor(spec.mean).view(3, 1, 1)
+    std = torch.tensor(spec.std).view(3, 1, 1)
+
+    def transform(batch: dict[str, list]) -> dict[str, list]:
+        pixels = []
+        for image in batch[spec.image_column]:
+            x = to_tensor(image)
+            if x.shape[-2:] != (spec.image_size, spec.image_size):
+                raise ValueError(f"Expected {spec.image_size}x{spec.image_size} images, got {tuple(x.shape[-2:])}.")
+            if train:
+                x = random_crop_flip(x)
+            pixels.append((x - mean) / std)
+        return {"pixel_values": pixels, "labels": list(batch[spec.label_column])}
+
+    return transform
+
+
+def balanced_split(labels: list[int] | np.ndarray, size: int, num_classes: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``size`` random examples with counts per class as equal as the data allows.
+
+    Classes take one example each in turn (in a seeded random order of classes), skipping classes that
+    have run out, so short classes give all they have and the rest is spread evenly over the others.
+    """
+    labels = np.asarray(labels)
+    if size > len(labels):
+        raise ValueError(f"Cannot take a meta set of {size} from {len(labels)} examples.")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"Labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}].")
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+    available = np.array([len(idx) for idx in per_class])
+    take = np.zeros(num_classes, dtype=int)
+    full_rounds = min(size // num_classes, int(available.min()))
+    take[:] = full_rounds
+    order = rng.permutation(num_classes)
+    while take.sum() < size:
+        for c in order:
+            if take.sum() == size:
+                break
+            if take[c] < available[c]:
+                take[c] += 1
+    return np.sort(np.concatenate([idx[:k] for idx, k in zip(per_class, take, strict=True)]))
+
+
+def load_image_dataset(
+    name: str, dataset: str | None = None, meta_size: int = 1000, seed: int = 0, **load_kwargs: Any
+) -> tuple[DatasetDict, ImageDatasetSpec]:
+    """Train / meta / test splits of one of :data:`IMAGE_DATASETS`, transformed for training.
+
+    Args:
+        name: ``"cifar10"``, ``"cifar100"``, ``"svhn"`` or ``"tiny-imagenet"``.
+        dataset: a Hub id or a local directory in the Hub repo's layout; defaults to the spec's Hub id.
+        meta_size: examples carved from the training set for the meta (validation) split, class-balanced
+            (the paper: 1000); 0 for none.
+        seed: for the meta split.
+
+    Returns ``(DatasetDict(train=..., meta=..., test=...), spec)``; "train" has the augmentation.
+    """
+    if name not in IMAGE_DATASETS:
+        raise ValueError(f"Unknown image dataset {name!r}: expected one of {', '.join(IMAGE_DATASETS)}.")
+    spec = IMAGE_DATASETS[name]
+    raw = load_raw(dataset or spec.hub_id, spec.config, **load_kwargs)
+    for split in (spec.train_split, spec.test_split):
+        if split not in raw:
+            raise ValueError(f"{dataset or spec.hub_id} has no {split!r} split (it has {list(raw)}).")
+    for column in (spec.image_column, spec.label_column):
+        if column not in raw[spec.train_split].column_names:
+            raise ValueError(
+                f"{dataset or spec.hub_id} has no {column!r} column (it has {raw[spec.train_split].column_names}): "
+                f"is it really {name}?"
+            )
+    train, test = raw[spec.train_split], raw[spec.test_split]
+    splits = {}
+    if meta_size:
+        meta_idx = balanced_split(train[spec.label_column], meta_size, spec.num_classes, seed)
+        keep = np.setdiff1d(np.arange(len(train)), meta_idx)
+        splits["meta"] = train.select(meta_idx).with_transform(image_transform(spec, train=False))
+        train = train.select(keep)
+    splits["train"] = train.with_transform(image_transform(spec, train=True))
+    splits["test"] = test.with_transform(image_transform(spec, train=False))
+    return DatasetDict(splits), spec
+
+
+def load_raw(path: str, config: str | None = None, **load_kwargs: Any) -> DatasetDict:
+    """``load_dataset`` on a Hub id or a local directory in the Hub repo's layout."""
+    if os.path.isdir(path):
+        if config and os.path.isdir(os.path.join(path, config)):
+            return load_dataset(path, data_dir=config, **load_kwargs)
+        return load_dataset(path, **load_kwargs)
+    return load_dataset(path, config, **load_kwargs)
