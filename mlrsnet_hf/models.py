@@ -1,0 +1,151 @@
+"""The paper's task networks as ``transformers`` models (config + ``PreTrainedModel``).
+
+CIFAR-style ResNet-18 (3x3 stem, no max-pool) and Wide-ResNet-28-10, taking ``pixel_values`` and
+``labels`` and returning an ``ImageClassifierOutput`` with the cross-entropy loss, so that ``Trainer``,
+``save_pretrained``/``from_pretrained`` and the Hub work as for any transformers model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
+
+
+class CifarResNetConfig(PretrainedConfig):
+    """Config of :class:`CifarResNetForImageClassification`.
+
+    Args:
+        architecture: ``"resnet18"`` (basic blocks [2, 2, 2, 2], widths 64-512) or ``"wrn"`` (Wide-ResNet
+            with ``depth`` and ``widen_factor``, pre-activation blocks, dropout ``dropout``).
+        depth, widen_factor, dropout: Wide-ResNet settings (the paper: 28, 10, 0.0).
+        num_labels: classes; ``image_size`` only documents the expected input (any size works).
+    """
+
+    model_type = "mlrsnet_cifar_resnet"
+
+    def __init__(
+        self,
+        architecture: str = "resnet18",
+        depth: int = 28,
+        widen_factor: int = 10,
+        dropout: float = 0.0,
+        num_channels: int = 3,
+        image_size: int = 32,
+        **kwargs,
+    ) -> None:
+        if architecture not in ("resnet18", "wrn"):
+            raise ValueError(f"architecture must be 'resnet18' or 'wrn', got {architecture!r}.")
+        if architecture == "wrn" and (depth - 4) % 6:
+            raise ValueError(f"Wide-ResNet depth must be 6n + 4, got {depth}.")
+        self.architecture = architecture
+        self.depth = depth
+        self.widen_factor = widen_factor
+        self.dropout = dropout
+        self.num_channels = num_channels
+        self.image_size = image_size
+        super().__init__(**kwargs)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class WideBlock(nn.Module):
+    """Pre-activation wide block (BN-ReLU-conv, dropout between the convolutions)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, dropout: float) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1, bias=True)
+        self.dropout = nn.Dropout(dropout)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride, 1, bias=True)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.dropout(self.conv1(torch.relu(self.bn1(x))))
+        return self.conv2(torch.relu(self.bn2(out))) + self.shortcut(x)
+
+
+class CifarResNetForImageClassification(PreTrainedModel):
+    """ResNet-18 or Wide-ResNet for 32x32 (or 64x64) images; ``forward(pixel_values, labels=None)``."""
+
+    config_class = CifarResNetConfig
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: CifarResNetConfig) -> None:
+        super().__init__(config)
+        if config.architecture == "resnet18":
+            widths, blocks = [64, 128, 256, 512], [2, 2, 2, 2]
+            self.stem = nn.Sequential(
+                nn.Conv2d(config.num_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+            )
+            cin, layers = 64, []
+            for i, (width, n) in enumerate(zip(widths, blocks, strict=True)):
+                for j in range(n):
+                    layers.append(BasicBlock(cin, width, 2 if (i > 0 and j == 0) else 1))
+                    cin = width
+            self.blocks = nn.Sequential(*layers)
+            self.head_norm = nn.Identity()
+        else:
+            n = (config.depth - 4) // 6
+            widths = [16, 16 * config.widen_factor, 32 * config.widen_factor, 64 * config.widen_factor]
+            self.stem = nn.Conv2d(config.num_channels, widths[0], 3, 1, 1, bias=True)
+            cin, layers = widths[0], []
+            for i, width in enumerate(widths[1:]):
+                for j in range(n):
+                    layers.append(WideBlock(cin, width, 2 if (i > 0 and j == 0) else 1, config.dropout))
+                    cin = width
+            self.blocks = nn.Sequential(*layers)
+            self.head_norm = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU())
+        self.classifier = nn.Linear(cin, config.num_labels)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.01)
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs
+    ) -> ImageClassifierOutput:
+        features = self.head_norm(self.blocks(self.stem(pixel_values)))
+        logits = self.classifier(features.mean(dim=(2, 3)))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+
+def cifar_resnet18(num_labels: int = 10) -> CifarResNetForImageClassification:
+    """The paper's ResNet-18 for CIFAR."""
+    return CifarResNetForImageClassification(CifarResNetConfig(architecture="resnet18", num_labels=num_labels))
+
+
+def wide_resnet(num_labels: int = 100, depth: int = 28, widen_factor: int = 10, dropout: float = 0.0):
+    """The paper's Wide-ResNet-28-10 (other depths/widths for small runs)."""
+    config = CifarResNetConfig(
+        architecture="wrn", depth=depth, widen_factor=widen_factor, dropout=dropout, num_labels=num_labels
+    )
+    return CifarResNetForImageClassification(config)
