@@ -179,3 +179,111 @@ def load_raw(path: str, config: str | None = None, **load_kwargs: Any) -> Datase
             return load_dataset(path, data_dir=config, **load_kwargs)
         return load_dataset(path, **load_kwargs)
     return load_dataset(path, config, **load_kwargs)
+
+
+# ------------------------------------------------------------------ Penn Treebank
+PTB_HUB_ID = "ptb-text-only/ptb_text_only"
+PTB_FILES = {"train": "ptb.train.txt", "validation": "ptb.valid.txt", "test": "ptb.test.txt"}
+EOS = "<eos>"
+
+
+def load_ptb(dataset: str | None = None, **load_kwargs: Any) -> dict[str, list[str]]:
+    """PTB sentences per split (``train``, ``validation``, ``test``: those present).
+
+    ``dataset`` is the Hub id (default ``ptb-text-only/ptb_text_only``, column ``sentence``), a local
+    copy of it, or a directory of Mikolov's ``ptb.{train,valid,test}.txt`` files (one sentence a line).
+    """
+    path = dataset or PTB_HUB_ID
+    if os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in PTB_FILES.values()):
+        splits = {}
+        for split, name in PTB_FILES.items():
+            file = os.path.join(path, name)
+            if os.path.isfile(file):
+                with open(file, encoding="utf-8") as f:
+                    splits[split] = [line.strip() for line in f if line.strip()]
+        return splits
+    raw = load_raw(path, **load_kwargs)
+    if "sentence" not in raw[next(iter(raw))].column_names:
+        raise ValueError(f"{path} has no 'sentence' column: is it Penn Treebank ({PTB_HUB_ID})?")
+    return {split: [s.strip() for s in raw[split]["sentence"] if s.strip()] for split in raw}
+
+
+def build_vocabulary(*corpora: list[str]) -> list[str]:
+    """Words in order of first appearance, ``<eos>`` included (the PTB files share one 10k vocabulary)."""
+    index: dict[str, None] = {}
+    for sentences in corpora:
+        for sentence in sentences:
+            for word in [*sentence.split(), EOS]:
+                index.setdefault(word, None)
+    return list(index)
+
+
+def encode(sentences: list[str], vocabulary: list[str]) -> torch.Tensor:
+    """Word ids of the sentences, each followed by ``<eos>``; unknown words become ``<unk>``."""
+    ids = {word: i for i, word in enumerate(vocabulary)}
+    unk = ids.get("<unk>")
+    out = []
+    for sentence in sentences:
+        for word in [*sentence.split(), EOS]:
+            if word not in ids and unk is None:
+                raise ValueError(f"Word {word!r} is not in the vocabulary, which has no '<unk>'.")
+            out.append(ids.get(word, unk))
+    return torch.tensor(out, dtype=torch.long)
+
+
+class LMChunks(torch.utils.data.Dataset):
+    """Contiguous language-model batches (the paper's batching): ``batch_size`` parallel streams, ``seq_len`` steps.
+
+    The token sequence is cut into ``batch_size`` equal streams; example ``i`` is chunk ``i // batch_size``
+    of stream ``i % batch_size``, with ``labels`` the inputs shifted by one token. Read in order with batches
+    of ``batch_size`` (``train_sampling_strategy="sequential"``), batch ``t`` continues batch ``t - 1`` in
+    every stream, so a model can carry its hidden state across batches.
+    """
+
+    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int = 35) -> None:
+        stream_len = len(ids) // batch_size
+        if stream_len < seq_len + 1:
+            raise ValueError(f"{len(ids)} tokens are too few for {batch_size} streams of {seq_len + 1} tokens.")
+        self.streams = ids[: stream_len * batch_size].view(batch_size, stream_len)
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.num_chunks = (stream_len - 1) // seq_len
+
+    def __len__(self) -> int:
+        return self.num_chunks * self.batch_size
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        chunk, stream = divmod(i, self.batch_size)
+        start = chunk * self.seq_len
+        row = self.streams[stream]
+        return {"input_ids": row[start : start + self.seq_len], "labels": row[start + 1 : start + self.seq_len + 1]}
+
+
+def load_ptb_lm(
+    dataset: str | None = None,
+    batch_size: int = 32,
+    seq_len: int = 35,
+    eval_batch_size: int = 10,
+    train_split: str = "train",
+    meta_split: str = "validation",
+    test_split: str = "test",
+    **load_kwargs: Any,
+) -> tuple[dict[str, LMChunks], list[str]]:
+    """PTB as contiguous LM batches: ``({"train", "meta", "test"}, vocabulary)``.
+
+    The meta split is PTB's validation split (the paper's setting); with only the validation and test
+    files at hand (e.g. a CPU-scale run), pass other split names, e.g. ``train_split="validation",
+    meta_split="test"``. The vocabulary covers all splits, as in the standard PTB setup. The schedule's
+    loss input is the loss divided by ``ln(len(vocabulary))`` (``input_normalization="log_num_classes"``).
+    """
+    sentences = load_ptb(dataset, **load_kwargs)
+    for split in (train_split, meta_split, test_split):
+        if split not in sentences:
+            raise ValueError(f"PTB split {split!r} not found (have {sorted(sentences)}).")
+    vocabulary = build_vocabulary(*(sentences[s] for s in ("train", "validation", "test") if s in sentences))
+    chunks = {
+        "train": LMChunks(encode(sentences[train_split], vocabulary), batch_size, seq_len),
+        "meta": LMChunks(encode(sentences[meta_split], vocabulary), batch_size, seq_len),
+        "test": LMChunks(encode(sentences[test_split], vocabulary), eval_batch_size, seq_len),
+    }
+    return chunks, vocabulary
