@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlrsnet", description="Learned LR schedules (MLR-SNet) as Hub repos.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("meta-train", help="meta-train a schedule on a task preset (see `mlrsnet meta-train --help`)")
+    sub.add_parser("transfer", help="train a task preset with a learned schedule (see `mlrsnet transfer --help`)")
 
     p = sub.add_parser("convert-official", help="turn the released MLR-SNet checkpoints into a schedule repo")
     p.add_argument("checkpoints", nargs="+", help="mlr_snet_1.pth [mlr_snet_100.pth mlr_snet_200.pth], in stage order")
@@ -95,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("meta-train", "transfer"):
+        # These take every MLRSNetConfig / TrainingArguments flag: HfArgumentParser parses them.
+        from .tasks import PRESETS, run
+
+        if len(argv) == 1 or argv[1] in ("-h", "--help"):
+            print(__doc__)
+            print("tasks:\n" + "\n".join(f"  {name}: {p.description}" for name, p in PRESETS.items()))
+            return 0
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        try:
+            metrics = run(argv[1:], meta_train=argv[0] == "meta-train")
+        except (ScheduleFileError, ValueError) as e:
+            print(f"mlrsnet: error: {e}", file=sys.stderr)
+            return 1
+        print(json.dumps(metrics, indent=2))
+        return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:

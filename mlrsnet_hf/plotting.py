@@ -78,3 +78,25 @@ def plot_lr_curve(lrs: Sequence[float], path: str | Path, title: str = "LR used 
     ax.set_title(title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_training_curves(log_history: list[dict], path: str | Path) -> None:
+    """Training loss and every evaluation metric against the optimizer step, from ``trainer.state.log_history``."""
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    evals = sorted({k for h in log_history for k in h if k.startswith("eval_") and k not in _EVAL_BOOKKEEPING})
+    fig, axes = plt.subplots(1 + len(evals), 1, figsize=(7, 2.5 * (1 + len(evals))), sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    if train:
+        axes[0].plot(*zip(*train, strict=True), color="tab:gray")
+    axes[0].set_ylabel("training loss")
+    for ax, key in zip(axes[1:], evals, strict=True):
+        points = [(h["step"], h[key]) for h in log_history if key in h]
+        ax.plot(*zip(*points, strict=True), marker="o", color="tab:green")
+        ax.set_ylabel(key.removeprefix("eval_"))
+    axes[-1].set_xlabel("optimizer step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+_EVAL_BOOKKEEPING = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}

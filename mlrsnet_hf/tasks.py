@@ -1,0 +1,188 @@
+"""The paper's tasks as named presets, and the meta-train / transfer runs shared by the CLI and the examples.
+
+    mlrsnet meta-train --task cifar10-resnet18 --output_dir OUT [--dataset ID_OR_DIR] [any MLRSNetConfig flag]
+    mlrsnet transfer --task cifar100-wrn28-10 --schedule ID_OR_DIR --output_dir OUT [...]
+
+A preset fixes the data, the model and the recipe's training arguments (as parser defaults: every
+flag given on the command line wins). ``meta-train`` writes a schedule repo to ``--output_dir``
+(loadable with ``MLRSNetSchedule.from_pretrained``) with the trained task model in ``OUT/model``;
+``transfer`` trains with a learned schedule. Both write ``metrics.json`` and plots of the LR and of
+the metrics into ``--output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Subset
+from transformers import HfArgumentParser, set_seed
+
+from .config import MLRSNetConfig
+from .data import load_image_dataset, load_ptb_lm
+from .metrics import accuracy_metrics, perplexity_metrics
+from .models import cifar_resnet18, lstm_lm, wide_resnet
+from .plotting import plot_lr_curve, plot_training_curves
+from .trainer import MLRSNetTrainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskPreset:
+    """A task of the paper: data, model and the recipe's training arguments."""
+
+    dataset: str  # a key of IMAGE_DATASETS, or "ptb"
+    model: str  # "resnet18", "wrn-28-10", "lstm2", "lstm3"
+    training: dict[str, Any]
+    meta_updates_per_epoch: int | None = None  # sets meta_update_interval from the data size
+    description: str = ""
+
+
+_IMAGE_RECIPE = dict(
+    optim="sgd", per_device_train_batch_size=128, weight_decay=5e-4, num_train_epochs=200, max_grad_norm=0.0,
+    gamma="1.0", remove_unused_columns=False,
+)  # fmt: skip
+_PTB_RECIPE = dict(
+    optim="sgd", per_device_train_batch_size=32, per_device_eval_batch_size=10, weight_decay=5e-6,
+    num_train_epochs=150, max_grad_norm=0.25, meta_update_interval=100, gamma="40",
+    input_normalization="log_num_classes", train_sampling_strategy="sequential", ddp_broadcast_buffers=False,
+)  # fmt: skip
+
+PRESETS: dict[str, TaskPreset] = {
+    "cifar10-resnet18": TaskPreset("cifar10", "resnet18", _IMAGE_RECIPE, 2, "ResNet-18 on CIFAR-10 (paper Sec. 4.1)"),
+    "cifar100-resnet18": TaskPreset("cifar100", "resnet18", _IMAGE_RECIPE, 2, "ResNet-18 on CIFAR-100"),
+    "cifar100-wrn28-10": TaskPreset("cifar100", "wrn-28-10", _IMAGE_RECIPE, 2, "WRN-28-10 on CIFAR-100"),
+    "svhn-resnet18": TaskPreset("svhn", "resnet18", _IMAGE_RECIPE, 2, "ResNet-18 on SVHN (transfer target)"),
+    "tiny-imagenet-resnet18": TaskPreset(
+        "tiny-imagenet", "resnet18", _IMAGE_RECIPE, 2, "ResNet-18 on TinyImageNet (transfer target)"
+    ),
+    "ptb-lstm2": TaskPreset("ptb", "lstm2", _PTB_RECIPE, None, "2-layer LSTM LM on Penn Treebank"),
+    "ptb-lstm3": TaskPreset("ptb", "lstm3", _PTB_RECIPE, None, "3-layer LSTM LM on Penn Treebank"),
+}
+
+
+@dataclass
+class TaskArguments:
+    """What to train: the preset, where its data is, and how to split it."""
+
+    task: str = field(metadata={"help": f"The task preset: one of {', '.join(PRESETS)}."})
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Hub dataset id or a local directory in the Hub repo's layout (default: the task's Hub id)."
+        },
+    )
+    meta_size: int = field(default=1000, metadata={"help": "Images held out of the training set for meta updates."})
+    train_split: str = field(default="train", metadata={"help": "PTB: the split to train on."})
+    meta_split: str = field(default="validation", metadata={"help": "PTB: the split for meta updates."})
+    test_split: str = field(default="test", metadata={"help": "PTB: the split to evaluate on."})
+    seq_len: int = field(default=35, metadata={"help": "PTB: tokens per sequence (the paper's 35)."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on the first this many test examples only (for quick runs)."}
+    )
+    record_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Dataset id to record in the schedule card (default: --dataset or the Hub id)."},
+    )
+
+
+@dataclass
+class Task:
+    model: Any
+    train: Any
+    meta: Any
+    test: Any
+    compute_metrics: Any
+    preprocess_logits_for_metrics: Any
+    dataset_id: str
+    num_classes: int
+
+
+def build_task(args: TaskArguments, training: MLRSNetConfig | None = None) -> Task:
+    """Data, model and metrics of a preset."""
+    if args.task not in PRESETS:
+        raise ValueError(f"Unknown task {args.task!r}: expected one of {', '.join(PRESETS)}.")
+    preset = PRESETS[args.task]
+    if preset.dataset == "ptb":
+        batch = training.per_device_train_batch_size if training else preset.training["per_device_train_batch_size"]
+        eval_batch = training.per_device_eval_batch_size if training else preset.training["per_device_eval_batch_size"]
+        chunks, vocab = load_ptb_lm(
+            args.dataset, batch_size=batch, seq_len=args.seq_len, eval_batch_size=eval_batch,
+            train_split=args.train_split, meta_split=args.meta_split, test_split=args.test_split,
+        )  # fmt: skip
+        model = lstm_lm(len(vocab), num_layers=int(preset.model[-1]))
+        compute, preprocess = perplexity_metrics()
+        return Task(
+            model, chunks["train"], chunks["meta"], chunks["test"], compute, preprocess,
+            args.dataset or "ptb-text-only/ptb_text_only", len(vocab),
+        )  # fmt: skip
+    splits, spec = load_image_dataset(preset.dataset, args.dataset, meta_size=args.meta_size)
+    model = cifar_resnet18(spec.num_classes) if preset.model == "resnet18" else wide_resnet(spec.num_classes)
+    compute, preprocess = accuracy_metrics()
+    return Task(
+        model, splits["train"], splits.get("meta"), splits["test"], compute, preprocess,
+        args.dataset or spec.hub_id, spec.num_classes,
+    )  # fmt: skip
+
+
+def parse(argv: Sequence[str] | None, meta_train: bool) -> tuple[TaskArguments, MLRSNetConfig]:
+    """Parse ``TaskArguments`` and ``MLRSNetConfig``, with the preset's recipe as defaults."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    task_args, _ = HfArgumentParser(TaskArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if task_args.task not in PRESETS:
+        raise ValueError(f"Unknown task {task_args.task!r}: expected one of {', '.join(PRESETS)}.")
+    parser = HfArgumentParser((TaskArguments, MLRSNetConfig))
+    parser.set_defaults(**PRESETS[task_args.task].training, meta_train=meta_train, report_to="none")
+    task_args, training = parser.parse_args_into_dataclasses(argv)
+    return task_args, training
+
+
+def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str, Any]:
+    """Meta-train (``meta_train=True``) or transfer a schedule on a preset task; returns the final metrics."""
+    task_args, training = parse(argv, meta_train)
+    if not meta_train and training.schedule is None:
+        raise ValueError("transfer needs --schedule (a schedule directory or Hub repo id).")
+    set_seed(training.seed)
+    task = build_task(task_args, training)
+    if task_args.max_eval_samples is not None:
+        n = min(task_args.max_eval_samples, len(task.test))
+        task.test = task.test.select(range(n)) if hasattr(task.test, "select") else Subset(task.test, range(n))
+    preset = PRESETS[task_args.task]
+    if meta_train and preset.meta_updates_per_epoch and "--meta_update_interval" not in (argv or []):
+        steps_per_epoch = math.ceil(
+            len(task.train) / (training.per_device_train_batch_size * training.gradient_accumulation_steps)
+        )
+        training.meta_update_interval = max(1, steps_per_epoch // preset.meta_updates_per_epoch)
+    trainer = MLRSNetTrainer(
+        model=task.model, args=training, train_dataset=task.train, eval_dataset=task.test,
+        meta_dataset=task.meta if meta_train else None, compute_metrics=task.compute_metrics,
+        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+    )  # fmt: skip
+    trainer.train()
+    metrics = trainer.evaluate()
+    out = Path(training.output_dir)
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"task": task_args.task, **metrics, "learning_rates": trainer.controller.lr_history}
+        (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+        plot_lr_curve(trainer.controller.lr_history, out / "lr_curve.png")
+        plot_training_curves(trainer.state.log_history, out / "training_curves.png")
+    if meta_train:
+        record = {
+            "dataset": task_args.record_dataset or task.dataset_id,
+            "task": task_args.task,
+            "model": preset.model,
+            "num_classes": task.num_classes,
+        }
+        trainer.save_schedule(out, meta_training=record)
+        if trainer.is_world_process_zero():
+            trainer.save_model(str(out / "model"))
+    return metrics

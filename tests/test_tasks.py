@@ -1,0 +1,68 @@
+"""The examples and `mlrsnet meta-train` / `transfer` on tiny data, offline (smoke tests that check the outputs)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, SHARED
+from hub_data import write_hub_layout
+
+from mlrsnet_hf import MLRSNetSchedule
+from mlrsnet_hf.cli import main
+from mlrsnet_hf.tasks import PRESETS, parse
+
+QUICK = ["--max_steps", "4", "--logging_steps", "1", "--use_cpu", "--disable_tqdm", "true", "--save_strategy", "no"]
+
+
+def test_presets_are_the_paper_recipes():
+    _, args = parse(["--task", "cifar10-resnet18", "--output_dir", "o"], meta_train=True)
+    assert (args.per_device_train_batch_size, args.weight_decay, args.num_train_epochs) == (128, 5e-4, 200)
+    assert args.optim.value == "sgd" and args.meta_train
+    _, args = parse(["--task", "ptb-lstm3", "--output_dir", "o", "--weight_decay", "0.1"], meta_train=False)
+    assert args.per_device_train_batch_size == 32 and args.max_grad_norm == 0.25 and args.meta_update_interval == 100
+    assert args.weight_decay == 0.1  # a flag given on the command line wins over the preset
+    assert args.input_normalization == "log_num_classes" and args.gamma == 40.0
+    assert set(PRESETS) >= {"cifar10-resnet18", "cifar100-wrn28-10", "ptb-lstm2", "ptb-lstm3"}
+
+
+def test_meta_train_example_then_transfer_to_text(tmp_path):
+    data = write_hub_layout(tmp_path / "cifar10", "cifar10", n_train=300, n_test=40)
+    out = tmp_path / "schedule"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "meta_train.py"), "--task", "cifar10-resnet18", "--dataset",
+         str(data), "--output_dir", str(out), "--per_device_train_batch_size", "16", "--meta_size", "40",
+         "--meta_update_interval", "2", "--record_dataset", "uoft-cs/cifar10", *QUICK],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    schedule = MLRSNetSchedule.from_pretrained(out)  # the output directory is a schedule repo
+    assert schedule.meta_training["task"] == "cifar10-resnet18"
+    assert schedule.meta_training["dataset"] == "uoft-cs/cifar10" and schedule.meta_training["num_classes"] == 10
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["eval_accuracy"] <= 1 and len(metrics["learning_rates"]) == 4
+    assert len(set(metrics["learning_rates"])) > 1
+    for name in ("lr_curve.png", "training_curves.png", "lr_used.png", "README.md", "model/config.json"):
+        assert (out / name).is_file(), name
+
+    ptb = SHARED / "data" / "ptb"
+    if not (ptb / "ptb.valid.txt").is_file():
+        pytest.skip(f"Penn Treebank text not found in {ptb}")
+    text_out = tmp_path / "ptb"
+    code = main(
+        ["transfer", "--task", "ptb-lstm2", "--schedule", str(out), "--dataset", str(ptb), "--train_split",
+         "validation", "--meta_split", "test", "--output_dir", str(text_out), "--max_eval_samples", "200", *QUICK]
+    )  # fmt: skip
+    assert code == 0
+    metrics = json.loads((text_out / "metrics.json").read_text())
+    assert metrics["eval_perplexity"] > 1 and len(set(metrics["learning_rates"])) > 1
+    assert all(0 < lr < 40 for lr in metrics["learning_rates"])  # gamma 40 (the paper's text setting) times p
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["transfer", "--task", "cifar10-resnet18", "--output_dir", str(tmp_path)]) == 1
+    assert "transfer needs --schedule" in capsys.readouterr().err
+    assert main(["meta-train", "--task", "imagenet", "--output_dir", str(tmp_path)]) == 1
+    assert "Unknown task 'imagenet'" in capsys.readouterr().err
+    assert main(["meta-train", "--help"]) == 0
+    assert "cifar10-resnet18" in capsys.readouterr().out
