@@ -26,7 +26,7 @@ from transformers import HfArgumentParser, set_seed
 from .config import MLRSNetConfig
 from .data import load_image_dataset, load_ptb_lm
 from .metrics import accuracy_metrics, perplexity_metrics
-from .models import cifar_resnet18, lstm_lm, wide_resnet
+from .models import cifar_net, lstm_lm, wide_resnet
 from .plotting import plot_lr_curve, plot_training_curves
 from .trainer import MLRSNetTrainer
 
@@ -38,7 +38,7 @@ class TaskPreset:
     """A task of the paper: data, model and the recipe's training arguments."""
 
     dataset: str  # a key of IMAGE_DATASETS, or "ptb"
-    model: str  # "resnet18", "wrn-28-10", "lstm2", "lstm3"
+    model: str  # "resnet18", "wrn-28-10", "mobilenetv2", "shufflenetv2", "lstm2", "lstm3"
     training: dict[str, Any]
     meta_updates_per_epoch: int | None = None  # sets meta_update_interval from the data size
     description: str = ""
@@ -58,6 +58,12 @@ PRESETS: dict[str, TaskPreset] = {
     "cifar10-resnet18": TaskPreset("cifar10", "resnet18", _IMAGE_RECIPE, 2, "ResNet-18 on CIFAR-10 (paper Sec. 4.1)"),
     "cifar100-resnet18": TaskPreset("cifar100", "resnet18", _IMAGE_RECIPE, 2, "ResNet-18 on CIFAR-100"),
     "cifar100-wrn28-10": TaskPreset("cifar100", "wrn-28-10", _IMAGE_RECIPE, 2, "WRN-28-10 on CIFAR-100"),
+    "cifar10-mobilenetv2": TaskPreset(
+        "cifar10", "mobilenetv2", _IMAGE_RECIPE, 2, "MobileNetV2 on CIFAR-10 (architecture transfer)"
+    ),
+    "cifar10-shufflenetv2": TaskPreset(
+        "cifar10", "shufflenetv2", _IMAGE_RECIPE, 2, "ShuffleNetV2 on CIFAR-10 (architecture transfer)"
+    ),
     "svhn-resnet18": TaskPreset("svhn", "resnet18", _IMAGE_RECIPE, 2, "ResNet-18 on SVHN (transfer target)"),
     "tiny-imagenet-resnet18": TaskPreset(
         "tiny-imagenet", "resnet18", _IMAGE_RECIPE, 2, "ResNet-18 on TinyImageNet (transfer target)"
@@ -123,7 +129,7 @@ def build_task(args: TaskArguments, training: MLRSNetConfig | None = None) -> Ta
             args.dataset or "ptb-text-only/ptb_text_only", len(vocab),
         )  # fmt: skip
     splits, spec = load_image_dataset(preset.dataset, args.dataset, meta_size=args.meta_size)
-    model = cifar_resnet18(spec.num_classes) if preset.model == "resnet18" else wide_resnet(spec.num_classes)
+    model = wide_resnet(spec.num_classes) if preset.model == "wrn-28-10" else cifar_net(preset.model, spec.num_classes)
     compute, preprocess = accuracy_metrics()
     return Task(
         model, splits["train"], splits.get("meta"), splits["test"], compute, preprocess,

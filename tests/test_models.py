@@ -6,12 +6,27 @@ from hub_data import write_hub_layout
 
 from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
 from mlrsnet_hf.data import load_image_dataset
-from mlrsnet_hf.models import CifarResNetConfig, CifarResNetForImageClassification, cifar_resnet18, wide_resnet
+from mlrsnet_hf.models import CifarNetConfig, CifarNetForImageClassification, cifar_net, cifar_resnet18, wide_resnet
 
 
 def test_parameter_counts_match_the_standard_architectures():
-    assert sum(p.numel() for p in cifar_resnet18(10).parameters()) == 11_173_962
-    assert sum(p.numel() for p in wide_resnet(100).parameters()) == 36_546_980
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
+
+    assert count(cifar_resnet18(10)) == 11_173_962
+    assert count(wide_resnet(100)) == 36_546_980
+    # torchvision's mobilenet_v2 / shufflenet_v2_x1_0 with a 10-class head (strides differ, not parameters)
+    assert count(cifar_net("mobilenetv2", 10)) == 2_236_682
+    assert count(cifar_net("shufflenetv2", 10)) == 1_263_854
+
+
+@pytest.mark.parametrize("architecture", ["mobilenetv2", "shufflenetv2"])
+def test_small_networks_keep_resolution_for_cifar(architecture):
+    model = cifar_net(architecture, 10).eval()
+    features = model.features(torch.randn(2, 3, 32, 32))
+    assert features.shape[-2:] == (4, 4)  # CIFAR variants: /8 overall (ImageNet variants would reach 1x1)
+    out = model(pixel_values=torch.randn(2, 3, 32, 32), labels=torch.tensor([1, 2]))
+    assert out.logits.shape == (2, 10) and torch.isfinite(out.loss)
 
 
 def test_forward_and_save_load_round_trip(tmp_path):
@@ -21,13 +36,13 @@ def test_forward_and_save_load_round_trip(tmp_path):
     out = model(pixel_values=x, labels=torch.tensor([0, 1, 2, 3]))
     assert out.logits.shape == (4, 10) and out.loss.ndim == 0
     model.save_pretrained(tmp_path / "wrn")
-    loaded = CifarResNetForImageClassification.from_pretrained(tmp_path / "wrn").eval()
+    loaded = CifarNetForImageClassification.from_pretrained(tmp_path / "wrn").eval()
     assert loaded.config.architecture == "wrn" and loaded.config.depth == 10
     assert torch.equal(loaded(pixel_values=x).logits, model(pixel_values=x).logits)
     with pytest.raises(ValueError, match="6n \\+ 4"):
-        CifarResNetConfig(architecture="wrn", depth=27)
+        CifarNetConfig(architecture="wrn", depth=27)
     with pytest.raises(ValueError, match="architecture"):
-        CifarResNetConfig(architecture="vgg")
+        CifarNetConfig(architecture="vgg")
 
 
 def test_meta_train_a_wrn_on_cifar_schema_data(tmp_path):
@@ -53,4 +68,4 @@ def test_meta_train_a_wrn_on_cifar_schema_data(tmp_path):
     metrics = trainer.evaluate()
     assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
     trainer.save_schedule(tmp_path / "schedule", meta_training={"dataset": spec.hub_id})
-    assert MLRSNetSchedule.from_pretrained(tmp_path / "schedule").meta_training["model"] == "mlrsnet_cifar_resnet"
+    assert MLRSNetSchedule.from_pretrained(tmp_path / "schedule").meta_training["model"] == "mlrsnet_cifar_net"
