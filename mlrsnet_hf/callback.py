@@ -118,8 +118,9 @@ class ScheduleController:
         self.lr_history = []
 
     def attach(self, model: nn.Module) -> None:
-        """Start reading the model's training losses."""
+        """Start reading the model's training losses (anything left from an interrupted run is dropped)."""
         self.detach()
+        self._loss_sum, self._num_losses, self._partial = None, 0, False
         self._hook = model.register_forward_hook(self._record, with_kwargs=True)
 
     def detach(self) -> None:
@@ -195,11 +196,11 @@ class ScheduleController:
             logger.info("MLR-SNet stage %d from step %d (gamma=%s)", stage, step, schedule.current_gamma)
         finite = math.isfinite(loss)
         lr = schedule.step(loss, differentiable=differentiable and finite)
-        lr_value = lr.item() if isinstance(lr, torch.Tensor) else lr
-        if schedule.gamma == "relative":
-            self.last_lrs = [initial * lr_value / self.base_lr for initial in self.initial_lrs]
-        else:
-            self.last_lrs = [lr_value] * len(optimizer.param_groups)
+        lr_value = schedule.last_lr  # the exact float (capped in relative mode), also when lr is a tensor
+        # Parameter groups keep their ratios: relative mode scales each group's own initial LR; otherwise
+        # the first group gets the schedule's LR and the others in proportion to their initial LRs.
+        reference = self.base_lr if schedule.gamma == "relative" else self.initial_lrs[0]
+        self.last_lrs = [lr_value * (initial / reference) for initial in self.initial_lrs]
         for group, value in zip(optimizer.param_groups, self.last_lrs, strict=True):
             group["lr"] = value
         self.lr_history.append(lr_value)
@@ -274,7 +275,8 @@ class MLRSNetCallback(TrainerCallback, ExportableState):
     (``lr_scheduler_type``) is overridden: before every ``optimizer.step()`` the schedule's LR is written
     into the optimizer and reported by ``lr_scheduler.get_last_lr()``. Its state is saved in each
     checkpoint (``trainer_state.json``), so ``resume_from_checkpoint`` continues the LR sequence
-    exactly; a schedule built in memory is saved to ``output_dir/mlrsnet_schedule`` for that purpose.
+    exactly; the schedule in use is saved to ``output_dir/mlrsnet_schedule`` at the start of a run so that a
+    resumed run reloads exactly it.
     """
 
     def __init__(
@@ -302,12 +304,11 @@ class MLRSNetCallback(TrainerCallback, ExportableState):
         self.runtime: dict[str, Any] | None = None  # set by the Trainer when resuming from a checkpoint
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
-        if self.schedule.name_or_path is None:
-            path = Path(args.output_dir) / SCHEDULE_DIR_NAME
-            if state.is_world_process_zero:
-                self.schedule.save_pretrained(path)
-            self.schedule.name_or_path = str(path)
         self.controller.configure(model, optimizer, args.learning_rate, state.max_steps)
+        # The schedule exactly as used (weights, stages, resolved gamma...), for a resumed run to reload.
+        self._saved_path = str(Path(args.output_dir) / SCHEDULE_DIR_NAME)
+        if state.is_world_process_zero and state.global_step == 0:
+            self.schedule.save_pretrained(self._saved_path)
         if state.global_step > 0:  # resuming: the checkpoint's trainer_state.json holds our state
             saved = state.stateful_callbacks.get(type(self).__name__)
             saved = saved[0] if isinstance(saved, list) else saved
@@ -338,6 +339,12 @@ class MLRSNetCallback(TrainerCallback, ExportableState):
 
     def state(self) -> dict[str, Any]:
         return {
-            "args": {"schedule": self.schedule.name_or_path, **self.options},
+            "args": {
+                "schedule": getattr(self, "_saved_path", None) or self.schedule.name_or_path,
+                **self.options,
+                "gamma": self.schedule.gamma,
+                "input_normalization": self.schedule.input_normalization,
+                "relative_max_scale": self.schedule.relative_max_scale,
+            },
             "attributes": {"runtime": self.controller.runtime_state()},
         }

@@ -244,14 +244,23 @@ class MLRSNetSchedule(
         return self.stages[stage](self.normalize_loss(loss), self.state if state is None else state)
 
     def scale(self, p: torch.Tensor) -> torch.Tensor:
-        """``lr = gamma * p`` for the current stage (bounded in relative mode); differentiable in ``p``."""
+        """``lr = gamma * p`` for the current stage; differentiable in ``p``.
+
+        In relative mode the value is capped at ``relative_max_scale * base_lr`` with a straight-through
+        gradient (the gradient of ``gamma * p``), so meta-training still learns while the cap is active.
+        """
         gamma = self.current_gamma
         if gamma is None:
             raise RuntimeError("gamma is not known yet: enter a stage (and take a first step in relative mode).")
         lr = gamma * p
         if self.gamma == "relative":
-            lr = torch.clamp(lr, max=self.relative_max_scale * self.base_lr)
+            lr = lr + (torch.clamp(lr, max=self.max_lr) - lr).detach()
         return lr
+
+    @property
+    def max_lr(self) -> float | None:
+        """The cap on the LR in relative mode (``relative_max_scale * base_lr``), else None."""
+        return self.relative_max_scale * self.base_lr if self.gamma == "relative" and self.base_lr else None
 
     def step(self, loss: torch.Tensor | float, differentiable: bool = False) -> float | torch.Tensor:
         """Read the training loss of this optimizer step, advance the LSTM state and return the LR to use.
@@ -277,10 +286,19 @@ class MLRSNetSchedule(
             if self.gamma == "relative" and self.current_gamma is None:
                 self.gammas[self.stage] = self.base_lr / p.item()
             lr = self.scale(p)
+        value = lr.item()
+        if not math.isfinite(value):  # e.g. weights ruined by a bad update: never hand out a NaN LR
+            self.num_skipped += 1
+            if self.last_lr is None:
+                raise ValueError(f"The schedule predicted a non-finite learning rate ({value}) at the first step.")
+            logger.warning("The schedule predicted a non-finite LR (%s): keeping the state and the last LR.", value)
+            return self.last_lr
+        if self.max_lr is not None:
+            value = min(value, self.max_lr)  # exact in float64, whatever the tensor's precision
         self.state = state.detach()
-        self.last_lr = lr.item()
+        self.last_lr = value
         self.num_steps += 1
-        return lr if differentiable else self.last_lr
+        return lr if differentiable else value
 
     # ------------------------------------------------------------- previewing
     @torch.no_grad()

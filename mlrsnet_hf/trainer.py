@@ -59,6 +59,7 @@ class MLRSNetLR(LRScheduler):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         trainer = self.trainer
+        trainer._schedule_restored = True
         self.last_epoch = state["last_epoch"]
         trainer.schedule.load_state_dict(state["schedule"])
         trainer.controller.last_lrs = list(state["last_lrs"])
@@ -80,6 +81,11 @@ class _MLRSNetHooks(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step > 0 and not self.trainer._schedule_restored:
+            raise ValueError(
+                f"Resuming at step {state.global_step}, but the checkpoint holds no schedule state (scheduler.pt; "
+                "was it written with save_only_model=True?): the LR sequence cannot be continued."
+            )
         self.trainer.controller.attach(model)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -139,6 +145,15 @@ class MLRSNetTrainer(Trainer):
                 )
         if args.meta_train and meta_dataset is None:
             raise ValueError("meta_train=True needs meta_dataset: held-out training data for the meta updates.")
+        if (kwargs.get("optimizers") or (None, None))[1] is not None:
+            raise ValueError(
+                "MLRSNetTrainer sets the learning rate itself: pass optimizers=(optimizer, None), without a scheduler."
+            )
+        if args.save_only_model:
+            logger.warning(
+                "save_only_model=True: checkpoints will not hold the schedule's state (scheduler.pt), so a run "
+                "cannot be resumed from them with the same LR sequence."
+            )
         super().__init__(model=model, args=args, **kwargs)
         self.schedule = schedule
         self.controller = ScheduleController(
@@ -156,12 +171,14 @@ class MLRSNetTrainer(Trainer):
         self._weights_before: list[torch.Tensor] | None = None
         self._meta_losses: list[float] = []
         self.last_hypergradient: dict[str, torch.Tensor] | None = None
+        self._schedule_restored = False
         self.add_callback(_MLRSNetHooks(self))
 
     # ------------------------------------------------------------ set-up
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> LRScheduler:
         if self.lr_scheduler is None:
             optimizer = optimizer or self.optimizer
+            self._schedule_restored = False
             self.controller.configure(self.model, optimizer, self.args.learning_rate, num_training_steps)
             if self.args.meta_train:
                 self._setup_meta_training(optimizer)
@@ -186,7 +203,7 @@ class MLRSNetTrainer(Trainer):
         self.meta_batches = MetaBatches(
             dataset,
             batch_size=self.args.meta_batch_size or self.args.per_device_train_batch_size,
-            collate_fn=self.data_collator,
+            collate_fn=self._get_collator_with_removed_columns(self.data_collator, description="meta"),
             seed=self.args.seed,
             rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes,
@@ -228,6 +245,9 @@ class MLRSNetTrainer(Trainer):
         del before
         if self.accelerator.num_processes > 1:
             dlr = reduce(dlr, reduction="mean")  # the same hypergradient, hence the same theta, on every rank
+        if not torch.isfinite(dlr):
+            logger.warning("Non-finite meta-gradient (meta loss %s): skipping this meta update.", loss.item())
+            return
         self.meta_optimizer.zero_grad(set_to_none=True)
         lr.backward(dlr.to(lr.dtype).cpu())
         self.last_hypergradient = {

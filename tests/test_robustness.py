@@ -1,0 +1,137 @@
+"""What a run meets in practice: bad meta losses, AdamW meta-training, odd batches, resumes without state."""
+
+import pytest
+import torch
+from test_trainer import Recorder, config
+from tiny import DigitsNet, digits
+from transformers import Trainer, TrainingArguments
+
+from mlrsnet_hf import MLRSNetCallback, MLRSNetSchedule, MLRSNetTrainer
+from mlrsnet_hf.callback import ScheduleController
+
+
+@pytest.fixture
+def schedule_dir(tmp_path):
+    torch.manual_seed(1)
+    schedule = MLRSNetSchedule(hidden_size=16, num_stages=3, gamma=0.4)
+    with torch.no_grad():
+        for p in schedule.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    schedule.save_pretrained(tmp_path / "schedule")
+    return tmp_path / "schedule"
+
+
+class OverflowAtCall(DigitsNet):
+    """The loss (and so every gradient) becomes infinite at one training-mode forward, as an fp16 overflow does."""
+
+    def __init__(self, at_call: int) -> None:
+        super().__init__()
+        self.at_call = at_call
+
+    def forward(self, x, labels=None):
+        out = super().forward(x, labels)
+        if labels is not None and self.training and self.calls == self.at_call:
+            out["loss"] = out["loss"] * float("inf")
+        return out
+
+
+def test_non_finite_meta_loss_skips_the_meta_update(tmp_path, caplog):
+    torch.manual_seed(0)
+    data = digits(400)
+    model = OverflowAtCall(2)  # call 1: step 0's training forward; call 2: its meta forward
+    args = config(tmp_path, meta_train=True, meta_update_interval=1, max_steps=5)
+    with caplog.at_level("WARNING"):
+        trainer = MLRSNetTrainer(model=model, args=args, train_dataset=data[:300], meta_dataset=data[300:])
+        trainer.train()
+    assert "Non-finite meta-gradient" in caplog.text
+    assert all(torch.isfinite(v).all() for v in trainer.schedule.weights().values())
+    assert all(torch.isfinite(torch.tensor(trainer.controller.lr_history)))
+    assert len(trainer.controller.lr_history) == 5
+
+
+def test_relative_mode_meta_training_learns_and_never_exceeds_the_cap(tmp_path):
+    torch.manual_seed(0)
+    data = digits(500)
+    args = config(
+        tmp_path, meta_train=True, meta_update_interval=1, max_steps=8, optim="adamw_torch", learning_rate=1e-3
+    )
+    trainer = MLRSNetTrainer(model=DigitsNet(), args=args, train_dataset=data[:400], meta_dataset=data[400:])
+    trainer.train()
+    assert trainer.schedule.gamma == "relative"
+    assert sum(g.abs().sum() for g in trainer.last_hypergradient.values()) > 0  # straight through the cap
+    assert max(trainer.controller.lr_history) <= 1e-3  # exactly, not 1e-3 + float32 rounding
+
+
+def test_meta_batches_drop_keys_the_model_does_not_take(tmp_path):
+    data = [{**d, "idx": i} for i, d in enumerate(digits(300))]
+    args = config(tmp_path, meta_train=True, meta_update_interval=2, max_steps=4)
+    trainer = MLRSNetTrainer(model=DigitsNet(), args=args, train_dataset=data[:200], meta_dataset=data[200:])
+    trainer.train()
+    assert trainer.meta_batches.index == 2 * 32
+
+
+def test_resume_without_schedule_state_is_an_error(schedule_dir, tmp_path):
+    args = config(tmp_path, schedule=str(schedule_dir), save_strategy="steps", save_steps=3, max_steps=6)
+    args.save_only_model = True
+    MLRSNetTrainer(model=DigitsNet(), args=args, train_dataset=digits(400)).train()
+    trainer = MLRSNetTrainer(model=DigitsNet(), args=args, train_dataset=digits(400))
+    with pytest.raises(ValueError, match="holds no schedule state"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
+
+
+def test_a_scheduler_of_ones_own_is_refused(schedule_dir, tmp_path):
+    model = DigitsNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="without a scheduler"):
+        MLRSNetTrainer(
+            model=model, args=config(tmp_path, schedule=str(schedule_dir)), train_dataset=digits(64),
+            optimizers=(opt, torch.optim.lr_scheduler.StepLR(opt, 1)),
+        )  # fmt: skip
+
+
+def test_parameter_groups_keep_their_ratios(schedule_dir, tmp_path):
+    model = DigitsNet()
+    opt = torch.optim.SGD(
+        [{"params": model.body.parameters(), "lr": 0.1}, {"params": model.head.parameters(), "lr": 0.01}]
+    )
+    recorder = Recorder()
+    trainer = MLRSNetTrainer(
+        model=model, args=config(tmp_path, schedule=str(schedule_dir)), train_dataset=digits(400),
+        optimizers=(opt, None), callbacks=[recorder],
+    )  # fmt: skip
+    trainer.train()
+    assert all(head == pytest.approx(body / 10, rel=1e-12) for body, head in recorder.lrs)
+
+
+def test_callback_restore_keeps_the_schedule_in_use(schedule_dir, tmp_path):
+    """With restore_callback_states_from_checkpoint=True the Trainer rebuilds the callback from its saved args."""
+
+    def run(out, resume=None):
+        torch.manual_seed(0)
+        recorder = Recorder()
+        args = TrainingArguments(
+            output_dir=str(out), optim="sgd", max_steps=9, per_device_train_batch_size=32, report_to="none",
+            save_strategy="steps", save_steps=4, disable_tqdm=True, use_cpu=True, seed=0,
+            restore_callback_states_from_checkpoint=True,
+        )  # fmt: skip
+        schedule = MLRSNetSchedule.from_pretrained(schedule_dir, gamma=0.2, stage_starts=[0.0, 0.5, 0.9])
+        callback = MLRSNetCallback(schedule, num_classes=10)
+        Trainer(model=DigitsNet(), args=args, train_dataset=digits(600), callbacks=[callback, recorder]).train(
+            resume_from_checkpoint=resume
+        )
+        return [lrs[0] for lrs in recorder.lrs]
+
+    lrs = run(tmp_path / "a")
+    assert run(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-4")) == lrs[4:]
+
+
+def test_attach_drops_losses_left_by_an_interrupted_run():
+    controller = ScheduleController(MLRSNetSchedule(hidden_size=4, gamma=1.0))
+    model = DigitsNet().train()
+    controller.attach(model)
+    batch = digits(8)
+    x, y = torch.stack([d["x"] for d in batch]), torch.stack([d["labels"] for d in batch])
+    model(x, y)  # a loss recorded, then the run dies before the optimizer step
+    controller.attach(model)
+    loss = model(x, y)["loss"].item()
+    assert controller.step_loss() == pytest.approx(loss)
