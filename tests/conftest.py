@@ -16,6 +16,20 @@ CHECKPOINTS = ("mlr_snet_1.pth", "mlr_snet_100.pth", "mlr_snet_200.pth")
 
 
 @pytest.fixture
+def schedule_dir(tmp_path: Path) -> Path:
+    """A three-stage schedule repo (fixed gamma 0.4) with perturbed, seeded weights."""
+    from mlrsnet_hf import MLRSNetSchedule
+
+    torch.manual_seed(1)
+    schedule = MLRSNetSchedule(hidden_size=16, num_stages=3, gamma=0.4)
+    with torch.no_grad():
+        for p in schedule.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    schedule.save_pretrained(tmp_path / "schedule")
+    return tmp_path / "schedule"
+
+
+@pytest.fixture
 def official_dir() -> Path:
     if not all((OFFICIAL / name).is_file() for name in CHECKPOINTS):
         pytest.skip(

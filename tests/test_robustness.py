@@ -10,17 +10,6 @@ from mlrsnet_hf import MLRSNetCallback, MLRSNetSchedule, MLRSNetTrainer
 from mlrsnet_hf.callback import ScheduleController
 
 
-@pytest.fixture
-def schedule_dir(tmp_path):
-    torch.manual_seed(1)
-    schedule = MLRSNetSchedule(hidden_size=16, num_stages=3, gamma=0.4)
-    with torch.no_grad():
-        for p in schedule.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    schedule.save_pretrained(tmp_path / "schedule")
-    return tmp_path / "schedule"
-
-
 class OverflowAtCall(DigitsNet):
     """The loss (and so every gradient) becomes infinite at one training-mode forward, as an fp16 overflow does."""
 

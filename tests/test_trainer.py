@@ -33,17 +33,6 @@ def training_losses(model):
     return losses
 
 
-@pytest.fixture
-def schedule_dir(tmp_path):
-    torch.manual_seed(1)
-    schedule = MLRSNetSchedule(hidden_size=16, num_stages=3, gamma=0.4)
-    with torch.no_grad():
-        for p in schedule.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    schedule.save_pretrained(tmp_path / "schedule")
-    return tmp_path / "schedule"
-
-
 def config(tmp_path, **kwargs):
     defaults = dict(
         output_dir=str(tmp_path / "out"), max_steps=9, per_device_train_batch_size=32, logging_steps=1,
