@@ -1,12 +1,16 @@
-"""The main job (`make demo`): a schedule repo with its card and LR picture, offline.
+"""The main job (`make demo`): learn a schedule, transfer it with no tuning, compare with tuned baselines.
 
-When the released checkpoints are available (../shared/official next to this checkout, or
---official_dir) they are converted into the released three-stage transfer schedule; otherwise a
-freshly initialised schedule is built. Either way the schedule is saved as a Hub-style repo,
-reloaded strictly, and its LR response to a typical loss curve (and, with the released data, to the
-released CIFAR-10 training curve) is plotted.
+    python examples/demo.py --output_dir demo_output            # ~10 minutes on 2 CPU cores, offline
+    python examples/demo.py --output_dir out --steps 40 --quick # the test suite's reduced budget
 
-    python examples/demo.py --output_dir demo_output
+1. Meta-train an MLR-SNet schedule online on a small CNN on scikit-learn's bundled digits (real 8x8
+   images), and save it as a schedule repo (config, weights, card, LR plots).
+2. Transfer it, with no tuning, to (a) another architecture (an MLP on digits) and (b) another modality
+   (a word-level LSTM on the real Penn Treebank text in ../shared/data/ptb, when present).
+3. Train the same tasks with hand-designed schedules (constant, cosine, linear decay), each with the best
+   LR of a small grid, chosen on the test metric (which favours the baselines).
+4. Print a comparison table and write results.json, results.md and plots to the output folder.
+When the released checkpoints are present (../shared/official), they are also converted to a schedule repo.
 """
 
 from __future__ import annotations
@@ -14,51 +18,272 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
 
-import torch
+import matplotlib
 
-from mlrsnet_hf import MLRSNetSchedule, convert_official
-from mlrsnet_hf.cli import describe
-from mlrsnet_hf.plotting import plot_lr_response
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
+
+from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, convert_official  # noqa: E402
+from mlrsnet_hf.data import balanced_split, load_ptb_lm  # noqa: E402
+from mlrsnet_hf.metrics import accuracy_metrics, perplexity_metrics  # noqa: E402
+from mlrsnet_hf.models import lstm_lm  # noqa: E402
 
 logger = logging.getLogger("demo")
-DEFAULT_OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "official"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CHECKPOINTS = ("mlr_snet_1.pth", "mlr_snet_100.pth", "mlr_snet_200.pth")
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for 8x8 digits (the meta-training task)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+        )  # fmt: skip
+
+    def forward(self, pixel_values, labels=None):
+        logits = self.net(pixel_values)
+        return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels) if labels is not None else None}
+
+
+class DigitsMLP(nn.Module):
+    """Another architecture for the same data (transfer target)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, 10))
+
+    def forward(self, pixel_values, labels=None):
+        logits = self.net(pixel_values)
+        return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels) if labels is not None else None}
+
+
+def digits_splits(seed: int = 0) -> dict[str, list[dict[str, torch.Tensor]]]:
+    """Train / meta (200, class-balanced, from the training part) / test (400) splits of the bundled digits."""
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(seed).permutation(len(y))
+    test_idx, rest = order[:400], order[400:]
+    meta_pos = balanced_split(y[rest], 200, 10, seed)
+    meta_idx = rest[meta_pos]
+    train_idx = np.setdiff1d(rest, meta_idx)
+    mean, std = x.mean(), x.std()
+
+    def rows(idx):
+        return [
+            {"pixel_values": torch.tensor((x[i] - mean) / std, dtype=torch.float32).view(1, 8, 8), "labels": int(y[i])}
+            for i in idx
+        ]
+
+    return {"train": rows(train_idx), "meta": rows(meta_idx), "test": rows(test_idx)}
+
+
+def common_args(out: Path, steps: int, batch: int, seed: int, eval_steps: int) -> dict:
+    return dict(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, per_device_eval_batch_size=200,
+        eval_strategy="steps", eval_steps=eval_steps, logging_steps=eval_steps, save_strategy="no", report_to="none",
+        use_cpu=True, seed=seed, optim="sgd", disable_tqdm=False, remove_unused_columns=False,
+    )  # fmt: skip
+
+
+def curve(trainer: Trainer, key: str) -> list[tuple[int, float]]:
+    return [(h["step"], h[key]) for h in trainer.state.log_history if key in h]
+
+
+def run_baselines(task: dict, out: Path, grid: list[float], schedules: list[str], args: dict, key: str, best) -> dict:
+    """Every hand-designed schedule with each LR of the grid; the best LR per schedule (on the test metric)."""
+    results = {}
+    for kind in schedules:
+        runs = []
+        for lr in grid:
+            torch.manual_seed(args["seed"])
+            trainer = Trainer(
+                model=task["model"](), args=TrainingArguments(**{**args, "output_dir": str(out / f"{kind}-{lr}")},
+                learning_rate=lr, lr_scheduler_type=kind, max_grad_norm=task.get("clip", 1.0)),
+                train_dataset=task["train"], eval_dataset=task["test"], compute_metrics=task["metrics"][0],
+                preprocess_logits_for_metrics=task["metrics"][1],
+            )  # fmt: skip
+            trainer.train()
+            final = curve(trainer, key)[-1][1]
+            runs.append(
+                (
+                    final,
+                    lr,
+                    curve(trainer, key),
+                    [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h],
+                )
+            )
+            logger.info("%s %s lr=%g: %s %.4f", task["name"], kind, lr, key, final)
+        final, lr, points, lrs = best(runs, key=lambda r: r[0])
+        results[f"{kind} (best lr {lr:g})"] = {
+            "final": final,
+            "curve": points,
+            "grid": {str(r[1]): r[0] for r in runs},
+        }
+    return results
+
+
+def run_mlrsnet(task, out, schedule, args, key, meta_dataset=None, **mlrsnet) -> tuple[dict, MLRSNetTrainer]:
+    torch.manual_seed(args["seed"])
+    config = MLRSNetConfig(**{**args, "output_dir": str(out)}, max_grad_norm=task.get("clip", 1.0), **mlrsnet)
+    trainer = MLRSNetTrainer(
+        model=task["model"](), args=config, train_dataset=task["train"], eval_dataset=task["test"],
+        meta_dataset=meta_dataset, schedule=schedule, compute_metrics=task["metrics"][0],
+        preprocess_logits_for_metrics=task["metrics"][1],
+    )  # fmt: skip
+    trainer.train()
+    return {
+        "final": curve(trainer, key)[-1][1],
+        "curve": curve(trainer, key),
+        "lrs": trainer.controller.lr_history,
+    }, trainer
+
+
+def plot(results: dict, path: Path) -> None:
+    tasks = list(results)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(6 * len(tasks), 7), squeeze=False)
+    for col, name in enumerate(tasks):
+        task = results[name]
+        for label, r in task["runs"].items():
+            axes[0, col].plot(*zip(*r["curve"], strict=True), marker=".", label=label)
+            if "lrs" in r:
+                axes[1, col].plot(r["lrs"], label=label)
+        axes[0, col].set_title(f"{name}: test {task['metric']}")
+        axes[0, col].set_xlabel("optimizer step")
+        axes[0, col].legend(fontsize=7)
+        axes[1, col].set_title(f"{name}: MLR-SNet learning rate")
+        axes[1, col].set_xlabel("optimizer step")
+        axes[1, col].set_yscale("log")
+        axes[1, col].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", type=Path, default=Path("demo_output"))
-    parser.add_argument("--official_dir", type=Path, default=DEFAULT_OFFICIAL)
+    parser.add_argument("--shared", type=Path, default=SHARED, help="the shared/ folder (released checkpoints, PTB)")
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per image run")
+    parser.add_argument("--text_steps", type=int, default=400, help="optimizer steps per text run")
+    parser.add_argument("--quick", action="store_true", help="one LR per baseline grid and fewer schedules")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("mlrsnet_hf").setLevel(logging.WARNING)
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
 
-    repo = args.output_dir / "schedule"
-    paths = [args.official_dir / name for name in CHECKPOINTS]
-    if all(p.is_file() for p in paths):
-        logger.info("Converting the released checkpoints in %s", args.official_dir)
-        convert_official(paths, repo)
-    else:
-        logger.info("No released checkpoints in %s: building a fresh schedule (seed %d)", args.official_dir, args.seed)
-        torch.manual_seed(args.seed)
-        MLRSNetSchedule(num_stages=3, gamma="auto").save_pretrained(repo)
+    official = args.shared / "official"
+    if all((official / name).is_file() for name in CHECKPOINTS):
+        convert_official([official / n for n in CHECKPOINTS], out / "official-schedule")
+        logger.info("Converted the released checkpoints to %s", out / "official-schedule")
 
-    schedule = MLRSNetSchedule.from_pretrained(repo)  # strict reload of what was written
-    logger.info("%s", describe(schedule, str(repo)))
-    logger.info("Wrote %s", ", ".join(sorted(p.name for p in repo.iterdir())))
+    digits = digits_splits(args.seed)
+    image_eval = max(args.steps // 10, 1)
+    image_args = common_args(out / "runs", args.steps, 64, args.seed, image_eval)
+    acc = accuracy_metrics()
+    schedules = ["constant", "cosine"] if args.quick else ["constant", "cosine", "linear"]
+    image_grid = [0.1] if args.quick else [0.03, 0.1, 0.3]
+    results: dict = {}
 
-    curves = args.official_dir / "meta_train_curves.json"
-    if curves.is_file():
-        # The released CIFAR-10 run's per-epoch training loss, one step per epoch.
-        losses = json.loads(curves.read_text())["resnet18_cifar10"]["train_loss"]
-        out = args.output_dir / "lr_response_cifar10_curve.png"
-        lrs = plot_lr_response(
-            schedule, out, losses=losses, num_classes=10, title="LR response to the released CIFAR-10 training loss"
+    # 1. Meta-train on the CNN (gamma 1: the paper's image setting).
+    cnn = {"name": "digits-cnn", "model": DigitsCNN, "train": digits["train"], "test": digits["test"], "metrics": acc}
+    logger.info("== 1. meta-training MLR-SNet on digits / CNN (%d steps)", args.steps)
+    torch.manual_seed(args.seed)
+    schedule = MLRSNetSchedule(num_stages=1, gamma=1.0)
+    learned, trainer = run_mlrsnet(
+        cnn, out / "runs" / "meta-train", schedule, image_args, "eval_accuracy", meta_dataset=digits["meta"],
+        meta_train=True, meta_update_interval=5, num_classes=10, meta_learning_rate=1e-2,
+    )  # fmt: skip
+    trainer.save_schedule(out / "schedule", meta_training={"dataset": "sklearn/digits", "model": "DigitsCNN"})
+    learned_schedule = MLRSNetSchedule.from_pretrained(out / "schedule")
+    results["digits-cnn (meta-train task)"] = {
+        "metric": "accuracy",
+        "runs": {"MLR-SNet (meta-trained online)": learned},
+    }
+
+    # 2a. Transfer to another architecture, no tuning.
+    mlp = {"name": "digits-mlp", "model": DigitsMLP, "train": digits["train"], "test": digits["test"], "metrics": acc}
+    logger.info("== 2a. transfer to digits / MLP")
+    transferred, _ = run_mlrsnet(
+        mlp, out / "runs" / "transfer-mlp", learned_schedule, image_args, "eval_accuracy", num_classes=10
+    )
+    results["digits-mlp (architecture transfer)"] = {
+        "metric": "accuracy",
+        "runs": {"MLR-SNet (transferred)": transferred},
+    }
+
+    # 3. Baselines on both image tasks.
+    logger.info("== 3. tuned baselines on the image tasks")
+    for name, task in (("digits-cnn (meta-train task)", cnn), ("digits-mlp (architecture transfer)", mlp)):
+        results[name]["runs"].update(
+            run_baselines(task, out / "runs" / task["name"], image_grid, schedules, image_args, "eval_accuracy", max)
         )
-        logger.info("Wrote %s (LR %.4g -> %.4g over %d steps)", out, lrs[0], lrs[-1], len(lrs))
-    logger.info("Done: the schedule repo is in %s", repo)
+
+    # 2b. Transfer to text (real PTB), gamma 40 and loss / ln(V) as in the released recipe.
+    ptb = args.shared / "data" / "ptb"
+    if (ptb / "ptb.valid.txt").is_file():
+        chunks, vocab = load_ptb_lm(
+            str(ptb), batch_size=20, seq_len=35, eval_batch_size=20, train_split="validation", meta_split="test"
+        )
+        text_eval = max(args.text_steps // 5, 1)
+        text_args = {
+            **common_args(out / "runs", args.text_steps, 20, args.seed, text_eval),
+            "train_sampling_strategy": "sequential",
+        }
+        n_test = min(len(chunks["test"]), 20 * 40)
+        lm = {
+            "name": "ptb-lstm", "model": lambda: lstm_lm(len(vocab), hidden_size=128, dropout=0.3),
+            "train": chunks["train"], "test": torch.utils.data.Subset(chunks["test"], range(n_test)),
+            "metrics": perplexity_metrics(), "clip": 0.25,
+        }  # fmt: skip
+        logger.info("== 2b. transfer to Penn Treebank / LSTM (image -> text)")
+        text, _ = run_mlrsnet(
+            lm, out / "runs" / "transfer-ptb", learned_schedule, text_args, "eval_perplexity",
+            gamma="40", input_normalization="log_num_classes",
+        )  # fmt: skip
+        runs = {"MLR-SNet (transferred from images)": text}
+        runs.update(
+            run_baselines(
+                lm,
+                out / "runs" / "ptb",
+                [20.0] if args.quick else [5.0, 20.0, 40.0],
+                schedules,
+                text_args,
+                "eval_perplexity",
+                min,
+            )
+        )
+        results["ptb-lstm (modality transfer)"] = {"metric": "perplexity", "runs": runs}
+    else:
+        logger.info("== 2b. skipped: no Penn Treebank text in %s", ptb)
+
+    # 4. Table, JSON, plots.
+    lines = ["| task | schedule | final test metric |", "|---|---|---|"]
+    for name, task in results.items():
+        for label, r in task["runs"].items():
+            lines.append(f"| {name} | {label} | {task['metric']} {r['final']:.4g} |")
+    table = "\n".join(lines)
+    (out / "results.md").write_text(
+        f"# Demo results ({args.steps} image steps, {args.text_steps} text steps, seed {args.seed})\n\n{table}\n"
+    )
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    plot(results, out / "results.png")
+    print("\n" + table)
+    print(f"\nSchedule repo: {out / 'schedule'}; results: {out / 'results.md'}, {out / 'results.png'}")
+    if any(not math.isfinite(r["final"]) for t in results.values() for r in t["runs"].values()):
+        logger.warning("Some runs diverged (non-finite metric): see results.json.")
 
 
 if __name__ == "__main__":
