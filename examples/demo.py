@@ -115,16 +115,9 @@ def run_baselines(task: dict, out: Path, grid: list[float], schedules: list[str]
             )  # fmt: skip
             trainer.train()
             final = curve(trainer, key)[-1][1]
-            runs.append(
-                (
-                    final,
-                    lr,
-                    curve(trainer, key),
-                    [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h],
-                )
-            )
+            runs.append((final, lr, curve(trainer, key)))
             logger.info("%s %s lr=%g: %s %.4f", task["name"], kind, lr, key, final)
-        final, lr, points, lrs = best(runs, key=lambda r: r[0])
+        final, lr, points = best(runs, key=lambda r: r[0])
         results[f"{kind} (best lr {lr:g})"] = {
             "final": final,
             "curve": points,

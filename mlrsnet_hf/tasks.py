@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,11 +138,8 @@ def build_task(args: TaskArguments, training: MLRSNetConfig | None = None) -> Ta
     )  # fmt: skip
 
 
-def parse(argv: Sequence[str] | None, meta_train: bool) -> tuple[TaskArguments, MLRSNetConfig]:
+def parse(argv: Sequence[str], meta_train: bool) -> tuple[TaskArguments, MLRSNetConfig]:
     """Parse ``TaskArguments`` and ``MLRSNetConfig``, with the preset's recipe as defaults."""
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
     task_args, _ = HfArgumentParser(TaskArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)
     if task_args.task not in PRESETS:
         raise ValueError(f"Unknown task {task_args.task!r}: expected one of {', '.join(PRESETS)}.")
@@ -153,6 +151,7 @@ def parse(argv: Sequence[str] | None, meta_train: bool) -> tuple[TaskArguments, 
 
 def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str, Any]:
     """Meta-train (``meta_train=True``) or transfer a schedule on a preset task; returns the final metrics."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     task_args, training = parse(argv, meta_train)
     if not meta_train and training.schedule is None:
         raise ValueError("transfer needs --schedule (a schedule directory or Hub repo id).")
@@ -162,7 +161,7 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
         n = min(task_args.max_eval_samples, len(task.test))
         task.test = task.test.select(range(n)) if hasattr(task.test, "select") else Subset(task.test, range(n))
     preset = PRESETS[task_args.task]
-    if meta_train and preset.meta_updates_per_epoch and "--meta_update_interval" not in (argv or []):
+    if meta_train and preset.meta_updates_per_epoch and "--meta_update_interval" not in argv:
         steps_per_epoch = math.ceil(
             len(task.train) / (training.per_device_train_batch_size * training.gradient_accumulation_steps)
         )

@@ -219,7 +219,7 @@ class MLRSNetTrainer(Trainer):
             step,
             self.optimizer,
             self.model,
-            self.get_train_dataloader_for_gamma(),
+            self.callback_handler.train_dataloader,
             self.args.device,
             average_tokens_across_devices=self.args.average_tokens_across_devices,
             differentiable=meta,
@@ -258,9 +258,6 @@ class MLRSNetTrainer(Trainer):
 
     def _trainable_parameters(self) -> list[torch.Tensor]:
         return [p for p in self.model.parameters() if p.requires_grad]
-
-    def get_train_dataloader_for_gamma(self) -> Any:
-        return self.callback_handler.train_dataloader
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._meta_losses:
@@ -306,30 +303,28 @@ class MLRSNetTrainer(Trainer):
             record["results"] = metrics
         return record
 
+    def _schedule_to_publish(self, meta_training: dict[str, Any] | None) -> MLRSNetSchedule:
+        """A copy of the schedule in use, recording what it was trained on (after meta-training)."""
+        schedule = copy.deepcopy(self.schedule)
+        if self.args.meta_train:
+            schedule.meta_training = {**self.meta_training_record(), **(meta_training or {})}
+        elif meta_training:
+            schedule.meta_training.update(meta_training)
+        return schedule
+
     def save_schedule(self, save_directory: str | Path, meta_training: dict[str, Any] | None = None) -> None:
         """Write the schedule in use as a schedule repo; after meta-training, record what it was trained on.
 
         ``meta_training`` adds to (or overrides) the automatic record, e.g. ``{"dataset": "uoft-cs/cifar10"}``.
         The card embeds the LR curve actually used in this run.
         """
-        schedule = copy.deepcopy(self.schedule)
-        if self.args.meta_train:
-            schedule.meta_training = {**self.meta_training_record(), **(meta_training or {})}
-        elif meta_training:
-            schedule.meta_training.update(meta_training)
         if self.args.should_save:
-            schedule.save_pretrained(
+            self._schedule_to_publish(meta_training).save_pretrained(
                 save_directory, model_card_kwargs={"lr_history": list(self.controller.lr_history)}
             )
 
     def push_schedule_to_hub(self, repo_id: str, meta_training: dict[str, Any] | None = None, **kwargs: Any) -> str:
-        """``save_schedule`` to a temporary directory and upload it to ``repo_id``."""
-        import tempfile
-
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=kwargs.pop("token", None))
-        repo_id = api.create_repo(repo_id, exist_ok=True, private=kwargs.pop("private", None)).repo_id
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_schedule(Path(tmp) / "schedule", meta_training=meta_training)
-            return api.upload_folder(repo_id=repo_id, folder_path=Path(tmp) / "schedule", **kwargs)
+        """Upload what ``save_schedule`` writes to ``repo_id`` (``kwargs`` as for ``MLRSNetSchedule.push_to_hub``)."""
+        return self._schedule_to_publish(meta_training).push_to_hub(
+            repo_id, model_card_kwargs={"lr_history": list(self.controller.lr_history)}, **kwargs
+        )
