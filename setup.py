@@ -30,7 +30,11 @@ setup(
         "jinja2>=3.0",
         "numpy",
     ],
-    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "scikit-learn>=1.3"]},
+    extras_require={
+        # the demo and the quality benchmark: bundled / generated real data, schedule-free baselines
+        "bench": ["scikit-learn>=1.3", "mnist1d>=0.0.2", "schedulefree>=1.4"],
+        "dev": ["pytest>=8", "ruff>=0.6", "scikit-learn>=1.3", "mnist1d>=0.0.2", "schedulefree>=1.4"],
+    },
     entry_points={"console_scripts": ["mlrsnet=mlrsnet_hf.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

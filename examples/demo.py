@@ -25,67 +25,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from torch import nn  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, convert_official  # noqa: E402
-from mlrsnet_hf.data import balanced_split, load_ptb_lm  # noqa: E402
+from mlrsnet_hf.data import digits_splits, ptb_small_splits  # noqa: E402
 from mlrsnet_hf.metrics import accuracy_metrics, perplexity_metrics  # noqa: E402
-from mlrsnet_hf.models import lstm_lm  # noqa: E402
+from mlrsnet_hf.models import DigitsCNN, DigitsMLP, lstm_lm  # noqa: E402
 
 logger = logging.getLogger("demo")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CHECKPOINTS = ("mlr_snet_1.pth", "mlr_snet_100.pth", "mlr_snet_200.pth")
-
-
-class DigitsCNN(nn.Module):
-    """A small CNN for 8x8 digits (the meta-training task)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
-        )  # fmt: skip
-
-    def forward(self, pixel_values, labels=None):
-        logits = self.net(pixel_values)
-        return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels) if labels is not None else None}
-
-
-class DigitsMLP(nn.Module):
-    """Another architecture for the same data (transfer target)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, 10))
-
-    def forward(self, pixel_values, labels=None):
-        logits = self.net(pixel_values)
-        return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels) if labels is not None else None}
-
-
-def digits_splits(seed: int = 0) -> dict[str, list[dict[str, torch.Tensor]]]:
-    """Train / meta (200, class-balanced, from the training part) / test (400) splits of the bundled digits."""
-    x, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(seed).permutation(len(y))
-    test_idx, rest = order[:400], order[400:]
-    meta_pos = balanced_split(y[rest], 200, 10, seed)
-    meta_idx = rest[meta_pos]
-    train_idx = np.setdiff1d(rest, meta_idx)
-    mean, std = x.mean(), x.std()
-
-    def rows(idx):
-        return [
-            {"pixel_values": torch.tensor((x[i] - mean) / std, dtype=torch.float32).view(1, 8, 8), "labels": int(y[i])}
-            for i in idx
-        ]
-
-    return {"train": rows(train_idx), "meta": rows(meta_idx), "test": rows(test_idx)}
 
 
 def common_args(out: Path, steps: int, batch: int, seed: int, eval_steps: int) -> dict:
@@ -197,7 +147,7 @@ def main() -> None:
     schedule = MLRSNetSchedule(num_stages=1, gamma=1.0)
     learned, trainer = run_mlrsnet(
         cnn, out / "runs" / "meta-train", schedule, image_args, "eval_accuracy", meta_dataset=digits["meta"],
-        meta_train=True, meta_update_interval=5, num_classes=10, meta_learning_rate=1e-2,
+        meta_train=True, meta_update_interval=10, meta_learning_rate=1e-3, num_classes=10,
     )  # fmt: skip
     trainer.save_schedule(out / "schedule", meta_training={"dataset": "sklearn/digits", "model": "DigitsCNN"})
     learned_schedule = MLRSNetSchedule.from_pretrained(out / "schedule")
@@ -227,9 +177,7 @@ def main() -> None:
     # 2b. Transfer to text (real PTB), gamma 40 and loss / ln(V) as in the released recipe.
     ptb = args.shared / "data" / "ptb"
     if (ptb / "ptb.valid.txt").is_file():
-        chunks, vocab = load_ptb_lm(
-            str(ptb), batch_size=20, seq_len=35, eval_batch_size=20, train_split="validation", meta_split="test"
-        )
+        chunks, vocab = ptb_small_splits(str(ptb), batch_size=20, seq_len=35, eval_batch_size=20)
         text_eval = max(args.text_steps // 5, 1)
         text_args = {
             **common_args(out / "runs", args.text_steps, 20, args.seed, text_eval),

@@ -287,3 +287,74 @@ def load_ptb_lm(
         "test": LMChunks(encode(sentences[test_split], vocabulary), eval_batch_size, seq_len),
     }
     return chunks, vocabulary
+
+
+# --- Small real tasks that train in seconds on a CPU (the demo, the quality benchmark, the tests) ---
+
+
+def _rows(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]) -> list[dict[str, Any]]:
+    return [
+        {"pixel_values": torch.tensor(xi, dtype=torch.float32).view(shape), "labels": int(yi)}
+        for xi, yi in zip(x, y, strict=True)
+    ]
+
+
+def digits_splits(seed: int = 0, test_size: int = 400, meta_size: int = 200) -> dict[str, list[dict[str, Any]]]:
+    """Train / meta / test splits of scikit-learn's bundled 8x8 digits (1797 real images, 10 classes).
+
+    ``test_size`` random images are the test set; ``meta_size`` class-balanced images of the rest are the
+    held-out meta (validation) set; the remaining ~1200 are the training set. Pixels are standardised.
+    """
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(seed).permutation(len(y))
+    test_idx, rest = order[:test_size], order[test_size:]
+    meta_idx = rest[balanced_split(y[rest], meta_size, 10, seed)]
+    train_idx = np.setdiff1d(rest, meta_idx)
+    x = (x - x.mean()) / x.std()
+    return {
+        name: _rows(x[i], y[i], (1, 8, 8))
+        for name, i in (("train", train_idx), ("meta", meta_idx), ("test", test_idx))
+    }
+
+
+def mnist1d_splits(seed: int = 0, meta_size: int = 500) -> dict[str, list[dict[str, Any]]]:
+    """Train / meta / test splits of MNIST-1D (Greydanus, 2020), generated offline by the ``mnist1d`` package.
+
+    The package's default dataset (4000 training and 1000 test signals of length 40, 10 classes) is
+    generated, not downloaded; ``meta_size`` class-balanced training signals are held out as the meta set.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    data = make_dataset(get_dataset_args())
+    x, y = np.asarray(data["x"]), np.asarray(data["y"])
+    meta_idx = balanced_split(y, meta_size, 10, seed)
+    train_idx = np.setdiff1d(np.arange(len(y)), meta_idx)
+    return {
+        "train": _rows(x[train_idx], y[train_idx], (1, x.shape[1])),
+        "meta": _rows(x[meta_idx], y[meta_idx], (1, x.shape[1])),
+        "test": _rows(np.asarray(data["x_test"]), np.asarray(data["y_test"]), (1, x.shape[1])),
+    }
+
+
+def ptb_small_splits(
+    dataset: str, batch_size: int = 20, seq_len: int = 35, eval_batch_size: int = 20, meta_fraction: float = 0.25
+) -> tuple[dict[str, LMChunks], list[str]]:
+    """PTB from its validation and test files only (the text in ``../shared/data/ptb``), for CPU-scale runs.
+
+    Train on the validation text (~74k words); the first ``meta_fraction`` of the test sentences are the
+    meta (validation) set, the rest the test set, so the three never overlap.
+    """
+    sentences = load_ptb(dataset)
+    for split in ("validation", "test"):
+        if split not in sentences:
+            raise ValueError(f"PTB split {split!r} not found in {dataset} (have {sorted(sentences)}).")
+    vocabulary = build_vocabulary(*(sentences[s] for s in ("train", "validation", "test") if s in sentences))
+    cut = int(len(sentences["test"]) * meta_fraction)
+    chunks = {
+        "train": LMChunks(encode(sentences["validation"], vocabulary), batch_size, seq_len),
+        "meta": LMChunks(encode(sentences["test"][:cut], vocabulary), eval_batch_size, seq_len),
+        "test": LMChunks(encode(sentences["test"][cut:], vocabulary), eval_batch_size, seq_len),
+    }
+    return chunks, vocabulary

@@ -339,3 +339,95 @@ def lstm_lm(vocab_size: int, num_layers: int = 2, hidden_size: int = 512, dropou
     """The paper's 2- or 3-layer PTB LSTM (embedding and hidden 512, tied weights, dropout 0.5)."""
     config = LSTMLMConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout)
     return LSTMForLanguageModeling(config)
+
+
+# --- Small networks for the CPU-scale tasks (digits, MNIST-1D, PTB text) ---
+
+
+def _classifier_output(logits: torch.Tensor, labels: torch.Tensor | None) -> ImageClassifierOutput:
+    loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+    return ImageClassifierOutput(loss=loss, logits=logits)
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for scikit-learn's 8x8 digits: two conv-BN-ReLU layers, global pooling, a linear head."""
+
+    def __init__(self, num_labels: int = 10) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_labels),
+        )  # fmt: skip
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
+        return _classifier_output(self.net(pixel_values), labels)
+
+
+class DigitsMLP(nn.Module):
+    """A one-hidden-layer MLP (128 units, dropout 0.2) for 8x8 digits."""
+
+    def __init__(self, num_labels: int = 10) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, num_labels)
+        )
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
+        return _classifier_output(self.net(pixel_values), labels)
+
+
+class MNIST1DCNN(nn.Module):
+    """The MNIST-1D reference CNN (Greydanus, 2020): three strided Conv1d layers of 25 channels, a linear head."""
+
+    def __init__(self, num_labels: int = 10, channels: int = 25) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv1d(1, channels, 5, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(channels * 5, num_labels),  # length 40 -> 19 -> 10 -> 5
+        )  # fmt: skip
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
+        return _classifier_output(self.net(pixel_values), labels)
+
+
+class ShiftedLabelsLM(nn.Module):
+    """A ``transformers`` causal LM trained on :class:`~mlrsnet_hf.data.LMChunks` (labels already shifted).
+
+    Causal LMs shift ``labels`` themselves; this wrapper takes the model's logits and computes the token
+    cross-entropy against the given (pre-shifted) labels, exactly as :class:`LSTMForLanguageModeling` does.
+    """
+
+    def __init__(self, lm: PreTrainedModel) -> None:
+        super().__init__()
+        self.lm = lm
+        self.config = lm.config
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm.get_output_embeddings()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs,
+    ) -> CausalLMOutput:
+        logits = self.lm(input_ids=input_ids).logits
+        loss = None
+        if labels is not None:
+            total = nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum"
+            )
+            loss = total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+        return CausalLMOutput(loss=loss, logits=logits)
+
+
+def small_gpt2_lm(vocab_size: int, n_embd: int = 64, n_layer: int = 2, n_head: int = 2, n_positions: int = 64):
+    """A small GPT-2 from ``transformers`` (random init) for word-level PTB, wrapped in :class:`ShiftedLabelsLM`."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=n_positions)
+    return ShiftedLabelsLM(GPT2LMHeadModel(config))

@@ -1,10 +1,12 @@
 """Smoke test: the speed benchmark's --quick mode runs and records its figures."""
 
 import json
+import math
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+from conftest import REPO, SHARED
 
 
 def test_speed_benchmark_quick(tmp_path):
@@ -22,3 +24,46 @@ def test_speed_benchmark_quick(tmp_path):
     ratios = results["ratios"]
     assert ratios["cnn_transfer_overhead_per_step"] < 0.1  # the LSTM step is tiny next to a training step
     assert "| transfer |" in (tmp_path / "speed_cpu_quick.md").read_text()
+
+
+def test_quality_benchmark_quick(tmp_path):
+    """Every schedule runs on an image and a text task; LR sequences are the documented ones; reruns resume."""
+    command = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick", "--tasks", "digits-cnn", "ptb-lstm",
+               "--out", str(tmp_path), "--workers", "2"]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quality
+
+    report = json.loads((tmp_path / "quality_cpu_quick.json").read_text())
+    released = (SHARED / "official" / "mlr_snet_1.pth").is_file()
+    expected = {*quality.BASELINES, "MLR-SNet meta-trained", "MLR-SNet transferred"} | (
+        {"MLR-SNet released"} if released else set()
+    )
+    tasks = ["digits-cnn"] + (["ptb-lstm"] if (SHARED / "data" / "ptb" / "ptb.valid.txt").is_file() else [])
+    for task in tasks:
+        entries = report["results"][task]["schedules"]
+        assert set(entries) == expected
+        for label, e in entries.items():
+            assert len(e["test"]) == 1 and len(e["lrs"]) == 8, label
+        lr = entries["SGD fixed"]["best_lr"]
+        assert entries["SGD fixed"]["lrs"] == [lr] * 8
+        assert entries["SGD exponential"]["lrs"] == pytest.approx([lr * 0.01 ** (i / 8) for i in range(8)])
+        assert entries["SGD multi-step"]["lrs"] == pytest.approx([lr] * 4 + [lr / 10] * 2 + [lr / 100] * 2)
+        assert entries["SGD cosine"]["lrs"] == pytest.approx(
+            [lr * 0.5 * (1 + math.cos(math.pi * i / 8)) for i in range(8)]
+        )
+        hd = entries["SGD hypergradient descent"]["lrs"]
+        ratios = [b / a for a, b in zip(hd, hd[1:], strict=False)]
+        assert hd[0] == lr and len(set(hd)) > 1
+        assert all(abs(r - 1) <= quality.HYPERGRADIENT_BETA + 1e-12 for r in ratios)  # multiplicative rule
+        assert all(x > 0 for x in entries["MLR-SNet meta-trained"]["lrs"])
+    assert report["meta"]["meta_hyperparameters"] == quality.META
+    assert "| MLR-SNet transferred |" in (tmp_path / "quality_cpu_quick.md").read_text()
+    assert (tmp_path / "quality_cpu_quick.png").stat().st_size > 10_000
+    runs = sorted((tmp_path / "quality_cpu_quick" / "runs").rglob("*.json"))
+    mtimes = [p.stat().st_mtime_ns for p in runs]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [p.stat().st_mtime_ns for p in runs] == mtimes  # finished runs are read back, not rerun
+    assert json.loads((tmp_path / "quality_cpu_quick.json").read_text())["results"] == report["results"]
