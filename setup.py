@@ -33,7 +33,17 @@ setup(
     extras_require={
         # the demo and the quality benchmark: bundled / generated real data, schedule-free baselines
         "bench": ["scikit-learn>=1.3", "mnist1d>=0.0.2", "schedulefree>=1.4"],
-        "dev": ["pytest>=8", "ruff>=0.6", "scikit-learn>=1.3", "mnist1d>=0.0.2", "schedulefree>=1.4"],
+        # the PPO LR controller (training it; using a trained one needs only the core)
+        "ppo": ["stable-baselines3>=2.3", "gymnasium>=0.29.1"],
+        "dev": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "scikit-learn>=1.3",
+            "mnist1d>=0.0.2",
+            "schedulefree>=1.4",
+            "stable-baselines3>=2.3",
+            "gymnasium>=0.29.1",
+        ],
     },
     entry_points={"console_scripts": ["mlrsnet=mlrsnet_hf.cli:main"]},
     classifiers=[

@@ -1,0 +1,156 @@
+"""The PPO LR controller (Xu et al., 2019, "Learning an Adaptive Learning Rate Schedule", arXiv 1909.09712).
+
+Every ``decision_interval`` optimizer steps the controller observes 7 features of the training state
+(:data:`FEATURES`), normalises them with running statistics frozen at the end of its training, and acts
+on the LR: ``discrete`` (decrease / keep / increase by ``max_change``) or ``continuous`` (a factor
+``1 + max_change * a`` with ``a`` in [-1, 1]). The policy is the actor of a PPO actor-critic (two hidden
+layers of 32, tanh), trained in :mod:`mlrsnet_hf.controller_env`; this module holds what a trained
+controller needs at use time, and saves / loads / pushes as a Hub repo like an MLR-SNet schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+FEATURES = (
+    "train_loss",
+    "val_loss",
+    "prediction_variance",
+    "prediction_change_variance",
+    "output_weight_mean",
+    "output_weight_variance",
+    "previous_lr",
+)
+ACTION_SPACES = ("discrete", "continuous")
+
+
+def output_layer(model: nn.Module) -> nn.Module:
+    """The model's output layer: ``get_output_embeddings()`` when it has one, else its last ``nn.Linear``."""
+    get_output = getattr(model, "get_output_embeddings", None)
+    layer = get_output() if callable(get_output) else None
+    if layer is None:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError(f"{type(model).__name__} has no nn.Linear layer to observe as its output layer.")
+        layer = linears[-1]
+    return layer
+
+
+def next_lr(lr: float, action: Any, action_space: str, max_change: float, noise: float = 0.0) -> float:
+    """The LR after one decision. ``action``: 0 / 1 / 2 (decrease / keep / increase) or a number in [-1, 1]."""
+    if action_space == "discrete":
+        factor = (1.0 / (1.0 + max_change), 1.0, 1.0 + max_change)[int(action)]
+    else:
+        a = float(torch.as_tensor(action, dtype=torch.float64).reshape(-1)[0].clamp(-1.0, 1.0))
+        factor = 1.0 + max_change * a
+    if noise:
+        factor *= math.exp(noise * float(torch.randn(())))
+    return lr * factor
+
+
+@torch.no_grad()
+def observe(
+    model: nn.Module, probe: dict[str, torch.Tensor], train_loss: float, lr: float, previous_probs: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 7 raw features (:data:`FEATURES`) and the probe batch's predicted probabilities.
+
+    The model runs in eval mode on ``probe`` (a fixed validation batch with labels): its loss is the
+    validation loss, the variance of its softmax outputs the prediction variance, and the variance of
+    their change since ``previous_probs`` (the last decision's) the prediction-change variance (0 at the
+    first decision). ``train_loss`` is the mean training loss since the last decision.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(**probe)
+    finally:
+        model.train(was_training)
+    probs = torch.softmax(out["logits"].detach().float(), dim=-1)  # dicts and ModelOutputs alike
+    val_loss = out["loss"]
+    change = 0.0 if previous_probs is None else float((probs - previous_probs).var())
+    weight = output_layer(model).weight.detach().float()
+    features = torch.tensor(
+        [train_loss, float(val_loss), float(probs.var()), change, float(weight.mean()), float(weight.var()), lr],
+        dtype=torch.float64,
+    )
+    return features, probs
+
+
+class LRController(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="mlrsnet_hf",
+    tags=["learning-rate-schedule", "lr-controller", "ppo"],
+    repo_url="https://arxiv.org/abs/1909.09712",
+):
+    """A trained LR controller: observation normalisation and the PPO actor (deterministic at use time).
+
+    ``obs_mean`` / ``obs_var`` are the running statistics of the observations at the end of training
+    (``VecNormalize``); observations are standardised with them and clipped to ``[-obs_clip, obs_clip]``.
+    """
+
+    def __init__(
+        self,
+        action_space: str = "discrete",
+        max_change: float = 0.05,
+        decision_interval: int = 10,
+        hidden_sizes: tuple[int, ...] | list[int] = (32, 32),
+        obs_mean: list[float] | None = None,
+        obs_var: list[float] | None = None,
+        obs_clip: float = 10.0,
+        obs_epsilon: float = 1e-8,
+        min_lr: float = 1e-7,
+        max_lr: float = 10.0,
+        training_run: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if action_space not in ACTION_SPACES:
+            raise ValueError(f"action_space must be one of {ACTION_SPACES}, got {action_space!r}.")
+        if not 0 < max_change < 1:
+            raise ValueError(f"max_change must be in (0, 1), got {max_change}.")
+        if decision_interval < 1:
+            raise ValueError(f"decision_interval must be >= 1, got {decision_interval}.")
+        self.action_space = action_space
+        self.max_change = float(max_change)
+        self.decision_interval = int(decision_interval)
+        self.hidden_sizes = [int(h) for h in hidden_sizes]
+        self.obs_clip = float(obs_clip)
+        self.obs_epsilon = float(obs_epsilon)
+        self.min_lr, self.max_lr = float(min_lr), float(max_lr)
+        self.training_run = dict(training_run or {})  # how it was trained (for the card)
+        n = len(FEATURES)
+        mean = torch.tensor(obs_mean if obs_mean is not None else [0.0] * n, dtype=torch.float64)
+        var = torch.tensor(obs_var if obs_var is not None else [1.0] * n, dtype=torch.float64)
+        if mean.shape != (n,) or var.shape != (n,):
+            raise ValueError(f"obs_mean and obs_var must have {n} entries (one per feature).")
+        self.register_buffer("obs_mean", mean)
+        self.register_buffer("obs_var", var)
+        layers: list[nn.Module] = []
+        width = n
+        for h in self.hidden_sizes:
+            layers += [nn.Linear(width, h), nn.Tanh()]
+            width = h
+        self.policy_net = nn.Sequential(*layers)  # the names of stable-baselines3's actor
+        self.action_net = nn.Linear(width, 3 if action_space == "discrete" else 1)
+
+    def normalize(self, features: torch.Tensor) -> torch.Tensor:
+        features = torch.as_tensor(features, dtype=torch.float64)
+        z = (features - self.obs_mean) / torch.sqrt(self.obs_var + self.obs_epsilon)
+        return z.clamp(-self.obs_clip, self.obs_clip)
+
+    @torch.no_grad()
+    def act(self, features: torch.Tensor) -> int | float:
+        """The deterministic action for raw (unnormalised) features: the argmax, or the clipped Gaussian mean."""
+        dtype = self.action_net.weight.dtype
+        out = self.action_net(self.policy_net(self.normalize(features).to(dtype)))
+        return int(out.argmax()) if self.action_space == "discrete" else float(out.reshape(-1)[0].clamp(-1, 1))
+
+    def decide(self, features: torch.Tensor, lr: float) -> float:
+        """The LR for the next ``decision_interval`` steps, bounded to ``[min_lr, max_lr]``."""
+        lr = next_lr(lr, self.act(features), self.action_space, self.max_change)
+        return min(max(lr, self.min_lr), self.max_lr)
