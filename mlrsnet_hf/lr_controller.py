@@ -57,12 +57,15 @@ def next_lr(lr: float, action: Any, action_space: str, max_change: float, noise:
 def observe(
     model: nn.Module, probe: dict[str, torch.Tensor], train_loss: float, lr: float, previous_probs: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 7 raw features (:data:`FEATURES`) and the probe batch's predicted probabilities.
+    """The 7 raw features (:data:`FEATURES`) and the probe batch's predictions.
 
     The model runs in eval mode on ``probe`` (a fixed validation batch with labels): its loss is the
-    validation loss, the variance of its softmax outputs the prediction variance, and the variance of
-    their change since ``previous_probs`` (the last decision's) the prediction-change variance (0 at the
-    first decision). ``train_loss`` is the mean training loss since the last decision.
+    validation loss. Its predictions are the probabilities it gives the true labels (one per example, or
+    per token for a language model; ignored positions, label -100, count as 0): their variance is the
+    prediction variance, and the variance of their change since ``previous_probs`` (the last decision's)
+    the prediction-change variance (0 at the first decision). Keeping one number per label (not the whole
+    softmax) keeps the state small enough to checkpoint. ``train_loss`` is the mean training loss since
+    the last decision.
     """
     was_training = model.training
     model.eval()
@@ -70,7 +73,9 @@ def observe(
         out = model(**probe)
     finally:
         model.train(was_training)
-    probs = torch.softmax(out["logits"].detach().float(), dim=-1)  # dicts and ModelOutputs alike
+    labels = probe["labels"]
+    log_probs = torch.log_softmax(out["logits"].detach().float(), dim=-1)  # dicts and ModelOutputs alike
+    probs = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1).exp() * (labels != -100)
     val_loss = out["loss"]
     change = 0.0 if previous_probs is None else float((probs - previous_probs).var())
     weight = output_layer(model).weight.detach().float()

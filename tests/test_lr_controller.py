@@ -46,7 +46,7 @@ def test_environment_observations_and_rewards():
         env.model.train()
         assert reward == pytest.approx(-val_loss, rel=1e-6)
         assert obs[FEATURES.index("val_loss")] == pytest.approx(val_loss, rel=1e-6)
-        weight = env.model.head.weight
+        weight = env.model.head.weight.detach()
         assert obs[FEATURES.index("output_weight_mean")] == pytest.approx(float(weight.mean()), rel=1e-5)
         assert obs[FEATURES.index("output_weight_variance")] == pytest.approx(float(weight.var()), rel=1e-5)
         assert obs[FEATURES.index("prediction_change_variance")] > 0
@@ -67,7 +67,11 @@ def test_observe_is_side_effect_free():
     model.train()
     features, probs = observe(model, probe, 1.5, 0.1, None)
     assert model.training and features[0] == 1.5 and features[-1] == 0.1
-    assert probs.shape == (32, 10) and torch.allclose(probs.sum(-1), torch.ones(32))
+    model.eval()
+    with torch.no_grad():
+        softmax = torch.softmax(model(**probe)["logits"], dim=-1)
+    torch.testing.assert_close(probs, softmax[torch.arange(32), probe["labels"]])  # P(true label)
+    assert features[2] == pytest.approx(float(probs.var()))
     assert math.isfinite(float(features[1]))
 
 
