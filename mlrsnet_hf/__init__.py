@@ -5,12 +5,14 @@ __version__ = "0.1.0"
 from .callback import MLRSNetCallback  # noqa: E402
 from .config import MLRSNetConfig  # noqa: E402
 from .hub import ScheduleFileError  # noqa: E402
+from .lr_controller import LRController  # noqa: E402
 from .network import MLRSNet, MLRSNetState  # noqa: E402
 from .official import convert_official  # noqa: E402
 from .schedule import MLRSNetSchedule, auto_gamma  # noqa: E402
 from .trainer import MLRSNetTrainer  # noqa: E402
 
 __all__ = [
+    "LRController",
     "MLRSNet",
     "MLRSNetCallback",
     "MLRSNetConfig",

@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator
+import statistics
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from .config import parse_gamma
+from .lr_controller import LRController, observe
 from .meta_gradient import model_loss
 from .schedule import MLRSNetSchedule
 
@@ -58,8 +60,91 @@ def is_sgd(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(inner, torch.optim.SGD)
 
 
-class ScheduleController:
-    """Feeds a schedule the training loss of each optimizer step and writes its LR into the optimizer."""
+class LRDriver:
+    """What every learned schedule needs from the loop: the training loss of each step, and a place to put the LR.
+
+    Subclasses implement ``configure`` and ``before_optimizer_step`` (their own LR rule) and the runtime
+    state; the loss capture and the LR bookkeeping (``last_lrs``, ``lr_history``) are shared.
+    """
+
+    def __init__(self) -> None:
+        self.last_lrs: list[float] = []
+        self.lr_history: list[float] = []
+        self.initial_lrs: list[float] = []
+        self._hook: Any = None
+        self._loss_sum: torch.Tensor | None = None
+        self._num_losses = 0
+        self._partial = False
+        self._paused = False
+
+    def write_lr(self, optimizer: torch.optim.Optimizer, lr: float, reference: float) -> None:
+        """Set the step's LR: parameter groups keep their ratios (group ``i`` gets ``lr * initial_i / reference``)."""
+        self.last_lrs = [lr * (initial / reference) for initial in self.initial_lrs]
+        for group, value in zip(optimizer.param_groups, self.last_lrs, strict=True):
+            group["lr"] = value
+        self.lr_history.append(lr)
+
+    def attach(self, model: nn.Module) -> None:
+        """Start reading the model's training losses (anything left from an interrupted run is dropped)."""
+        self.detach()
+        self._loss_sum, self._num_losses, self._partial = None, 0, False
+        self._hook = model.register_forward_hook(self._record, with_kwargs=True)
+
+    def detach(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forwards inside this block are not training losses (e.g. meta batches)."""
+        self._paused, was = True, self._paused
+        try:
+            yield
+        finally:
+            self._paused = was
+
+    def _record(self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        if self._paused or not module.training or not torch.is_grad_enabled():
+            return
+        loss = model_loss(output)
+        if loss is None:
+            return
+        loss = loss.detach().float().mean()
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        self._num_losses += 1
+        self._partial = kwargs.get("num_items_in_batch") is not None
+
+    def step_loss(self, average_tokens_across_devices: bool = True) -> float:
+        """The training loss of this optimizer step, averaged over micro-batches and processes; resets the meter."""
+        if self._loss_sum is None:
+            raise RuntimeError(
+                "The learned schedule needs the training loss, but the model returned none during this step. The model must "
+                "return a loss (pass labels); with label_smoothing_factor or compute_loss_func the Trainer computes "
+                "the loss outside the model, which the schedule cannot read."
+            )
+        if self._partial:
+            # Token-normalised micro-batch losses (sum / num_items_in_batch) add up to the step loss.
+            value = self._loss_sum
+            if average_tokens_across_devices:
+                value = value * PartialState().num_processes  # num_items_in_batch counted all processes
+        else:
+            value = self._loss_sum / self._num_losses
+        self._loss_sum, self._num_losses = None, 0
+        if PartialState().num_processes > 1:
+            value = reduce(value, reduction="mean")
+        return value.item()
+
+    # ------------------------------------------------------ resume
+    def runtime_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_runtime_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class ScheduleController(LRDriver):
+    """Feeds an MLR-SNet schedule the training loss of each optimizer step and writes its LR into the optimizer."""
 
     def __init__(
         self,
@@ -70,21 +155,14 @@ class ScheduleController:
         relative_max_scale: float | None = None,
         auto_gamma_batches: int = 20,
     ) -> None:
+        super().__init__()
         self.schedule = schedule
         self.gamma = parse_gamma(gamma)
         self.num_classes = num_classes
         self.input_normalization = input_normalization
         self.relative_max_scale = relative_max_scale
         self.auto_gamma_batches = auto_gamma_batches
-        self.last_lrs: list[float] = []
-        self.lr_history: list[float] = []
-        self._hook: Any = None
-        self._loss_sum: torch.Tensor | None = None
-        self._num_losses = 0
-        self._partial = False
-        self._paused = False
 
-    # ----------------------------------------------------------- set-up
     def configure(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, base_lr: float, num_training_steps: int
     ) -> None:
@@ -117,59 +195,6 @@ class ScheduleController:
         self.last_lrs = [group["lr"] for group in optimizer.param_groups]
         self.lr_history = []
 
-    def attach(self, model: nn.Module) -> None:
-        """Start reading the model's training losses (anything left from an interrupted run is dropped)."""
-        self.detach()
-        self._loss_sum, self._num_losses, self._partial = None, 0, False
-        self._hook = model.register_forward_hook(self._record, with_kwargs=True)
-
-    def detach(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Forwards inside this block are not training losses (e.g. meta batches)."""
-        self._paused, was = True, self._paused
-        try:
-            yield
-        finally:
-            self._paused = was
-
-    # ---------------------------------------------------- loss capture
-    def _record(self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
-        if self._paused or not module.training or not torch.is_grad_enabled():
-            return
-        loss = model_loss(output)
-        if loss is None:
-            return
-        loss = loss.detach().float().mean()
-        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
-        self._num_losses += 1
-        self._partial = kwargs.get("num_items_in_batch") is not None
-
-    def step_loss(self, average_tokens_across_devices: bool = True) -> float:
-        """The training loss of this optimizer step, averaged over micro-batches and processes; resets the meter."""
-        if self._loss_sum is None:
-            raise RuntimeError(
-                "MLR-SNet needs the training loss, but the model returned none during this step. The model must "
-                "return a loss (pass labels); with label_smoothing_factor or compute_loss_func the Trainer computes "
-                "the loss outside the model, which MLR-SNet cannot read."
-            )
-        if self._partial:
-            # Token-normalised micro-batch losses (sum / num_items_in_batch) add up to the step loss.
-            value = self._loss_sum
-            if average_tokens_across_devices:
-                value = value * PartialState().num_processes  # num_items_in_batch counted all processes
-        else:
-            value = self._loss_sum / self._num_losses
-        self._loss_sum, self._num_losses = None, 0
-        if PartialState().num_processes > 1:
-            value = reduce(value, reduction="mean")
-        return value.item()
-
-    # ------------------------------------------------------ LR setting
     def before_optimizer_step(
         self,
         step: int,
@@ -197,16 +222,11 @@ class ScheduleController:
         finite = math.isfinite(loss)
         lr = schedule.step(loss, differentiable=differentiable and finite)
         lr_value = schedule.last_lr  # the exact float (capped in relative mode), also when lr is a tensor
-        # Parameter groups keep their ratios: relative mode scales each group's own initial LR; otherwise
-        # the first group gets the schedule's LR and the others in proportion to their initial LRs.
-        reference = self.base_lr if schedule.gamma == "relative" else self.initial_lrs[0]
-        self.last_lrs = [lr_value * (initial / reference) for initial in self.initial_lrs]
-        for group, value in zip(optimizer.param_groups, self.last_lrs, strict=True):
-            group["lr"] = value
-        self.lr_history.append(lr_value)
+        # Relative mode scales each group's own initial LR; otherwise the first group gets the schedule's
+        # LR and the others in proportion to their initial LRs.
+        self.write_lr(optimizer, lr_value, self.base_lr if schedule.gamma == "relative" else self.initial_lrs[0])
         return lr if isinstance(lr, torch.Tensor) else None
 
-    # ------------------------------------------------------- resume
     def runtime_state(self) -> dict[str, Any]:
         """The schedule's runtime state and the LR bookkeeping, as JSON-friendly plain data."""
         extra = self.schedule.get_extra_state()
@@ -221,6 +241,95 @@ class ScheduleController:
         self.schedule.set_extra_state(extra)
         self.last_lrs = list(state["last_lrs"])
         self.lr_history = list(state["lr_history"])
+
+
+class ControllerDriver(LRDriver):
+    """Drives a PPO-trained :class:`~mlrsnet_hf.lr_controller.LRController` from inside the Trainer loop.
+
+    At optimizer steps ``0, K, 2K, ...`` (``K = controller.decision_interval``) it observes the training
+    state (the mean training loss of the last ``K`` steps, or the first step's loss at step 0; the model on
+    ``probe``, a fixed batch of held-out data) and sets the LR for the next ``K`` steps, starting from
+    ``learning_rate``, exactly as in the controller's training environment. Between decisions the LR is
+    constant. Parameter groups keep their ratios.
+    """
+
+    def __init__(self, controller: LRController, probe: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.schedule = controller
+        self.probe = probe
+        self.lr = math.nan
+        self._interval_losses: list[float] = []
+        self._previous_probs: torch.Tensor | None = None
+
+    def configure(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, base_lr: float, num_training_steps: int
+    ) -> None:
+        if self.probe is None:
+            raise ValueError(
+                "The LR controller observes the validation loss: give it held-out data (meta_dataset= for "
+                "MLRSNetTrainer, probe_dataset= for MLRSNetCallback)."
+            )
+        self.num_training_steps = num_training_steps
+        self.initial_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+        self.lr = float(base_lr)
+        self._interval_losses, self._previous_probs = [], None
+        self.last_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.lr_history = []
+
+    def before_optimizer_step(
+        self,
+        step: int,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module,
+        train_dataloader: DataLoader | None,
+        device: torch.device,
+        average_tokens_across_devices: bool = True,
+        differentiable: bool = False,
+    ) -> None:
+        loss = self.step_loss(average_tokens_across_devices)
+        interval = self.schedule.decision_interval
+        if step % interval == 0:
+            train_loss = statistics.fmean(self._interval_losses) if self._interval_losses else loss
+            with self.paused():
+                features, probs = observe(
+                    model, send_to_device(self.probe, device), train_loss, self.lr, self._previous_probs
+                )
+            if torch.isfinite(features).all():
+                self.lr = self.schedule.decide(features, self.lr)
+            else:
+                logger.warning("Non-finite training state at step %d: the LR controller keeps lr=%g.", step, self.lr)
+            self._previous_probs = probs.cpu()
+            self._interval_losses = []
+        self._interval_losses.append(loss)
+        self.write_lr(optimizer, self.lr, self.initial_lrs[0])
+
+    def runtime_state(self) -> dict[str, Any]:
+        """The LR, the losses of the current interval, the last predictions and the LR bookkeeping (plain data)."""
+        previous = self._previous_probs
+        return {
+            "lr": self.lr,
+            "interval_losses": list(self._interval_losses),
+            "previous_probs": None if previous is None else previous.tolist(),
+            "last_lrs": list(self.last_lrs),
+            "lr_history": list(self.lr_history),
+        }
+
+    def load_runtime_state(self, state: dict[str, Any]) -> None:
+        self.lr = float(state["lr"])
+        self._interval_losses = [float(x) for x in state["interval_losses"]]
+        previous = state["previous_probs"]
+        self._previous_probs = None if previous is None else torch.tensor(previous, dtype=torch.float32)
+        self.last_lrs = list(state["last_lrs"])
+        self.lr_history = list(state["lr_history"])
+
+
+def probe_batch(
+    dataset: Any, size: int, collate_fn: Callable[[list], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """The LR controller's fixed probe: the first ``size`` examples of ``dataset``, collated."""
+    if dataset is None or len(dataset) == 0:
+        raise ValueError("The LR controller needs held-out examples to observe (got none).")
+    return collate_fn([dataset[i] for i in range(min(size, len(dataset)))])
 
 
 @torch.no_grad()
@@ -263,7 +372,7 @@ def average_training_loss(
 
 
 class MLRSNetCallback(TrainerCallback, ExportableState):
-    """Give a plain ``transformers.Trainer`` an MLR-SNet schedule (transfer mode).
+    """Give a plain ``transformers.Trainer`` a learned schedule: MLR-SNet, or a PPO-trained LR controller.
 
     Example::
 
@@ -277,21 +386,30 @@ class MLRSNetCallback(TrainerCallback, ExportableState):
     checkpoint (``trainer_state.json``), so ``resume_from_checkpoint`` continues the LR sequence
     exactly; the schedule in use is saved to ``output_dir/mlrsnet_schedule`` at the start of a run so that a
     resumed run reloads exactly it.
+
+    With an :class:`~mlrsnet_hf.LRController`, pass ``probe_dataset``: the held-out examples whose loss and
+    predictions it observes (the first ``controller.probe_size``, collated like the training batches);
+    ``learning_rate`` is the LR it starts from. The MLR-SNet options do not apply to it.
     """
 
     def __init__(
         self,
-        schedule: MLRSNetSchedule | str,
+        schedule: MLRSNetSchedule | LRController | str,
         gamma: str | float | None = None,
         num_classes: int | None = None,
         input_normalization: str | None = None,
         relative_max_scale: float | None = None,
         auto_gamma_batches: int = 20,
+        probe_dataset: Any = None,
     ) -> None:
         if isinstance(schedule, (str, Path)):
-            schedule = MLRSNetSchedule.from_pretrained(str(schedule))
-        if not isinstance(schedule, MLRSNetSchedule):
-            raise TypeError(f"schedule must be an MLRSNetSchedule or a path/repo id, got {type(schedule).__name__}.")
+            from .hub import load_any_schedule
+
+            schedule = load_any_schedule(str(schedule))
+        if not isinstance(schedule, (MLRSNetSchedule, LRController)):
+            raise TypeError(
+                f"schedule must be an MLRSNetSchedule, an LRController or a path/repo id, got {type(schedule).__name__}."
+            )
         self.schedule = schedule
         self.options = {
             "gamma": gamma,
@@ -300,10 +418,24 @@ class MLRSNetCallback(TrainerCallback, ExportableState):
             "relative_max_scale": relative_max_scale,
             "auto_gamma_batches": auto_gamma_batches,
         }
-        self.controller = ScheduleController(schedule, **self.options)
+        self.probe_dataset = probe_dataset
+        if isinstance(schedule, LRController):
+            self.controller: LRDriver = ControllerDriver(schedule)
+        else:
+            self.controller = ScheduleController(schedule, **self.options)
         self.runtime: dict[str, Any] | None = None  # set by the Trainer when resuming from a checkpoint
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if isinstance(self.controller, ControllerDriver):
+            if self.probe_dataset is None:
+                raise ValueError(
+                    "An LRController observes the validation loss: pass probe_dataset= (held-out data) to "
+                    "MLRSNetCallback (and leave restore_callback_states_from_checkpoint off: the callback restores "
+                    "its own state from the checkpoint)."
+                )
+            loader = kwargs.get("train_dataloader")
+            collate = getattr(loader, "collate_fn", None) or torch.utils.data.default_collate
+            self.controller.probe = probe_batch(self.probe_dataset, self.schedule.probe_size, collate)
         self.controller.configure(model, optimizer, args.learning_rate, state.max_steps)
         # The schedule exactly as used (weights, stages, resolved gamma...), for a resumed run to reload.
         self._saved_path = str(Path(args.output_dir) / SCHEDULE_DIR_NAME)
@@ -338,6 +470,11 @@ class MLRSNetCallback(TrainerCallback, ExportableState):
         self.controller.detach()
 
     def state(self) -> dict[str, Any]:
+        if isinstance(self.schedule, LRController):
+            return {
+                "args": {"schedule": getattr(self, "_saved_path", None) or self.schedule.name_or_path},
+                "attributes": {"runtime": self.controller.runtime_state()},
+            }
         return {
             "args": {
                 "schedule": getattr(self, "_saved_path", None) or self.schedule.name_or_path,

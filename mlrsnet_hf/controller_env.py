@@ -167,14 +167,15 @@ def export_controller(agent: Any, env: Any, probe: LRControlEnv, training_run: d
         max_change=probe.max_change,
         decision_interval=probe.decision_interval,
         hidden_sizes=[32, 32],
-        obs_mean=env.obs_rms.mean.tolist(),
-        obs_var=env.obs_rms.var.tolist(),
+        probe_size=probe.val_batch_size,
         obs_clip=float(env.clip_obs),
         obs_epsilon=float(env.epsilon),
         min_lr=probe.min_lr,
         max_lr=probe.max_lr,
         training_run={**training_run, "episode_steps": probe.episode_steps, "initial_lrs": list(probe.initial_lrs)},
     )
+    controller.obs_mean.copy_(torch.as_tensor(env.obs_rms.mean, dtype=torch.float64))
+    controller.obs_var.copy_(torch.as_tensor(env.obs_rms.var, dtype=torch.float64))
     policy = agent.policy
     controller.policy_net.load_state_dict(policy.mlp_extractor.policy_net.state_dict())
     controller.action_net.load_state_dict(policy.action_net.state_dict())

@@ -1,8 +1,10 @@
-"""Schedules as Hub repos: atomic saving, strict loading with clear errors, the model card.
+"""Schedules as Hub repos: atomic saving, strict loading with clear errors, the model cards.
 
 A schedule repo holds ``config.json`` (architecture, recipe, provenance, library version),
-``model.safetensors`` (the learned weights), ``README.md`` (the model card, from
-``hub_cards/mlrsnet_schedule.md``) and ``lr_response.png`` (the picture the card embeds).
+``model.safetensors`` (the learned weights), ``README.md`` (the model card, from a template in
+``hub_cards/``) and ``lr_response.png`` (the picture the card embeds). The same I/O serves both
+learned-schedule families, :class:`~mlrsnet_hf.MLRSNetSchedule` and :class:`~mlrsnet_hf.LRController`:
+each provides ``config``, ``weights()``, ``plot_preview(path)`` and ``generate_model_card()``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 
 if TYPE_CHECKING:
+    from .lr_controller import LRController
     from .schedule import MLRSNetSchedule
+
+    Schedule = MLRSNetSchedule | LRController
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +47,7 @@ CARD_NAME = "README.md"
 PLOT_NAME = "lr_response.png"
 USED_PLOT_NAME = "lr_used.png"
 CARD_TEMPLATE = "mlrsnet_schedule.md"
+CONTROLLER_CARD_TEMPLATE = "lr_controller.md"
 _METADATA_KEYS = ("model_type", "library_name", "library_version")
 
 
@@ -51,13 +57,13 @@ class ScheduleFileError(OSError):
 
 # ---------------------------------------------------------------------- saving
 def save_schedule(
-    schedule: MLRSNetSchedule, save_directory: Path, lr_history: list[float] | None = None, **card_kwargs: Any
+    schedule: Schedule, save_directory: Path, lr_history: list[float] | None = None, **card_kwargs: Any
 ) -> None:
     """Write the repo into a temporary sibling directory, then move the files into place.
 
     ``lr_history``, the LR of every optimizer step of a training run, adds ``lr_used.png`` to the repo and the card.
     """
-    from .plotting import plot_lr_curve, plot_lr_response
+    from .plotting import plot_lr_curve
 
     save_directory = Path(save_directory)
     if save_directory.exists() and not save_directory.is_dir():
@@ -71,12 +77,12 @@ def save_schedule(
     try:
         (tmp / CONFIG_NAME).write_text(json.dumps(schedule.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(schedule.weights(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "mlrsnet_hf": __version__})
-        plot_lr_response(schedule, tmp / PLOT_NAME)
+        schedule.plot_preview(tmp / PLOT_NAME)
         if lr_history:
             plot_lr_curve(lr_history, tmp / USED_PLOT_NAME)
             card_kwargs["used_plot_name"] = USED_PLOT_NAME
         if not keep_card:
-            render_model_card(schedule, **card_kwargs).save(tmp / CARD_NAME)
+            schedule.generate_model_card(**card_kwargs).save(tmp / CARD_NAME)
         if not save_directory.exists():
             os.replace(tmp, save_directory)
         else:
@@ -127,17 +133,17 @@ def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> Path:
         ) from e
 
 
-def read_config(path: Path, init_params: set[str]) -> dict[str, Any]:
-    """Read and check ``config.json``: valid JSON, made for a schedule, no unknown fields."""
+def read_config(path: Path, init_params: set[str], model_type: str = "mlrsnet_schedule") -> dict[str, Any]:
+    """Read and check ``config.json``: valid JSON, made for this kind of schedule, no unknown fields."""
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ScheduleFileError(f"{path} is not valid JSON ({e}).") from e
     if not isinstance(config, dict):
         raise ScheduleFileError(f"{path} must hold a JSON object, got {type(config).__name__}.")
-    model_type = config.get("model_type")
-    if model_type is not None and model_type != "mlrsnet_schedule":
-        raise ScheduleFileError(f"{path} is for model_type {model_type!r}, not an MLR-SNet schedule.")
+    found = config.get("model_type")
+    if found is not None and found != model_type:
+        raise ScheduleFileError(f"{path} is for model_type {found!r}, not {model_type!r}.")
     unknown = sorted(set(config) - init_params - set(_METADATA_KEYS))
     if unknown:
         raise ScheduleFileError(
@@ -154,16 +160,14 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ScheduleFileError(f"{path} is truncated or corrupted and cannot be read as safetensors ({e}).") from e
 
 
-def load_schedule(
-    cls: type[MLRSNetSchedule], model_id: str, overrides: dict[str, Any], **download_kwargs: Any
-) -> MLRSNetSchedule:
+def load_schedule(cls: type[Schedule], model_id: str, overrides: dict[str, Any], **download_kwargs: Any) -> Schedule:
     """Build the schedule from ``config.json`` (plus ``overrides``) and load ``model.safetensors`` strictly."""
     init_params = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(overrides) - init_params)
     if unknown:
         raise TypeError(f"Unknown schedule options {unknown}; valid ones: {sorted(init_params)}.")
     config_path = resolve_file(model_id, CONFIG_NAME, **download_kwargs)
-    config = {**read_config(config_path, init_params), **overrides}
+    config = {**read_config(config_path, init_params, cls.model_type), **overrides}
     try:
         with torch.random.fork_rng(devices=[]):  # loading must not advance the caller's random stream
             schedule = cls(**config)
@@ -190,17 +194,75 @@ def load_schedule(
             )
             if part
         )
-        raise ScheduleFileError(
-            f"{weights_path} does not match {config_path} (num_stages={schedule.num_stages}, "
-            f"hidden_size={schedule.hidden_size}, num_layers={schedule.num_layers}): {details}."
-        )
+        raise ScheduleFileError(f"{weights_path} does not match {config_path} ({schedule.extra_repr()}): {details}.")
     bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
     if bad:
         raise ScheduleFileError(f"{weights_path} holds non-finite values in {bad}.")
-    schedule.load_state_dict({**weights, "_extra_state": schedule.get_extra_state()}, strict=True)
+    if "_extra_state" in schedule.state_dict():
+        weights["_extra_state"] = schedule.get_extra_state()  # the runtime state starts fresh
+    schedule.load_state_dict(weights, strict=True)
     schedule.eval()
     schedule.name_or_path = model_id
     return schedule
+
+
+class ScheduleRepoMixin:
+    """``save_pretrained`` / ``from_pretrained`` of a schedule repo (atomic save, strict load), shared by both
+    schedule families; listed before ``PyTorchModelHubMixin``, which keeps ``push_to_hub`` and the card metadata."""
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        config: dict | None = None,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **push_to_hub_kwargs,
+    ) -> str | None:
+        """Write the schedule repo: ``config.json``, ``model.safetensors``, ``README.md`` and ``lr_response.png``.
+
+        Files are written to a temporary directory next to ``save_directory`` and moved into place, so an
+        interrupted save never leaves a half-written file. A ``README.md`` not generated by this library
+        is kept as it is.
+        """
+        if config is not None:
+            raise ValueError(f"{type(self).__name__} derives config.json from itself; do not pass config=.")
+        save_schedule(self, Path(save_directory), **(model_card_kwargs or {}))
+        if push_to_hub:
+            return self.push_to_hub(
+                repo_id or Path(save_directory).name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs
+            )
+        return None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        **overrides: Any,
+    ) -> Any:
+        """Load a schedule repo from a local directory or the Hub (``"org/name"``), strictly.
+
+        ``overrides`` replace fields of ``config.json`` (e.g. ``gamma=0.1`` for an MLR-SNet schedule). Works offline
+        (``HF_HUB_OFFLINE=1``) from the local HF cache. Missing, corrupted or mismatched files raise
+        :class:`~mlrsnet_hf.hub.ScheduleFileError` naming the file.
+        """
+        return load_schedule(
+            cls,
+            str(pretrained_model_name_or_path),
+            overrides=overrides,
+            force_download=force_download,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            revision=revision,
+        )
 
 
 # ------------------------------------------------------------------ model card
@@ -254,3 +316,44 @@ def _stage_rows(schedule: MLRSNetSchedule) -> list[dict[str, str]]:
         {"index": str(k), "start": f"{start:.3g}", "end": f"{end:.3g}"}
         for k, (start, end) in enumerate(zip(schedule.stage_starts, ends, strict=True))
     ]
+
+
+def render_controller_card(controller: LRController, **template_kwargs: Any) -> ModelCard:
+    """The model card of an LR controller (``hub_cards/lr_controller.md``)."""
+    run = controller.training_run
+    model_name = template_kwargs.pop("model_name", None) or run.get("name") or "lr-controller"
+    datasets = [run["dataset"]] if run.get("dataset") else None
+    card_data = ModelCardData(
+        library_name="mlrsnet_hf",
+        tags=sorted({"lr-controller", "learning-rate-schedule", "reinforcement-learning", "pytorch_model_hub_mixin"}),
+        datasets=datasets,
+        model_name=model_name,
+        license="apache-2.0",
+    )
+    template = files("mlrsnet_hf.hub_cards").joinpath(CONTROLLER_CARD_TEMPLATE).read_text(encoding="utf-8")
+    return ModelCard.from_template(
+        card_data,
+        template_str=template,
+        model_name=model_name,
+        config=controller.config,
+        training_run=run,
+        plot_name=PLOT_NAME,
+        library_version=__version__,
+        **template_kwargs,
+    )
+
+
+def load_any_schedule(model_id: str | Path, **kwargs: Any) -> Schedule:
+    """Load a schedule repo of either family (:class:`MLRSNetSchedule` or :class:`LRController`) by its ``model_type``."""
+    from .lr_controller import LRController
+    from .schedule import MLRSNetSchedule
+
+    path = resolve_file(str(model_id), CONFIG_NAME)
+    try:
+        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type", MLRSNetSchedule.model_type)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise ScheduleFileError(f"{path} is not a valid schedule config ({e}).") from e
+    classes = {cls.model_type: cls for cls in (MLRSNetSchedule, LRController)}
+    if model_type not in classes:
+        raise ScheduleFileError(f"{path} is for model_type {model_type!r}: not a schedule ({sorted(classes)}).")
+    return classes[model_type].from_pretrained(str(model_id), **kwargs)

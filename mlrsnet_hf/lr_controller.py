@@ -10,12 +10,18 @@ controller needs at use time, and saves / loads / pushes as a Hub repo like an M
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
+
+from . import __version__
+from .hub import ScheduleRepoMixin
 
 FEATURES = (
     "train_loss",
@@ -88,25 +94,36 @@ def observe(
 
 class LRController(
     nn.Module,
+    ScheduleRepoMixin,
     PyTorchModelHubMixin,
     library_name="mlrsnet_hf",
-    tags=["learning-rate-schedule", "lr-controller", "ppo"],
-    repo_url="https://arxiv.org/abs/1909.09712",
+    tags=["learning-rate-schedule", "lr-controller", "ppo", "reinforcement-learning"],
+    paper_url="https://arxiv.org/abs/1909.09712",
 ):
     """A trained LR controller: observation normalisation and the PPO actor (deterministic at use time).
 
-    ``obs_mean`` / ``obs_var`` are the running statistics of the observations at the end of training
-    (``VecNormalize``); observations are standardised with them and clipped to ``[-obs_clip, obs_clip]``.
+    Args:
+        action_space: ``"discrete"`` (decrease / keep / increase) or ``"continuous"`` (a factor).
+        max_change: the largest relative LR change of one decision.
+        decision_interval: optimizer steps between decisions (K).
+        hidden_sizes: the actor's hidden layers (tanh).
+        probe_size: how many held-out examples the validation features are measured on.
+        obs_clip, obs_epsilon: observations are standardised with the running statistics frozen at the end
+            of training (``obs_mean``/``obs_var`` buffers, saved with the weights) and clipped to
+            ``[-obs_clip, obs_clip]``.
+        min_lr, max_lr: bounds on the LR.
+        training_run: how it was trained (task, PPO settings, episodes, wall time); for the card.
     """
+
+    model_type = "lr_controller"
 
     def __init__(
         self,
         action_space: str = "discrete",
         max_change: float = 0.05,
         decision_interval: int = 10,
-        hidden_sizes: tuple[int, ...] | list[int] = (32, 32),
-        obs_mean: list[float] | None = None,
-        obs_var: list[float] | None = None,
+        hidden_sizes: Sequence[int] = (32, 32),
+        probe_size: int = 256,
         obs_clip: float = 10.0,
         obs_epsilon: float = 1e-8,
         min_lr: float = 1e-7,
@@ -118,23 +135,23 @@ class LRController(
             raise ValueError(f"action_space must be one of {ACTION_SPACES}, got {action_space!r}.")
         if not 0 < max_change < 1:
             raise ValueError(f"max_change must be in (0, 1), got {max_change}.")
-        if decision_interval < 1:
-            raise ValueError(f"decision_interval must be >= 1, got {decision_interval}.")
+        if decision_interval < 1 or probe_size < 1:
+            raise ValueError(f"decision_interval and probe_size must be >= 1, got {decision_interval}, {probe_size}.")
+        if not 0 < min_lr < max_lr:
+            raise ValueError(f"Need 0 < min_lr < max_lr, got {min_lr}, {max_lr}.")
         self.action_space = action_space
         self.max_change = float(max_change)
         self.decision_interval = int(decision_interval)
         self.hidden_sizes = [int(h) for h in hidden_sizes]
+        self.probe_size = int(probe_size)
         self.obs_clip = float(obs_clip)
         self.obs_epsilon = float(obs_epsilon)
         self.min_lr, self.max_lr = float(min_lr), float(max_lr)
-        self.training_run = dict(training_run or {})  # how it was trained (for the card)
+        self.training_run = dict(training_run or {})
+        self.name_or_path: str | None = None
         n = len(FEATURES)
-        mean = torch.tensor(obs_mean if obs_mean is not None else [0.0] * n, dtype=torch.float64)
-        var = torch.tensor(obs_var if obs_var is not None else [1.0] * n, dtype=torch.float64)
-        if mean.shape != (n,) or var.shape != (n,):
-            raise ValueError(f"obs_mean and obs_var must have {n} entries (one per feature).")
-        self.register_buffer("obs_mean", mean)
-        self.register_buffer("obs_var", var)
+        self.register_buffer("obs_mean", torch.zeros(n, dtype=torch.float64))
+        self.register_buffer("obs_var", torch.ones(n, dtype=torch.float64))
         layers: list[nn.Module] = []
         width = n
         for h in self.hidden_sizes:
@@ -142,6 +159,31 @@ class LRController(
             width = h
         self.policy_net = nn.Sequential(*layers)  # the names of stable-baselines3's actor
         self.action_net = nn.Linear(width, 3 if action_space == "discrete" else 1)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """What ``config.json`` holds (the statistics and the actor are in ``model.safetensors``)."""
+        return {
+            "model_type": self.model_type,
+            "library_name": "mlrsnet_hf",
+            "library_version": __version__,
+            "action_space": self.action_space,
+            "max_change": self.max_change,
+            "decision_interval": self.decision_interval,
+            "hidden_sizes": list(self.hidden_sizes),
+            "probe_size": self.probe_size,
+            "obs_clip": self.obs_clip,
+            "obs_epsilon": self.obs_epsilon,
+            "min_lr": self.min_lr,
+            "max_lr": self.max_lr,
+            "training_run": copy.deepcopy(self.training_run),
+        }
+
+    def extra_repr(self) -> str:
+        return f"action_space={self.action_space!r}, decision_interval={self.decision_interval}, hidden_sizes={self.hidden_sizes}"
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
 
     def normalize(self, features: torch.Tensor) -> torch.Tensor:
         features = torch.as_tensor(features, dtype=torch.float64)
@@ -159,3 +201,31 @@ class LRController(
         """The LR for the next ``decision_interval`` steps, bounded to ``[min_lr, max_lr]``."""
         lr = next_lr(lr, self.act(features), self.action_space, self.max_change)
         return min(max(lr, self.min_lr), self.max_lr)
+
+    def simulate(self, train_losses: Sequence[float], base_lr: float) -> list[float]:
+        """The LR at every step for a given training-loss curve, the other features held at their training means.
+
+        A preview only (a real run observes the model): the validation loss follows the training loss.
+        """
+        lrs, lr = [], float(base_lr)
+        for step, loss in enumerate(train_losses):
+            if step % self.decision_interval == 0:
+                features = self.obs_mean.clone()
+                features[FEATURES.index("train_loss")] = loss
+                features[FEATURES.index("val_loss")] = loss
+                features[FEATURES.index("previous_lr")] = lr
+                lr = self.decide(features, lr)
+            lrs.append(lr)
+        return lrs
+
+    def plot_preview(self, path: str | Path) -> None:
+        """The repo's picture: the LR it sets along a typical decreasing loss, from its training LRs."""
+        from . import plotting
+
+        plotting.plot_controller_response(self, path)
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The repo's ``README.md``, rendered from ``hub_cards/lr_controller.md``."""
+        from .hub import render_controller_card
+
+        return render_controller_card(self, **kwargs)

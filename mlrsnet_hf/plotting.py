@@ -100,3 +100,24 @@ def plot_training_curves(log_history: list[dict], path: str | Path) -> None:
 
 
 _EVAL_BOOKKEEPING = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
+
+
+def plot_controller_response(controller, path: str | Path, num_steps: int = 1000) -> list[float]:
+    """Plot an LR controller's LR along :func:`typical_loss_curve`, from each of its training initial LRs."""
+    losses = typical_loss_curve(num_steps)
+    initial = controller.training_run.get("initial_lrs") or [1e-3]
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, constrained_layout=True)
+    ax_loss.plot(range(num_steps), losses, color="tab:gray")
+    ax_loss.set_ylabel("training loss (input)")
+    lrs: list[float] = []
+    for base_lr in initial:
+        lrs = controller.simulate(losses, base_lr)
+        ax_lr.plot(range(num_steps), lrs, label=f"from {base_lr:g}")
+    ax_lr.set_yscale("log")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("optimizer step")
+    ax_lr.legend(fontsize=8)
+    ax_loss.set_title("LR controller: response to a typical loss curve (other features at their training means)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return lrs

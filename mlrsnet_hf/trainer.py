@@ -13,8 +13,10 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import Trainer, TrainerCallback
 
-from .callback import ScheduleController
+from .callback import ControllerDriver, ScheduleController, probe_batch
 from .config import LR_LINEAR_OPTIMIZERS, MLRSNetConfig
+from .hub import load_any_schedule
+from .lr_controller import LRController
 from .meta_gradient import MetaBatches, lr_derivative, meta_loss
 from .schedule import MLRSNetSchedule
 
@@ -52,6 +54,8 @@ class MLRSNetLR(LRScheduler):
             "last_lrs": list(trainer.controller.last_lrs),
             "lr_history": list(trainer.controller.lr_history),
         }
+        if isinstance(trainer.controller, ControllerDriver):
+            state["controller_runtime"] = trainer.controller.runtime_state()
         if trainer.meta_optimizer is not None:
             state["meta_optimizer"] = trainer.meta_optimizer.state_dict()
             state["meta_batches"] = trainer.meta_batches.state_dict()
@@ -65,6 +69,10 @@ class MLRSNetLR(LRScheduler):
         trainer.controller.last_lrs = list(state["last_lrs"])
         trainer.controller.lr_history = list(state["lr_history"])
         self._last_lr = list(state["last_lrs"])
+        if isinstance(trainer.controller, ControllerDriver):
+            if "controller_runtime" not in state:
+                raise ValueError("The checkpoint was not written with an LR controller: cannot resume with one.")
+            trainer.controller.load_runtime_state(state["controller_runtime"])
         if trainer.meta_optimizer is not None:
             if "meta_optimizer" not in state:
                 raise ValueError(
@@ -103,8 +111,10 @@ class MLRSNetTrainer(Trainer):
 
     Args:
         model, args, ...: as for ``transformers.Trainer``; ``args`` is an :class:`MLRSNetConfig`.
-        meta_dataset: held-out data for meta-training (the paper's meta/validation set).
-        schedule: an :class:`MLRSNetSchedule` to use instead of loading ``args.schedule``.
+        meta_dataset: held-out data for meta-training (the paper's meta/validation set); with an LR
+            controller, the held-out examples it observes (default: ``eval_dataset``).
+        schedule: an :class:`MLRSNetSchedule` or a PPO-trained :class:`LRController` (or the directory or
+            Hub id of either) to use instead of ``args.schedule``.
 
     ``trainer.schedule`` is the schedule in use; ``save_schedule``/``push_schedule_to_hub`` write it as a
     schedule repo recording what it was trained on.
@@ -120,7 +130,7 @@ class MLRSNetTrainer(Trainer):
         args: MLRSNetConfig | None = None,
         *,
         meta_dataset: Any = None,
-        schedule: MLRSNetSchedule | None = None,
+        schedule: MLRSNetSchedule | LRController | str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -129,9 +139,11 @@ class MLRSNetTrainer(Trainer):
             raise TypeError(
                 f"args must be an MLRSNetConfig (a TrainingArguments subclass), got {type(args).__name__}."
             )
+        if isinstance(schedule, (str, Path)):
+            schedule = load_any_schedule(str(schedule))
         if schedule is None:
             if args.schedule is not None:
-                schedule = MLRSNetSchedule.from_pretrained(args.schedule)
+                schedule = load_any_schedule(args.schedule)
             elif args.meta_train:
                 with torch.random.fork_rng(devices=[]):  # seeded by args.seed, without touching the caller's stream
                     torch.manual_seed(args.seed)
@@ -143,6 +155,11 @@ class MLRSNetTrainer(Trainer):
                     "Transfer mode (meta_train=False) needs a learned schedule: set args.schedule to a directory "
                     "or Hub repo id, pass schedule=, or set meta_train=True to learn one."
                 )
+        if isinstance(schedule, LRController) and args.meta_train:
+            raise ValueError(
+                "An LRController is trained with PPO (mlrsnet_hf.controller_env.train_controller), not meta-trained "
+                "online: use it with meta_train=False."
+            )
         if args.meta_train and meta_dataset is None:
             raise ValueError("meta_train=True needs meta_dataset: held-out training data for the meta updates.")
         if (kwargs.get("optimizers") or (None, None))[1] is not None:
@@ -156,14 +173,17 @@ class MLRSNetTrainer(Trainer):
             )
         super().__init__(model=model, args=args, **kwargs)
         self.schedule = schedule
-        self.controller = ScheduleController(
-            schedule,
-            gamma=args.gamma,
-            num_classes=args.num_classes,
-            input_normalization=args.input_normalization,
-            relative_max_scale=args.relative_max_scale,
-            auto_gamma_batches=args.auto_gamma_batches,
-        )
+        if isinstance(schedule, LRController):
+            self.controller: ScheduleController | ControllerDriver = ControllerDriver(schedule)
+        else:
+            self.controller = ScheduleController(
+                schedule,
+                gamma=args.gamma,
+                num_classes=args.num_classes,
+                input_normalization=args.input_normalization,
+                relative_max_scale=args.relative_max_scale,
+                auto_gamma_batches=args.auto_gamma_batches,
+            )
         self.meta_dataset = meta_dataset
         self.meta_optimizer: torch.optim.Optimizer | None = None
         self.meta_batches: MetaBatches | None = None
@@ -179,12 +199,25 @@ class MLRSNetTrainer(Trainer):
         if self.lr_scheduler is None:
             optimizer = optimizer or self.optimizer
             self._schedule_restored = False
+            if isinstance(self.controller, ControllerDriver):
+                self.controller.probe = self._controller_probe()
             self.controller.configure(self.model, optimizer, self.args.learning_rate, num_training_steps)
             if self.args.meta_train:
                 self._setup_meta_training(optimizer)
             self.lr_scheduler = MLRSNetLR(optimizer, self)
             self._created_lr_scheduler = True
         return self.lr_scheduler
+
+    def _controller_probe(self) -> dict[str, torch.Tensor]:
+        dataset = self.meta_dataset if self.meta_dataset is not None else self.eval_dataset
+        if isinstance(dataset, dict):
+            raise ValueError("With several eval datasets, pass meta_dataset= for the LR controller to observe.")
+        if dataset is None:
+            raise ValueError("The LR controller observes the validation loss: pass meta_dataset= (held-out data).")
+        if hasattr(dataset, "column_names"):
+            dataset = self._remove_unused_columns(dataset, description="probe")
+        collate = self._get_collator_with_removed_columns(self.data_collator, description="probe")
+        return probe_batch(dataset, self.schedule.probe_size, collate)
 
     def _setup_meta_training(self, optimizer: torch.optim.Optimizer) -> None:
         inner = getattr(optimizer, "optimizer", optimizer)
@@ -263,7 +296,7 @@ class MLRSNetTrainer(Trainer):
         if self._meta_losses:
             logs["meta_loss"] = sum(self._meta_losses) / len(self._meta_losses)
             self._meta_losses = []
-        if self.schedule.stage >= 0 and "loss" in logs:
+        if getattr(self.schedule, "stage", -1) >= 0 and "loss" in logs:
             logs["schedule_stage"] = self.schedule.stage
         super().log(logs, start_time)
 
@@ -303,10 +336,12 @@ class MLRSNetTrainer(Trainer):
             record["results"] = metrics
         return record
 
-    def _schedule_to_publish(self, meta_training: dict[str, Any] | None) -> MLRSNetSchedule:
+    def _schedule_to_publish(self, meta_training: dict[str, Any] | None) -> MLRSNetSchedule | LRController:
         """A copy of the schedule in use, recording what it was trained on (after meta-training)."""
         schedule = copy.deepcopy(self.schedule)
-        if self.args.meta_train:
+        if isinstance(schedule, LRController):
+            schedule.training_run.update(meta_training or {})
+        elif self.args.meta_train:
             schedule.meta_training = {**self.meta_training_record(), **(meta_training or {})}
         elif meta_training:
             schedule.meta_training.update(meta_training)

@@ -110,8 +110,12 @@ def test_short_ppo_run_changes_the_policy_and_exports_it(action_space, tmp_path)
             assert got == int(expected)
         else:
             assert got == pytest.approx(float(np.clip(expected, -1, 1)[0]), abs=1e-5)
-    # Hub round trip: config, weights and statistics.
+    # Hub round trip: config, weights and statistics, card and picture.
     controller.save_pretrained(tmp_path / "controller")
+    files = {p.name for p in (tmp_path / "controller").iterdir()}
+    assert files == {"config.json", "model.safetensors", "README.md", "lr_response.png"}
+    card = (tmp_path / "controller" / "README.md").read_text()
+    assert "library_name: mlrsnet_hf" in card and "](lr_response.png)" in card and "PPO" in card
     loaded = LRController.from_pretrained(tmp_path / "controller")
     assert loaded.action_space == action_space and loaded.training_run["algorithm"] == "PPO"
     for name, tensor in controller.state_dict().items():
