@@ -131,6 +131,13 @@ BASELINES = {
     )
 }  # fmt: skip
 MLRSNET = ("MLR-SNet meta-trained", "MLR-SNet transferred", "MLR-SNet released")
+CONTROLLER = ("PPO controller trained", "PPO controller transferred")
+CONTROLLER_TRAINING = "PPO controller training"
+# The LR controller (Xu et al., 2019), trained with PPO on each task (seed 0): episodes of the task's step
+# budget with Adam from an initial LR in {1e-2, 1e-3, 1e-4}, a decision every 10 steps, 30 episodes.
+# At use it drives Adam from lr 1e-3 (its middle initial LR: no tuning), observing the validation set.
+CONTROLLER_SETTINGS = {"episodes": 30, "decision_interval": 10, "n_steps": 120, "batch_size": 60, "n_epochs": 10,
+                       "start_lr": 1e-3, "probe_size": {"image": 256, "text": 64}}  # fmt: skip
 HYPERGRADIENT_BETA = 0.02  # multiplicative rule of Baydin et al. (2018): lr *= 1 + beta * cos(g_t, g_{t-1})
 
 
@@ -252,6 +259,20 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             )
         else:
             trainer = Trainer(model=model, args=TrainingArguments(**args), **common)
+    elif label == CONTROLLER_TRAINING:
+        return train_controller_job(job, task, data)
+    elif label in CONTROLLER:
+        args = training_args(
+            task, out, job["seed"], steps, optim="adamw_torch", weight_decay=0.0,
+            learning_rate=CONTROLLER_SETTINGS["start_lr"],
+        )  # fmt: skip
+        trainer = MLRSNetTrainer(
+            model=model,
+            args=MLRSNetConfig(**args),
+            schedule=job["source_schedule"],
+            meta_dataset=data["meta"],
+            **common,
+        )
     else:
         text = task.modality == "text"
         mlrsnet: dict[str, Any] = {"num_classes": data["num_classes"]}
@@ -291,6 +312,39 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     for k in ("test", "val"):
         if not math.isfinite(record[k]):
             record[k] = float("inf") if key == "perplexity" else float("nan")
+    Path(job["path"]).write_text(json.dumps(record) + "\n")
+    return record
+
+
+def train_controller_job(job: dict[str, Any], task: Task, data: dict[str, Any]) -> dict[str, Any]:
+    """Train the PPO LR controller on a task (seed 0) and save it; the record holds its wall time."""
+    from mlrsnet_hf.controller_env import LRControlEnv, train_controller
+
+    settings = CONTROLLER_SETTINGS
+    interval = 4 if job["quick"] else settings["decision_interval"]
+    per_episode = job["steps"] // interval
+
+    def make_env() -> LRControlEnv:
+        return LRControlEnv(
+            data["model"], data["train"], data["meta"], batch_size=task.batch,
+            val_batch_size=settings["probe_size"][task.modality], episode_steps=job["steps"], decision_interval=interval,
+            max_grad_norm=task.clip,
+        )  # fmt: skip
+
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    episodes = 1 if job["quick"] else settings["episodes"]
+    n_steps = per_episode if job["quick"] else settings["n_steps"]
+    controller, agent = train_controller(
+        make_env, total_timesteps=episodes * per_episode, seed=0, n_steps=n_steps,
+        batch_size=min(settings["batch_size"], n_steps), n_epochs=settings["n_epochs"],
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    controller.training_run.update(task=task.name, episodes=episodes, wall_seconds=round(seconds, 1))
+    controller.save_pretrained(job["schedule_dir"])
+    returns = [float(e["r"]) for e in agent.ep_info_buffer]
+    record = {**{k: v for k, v in job.items() if k not in ("path", "quick")}, "train_seconds": seconds,
+              "episode_returns": returns, "test": float("nan"), "val": float("nan"), "metric": None}  # fmt: skip
     Path(job["path"]).write_text(json.dumps(record) + "\n")
     return record
 
@@ -336,7 +390,7 @@ def summarise(records: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]
         for r in (r for r in records if r["task"] == name):
             rows.setdefault(r["schedule"], []).append(r)
         entries = {}
-        for label in [*MLRSNET, *BASELINES]:
+        for label in [*MLRSNET, *CONTROLLER, *BASELINES]:
             runs = rows.get(label)
             if not runs:
                 continue
@@ -365,7 +419,7 @@ def to_markdown(summary: dict[str, Any]) -> str:
     tasks = list(summary)
     head = "| schedule | " + " | ".join(f"{t} ({summary[t]['metric']})" for t in tasks) + " |"
     lines = [head, "|---" * (len(tasks) + 1) + "|"]
-    labels = [*MLRSNET, *BASELINES]
+    labels = [*MLRSNET, *CONTROLLER, *BASELINES]
     best = {}
     for t in tasks:
         means = {k: v["mean"] for k, v in summary[t]["schedules"].items() if v["mean"] is not None}
@@ -447,7 +501,11 @@ def main() -> None:
              for t in sorted(needed) for s in (seeds if t in tasks else [0])]  # fmt: skip
     first += [job(out, t, b.label, 0, steps(t), args.quick, lr)
               for t in tasks for b in BASELINES.values() for lr in grid(t, b.family)]  # fmt: skip
-    records = run_all(first, args.workers, "meta-training and LR grids")
+    controller_dir = {t: out / "controllers" / t for t in needed}
+    first += [job(out, t, CONTROLLER_TRAINING, 0, steps(t), args.quick, schedule_dir=str(controller_dir[t]))
+              for t in sorted(needed)]  # fmt: skip
+    records = run_all(first, args.workers, "meta-training, controller training and LR grids")
+    costs = {r["task"]: {"PPO controller training": r["train_seconds"]} for r in records if r["schedule"] == CONTROLLER_TRAINING}  # fmt: skip
     # Phase 2: the best LR of each baseline with the other seeds; transferred and released MLR-SNet.
     official = SHARED / "official"
     if all((official / n).is_file() for n in OFFICIAL):
@@ -460,11 +518,20 @@ def main() -> None:
             second += [job(out, t, b.label, s, steps(t), args.quick, best_lr) for s in seeds if s != 0]
         source = schedule_dir[TASKS[t].source]
         second += [job(out, t, "MLR-SNet transferred", s, steps(t), args.quick, source_schedule=str(source), source_task=TASKS[t].source) for s in seeds]  # fmt: skip
+        second += [job(out, t, "PPO controller trained", s, steps(t), args.quick, source_schedule=str(controller_dir[t])) for s in seeds]  # fmt: skip
+        second += [job(out, t, "PPO controller transferred", s, steps(t), args.quick, source_schedule=str(controller_dir[TASKS[t].source]), source_task=TASKS[t].source) for s in seeds]  # fmt: skip
         if (out / "schedules" / "released").is_dir():
             second += [job(out, t, "MLR-SNet released", s, steps(t), args.quick, source_schedule=str(out / "schedules" / "released")) for s in seeds]  # fmt: skip
     records = [r for r in records if r["task"] in tasks] + run_all(second, args.workers, "seeds and transfer")
 
     summary = summarise(records, tasks)
+    for t in tasks:  # what learning each schedule cost, in wall seconds of one worker
+        entries = summary[t]["schedules"]
+        costs.setdefault(t, {})
+        costs[t]["MLR-SNet meta-training (one run, model trained too)"] = entries["MLR-SNet meta-trained"][
+            "train_seconds"
+        ]
+        costs[t]["a baseline run (SGD fixed)"] = entries["SGD fixed"]["train_seconds"]
     meta = {
         "protocol": __doc__.split("Protocol")[1].split("Each run")[0].strip(),
         "tasks": {t: dataclasses.asdict(TASKS[t]) | {"steps": steps(t)} for t in tasks},
@@ -472,6 +539,8 @@ def main() -> None:
                       for k, b in BASELINES.items()},  # fmt: skip
         "meta_hyperparameters": META,
         "hypergradient_beta": HYPERGRADIENT_BETA,
+        "controller": CONTROLLER_SETTINGS,
+        "training_cost_seconds": costs,
         "seeds": len(seeds),
         "machine": f"{platform.processor() or platform.machine()}, {args.workers} worker(s) x 1 thread, torch {torch.__version__}",
         "wall_seconds": round(time.time() - started, 1),
@@ -481,6 +550,14 @@ def main() -> None:
     (args.out / f"quality_{tag}.md").write_text(
         f"# Quality benchmark ({tag})\n\nTest metric, mean ± std over {len(seeds)} seed(s); best mean in bold; "
         f"(lr x): the baseline's LR chosen on the validation set.\n\n{table}\n"
+    )
+    cost_lines = ["| task | " + " | ".join(next(iter(costs.values()))) + " |", "|---" * 4 + "|"]
+    cost_lines += [f"| {t} | " + " | ".join(f"{v:.0f} s" for v in costs[t].values()) + " |" for t in tasks]
+    (args.out / f"quality_{tag}.md").write_text(
+        (args.out / f"quality_{tag}.md").read_text()
+        + "\nTraining cost of the learned schedules (wall time, one worker thread, while the other worker ran):\n\n"
+        + "\n".join(cost_lines)
+        + "\n"
     )
     plot(summary, args.out / f"quality_{tag}.png")
     print("\n" + table)

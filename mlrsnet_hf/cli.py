@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .hub import ScheduleFileError
+from .hub import ScheduleFileError, load_any_schedule
+from .lr_controller import LRController
 from .official import convert_official
 from .plotting import plot_lr_response
 from .schedule import MLRSNetSchedule
@@ -57,8 +58,20 @@ def _convert(args: argparse.Namespace) -> None:
     print(describe(schedule, str(args.out)))
 
 
+def describe_controller(controller: LRController, name: str) -> str:
+    """A human-readable summary of a PPO LR controller."""
+    lines = [f"LR controller (PPO): {name}"]
+    lines += [f"  {key}: {value}" for key, value in controller.config.items() if key.startswith(("action", "max", "decision", "hidden", "probe", "min"))]  # fmt: skip
+    lines += [f"  trained: {key}={value}" for key, value in controller.training_run.items()]
+    return "\n".join(lines)
+
+
 def _info(args: argparse.Namespace) -> None:
-    print(describe(MLRSNetSchedule.from_pretrained(args.schedule), args.schedule))
+    schedule = load_any_schedule(args.schedule)
+    if isinstance(schedule, LRController):
+        print(describe_controller(schedule, args.schedule))
+    else:
+        print(describe(schedule, args.schedule))
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -76,13 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("meta-train", help="meta-train a schedule on a task preset (see `mlrsnet meta-train --help`)")
     sub.add_parser("transfer", help="train a task preset with a learned schedule (see `mlrsnet transfer --help`)")
+    sub.add_parser(
+        "train-controller", help="train a PPO LR controller on a task preset (see `mlrsnet train-controller --help`)"
+    )
 
     p = sub.add_parser("convert-official", help="turn the released MLR-SNet checkpoints into a schedule repo")
     p.add_argument("checkpoints", nargs="+", help="mlr_snet_1.pth [mlr_snet_100.pth mlr_snet_200.pth], in stage order")
     p.add_argument("--out", required=True, type=Path, help="directory to write the schedule repo to")
     p.set_defaults(func=_convert)
 
-    p = sub.add_parser("info", help="stages, gamma rule and what a schedule was meta-trained on")
+    p = sub.add_parser("info", help="what a schedule (MLR-SNet or LR controller) is and what it was trained on")
     p.add_argument("schedule", help="a schedule directory or Hub repo id")
     p.set_defaults(func=_info)
 
@@ -98,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("meta-train", "transfer"):
+    if argv and argv[0] in ("meta-train", "transfer", "train-controller"):
         # These take every MLRSNetConfig / TrainingArguments flag: HfArgumentParser parses them.
-        from .tasks import PRESETS, run
+        from .tasks import PRESETS, run, train_controller_run
 
         if len(argv) == 1 or argv[1] in ("-h", "--help"):
             print(__doc__)
@@ -108,7 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
         try:
-            metrics = run(argv[1:], meta_train=argv[0] == "meta-train")
+            if argv[0] == "train-controller":
+                metrics = train_controller_run(argv[1:])
+            else:
+                metrics = run(argv[1:], meta_train=argv[0] == "meta-train")
         except (ScheduleFileError, ValueError) as e:
             print(f"mlrsnet: error: {e}", file=sys.stderr)
             return 1

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from .callback import probe_batch
 from .lr_controller import FEATURES, LRController, next_lr, observe
 
 try:
@@ -53,6 +54,7 @@ class LRControlEnv(gym.Env):
         collate_fn: Callable = default_collate,
         min_lr: float = 1e-7,
         max_lr: float = 10.0,
+        max_grad_norm: float | None = None,
     ) -> None:
         super().__init__()
         if episode_steps < decision_interval:
@@ -65,6 +67,7 @@ class LRControlEnv(gym.Env):
         self.kind, self.max_change, self.noise = action_space, max_change, noise
         self.make_optimizer, self.collate_fn = optimizer, collate_fn
         self.min_lr, self.max_lr = min_lr, max_lr
+        self.max_grad_norm = max_grad_norm
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(len(FEATURES),), dtype=np.float32)
         self.action_space = (
             gym.spaces.Discrete(3) if action_space == "discrete" else gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -86,14 +89,12 @@ class LRControlEnv(gym.Env):
             collate_fn=self.collate_fn,
         )  # fmt: skip
         self.batches: Iterator[dict[str, torch.Tensor]] = itertools.chain.from_iterable(itertools.repeat(loader))
-        val_order = torch.randperm(len(self.val_dataset), generator=generator)[: self.val_batch_size]
-        self.probe = self.collate_fn([self.val_dataset[int(i)] for i in val_order])
+        self.probe = probe_batch(self.val_dataset, self.val_batch_size, self.collate_fn)  # as in the Trainer
         self.step_count = 0
-        with torch.no_grad():
-            first = next(self.batches)
-            self.model.eval()
+        first = next(self.batches)
+        self.batches = itertools.chain([first], self.batches)
+        with torch.no_grad():  # the first step's training loss, as the Trainer glue observes at step 0
             start_loss = float(self.model(**first)["loss"])
-            self.model.train()
         self.features, self.probs = observe(self.model, self.probe, start_loss, self.lr, None)
         return self.features.numpy().astype(np.float32), {"lr": self.lr, "val_loss": float(self.features[1])}
 
@@ -109,6 +110,8 @@ class LRControlEnv(gym.Env):
             loss = self.model(**batch)["loss"]
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
             self.optimizer.step()
             losses.append(float(loss.detach()))
             self.step_count += 1

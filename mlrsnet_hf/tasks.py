@@ -2,12 +2,15 @@
 
     mlrsnet meta-train --task cifar10-resnet18 --output_dir OUT [--dataset ID_OR_DIR] [any MLRSNetConfig flag]
     mlrsnet transfer --task cifar100-wrn28-10 --schedule ID_OR_DIR --output_dir OUT [...]
+    mlrsnet train-controller --task cifar10-resnet18 --output_dir OUT [--episodes 20 --episode_steps 1000 ...]
 
 A preset fixes the data, the model and the recipe's training arguments (as parser defaults: every
 flag given on the command line wins). ``meta-train`` writes a schedule repo to ``--output_dir``
 (loadable with ``MLRSNetSchedule.from_pretrained``) with the trained task model in ``OUT/model``;
 ``transfer`` trains with a learned schedule. Both write ``metrics.json`` and plots of the LR and of
-the metrics into ``--output_dir``.
+the metrics into ``--output_dir``. ``train-controller`` trains a PPO LR controller on the preset's
+data (episodes of child training with Adam, see :mod:`mlrsnet_hf.controller_env`) and writes it as a
+schedule repo; ``transfer --schedule OUT`` then uses it (with ``--optim adamw_torch``, as it was trained).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from torch.utils.data import Subset
 from transformers import HfArgumentParser, set_seed
 
@@ -111,6 +115,13 @@ class Task:
     num_classes: int
 
 
+def preset_model(preset: TaskPreset, num_classes: int) -> nn.Module:
+    """A freshly initialised model of the preset (``num_classes``: labels, or the vocabulary size for PTB)."""
+    if preset.model.startswith("lstm"):
+        return lstm_lm(num_classes, num_layers=int(preset.model[-1]))
+    return wide_resnet(num_classes) if preset.model == "wrn-28-10" else cifar_net(preset.model, num_classes)
+
+
 def build_task(args: TaskArguments, training: MLRSNetConfig | None = None) -> Task:
     """Data, model and metrics of a preset."""
     if args.task not in PRESETS:
@@ -123,14 +134,14 @@ def build_task(args: TaskArguments, training: MLRSNetConfig | None = None) -> Ta
             args.dataset, batch_size=batch, seq_len=args.seq_len, eval_batch_size=eval_batch,
             train_split=args.train_split, meta_split=args.meta_split, test_split=args.test_split,
         )  # fmt: skip
-        model = lstm_lm(len(vocab), num_layers=int(preset.model[-1]))
+        model = preset_model(preset, len(vocab))
         compute, preprocess = perplexity_metrics()
         return Task(
             model, chunks["train"], chunks["meta"], chunks["test"], compute, preprocess,
             args.dataset or "ptb-text-only/ptb_text_only", len(vocab),
         )  # fmt: skip
     splits, spec = load_image_dataset(preset.dataset, args.dataset, meta_size=args.meta_size)
-    model = wide_resnet(spec.num_classes) if preset.model == "wrn-28-10" else cifar_net(preset.model, spec.num_classes)
+    model = preset_model(preset, spec.num_classes)
     compute, preprocess = accuracy_metrics()
     return Task(
         model, splits["train"], splits.get("meta"), splits["test"], compute, preprocess,
@@ -168,7 +179,7 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
         training.meta_update_interval = max(1, steps_per_epoch // preset.meta_updates_per_epoch)
     trainer = MLRSNetTrainer(
         model=task.model, args=training, train_dataset=task.train, eval_dataset=task.test,
-        meta_dataset=task.meta if meta_train else None, compute_metrics=task.compute_metrics,
+        meta_dataset=task.meta, compute_metrics=task.compute_metrics,
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
     )  # fmt: skip
     trainer.train()
@@ -191,3 +202,55 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
         if trainer.is_world_process_zero():
             trainer.save_model(str(out / "model"))
     return metrics
+
+
+@dataclass
+class ControllerArguments:
+    """How to train a PPO LR controller (Xu et al., 2019) on a task preset's data."""
+
+    output_dir: str = field(metadata={"help": "Where to write the controller (a schedule repo)."})
+    episodes: int = field(default=20, metadata={"help": "Child training runs (episodes) of PPO training."})
+    episode_steps: int = field(default=1000, metadata={"help": "Optimizer steps of one child run."})
+    decision_interval: int = field(default=10, metadata={"help": "Optimizer steps between LR decisions (K)."})
+    action_space: str = field(default="discrete", metadata={"help": "'discrete' or 'continuous'."})
+    max_change: float = field(default=0.05, metadata={"help": "Largest relative LR change per decision."})
+    initial_lrs: list[float] = field(
+        default_factory=lambda: [1e-2, 1e-3, 1e-4], metadata={"help": "Adam LRs an episode starts from."}
+    )
+    batch_size: int = field(default=128, metadata={"help": "Child training batch size."})
+    probe_size: int = field(default=256, metadata={"help": "Held-out examples the validation features use."})
+    max_grad_norm: float | None = field(default=None, metadata={"help": "Clip child gradients to this norm."})
+    ppo_n_steps: int = field(default=100, metadata={"help": "Decisions per PPO update."})
+    ppo_batch_size: int = field(default=50, metadata={"help": "PPO minibatch size."})
+    seed: int = field(default=0, metadata={"help": "Seed of PPO and of the episodes."})
+
+
+def train_controller_run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train a PPO LR controller on a preset's training data, observing its meta split; save it as a repo."""
+    from .controller_env import LRControlEnv, train_controller
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    task_args, args = HfArgumentParser((TaskArguments, ControllerArguments)).parse_args_into_dataclasses(argv)
+    set_seed(args.seed)
+    task = build_task(task_args)
+    preset = PRESETS[task_args.task]
+
+    def make_env() -> LRControlEnv:
+        return LRControlEnv(
+            lambda: preset_model(preset, task.num_classes), task.train, task.meta, batch_size=args.batch_size,
+            val_batch_size=args.probe_size, episode_steps=args.episode_steps, decision_interval=args.decision_interval,
+            initial_lrs=args.initial_lrs, action_space=args.action_space, max_change=args.max_change,
+            max_grad_norm=args.max_grad_norm,
+        )  # fmt: skip
+
+    per_episode = args.episode_steps // args.decision_interval
+    controller, agent = train_controller(
+        make_env, total_timesteps=args.episodes * per_episode, seed=args.seed, n_steps=args.ppo_n_steps,
+        batch_size=args.ppo_batch_size,
+    )  # fmt: skip
+    returns = [float(e["r"]) for e in agent.ep_info_buffer]
+    controller.training_run.update(
+        task=task_args.task, dataset=task_args.record_dataset or task.dataset_id, episodes=args.episodes
+    )
+    controller.save_pretrained(args.output_dir)
+    return {"episodes": args.episodes, "episode_returns": returns, "output_dir": args.output_dir}

@@ -37,7 +37,7 @@ def test_quality_benchmark_quick(tmp_path):
 
     report = json.loads((tmp_path / "quality_cpu_quick.json").read_text())
     released = (SHARED / "official" / "mlr_snet_1.pth").is_file()
-    expected = {*quality.BASELINES, "MLR-SNet meta-trained", "MLR-SNet transferred"} | (
+    expected = {*quality.BASELINES, *quality.CONTROLLER, "MLR-SNet meta-trained", "MLR-SNet transferred"} | (
         {"MLR-SNet released"} if released else set()
     )
     tasks = ["digits-cnn"] + (["ptb-lstm"] if (SHARED / "data" / "ptb" / "ptb.valid.txt").is_file() else [])
@@ -59,6 +59,12 @@ def test_quality_benchmark_quick(tmp_path):
         assert all(abs(r - 1) <= quality.HYPERGRADIENT_BETA + 1e-12 for r in ratios)  # multiplicative rule
         assert all(x > 0 for x in entries["MLR-SNet meta-trained"]["lrs"])
     assert report["meta"]["meta_hyperparameters"] == quality.META
+    costs = report["meta"]["training_cost_seconds"]
+    assert all(costs[t]["PPO controller training"] > 0 for t in tasks)
+    # The controller starts from Adam's 1e-3 and moves by a factor 1.05^(-1, 0, 1) at steps 0 and 4 (quick: K=4).
+    lrs = entries["PPO controller trained"]["lrs"]
+    factors = {round(b / a, 9) for a, b in zip([1e-3, *lrs], lrs, strict=False)}
+    assert factors <= {round(1 / 1.05, 9), 1.0, 1.05} and lrs[:4] == [lrs[0]] * 4 and lrs[4:] == [lrs[4]] * 4
     assert "| MLR-SNet transferred |" in (tmp_path / "quality_cpu_quick.md").read_text()
     assert (tmp_path / "quality_cpu_quick.png").stat().st_size > 10_000
     runs = sorted((tmp_path / "quality_cpu_quick" / "runs").rglob("*.json"))

@@ -1,6 +1,7 @@
 """The examples and `mlrsnet meta-train` / `transfer` on tiny data, offline (smoke tests that check the outputs)."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 from conftest import REPO, SHARED
 from hub_data import write_hub_layout
 
-from mlrsnet_hf import MLRSNetSchedule
+from mlrsnet_hf import LRController, MLRSNetSchedule
 from mlrsnet_hf.cli import main
 from mlrsnet_hf.tasks import PRESETS, parse
 
@@ -66,3 +67,32 @@ def test_cli_errors(tmp_path, capsys):
     assert "Unknown task 'imagenet'" in capsys.readouterr().err
     assert main(["meta-train", "--help"]) == 0
     assert "cifar10-resnet18" in capsys.readouterr().out
+
+
+def test_train_controller_then_transfer_it(tmp_path, capsys):
+    """`mlrsnet train-controller` writes a controller repo; `mlrsnet transfer` trains with it (Adam, from 1e-3)."""
+    data = write_hub_layout(tmp_path / "cifar10", "cifar10", n_train=200, n_test=40)
+    controller_dir = tmp_path / "controller"
+    code = main(
+        ["train-controller", "--task", "cifar10-resnet18", "--dataset", str(data), "--meta_size", "40",
+         "--output_dir", str(controller_dir), "--episodes", "1", "--episode_steps", "4", "--decision_interval", "2",
+         "--batch_size", "8", "--probe_size", "16", "--ppo_n_steps", "2", "--ppo_batch_size", "2"]
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["episodes"] == 1
+    controller = LRController.from_pretrained(controller_dir)
+    assert controller.decision_interval == 2 and controller.probe_size == 16
+    assert controller.training_run["task"] == "cifar10-resnet18" and controller.training_run["algorithm"] == "PPO"
+    assert main(["info", str(controller_dir)]) == 0
+    assert "LR controller (PPO)" in capsys.readouterr().out
+
+    out = tmp_path / "transfer"
+    code = main(
+        ["transfer", "--task", "cifar10-resnet18", "--schedule", str(controller_dir), "--dataset", str(data),
+         "--meta_size", "40", "--optim", "adamw_torch", "--learning_rate", "1e-3", "--weight_decay", "0",
+         "--per_device_train_batch_size", "8", "--output_dir", str(out), *QUICK]
+    )  # fmt: skip
+    assert code == 0
+    lrs = json.loads((out / "metrics.json").read_text())["learning_rates"]
+    assert len(lrs) == 4 and lrs[0] == lrs[1] and lrs[2] == lrs[3]  # one decision every 2 steps
+    assert all(round(lr / 1e-3 / 1.05 ** round(math.log(lr / 1e-3, 1.05)), 9) == 1 for lr in lrs)
