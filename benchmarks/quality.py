@@ -409,7 +409,7 @@ def summarise(records: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]
                 "diverged": len(tests) - len(finite),
                 "train_seconds": statistics.fmean(r.get("train_seconds", math.nan) for r in chosen),
                 "val_curve": chosen[0]["val_curve"],
-                "lrs": chosen[0]["lrs"],
+                "lrs": [float(f"{lr:.6g}") for lr in chosen[0]["lrs"]],
             }
         summary[name] = {"metric": metric, "higher_is_better": metric == "accuracy", "schedules": entries}
     return summary
@@ -543,7 +543,8 @@ def main() -> None:
         "training_cost_seconds": costs,
         "seeds": len(seeds),
         "machine": f"{platform.processor() or platform.machine()}, {args.workers} worker(s) x 1 thread, torch {torch.__version__}",
-        "wall_seconds": round(time.time() - started, 1),
+        "wall_seconds_this_invocation": round(time.time() - started, 1),  # a resumed run counts what it ran
+        "run_seconds_total": round(sum(r.get("train_seconds", 0.0) for r in records), 1),  # all runs, one worker each
     }  # fmt: skip
     table = to_markdown(summary)
     (args.out / f"quality_{tag}.json").write_text(json.dumps({"meta": meta, "results": summary}, indent=1) + "\n")
@@ -561,7 +562,7 @@ def main() -> None:
     )
     plot(summary, args.out / f"quality_{tag}.png")
     print("\n" + table)
-    print(f"\nWrote {args.out / f'quality_{tag}'}.{{json,md,png}} in {meta['wall_seconds']:.0f} s")
+    print(f"\nWrote {args.out / f'quality_{tag}'}.{{json,md,png}} in {meta['wall_seconds_this_invocation']:.0f} s")
 
 
 if __name__ == "__main__":

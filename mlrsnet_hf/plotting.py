@@ -102,8 +102,12 @@ def plot_training_curves(log_history: list[dict], path: str | Path) -> None:
 _EVAL_BOOKKEEPING = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
 
 
-def plot_controller_response(controller, path: str | Path, num_steps: int = 1000) -> list[float]:
-    """Plot an LR controller's LR along :func:`typical_loss_curve`, from each of its training initial LRs."""
+def plot_controller_response(controller, path: str | Path, num_steps: int | None = None) -> list[float]:
+    """Plot an LR controller's LR along :func:`typical_loss_curve`, from each of its training initial LRs.
+
+    ``num_steps`` defaults to the length of its training episodes (else 1000).
+    """
+    num_steps = num_steps or int(controller.training_run.get("episode_steps") or 1000)
     losses = typical_loss_curve(num_steps)
     initial = controller.training_run.get("initial_lrs") or [1e-3]
     fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, constrained_layout=True)
@@ -117,7 +121,7 @@ def plot_controller_response(controller, path: str | Path, num_steps: int = 1000
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("optimizer step")
     ax_lr.legend(fontsize=8)
-    ax_loss.set_title("LR controller: response to a typical loss curve (other features at their training means)")
+    ax_loss.set_title("LR controller on a typical loss curve (other features at training means)", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return lrs
