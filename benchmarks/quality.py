@@ -409,7 +409,7 @@ def summarise(records: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]
                 "diverged": len(tests) - len(finite),
                 "train_seconds": statistics.fmean(r.get("train_seconds", math.nan) for r in chosen),
                 "val_curve": chosen[0]["val_curve"],
-                "lrs": [float(f"{lr:.6g}") for lr in chosen[0]["lrs"]],
+                "lrs": chosen[0]["lrs"],
             }
         summary[name] = {"metric": metric, "higher_is_better": metric == "accuracy", "schedules": entries}
     return summary

@@ -1,7 +1,9 @@
-"""The Trainer glue: drive an :class:`MLRSNetSchedule` from inside a ``transformers`` training loop.
+"""The Trainer glue: drive a learned schedule from inside a ``transformers`` training loop.
 
-:class:`ScheduleController` is shared by :class:`MLRSNetCallback` (for a plain ``Trainer``) and
-:class:`~mlrsnet_hf.MLRSNetTrainer`, so both set exactly the same LR sequence:
+:class:`LRDriver` holds what both schedule families need (the loss of each step, writing the LR);
+:class:`ScheduleController` drives an :class:`MLRSNetSchedule` and :class:`ControllerDriver` a PPO-trained
+:class:`~mlrsnet_hf.LRController`. Both are shared by :class:`MLRSNetCallback` (for a plain ``Trainer``)
+and :class:`~mlrsnet_hf.MLRSNetTrainer`, so both set exactly the same LR sequence:
 
 * the training loss of a step is read from the model's own output (a forward hook on the model,
   training-mode forwards with gradients only), averaged over the step's gradient-accumulation
@@ -76,6 +78,12 @@ class LRDriver:
         self._num_losses = 0
         self._partial = False
         self._paused = False
+
+    def start_bookkeeping(self, optimizer: torch.optim.Optimizer) -> None:
+        """Record the groups' initial LRs (their ratios are kept) and forget any earlier run's LRs."""
+        self.initial_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+        self.last_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.lr_history = []
 
     def write_lr(self, optimizer: torch.optim.Optimizer, lr: float, reference: float) -> None:
         """Set the step's LR: parameter groups keep their ratios (group ``i`` gets ``lr * initial_i / reference``)."""
@@ -189,11 +197,9 @@ class ScheduleController(LRDriver):
                 "and the model's config does not give it: pass num_classes."
             )
         self.num_training_steps = num_training_steps
-        self.initial_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
         self.base_lr = base_lr
         schedule.start(num_classes=num_classes, base_lr=base_lr if schedule.gamma == "relative" else None)
-        self.last_lrs = [group["lr"] for group in optimizer.param_groups]
-        self.lr_history = []
+        self.start_bookkeeping(optimizer)
 
     def before_optimizer_step(
         self,
@@ -270,11 +276,9 @@ class ControllerDriver(LRDriver):
                 "MLRSNetTrainer, probe_dataset= for MLRSNetCallback)."
             )
         self.num_training_steps = num_training_steps
-        self.initial_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
         self.lr = float(base_lr)
         self._interval_losses, self._previous_probs = [], None
-        self.last_lrs = [group["lr"] for group in optimizer.param_groups]
-        self.lr_history = []
+        self.start_bookkeeping(optimizer)
 
     def before_optimizer_step(
         self,

@@ -238,6 +238,17 @@ def cifar_net(architecture: str, num_labels: int = 10) -> CifarNetForImageClassi
     return CifarNetForImageClassification(CifarNetConfig(architecture=architecture, num_labels=num_labels))
 
 
+def token_loss(
+    logits: torch.Tensor, labels: torch.Tensor | None, num_items_in_batch: torch.Tensor | int | None = None
+) -> torch.Tensor | None:
+    """Mean token cross-entropy against (already shifted) labels, or the token sum divided by
+    ``num_items_in_batch`` when the Trainer passes it (exact averaging under gradient accumulation)."""
+    if labels is None:
+        return None
+    total = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
+    return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+
 class LSTMLMConfig(PretrainedConfig):
     """Config of :class:`LSTMForLanguageModeling` (the paper's PTB models: 2 or 3 layers of 512, tied, dropout 0.5).
 
@@ -326,13 +337,7 @@ class LSTMForLanguageModeling(PreTrainedModel):
         if self.config.carry_state:
             self.state_h, self.state_c = h.detach(), c.detach()
         logits = self.decoder(self.drop(out))
-        loss = None
-        if labels is not None:
-            flat = nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum"
-            )
-            loss = flat / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
-        return CausalLMOutput(loss=loss, logits=logits)
+        return CausalLMOutput(loss=token_loss(logits, labels, num_items_in_batch), logits=logits)
 
 
 def lstm_lm(vocab_size: int, num_layers: int = 2, hidden_size: int = 512, dropout: float = 0.5):
@@ -416,13 +421,7 @@ class ShiftedLabelsLM(nn.Module):
         **kwargs,
     ) -> CausalLMOutput:
         logits = self.lm(input_ids=input_ids).logits
-        loss = None
-        if labels is not None:
-            total = nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum"
-            )
-            loss = total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
-        return CausalLMOutput(loss=loss, logits=logits)
+        return CausalLMOutput(loss=token_loss(logits, labels, num_items_in_batch), logits=logits)
 
 
 def small_gpt2_lm(vocab_size: int, n_embd: int = 64, n_layer: int = 2, n_head: int = 2, n_positions: int = 64):

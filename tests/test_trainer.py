@@ -100,7 +100,7 @@ def test_callback_gives_a_plain_trainer_the_same_lr_sequence(schedule_dir, tmp_p
 def test_callback_options_and_path(schedule_dir, tmp_path):
     callback = MLRSNetCallback(str(schedule_dir), gamma=0.1)
     assert callback.schedule.name_or_path == str(schedule_dir)
-    with pytest.raises(TypeError, match="MLRSNetSchedule or a path"):
+    with pytest.raises(TypeError, match="MLRSNetSchedule, an LRController or a path"):
         MLRSNetCallback(42)
 
 
