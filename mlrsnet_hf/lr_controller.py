@@ -83,7 +83,7 @@ def observe(
     log_probs = torch.log_softmax(out["logits"].detach().float(), dim=-1)  # dicts and ModelOutputs alike
     probs = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1).exp() * (labels != -100)
     val_loss = out["loss"]
-    change = 0.0 if previous_probs is None else float((probs - previous_probs).var())
+    change = 0.0 if previous_probs is None else float((probs - previous_probs.to(probs.device)).var())
     weight = output_layer(model).weight.detach().float()
     features = torch.tensor(
         [train_loss, float(val_loss), float(probs.var()), change, float(weight.mean()), float(weight.var()), lr],
