@@ -182,7 +182,12 @@ def test_save_refuses_a_file_path(schedule, tmp_path):
     assert target.read_text() == "x"
 
 
-def test_push_to_hub_uploads_the_repo(schedule, monkeypatch):
+@pytest.mark.parametrize("family", ["mlrsnet", "controller"])
+def test_push_to_hub_uploads_the_repo(schedule, monkeypatch, family):
+    if family == "controller":
+        from mlrsnet_hf import LRController
+
+        schedule = LRController(training_run={"task": "digits"})
     uploaded = {}
 
     def create_repo(self, repo_id, **kwargs):
@@ -202,6 +207,7 @@ def test_push_to_hub_uploads_the_repo(schedule, monkeypatch):
     assert uploaded["repo_id"] == "org/mlrsnet-digits"
     assert uploaded["files"] == FILES
     assert "library_name: mlrsnet_hf" in uploaded["card"]
+    assert ("Learning an Adaptive Learning Rate Schedule" in uploaded["card"]) == (family == "controller")
 
 
 OFFLINE_SCRIPT = """
