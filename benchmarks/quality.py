@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import platform
 import statistics
 import time
@@ -59,7 +60,7 @@ from mlrsnet_hf.models import MNIST1DCNN, DigitsCNN, lstm_lm, small_gpt2_lm  # n
 logger = logging.getLogger("quality")
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("MLRSNET_SHARED", REPO.parent / "shared"))  # released checkpoints, PTB text
 OFFICIAL = ("mlr_snet_1.pth", "mlr_snet_100.pth", "mlr_snet_200.pth")
 
 # Meta-hyperparameters of online meta-training, the same for every task: the paper's Adam settings
@@ -495,6 +496,11 @@ def main() -> None:
 
     tasks = args.tasks
     needed = set(tasks) | {TASKS[t].source for t in tasks}
+    text = sorted(t for t in needed if TASKS[t].modality == "text")
+    if text and not (SHARED / "data" / "ptb" / "ptb.valid.txt").is_file():
+        parser.error(
+            f"tasks {text} need the Penn Treebank text in {SHARED / 'data' / 'ptb'}: choose others with --tasks"
+        )
     schedule_dir = {t: out / "schedules" / t for t in needed}
     # Phase 1: meta-training (every seed) and the baselines' LR grids (seed 0).
     first = [job(out, t, "MLR-SNet meta-trained", s, steps(t), args.quick, schedule_dir=str(schedule_dir[t]))
