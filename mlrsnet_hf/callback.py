@@ -275,7 +275,6 @@ class ControllerDriver(LRDriver):
                 "The LR controller observes the validation loss: give it held-out data (meta_dataset= for "
                 "MLRSNetTrainer, probe_dataset= for MLRSNetCallback)."
             )
-        self.num_training_steps = num_training_steps
         self.lr = float(base_lr)
         self._interval_losses, self._previous_probs = [], None
         self.start_bookkeeping(optimizer)

@@ -11,7 +11,6 @@ trained actor and the frozen observation statistics are exported as an :class:`L
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -28,8 +27,6 @@ try:
     import gymnasium as gym
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("Training an LR controller needs the [ppo] extra: pip install 'mlrsnet_hf[ppo]'.") from e
-
-logger = logging.getLogger(__name__)
 
 
 class LRControlEnv(gym.Env):
@@ -101,7 +98,7 @@ class LRControlEnv(gym.Env):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self.model is None:
             raise RuntimeError("Call reset() before step().")
-        self.lr = min(max(next_lr(self.lr, action, self.kind, self.max_change, self.noise), self.min_lr), self.max_lr)
+        self.lr = next_lr(self.lr, action, self.kind, self.max_change, self.noise, self.min_lr, self.max_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         losses = []

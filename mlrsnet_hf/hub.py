@@ -295,15 +295,24 @@ def render_model_card(schedule: MLRSNetSchedule, **template_kwargs: Any) -> Mode
         eval_results=eval_results,
         license="apache-2.0",
     )
-    template = files("mlrsnet_hf.hub_cards").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
-    return ModelCard.from_template(
+    return _card_from_template(
+        CARD_TEMPLATE,
         card_data,
-        template_str=template,
-        model_name=model_name,
         config=schedule.config,
         stages=_stage_rows(schedule),
         meta_training=meta,
         results=results,
+        **template_kwargs,
+    )
+
+
+def _card_from_template(template_name: str, card_data: ModelCardData, **template_kwargs: Any) -> ModelCard:
+    """Render ``hub_cards/<template_name>`` with the card metadata, the picture and the library version."""
+    template = files("mlrsnet_hf.hub_cards").joinpath(template_name).read_text(encoding="utf-8")
+    return ModelCard.from_template(
+        card_data,
+        template_str=template,
+        model_name=card_data.model_name,
         plot_name=PLOT_NAME,
         library_version=__version__,
         **template_kwargs,
@@ -330,16 +339,8 @@ def render_controller_card(controller: LRController, **template_kwargs: Any) -> 
         model_name=model_name,
         license="apache-2.0",
     )
-    template = files("mlrsnet_hf.hub_cards").joinpath(CONTROLLER_CARD_TEMPLATE).read_text(encoding="utf-8")
-    return ModelCard.from_template(
-        card_data,
-        template_str=template,
-        model_name=model_name,
-        config=controller.config,
-        training_run=run,
-        plot_name=PLOT_NAME,
-        library_version=__version__,
-        **template_kwargs,
+    return _card_from_template(
+        CONTROLLER_CARD_TEMPLATE, card_data, config=controller.config, training_run=run, **template_kwargs
     )
 
 

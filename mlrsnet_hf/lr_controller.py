@@ -47,8 +47,19 @@ def output_layer(model: nn.Module) -> nn.Module:
     return layer
 
 
-def next_lr(lr: float, action: Any, action_space: str, max_change: float, noise: float = 0.0) -> float:
-    """The LR after one decision. ``action``: 0 / 1 / 2 (decrease / keep / increase) or a number in [-1, 1]."""
+def next_lr(
+    lr: float,
+    action: Any,
+    action_space: str,
+    max_change: float,
+    noise: float = 0.0,
+    min_lr: float = 0.0,
+    max_lr: float = math.inf,
+) -> float:
+    """The LR after one decision, within ``[min_lr, max_lr]``.
+
+    ``action``: 0 / 1 / 2 (decrease / keep / increase) or a number in [-1, 1].
+    """
     if action_space == "discrete":
         factor = (1.0 / (1.0 + max_change), 1.0, 1.0 + max_change)[int(action)]
     else:
@@ -56,7 +67,7 @@ def next_lr(lr: float, action: Any, action_space: str, max_change: float, noise:
         factor = 1.0 + max_change * a
     if noise:
         factor *= math.exp(noise * float(torch.randn(())))
-    return lr * factor
+    return min(max(lr * factor, min_lr), max_lr)
 
 
 @torch.no_grad()
@@ -199,8 +210,9 @@ class LRController(
 
     def decide(self, features: torch.Tensor, lr: float) -> float:
         """The LR for the next ``decision_interval`` steps, bounded to ``[min_lr, max_lr]``."""
-        lr = next_lr(lr, self.act(features), self.action_space, self.max_change)
-        return min(max(lr, self.min_lr), self.max_lr)
+        return next_lr(
+            lr, self.act(features), self.action_space, self.max_change, min_lr=self.min_lr, max_lr=self.max_lr
+        )
 
     def simulate(self, train_losses: Sequence[float], base_lr: float) -> list[float]:
         """The LR at every step for a given training-loss curve, the other features held at their training means.
