@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from accelerate.state import PartialState
-from accelerate.utils import reduce, send_to_device
+from accelerate.utils import broadcast_object_list, reduce, send_to_device
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
@@ -37,6 +37,7 @@ from transformers.trainer_callback import ExportableState
 
 from .config import parse_gamma
 from .lr_controller import LRController, observe
+from .lr_range_test import DEFAULT_RULE, RangeTestResult, lr_range_test
 from .meta_gradient import model_loss
 from .schedule import MLRSNetSchedule
 
@@ -162,6 +163,10 @@ class ScheduleController(LRDriver):
         input_normalization: str | None = None,
         relative_max_scale: float | None = None,
         auto_gamma_batches: int = 20,
+        range_test_steps: int = 60,
+        range_test_min_lr: float | None = None,
+        range_test_max_lr: float | None = None,
+        range_test_rule: str = DEFAULT_RULE,
     ) -> None:
         super().__init__()
         self.schedule = schedule
@@ -170,15 +175,32 @@ class ScheduleController(LRDriver):
         self.input_normalization = input_normalization
         self.relative_max_scale = relative_max_scale
         self.auto_gamma_batches = auto_gamma_batches
+        self.range_test_options = {
+            "num_steps": range_test_steps,
+            "min_lr": range_test_min_lr,
+            "max_lr": range_test_max_lr,
+            "rule": range_test_rule,
+        }
+        self.range_test: RangeTestResult | None = None  # the curve and choice of gamma="range_test", once run
+        self.max_grad_norm: float | None = None
+        self.last_step: dict[str, Any] | None = None
 
     def configure(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, base_lr: float, num_training_steps: int
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        base_lr: float,
+        num_training_steps: int,
+        max_grad_norm: float | None = None,
     ) -> None:
-        """Resolve the schedule options for this run and start the schedule from a zero state."""
+        """Resolve the schedule options for this run and start the schedule from a zero state.
+
+        ``max_grad_norm`` is the run's gradient clipping, which the LR range test (``gamma="range_test"``) applies too.
+        """
         schedule = self.schedule
         if self.gamma is not None:
             schedule.gamma = self.gamma
-        elif not is_sgd(optimizer) and schedule.gamma != "relative":
+        elif not is_sgd(optimizer) and not schedule.uses_base_lr:
             logger.warning(
                 "%s is not SGD: using gamma='relative' (learning_rate=%g sets the scale, the schedule the shape). "
                 "Pass gamma explicitly to override.",
@@ -198,6 +220,8 @@ class ScheduleController(LRDriver):
             )
         self.num_training_steps = num_training_steps
         self.base_lr = base_lr
+        self.max_grad_norm = max_grad_norm
+        self.range_test = None
         schedule.start(num_classes=num_classes, base_lr=base_lr if schedule.gamma == "relative" else None)
         self.start_bookkeeping(optimizer)
 
@@ -220,18 +244,47 @@ class ScheduleController(LRDriver):
         schedule = self.schedule
         stage = schedule.stage_at(step, self.num_training_steps)
         if stage != schedule.stage:
-            average = None
+            average = measured = None
             if schedule.needs_average_loss:
                 average = average_training_loss(model, train_dataloader, device, self.auto_gamma_batches)
-            schedule.enter_stage(stage, average_loss=average)
+            if schedule.gamma == "range_test" and schedule.base_lr is None:
+                with self.paused():
+                    measured = self.run_range_test(model, optimizer, train_dataloader, device)
+            schedule.enter_stage(stage, average_loss=average, base_lr=measured)
             logger.info("MLR-SNet stage %d from step %d (gamma=%s)", stage, step, schedule.current_gamma)
         finite = math.isfinite(loss)
+        state_before, steps_before = schedule.state, schedule.num_steps
         lr = schedule.step(loss, differentiable=differentiable and finite)
+        # What meta-training needs to rebuild this LR's graph later (schedule.lr_at); None if the step was skipped.
+        self.last_step = (
+            {"stage": schedule.stage, "state": state_before, "loss": loss}
+            if schedule.num_steps > steps_before
+            else None
+        )
         lr_value = schedule.last_lr  # the exact float (capped in relative mode), also when lr is a tensor
         # Relative mode scales each group's own initial LR; otherwise the first group gets the schedule's
         # LR and the others in proportion to their initial LRs.
         self.write_lr(optimizer, lr_value, self.base_lr if schedule.gamma == "relative" else self.initial_lrs[0])
         return lr if isinstance(lr, torch.Tensor) else None
+
+    def run_range_test(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_dataloader: DataLoader | None,
+        device: torch.device,
+    ) -> float:
+        """``gamma="range_test"``: the LR chosen by a range test on a copy of the model, the same on every process."""
+        if train_dataloader is None:
+            raise ValueError("gamma='range_test' needs the training data for its LR range test.")
+        self.range_test = lr_range_test(
+            model, optimizer, ordered_batches(train_dataloader), max_grad_norm=self.max_grad_norm, device=device,
+            **self.range_test_options,
+        )  # fmt: skip
+        chosen = [self.range_test.lr]
+        if PartialState().num_processes > 1:  # every rank ran the same batches; rank 0's choice is the one used
+            broadcast_object_list(chosen, from_process=0)
+        return chosen[0]
 
     def runtime_state(self) -> dict[str, Any]:
         """The schedule's runtime state and the LR bookkeeping, as JSON-friendly plain data."""
@@ -268,7 +321,12 @@ class ControllerDriver(LRDriver):
         self._previous_probs: torch.Tensor | None = None
 
     def configure(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, base_lr: float, num_training_steps: int
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        base_lr: float,
+        num_training_steps: int,
+        max_grad_norm: float | None = None,
     ) -> None:
         if self.probe is None:
             raise ValueError(
@@ -335,6 +393,16 @@ def probe_batch(
     return collate_fn([dataset[i] for i in range(min(size, len(dataset)))])
 
 
+def ordered_batches(train_dataloader: DataLoader) -> DataLoader:
+    """The training set in order, in the run's batch size and collation, without touching the run's loader."""
+    return DataLoader(
+        train_dataloader.dataset,
+        batch_size=train_dataloader.batch_size or getattr(train_dataloader, "total_batch_size", None) or 1,
+        collate_fn=train_dataloader.collate_fn,
+        shuffle=False,
+    )
+
+
 @torch.no_grad()
 def average_training_loss(
     model: nn.Module, train_dataloader: DataLoader | None, device: torch.device, num_batches: int
@@ -343,12 +411,7 @@ def average_training_loss(
     if train_dataloader is None:
         raise ValueError("gamma='auto' needs the training data to measure the average loss at stage starts.")
     state = PartialState()
-    loader = DataLoader(
-        train_dataloader.dataset,
-        batch_size=train_dataloader.batch_size or getattr(train_dataloader, "total_batch_size", None) or 1,
-        collate_fn=train_dataloader.collate_fn,
-        shuffle=False,
-    )
+    loader = ordered_batches(train_dataloader)
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -403,6 +466,10 @@ class MLRSNetCallback(TrainerCallback, ExportableState):
         input_normalization: str | None = None,
         relative_max_scale: float | None = None,
         auto_gamma_batches: int = 20,
+        range_test_steps: int = 60,
+        range_test_min_lr: float | None = None,
+        range_test_max_lr: float | None = None,
+        range_test_rule: str = DEFAULT_RULE,
         probe_dataset: Any = None,
     ) -> None:
         if isinstance(schedule, (str, Path)):
@@ -420,6 +487,10 @@ class MLRSNetCallback(TrainerCallback, ExportableState):
             "input_normalization": input_normalization,
             "relative_max_scale": relative_max_scale,
             "auto_gamma_batches": auto_gamma_batches,
+            "range_test_steps": range_test_steps,
+            "range_test_min_lr": range_test_min_lr,
+            "range_test_max_lr": range_test_max_lr,
+            "range_test_rule": range_test_rule,
         }
         self.probe_dataset = probe_dataset
         if isinstance(schedule, LRController):
@@ -439,7 +510,9 @@ class MLRSNetCallback(TrainerCallback, ExportableState):
             loader = kwargs.get("train_dataloader")
             collate = getattr(loader, "collate_fn", None) or torch.utils.data.default_collate
             self.controller.probe = probe_batch(self.probe_dataset, self.schedule.probe_size, collate)
-        self.controller.configure(model, optimizer, args.learning_rate, state.max_steps)
+        self.controller.configure(
+            model, optimizer, args.learning_rate, state.max_steps, max_grad_norm=args.max_grad_norm
+        )
         # The schedule exactly as used (weights, stages, resolved gamma...), for a resumed run to reload.
         self._saved_path = str(Path(args.output_dir) / SCHEDULE_DIR_NAME)
         if state.is_world_process_zero and state.global_step == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -13,15 +14,17 @@ LR_LINEAR_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", 
 
 
 def parse_gamma(value: str | float | None) -> str | float | None:
-    """``"auto"``, ``"relative"``, a positive float (also given as a string, as on the command line) or None."""
-    if value is None or value in ("auto", "relative"):
+    """``"auto"``, ``"relative"``, ``"range_test"``, a positive float (also given as a string, as on the command line) or None."""
+    if value is None or value in ("auto", "relative", "range_test"):
         return value
     try:
         gamma = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"gamma must be 'auto', 'relative' or a positive number, got {value!r}.") from None
+        raise ValueError(
+            f"gamma must be 'auto', 'relative', 'range_test' or a positive number, got {value!r}."
+        ) from None
     if not (math.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"gamma must be 'auto', 'relative' or a positive number, got {value!r}.")
+        raise ValueError(f"gamma must be 'auto', 'relative', 'range_test' or a positive number, got {value!r}.")
     return gamma
 
 
@@ -54,8 +57,9 @@ class MLRSNetConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "LR scale: 'auto' (released rule from the loss and the number of classes at each stage start), "
-            "'relative' (learning_rate sets the scale), or a number (lr = gamma * p). Default: the schedule's own "
-            "rule with SGD, 'relative' with other optimizers; 1.0 for a fresh schedule with SGD."
+            "'relative' (learning_rate sets the scale), 'range_test' (an LR range test on a copy of the model "
+            "before the first step sets the scale: no LR to choose), or a number (lr = gamma * p). Default: the "
+            "schedule's own rule with SGD, 'relative' with other optimizers; 1.0 for a fresh schedule with SGD."
         },
     )
     num_classes: int | None = field(
@@ -85,6 +89,24 @@ class MLRSNetConfig(TrainingArguments):
             "batches per process (the first ones, in order, model in eval mode)."
         },
     )
+    range_test_steps: int = field(
+        default=60,
+        metadata={"help": "With gamma='range_test': optimizer steps of the range test (on a copy of the model)."},
+    )
+    range_test_min_lr: float | None = field(
+        default=None,
+        metadata={"help": "With gamma='range_test': the smallest LR tried. Default: 1e-3 for SGD, 1e-6 otherwise."},
+    )
+    range_test_max_lr: float | None = field(
+        default=None,
+        metadata={"help": "With gamma='range_test': the largest LR tried. Default: 1e3 for SGD, 1 otherwise."},
+    )
+    range_test_rule: str = field(
+        default="min_loss_div_10",
+        metadata={
+            "help": "With gamma='range_test': how the LR is read off the curve, 'min_loss_div_10' or 'steepest'."
+        },
+    )
     meta_train: bool = field(
         default=False, metadata={"help": "Learn the schedule online while the model trains (needs meta_dataset)."}
     )
@@ -96,6 +118,23 @@ class MLRSNetConfig(TrainingArguments):
     meta_batch_size: int | None = field(
         default=None,
         metadata={"help": "Meta (validation) batch size per process. Default: per_device_train_batch_size."},
+    )
+    meta_horizon: int = field(
+        default=1,
+        metadata={
+            "help": "Optimizer steps whose LRs each meta update differentiates: the last meta_horizon steps before "
+            "it (<= meta_update_interval). 1 is the paper's one-step hypergradient; more credits earlier LRs with "
+            "their effect on the later meta loss (a longer horizon, less short-horizon bias), at the cost of one "
+            "parameter-sized buffer per step of the horizon."
+        },
+    )
+    snapshot_fractions: list[float] | None = field(
+        default_factory=lambda: [0.005, 0.5, 1.0],
+        metadata={
+            "help": "Meta-training records the schedule's network after these fractions of the run; save_schedule "
+            "then writes a schedule with one stage per snapshot, played in equal parts of a run (the released "
+            "recipe: epochs 1, 100 and 200 of 200). Empty or None: save only the final network."
+        },
     )
     schedule_hidden_size: int = field(
         default=50, metadata={"help": "Hidden size of a freshly initialised schedule (meta-train without schedule)."}
@@ -115,5 +154,21 @@ class MLRSNetConfig(TrainingArguments):
             raise ValueError(f"meta_update_interval must be >= 1, got {self.meta_update_interval}.")
         if self.auto_gamma_batches < 1:
             raise ValueError(f"auto_gamma_batches must be >= 1, got {self.auto_gamma_batches}.")
+        if self.meta_horizon < 1 or self.meta_horizon > self.meta_update_interval:
+            raise ValueError(
+                f"meta_horizon must be in [1, meta_update_interval={self.meta_update_interval}], got {self.meta_horizon}."
+            )
+        fractions = list(self.snapshot_fractions or [])
+        if any(not (0 < f <= 1) for f in fractions) or any(b <= a for a, b in itertools.pairwise(fractions)):
+            raise ValueError(f"snapshot_fractions must increase strictly within (0, 1], got {fractions}.")
+        self.snapshot_fractions = fractions
+        if self.range_test_rule not in ("min_loss_div_10", "steepest"):
+            raise ValueError(f"range_test_rule must be 'min_loss_div_10' or 'steepest', got {self.range_test_rule!r}.")
+        if self.range_test_steps < 5:
+            raise ValueError(f"range_test_steps must be >= 5, got {self.range_test_steps}.")
+        for name in ("range_test_min_lr", "range_test_max_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}.")
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")

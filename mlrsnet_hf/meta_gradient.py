@@ -11,6 +11,17 @@ Adam, AdamW, ...) ``d = (w_t - w_{t+1}) / lr_t`` is read off the real step, so `
 next iterate and the meta batch is evaluated at the model's own weights: one extra forward/backward,
 no model copy, no ``create_graph``, and a single parameter-sized buffer (``w_t``).
 
+A longer horizon (``meta_horizon=K``): the LRs of the last ``K`` steps before a meta update all depend on
+``theta``, and ``w_{T+1} = w_{T-K+1} - sum_s lr_s(theta) d_s`` with the directions ``d_s`` read off the real
+steps and held fixed (first order in the directions, as above; the second-order terms through later
+gradients are dropped), so
+
+    dL_meta(w_{T+1}) / dtheta = sum_s dL_meta/dlr_s * dlr_s/dtheta,    dL_meta/dlr_s = -<grad L_meta(w_{T+1}), d_s>
+
+Each step's LR is judged by the meta loss ``T + 1 - s`` steps after it, not only one step after: less
+short-horizon bias (Wu et al., 2018). It costs one parameter-sized buffer per step of the horizon
+(``w_s - w_{s+1}``) and still one meta forward/backward per meta update.
+
 The meta forward goes through ``torch.func.functional_call`` with the model's own parameters and
 *cloned* buffers, in training mode: BatchNorm uses batch statistics (as in the training step the LR
 acts on) but the real running statistics are not updated by meta batches, and dropout stays active
@@ -46,6 +57,35 @@ def meta_loss(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
     return loss
 
 
+def lr_derivatives(
+    meta_loss_value: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    deltas: Sequence[Sequence[torch.Tensor]],
+    lrs: Sequence[float],
+) -> torch.Tensor:
+    """``dL_meta/dlr_s = -<grad L_meta(w_{T+1}), d_s>`` for each step ``s`` of a horizon, as a float64 vector.
+
+    ``params`` hold ``w_{T+1}`` (the model after the last step); ``deltas[s]`` holds ``w_s - w_{s+1}`` (what
+    step ``s`` moved each parameter) and ``lrs[s]`` its LR, so ``d_s = deltas[s] / lrs[s]`` is the update
+    direction read off the real step. One backward of the meta loss serves every step; each parameter's dot
+    product is accumulated in float64.
+    """
+    grads = torch.autograd.grad(meta_loss_value, list(params), allow_unused=True)
+    out = []
+    for delta, lr in zip(deltas, lrs, strict=True):
+        dot = torch.zeros((), dtype=torch.float64, device=meta_loss_value.device)
+        for g, d in zip(grads, delta, strict=True):
+            if g is not None:
+                dot += torch.dot(g.reshape(-1).to(d.dtype), d.reshape(-1).to(g.device)).double()
+        out.append(-dot / lr)
+    return torch.stack(out)
+
+
+def step_delta(before: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``w_t - w_{t+1}``, computed in place in ``before`` (which held ``w_t``): no new parameter-sized buffer."""
+    return [b.sub_(p.detach()) for b, p in zip(before, params, strict=True)]
+
+
 def lr_derivative(
     meta_loss_value: torch.Tensor, params: Sequence[torch.Tensor], before: Sequence[torch.Tensor], lr: float
 ) -> torch.Tensor:
@@ -55,13 +95,7 @@ def lr_derivative(
     consumed: it is overwritten in place with ``w_t - w_{t+1}``, so no further parameter-sized buffer is
     allocated. Each parameter's dot product is accumulated in float64.
     """
-    grads = torch.autograd.grad(meta_loss_value, list(params), allow_unused=True)
-    dot = torch.zeros((), dtype=torch.float64, device=meta_loss_value.device)
-    for g, p, b in zip(grads, params, before, strict=True):
-        if g is not None:
-            step = b.sub_(p.detach()).reshape(-1)
-            dot += torch.dot(g.reshape(-1).to(step.dtype), step).double()
-    return -dot / lr
+    return lr_derivatives(meta_loss_value, params, [step_delta(before, params)], [lr])[0]
 
 
 class MetaBatches:

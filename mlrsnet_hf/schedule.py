@@ -17,6 +17,9 @@ recipe uses three networks for the three thirds of a run) and one of three gamma
   ``0 < lr_t <= relative_max_scale * base_lr`` always holds (with the default ``relative_max_scale=1``
   the LR never exceeds the ``learning_rate`` the user set). ``gamma`` is not recomputed at stage
   switches in this mode, so the drop between the stages' networks is kept.
+* ``"range_test"``: as ``"relative"``, but ``base_lr`` is measured on the task at hand, not given: before
+  the first step an LR range test (:mod:`mlrsnet_hf.lr_range_test`) runs on a copy of the model and
+  optimizer, and its chosen LR becomes ``base_lr``. A transferred schedule then needs no LR at all.
 
 Runtime use (what the Trainer glue does every optimizer step)::
 
@@ -48,7 +51,8 @@ from .network import MLRSNet, MLRSNetState
 logger = logging.getLogger(__name__)
 
 INPUT_NORMALIZATIONS = ("none", "log_num_classes")
-GAMMA_RULES = ("auto", "relative")
+GAMMA_RULES = ("auto", "relative", "range_test")
+BASE_LR_RULES = ("relative", "range_test")  # gamma rules scaled by a base LR (given or measured)
 MODEL_TYPE = "mlrsnet_schedule"
 
 
@@ -83,10 +87,10 @@ class MLRSNetSchedule(
         num_stages: number of networks used one after another.
         stage_starts: fraction of the run at which each stage starts; ``[0.0, ...]``, increasing.
             Defaults to equal parts.
-        gamma: a float, ``"auto"`` or ``"relative"`` (see the module docstring).
+        gamma: a float, ``"auto"``, ``"relative"`` or ``"range_test"`` (see the module docstring).
         input_normalization: ``"none"`` (the raw loss is the input) or ``"log_num_classes"`` (the loss
             divided by ``ln C``, the released setting for language models).
-        relative_max_scale: with ``gamma="relative"``, the bound on ``lr / base_lr``.
+        relative_max_scale: with ``gamma="relative"`` or ``"range_test"``, the bound on ``lr / base_lr``.
         meta_training: what the schedule was meta-trained on (``dataset``, ``model``, ``epochs``,
             ``optimizer``, ``num_classes``, ``results``...); recorded in ``config.json`` and the card.
     """
@@ -117,11 +121,11 @@ class MLRSNetSchedule(
             raise ValueError(f"stage_starts must be fractions of the run below 1.0, got {stage_starts}.")
         if isinstance(gamma, str):
             if gamma not in GAMMA_RULES:
-                raise ValueError(f"gamma must be a positive float, 'auto' or 'relative', got {gamma!r}.")
+                raise ValueError(f"gamma must be a positive float, 'auto', 'relative' or 'range_test', got {gamma!r}.")
         elif (
             isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (math.isfinite(gamma) and gamma > 0)
         ):
-            raise ValueError(f"gamma must be a positive float, 'auto' or 'relative', got {gamma!r}.")
+            raise ValueError(f"gamma must be a positive float, 'auto', 'relative' or 'range_test', got {gamma!r}.")
         if input_normalization not in INPUT_NORMALIZATIONS:
             raise ValueError(
                 f"input_normalization must be one of {', '.join(INPUT_NORMALIZATIONS)}, got {input_normalization!r}."
@@ -173,7 +177,8 @@ class MLRSNetSchedule(
 
         Args:
             num_classes: ``C``, needed by ``gamma="auto"`` and ``input_normalization="log_num_classes"``.
-            base_lr: the user's learning rate, needed by ``gamma="relative"``.
+            base_lr: the user's learning rate, needed by ``gamma="relative"`` (with ``gamma="range_test"``,
+                the measured LR; it may also be given later to :meth:`enter_stage`).
         """
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
@@ -194,6 +199,11 @@ class MLRSNetSchedule(
         return None if self.stage < 0 else self.gammas[self.stage]
 
     @property
+    def uses_base_lr(self) -> bool:
+        """True when the LR scale comes from a base LR (``gamma="relative"`` or ``"range_test"``)."""
+        return self.gamma in BASE_LR_RULES
+
+    @property
     def needs_average_loss(self) -> bool:
         """True when :meth:`enter_stage` needs the average training loss (``gamma="auto"``)."""
         return self.gamma == "auto"
@@ -207,10 +217,11 @@ class MLRSNetSchedule(
         """The stage that optimizer step ``step`` (0-based) of a ``total_steps`` run belongs to."""
         return max(k for k, first in enumerate(self.stage_boundaries(total_steps)) if step >= first)
 
-    def enter_stage(self, stage: int, average_loss: float | None = None) -> None:
+    def enter_stage(self, stage: int, average_loss: float | None = None, base_lr: float | None = None) -> None:
         """Switch to ``stage`` (the LSTM state carries over) and fix its gamma.
 
-        ``average_loss`` is the average training loss at this moment, required with ``gamma="auto"``.
+        ``average_loss`` is the average training loss at this moment, required with ``gamma="auto"``;
+        ``base_lr`` the LR measured by the range test, used with ``gamma="range_test"`` (else ``start``'s).
         """
         if not 0 <= stage < self.num_stages:
             raise ValueError(f"stage must be in [0, {self.num_stages}), got {stage}.")
@@ -222,9 +233,16 @@ class MLRSNetSchedule(
             self.gammas[stage] = auto_gamma(float(average_loss), self.num_classes)
             if self.gammas[stage] == 0.0:
                 logger.warning("gamma='auto' gave 0 for stage %d (L * C == 1): the LR is 0 in this stage.", stage)
-        elif self.gamma == "relative":
+        elif self.uses_base_lr:
+            if base_lr is not None:
+                if not (math.isfinite(base_lr) and base_lr > 0):
+                    raise ValueError(f"base_lr must be a positive number, got {base_lr}.")
+                self.base_lr = float(base_lr)
             if self.base_lr is None:
-                raise ValueError('gamma="relative" needs the base learning rate: call start(base_lr=...) first.')
+                raise ValueError(
+                    f'gamma="{self.gamma}" needs the base learning rate: call start(base_lr=...) or '
+                    "enter_stage(..., base_lr=...) first."
+                )
             # Fixed by the first prediction of the run, then kept across stages.
             self.gammas[stage] = next((g for g in self.gammas if g is not None), None)
         else:
@@ -259,15 +277,30 @@ class MLRSNetSchedule(
         gamma = self.current_gamma
         if gamma is None:
             raise RuntimeError("gamma is not known yet: enter a stage (and take a first step in relative mode).")
+        return self._scale(p, gamma)
+
+    def _scale(self, p: torch.Tensor, gamma: float) -> torch.Tensor:
         lr = gamma * p
-        if self.gamma == "relative":
+        if self.uses_base_lr:
             lr = lr + (torch.clamp(lr, max=self.max_lr) - lr).detach()
         return lr
 
+    def lr_at(self, loss: float, state: MLRSNetState, stage: int) -> torch.Tensor:
+        """The LR that :meth:`step` set for ``loss`` from ``state`` in ``stage``, recomputed differentiably.
+
+        Meta-training over several steps uses this to rebuild each step's graph at the meta update (the
+        weights have not changed since): the same operations as :meth:`step`, so the same value.
+        """
+        gamma = self.gammas[stage]
+        if gamma is None:
+            raise RuntimeError(f"gamma of stage {stage} is not known yet.")
+        p, _ = self.predict(loss, state=state, stage=stage)
+        return self._scale(p, gamma)
+
     @property
     def max_lr(self) -> float | None:
-        """The cap on the LR in relative mode (``relative_max_scale * base_lr``), else None."""
-        return self.relative_max_scale * self.base_lr if self.gamma == "relative" and self.base_lr else None
+        """The cap on the LR in relative/range-test mode (``relative_max_scale * base_lr``), else None."""
+        return self.relative_max_scale * self.base_lr if self.uses_base_lr and self.base_lr else None
 
     def step(self, loss: torch.Tensor | float, differentiable: bool = False) -> float | torch.Tensor:
         """Read the training loss of this optimizer step, advance the LSTM state and return the LR to use.
@@ -290,7 +323,7 @@ class MLRSNetSchedule(
             return self.last_lr
         with torch.set_grad_enabled(differentiable):
             p, state = self.predict(loss_value)
-            if self.gamma == "relative" and self.current_gamma is None:
+            if self.uses_base_lr and self.current_gamma is None:
                 self.gammas[self.stage] = self.base_lr / p.item()
             lr = self.scale(p)
         value = lr.item()

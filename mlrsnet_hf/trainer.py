@@ -17,7 +17,8 @@ from .callback import ControllerDriver, ScheduleController, probe_batch
 from .config import LR_LINEAR_OPTIMIZERS, MLRSNetConfig
 from .hub import load_any_schedule
 from .lr_controller import LRController
-from .meta_gradient import MetaBatches, lr_derivative, meta_loss
+from .meta_gradient import MetaBatches, lr_derivatives, meta_loss, step_delta
+from .network import MLRSNetState
 from .schedule import MLRSNetSchedule
 
 logger = logging.getLogger(__name__)
@@ -27,8 +28,9 @@ class MLRSNetLR(LRScheduler):
     """The Trainer's ``lr_scheduler``: reports the schedule's LR and carries its state in ``scheduler.pt``.
 
     The LR itself is set before ``optimizer.step()`` by the trainer's hooks; ``step()`` only counts.
-    ``state_dict()`` holds the schedule (weights, stage, LSTM state, gammas), the meta-optimizer state
-    and the meta-data position, as tensors and plain data (the Trainer reloads it with ``weights_only=True``).
+    ``state_dict()`` holds the schedule (weights, stage, LSTM state, gammas), the meta-optimizer state,
+    the meta-data position, the steps of the current meta horizon and the trajectory snapshots taken so
+    far, as tensors and plain data (the Trainer reloads it with ``weights_only=True``).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, trainer: MLRSNetTrainer) -> None:
@@ -59,6 +61,8 @@ class MLRSNetLR(LRScheduler):
         if trainer.meta_optimizer is not None:
             state["meta_optimizer"] = trainer.meta_optimizer.state_dict()
             state["meta_batches"] = trainer.meta_batches.state_dict()
+            state["horizon"] = [dict(entry) for entry in trainer._horizon]
+            state["snapshots"] = [dict(snapshot) for snapshot in trainer.snapshots]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -80,6 +84,8 @@ class MLRSNetLR(LRScheduler):
                 )
             trainer.meta_optimizer.load_state_dict(state["meta_optimizer"])
             trainer.meta_batches.load_state_dict(state["meta_batches"])
+            trainer._horizon = [dict(entry) for entry in state.get("horizon", [])]
+            trainer.snapshots = [dict(snapshot) for snapshot in state.get("snapshots", [])]
 
 
 class _MLRSNetHooks(TrainerCallback):
@@ -100,7 +106,7 @@ class _MLRSNetHooks(TrainerCallback):
         self.trainer._before_optimizer_step(state.global_step)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer._after_optimizer_step()
+        self.trainer._after_optimizer_step(state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.trainer.controller.detach()
@@ -117,7 +123,9 @@ class MLRSNetTrainer(Trainer):
             Hub id of either) to use instead of ``args.schedule``.
 
     ``trainer.schedule`` is the schedule in use; ``save_schedule``/``push_schedule_to_hub`` write it as a
-    schedule repo recording what it was trained on.
+    schedule repo recording what it was trained on. After meta-training they write, by default, a
+    *trajectory* schedule: one stage per network recorded at ``args.snapshot_fractions`` of the run
+    (``trainer.snapshots``), played in equal parts of a later run, as the released recipe does.
     """
 
     _tag_names = ["mlrsnet", "learning-rate-schedule"]
@@ -183,12 +191,18 @@ class MLRSNetTrainer(Trainer):
                 input_normalization=args.input_normalization,
                 relative_max_scale=args.relative_max_scale,
                 auto_gamma_batches=args.auto_gamma_batches,
+                range_test_steps=args.range_test_steps,
+                range_test_min_lr=args.range_test_min_lr,
+                range_test_max_lr=args.range_test_max_lr,
+                range_test_rule=args.range_test_rule,
             )
         self.meta_dataset = meta_dataset
         self.meta_optimizer: torch.optim.Optimizer | None = None
         self.meta_batches: MetaBatches | None = None
-        self._meta_lr: torch.Tensor | None = None
         self._weights_before: list[torch.Tensor] | None = None
+        self._horizon: list[dict[str, Any]] = []  # the steps of the current meta horizon (inputs, LR, w_s - w_{s+1})
+        self.snapshots: list[dict[str, Any]] = []  # {"step", "weights"}: the network at snapshot_fractions of the run
+        self._snapshot_steps: list[int] = []
         self._meta_losses: list[float] = []
         self.last_hypergradient: dict[str, torch.Tensor] | None = None
         self._schedule_restored = False
@@ -201,9 +215,15 @@ class MLRSNetTrainer(Trainer):
             self._schedule_restored = False
             if isinstance(self.controller, ControllerDriver):
                 self.controller.probe = self._controller_probe()
-            self.controller.configure(self.model, optimizer, self.args.learning_rate, num_training_steps)
+            self.controller.configure(
+                self.model,
+                optimizer,
+                self.args.learning_rate,
+                num_training_steps,
+                max_grad_norm=self.args.max_grad_norm,
+            )
             if self.args.meta_train:
-                self._setup_meta_training(optimizer)
+                self._setup_meta_training(optimizer, num_training_steps)
             self.lr_scheduler = MLRSNetLR(optimizer, self)
             self._created_lr_scheduler = True
         return self.lr_scheduler
@@ -219,7 +239,7 @@ class MLRSNetTrainer(Trainer):
         collate = self._get_collator_with_removed_columns(self.data_collator, description="probe")
         return probe_batch(dataset, self.schedule.probe_size, collate)
 
-    def _setup_meta_training(self, optimizer: torch.optim.Optimizer) -> None:
+    def _setup_meta_training(self, optimizer: torch.optim.Optimizer, num_training_steps: int) -> None:
         inner = getattr(optimizer, "optimizer", optimizer)
         if type(inner).__name__ not in LR_LINEAR_OPTIMIZERS:
             raise ValueError(
@@ -227,6 +247,9 @@ class MLRSNetTrainer(Trainer):
                 f"is linear in the LR ({', '.join(LR_LINEAR_OPTIMIZERS)}); got {type(inner).__name__}."
             )
         self.schedule.train()
+        self._horizon, self.snapshots = [], []
+        # The global step after which each snapshot is taken (at least 1: after the first step).
+        self._snapshot_steps = [max(1, round(f * num_training_steps)) for f in self.args.snapshot_fractions or []]
         self.meta_optimizer = torch.optim.Adam(
             self.schedule.parameters(), lr=self.args.meta_learning_rate, weight_decay=self.args.meta_weight_decay
         )
@@ -246,48 +269,82 @@ class MLRSNetTrainer(Trainer):
     def _is_meta_step(self, step: int) -> bool:
         return self.args.meta_train and (step + 1) % self.args.meta_update_interval == 0
 
+    def _in_meta_horizon(self, step: int) -> bool:
+        """Whether step ``step``'s LR is differentiated at the next meta update (the last ``meta_horizon`` steps)."""
+        interval = self.args.meta_update_interval
+        return self.args.meta_train and step % interval >= interval - self.args.meta_horizon
+
     def _before_optimizer_step(self, step: int) -> None:
-        meta = self._is_meta_step(step)
-        self._meta_lr = self.controller.before_optimizer_step(
+        self.controller.before_optimizer_step(
             step,
             self.optimizer,
             self.model,
             self.callback_handler.train_dataloader,
             self.args.device,
             average_tokens_across_devices=self.args.average_tokens_across_devices,
-            differentiable=meta,
         )
-        if self._meta_lr is not None:
-            # w_t, to read the update direction off the real step: the one extra parameter-sized buffer.
+        if self._in_meta_horizon(step) and self.controller.last_step is not None:
+            # w_s, to read the update direction off the real step: one parameter-sized buffer per horizon step.
             self._weights_before = [p.detach().clone() for p in self._trainable_parameters()]
 
-    def _after_optimizer_step(self) -> None:
-        lr, before = self._meta_lr, self._weights_before
-        self._meta_lr = self._weights_before = None
-        if lr is None or before is None:
-            return
-        if self.accelerator.optimizer_step_was_skipped or lr.item() == 0.0:
-            return  # no step was taken (e.g. fp16 overflow): nothing to learn from
+    def _after_optimizer_step(self, step: int) -> None:
+        before, self._weights_before = self._weights_before, None
+        if before is not None:
+            if self.accelerator.optimizer_step_was_skipped or self.schedule.last_lr == 0.0:
+                del before  # no step was taken (e.g. fp16 overflow): nothing to learn from this one
+            else:
+                inputs = self.controller.last_step
+                self._horizon.append(
+                    {
+                        "stage": inputs["stage"],
+                        "h": inputs["state"].h,
+                        "c": inputs["state"].c,
+                        "loss": inputs["loss"],
+                        "lr": self.schedule.last_lr,
+                        "delta": step_delta(before, self._trainable_parameters()),
+                    }
+                )
+        if self._is_meta_step(step):
+            horizon, self._horizon = self._horizon, []
+            if horizon and not self.accelerator.optimizer_step_was_skipped:
+                self._meta_update(horizon)
+        if self.args.meta_train:
+            while (
+                len(self.snapshots) < len(self._snapshot_steps)
+                and step + 1 >= self._snapshot_steps[len(self.snapshots)]
+            ):
+                network = self.schedule.stages[max(self.schedule.stage, 0)]
+                weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
+                self.snapshots.append({"step": step + 1, "weights": weights})
+
+    def _meta_update(self, horizon: list[dict[str, Any]]) -> None:
+        """One update of the schedule: the meta loss at ``w_{T+1}``, differentiated through the horizon's LRs."""
         params = self._trainable_parameters()
         for p in params:
             p.grad = None  # the training gradients are spent; free them before the meta backward
         batch = self._prepare_inputs(self.meta_batches.next())
         with self.controller.paused(), self.compute_loss_context_manager():
             loss = meta_loss(self.model, batch)
-        dlr = lr_derivative(loss, params, before, lr.item())
-        del before
+        dlrs = lr_derivatives(loss, params, [e["delta"] for e in horizon], [e["lr"] for e in horizon])
+        for entry in horizon:
+            del entry["delta"]
+        mean_loss = loss.detach().float()
         if self.accelerator.num_processes > 1:
-            dlr = reduce(dlr, reduction="mean")  # the same hypergradient, hence the same theta, on every rank
-        if not torch.isfinite(dlr):
-            logger.warning("Non-finite meta-gradient (meta loss %s): skipping this meta update.", loss.item())
+            # the same hypergradient, hence the same theta, on every rank
+            dlrs, mean_loss = reduce(dlrs, reduction="mean"), reduce(mean_loss, reduction="mean")
+        if not (torch.isfinite(dlrs).all() and torch.isfinite(mean_loss)):
+            logger.warning("Non-finite meta loss or meta-gradient (%s): skipping this meta update.", mean_loss.item())
             return
         self.meta_optimizer.zero_grad(set_to_none=True)
-        lr.backward(dlr.to(lr.dtype).cpu())
+        lrs = torch.stack(
+            [self.schedule.lr_at(e["loss"], MLRSNetState(e["h"], e["c"]), e["stage"]).reshape(()) for e in horizon]
+        )
+        lrs.backward(dlrs.to(device=lrs.device, dtype=lrs.dtype))
         self.last_hypergradient = {
             n: p.grad.detach().clone() for n, p in self.schedule.named_parameters() if p.grad is not None
         }
         self.meta_optimizer.step()
-        self._meta_losses.append(reduce(loss.detach().float(), reduction="mean").item())
+        self._meta_losses.append(mean_loss.item())
 
     def _trainable_parameters(self) -> list[torch.Tensor]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -336,30 +393,74 @@ class MLRSNetTrainer(Trainer):
             record["results"] = metrics
         return record
 
-    def _schedule_to_publish(self, meta_training: dict[str, Any] | None) -> MLRSNetSchedule | LRController:
-        """A copy of the schedule in use, recording what it was trained on (after meta-training)."""
-        schedule = copy.deepcopy(self.schedule)
+    def trajectory_schedule(self) -> MLRSNetSchedule:
+        """The schedule's trajectory: one stage per snapshot network, played in equal parts of a run.
+
+        Snapshots not yet taken (a run stopped early) are replaced by the current network, once.
+        """
+        current = self.schedule
+        if len(current.stages) != 1 and len(self.snapshots) > 0:
+            logger.info("Trajectory snapshots record the network of the stage in use at each snapshot.")
+        weights = [s["weights"] for s in self.snapshots]
+        if len(weights) < len(self._snapshot_steps):
+            weights.append(current.stages[max(current.stage, 0)].state_dict())
+        schedule = MLRSNetSchedule(
+            hidden_size=current.hidden_size,
+            num_layers=current.num_layers,
+            gate_layout=current.gate_layout,
+            num_stages=len(weights),
+            gamma=current.gamma,
+            input_normalization=current.input_normalization,
+            relative_max_scale=current.relative_max_scale,
+            meta_training=copy.deepcopy(current.meta_training),
+        ).to(dtype=current.stages[0].head.weight.dtype)
+        for stage, state in zip(schedule.stages, weights, strict=True):
+            stage.load_state_dict(state)
+        schedule.meta_training["snapshots"] = {
+            "fractions": list(self.args.snapshot_fractions)[: len(self.snapshots)],
+            "steps": [s["step"] for s in self.snapshots],
+        }
+        return schedule
+
+    def _schedule_to_publish(
+        self, meta_training: dict[str, Any] | None, trajectory: bool | None = None
+    ) -> MLRSNetSchedule | LRController:
+        """A copy of the schedule in use (or its trajectory), recording what it was trained on (after meta-training)."""
+        if trajectory is None:
+            trajectory = bool(self.args.meta_train and self._snapshot_steps)
+        if trajectory and not (self.args.meta_train and self._snapshot_steps):
+            raise ValueError("trajectory=True needs a meta-training run with snapshot_fractions set.")
+        schedule = self.trajectory_schedule() if trajectory else copy.deepcopy(self.schedule)
         if isinstance(schedule, LRController):
             schedule.training_run.update(meta_training or {})
         elif self.args.meta_train:
+            snapshots = schedule.meta_training.get("snapshots")
             schedule.meta_training = {**self.meta_training_record(), **(meta_training or {})}
+            if snapshots is not None:
+                schedule.meta_training["snapshots"] = snapshots
         elif meta_training:
             schedule.meta_training.update(meta_training)
         return schedule
 
-    def save_schedule(self, save_directory: str | Path, meta_training: dict[str, Any] | None = None) -> None:
+    def save_schedule(
+        self, save_directory: str | Path, meta_training: dict[str, Any] | None = None, trajectory: bool | None = None
+    ) -> None:
         """Write the schedule in use as a schedule repo; after meta-training, record what it was trained on.
 
         ``meta_training`` adds to (or overrides) the automatic record, e.g. ``{"dataset": "uoft-cs/cifar10"}``.
-        The card embeds the LR curve actually used in this run.
+        ``trajectory`` (default: True after meta-training with ``snapshot_fractions``) writes the networks
+        recorded along the run as the stages of one schedule (:meth:`trajectory_schedule`); False writes the
+        final network alone. The card embeds the LR curve actually used in this run.
         """
         if self.args.should_save:
-            self._schedule_to_publish(meta_training).save_pretrained(
+            self._schedule_to_publish(meta_training, trajectory).save_pretrained(
                 save_directory, model_card_kwargs={"lr_history": list(self.controller.lr_history)}
             )
 
-    def push_schedule_to_hub(self, repo_id: str, meta_training: dict[str, Any] | None = None, **kwargs: Any) -> str:
+    def push_schedule_to_hub(
+        self, repo_id: str, meta_training: dict[str, Any] | None = None, trajectory: bool | None = None, **kwargs: Any
+    ) -> str:
         """Upload what ``save_schedule`` writes to ``repo_id`` (``kwargs`` as for ``MLRSNetSchedule.push_to_hub``)."""
-        return self._schedule_to_publish(meta_training).push_to_hub(
+        return self._schedule_to_publish(meta_training, trajectory).push_to_hub(
             repo_id, model_card_kwargs={"lr_history": list(self.controller.lr_history)}, **kwargs
         )

@@ -174,11 +174,26 @@ def test_meta_training_changes_the_schedule_and_writes_a_repo(tmp_path):
     assert trainer.meta_batches.index > 0
     logs = [h for h in trainer.state.log_history if "meta_loss" in h]
     assert len(logs) == 4 and all(h["meta_loss"] > 0 for h in logs)
+    trainer.save_schedule(tmp_path / "final", trajectory=False)
+    final = MLRSNetSchedule.from_pretrained(tmp_path / "final")
+    assert final.num_stages == 1
+    for key, value in trainer.schedule.weights().items():
+        assert torch.equal(final.weights()[key], value)
+    # By default: the trajectory, the networks after steps 1 (0.005 of 20, at least one step), 10 and 20.
     trainer.save_schedule(tmp_path / "learned", meta_training={"dataset": "sklearn/digits"})
     loaded = MLRSNetSchedule.from_pretrained(tmp_path / "learned")
+    assert loaded.num_stages == 3 and loaded.stage_starts == [0.0, 1 / 3, 2 / 3]
+    assert [s["step"] for s in trainer.snapshots] == [1, 10, 20]
+    mid = {f"stages.1.{k}": v for k, v in trainer.snapshots[1]["weights"].items()}
     for key, value in trainer.schedule.weights().items():
-        assert torch.equal(loaded.weights()[key], value)
+        assert torch.equal(loaded.weights()[key.replace("stages.0.", "stages.2.")], value)  # the final network
+        assert torch.equal(loaded.weights()[key], initial[key])  # no meta update before the first snapshot
+        assert torch.equal(
+            loaded.weights()[key.replace("stages.0.", "stages.1.")], mid[key.replace("stages.0.", "stages.1.")]
+        )
+        assert not torch.equal(mid[key.replace("stages.0.", "stages.1.")], value)
     record = loaded.meta_training
+    assert record["snapshots"] == {"fractions": [0.005, 0.5, 1.0], "steps": [1, 10, 20]}
     assert record["dataset"] == "sklearn/digits" and record["optimizer"] == "SGD" and record["max_steps"] == 20
     assert "loss" in record["results"]
     assert (tmp_path / "learned" / "lr_used.png").is_file()

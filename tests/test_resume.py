@@ -41,9 +41,13 @@ def run_trainer(out, resume=None, **kwargs):
     return trainer, [lrs[0] for lrs in recorder.lrs]
 
 
-@pytest.mark.parametrize("meta_train", [False, True])
-def test_trainer_resume_is_exact(schedule_dir, tmp_path, meta_train):
-    kwargs = dict(schedule=str(schedule_dir), meta_train=meta_train, meta_update_interval=3, meta_learning_rate=1e-2)
+@pytest.mark.parametrize(("meta_train", "horizon"), [(False, 1), (True, 1), (True, 3)])
+def test_trainer_resume_is_exact(schedule_dir, tmp_path, meta_train, horizon):
+    # With horizon 3 the checkpoint after step 4 falls inside a meta horizon (steps 4-6): its step is in scheduler.pt.
+    kwargs = dict(
+        schedule=str(schedule_dir), meta_train=meta_train, meta_update_interval=3, meta_learning_rate=1e-2,
+        meta_horizon=horizon, snapshot_fractions=[0.2, 0.6, 1.0],
+    )  # fmt: skip
     full, lrs = run_trainer(tmp_path / "a", **kwargs)
     assert len(lrs) == 10
     resumed, tail = run_trainer(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-4"), **kwargs)
@@ -53,6 +57,9 @@ def test_trainer_resume_is_exact(schedule_dir, tmp_path, meta_train):
         assert torch.equal(resumed.schedule.weights()[key], value), key
     if meta_train:
         assert resumed.meta_batches.state_dict() == full.meta_batches.state_dict()
+        assert [x["step"] for x in resumed.snapshots] == [x["step"] for x in full.snapshots] == [2, 6, 10]
+        for a, b in zip(resumed.snapshots, full.snapshots, strict=True):  # the one before the checkpoint restored
+            assert all(torch.equal(a["weights"][k], v) for k, v in b["weights"].items())
         initial = MLRSNetSchedule.from_pretrained(schedule_dir).weights()
         assert any(not torch.equal(v, initial[k]) for k, v in full.schedule.weights().items())
 

@@ -1,0 +1,76 @@
+"""A longer meta-horizon: the hypergradient through the last K steps' LRs is exact (float64, independent reference)."""
+
+import copy
+
+import pytest
+import torch
+from test_meta_train import batch_of, loss_at
+from tiny import DigitsNet, digits
+
+from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
+
+
+def reference_horizon_hypergradient(model, schedule, train, meta, wd, clip, steps):
+    """Plain SGD written out: K real steps (directions from the gradients, held fixed), then the meta loss at
+    ``w_0 - sum_s lr_s(theta) d_s`` differentiated to theta. Shares no code with the library's read-off."""
+    model, schedule = copy.deepcopy(model), copy.deepcopy(schedule)
+    w = {n: p.detach().clone() for n, p in model.named_parameters()}
+    virtual = dict(w)
+    for _ in range(steps):
+        leaf = {n: v.clone().requires_grad_(True) for n, v in w.items()}
+        loss = loss_at(model, leaf, train)
+        grads = dict(zip(leaf, torch.autograd.grad(loss, list(leaf.values())), strict=True))
+        norm = torch.sqrt(sum((g**2).sum() for g in grads.values()))
+        coef = torch.clamp(clip / (norm + 1e-6), max=1.0)
+        d = {n: grads[n] * coef + wd[n] * w[n] for n in w}
+        lr = schedule.step(loss.item(), differentiable=True)
+        w = {n: w[n] - lr.detach() * d[n] for n in w}
+        virtual = {n: virtual[n] - lr * d[n] for n in w}
+    loss_at(model, virtual, meta).backward(inputs=list(schedule.parameters()))
+    return {n: p.grad.clone() for n, p in schedule.named_parameters()}
+
+
+def run(tmp_path, model, schedule, data, horizon):
+    args = MLRSNetConfig(
+        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=64, meta_batch_size=32, meta_train=True,
+        meta_update_interval=3, meta_horizon=horizon, weight_decay=5e-4, max_grad_norm=0.5, report_to="none",
+        save_strategy="no", disable_tqdm=True, use_cpu=True, num_classes=10,
+    )  # fmt: skip
+    trainer = MLRSNetTrainer(
+        model=model, args=args, train_dataset=data[:64], meta_dataset=data[64:96], schedule=schedule
+    )
+    trainer.train()
+    return trainer
+
+
+def test_horizon_hypergradient_is_exact(tmp_path):
+    torch.manual_seed(0)
+    model = DigitsNet(hidden=16).double()
+    data = digits(96, dtype=torch.float64)
+    torch.manual_seed(3)
+    schedule = MLRSNetSchedule(hidden_size=8, gamma=0.5).double()
+    model_before, schedule_before = copy.deepcopy(model), copy.deepcopy(schedule)
+    fresh = copy.deepcopy(schedule)
+    trainer = run(tmp_path / "k3", model, schedule, data, horizon=3)
+    wd = {}
+    for n, p in model.named_parameters():
+        wd[n] = next(g["weight_decay"] for g in trainer.optimizer.param_groups if any(q is p for q in g["params"]))
+    schedule_before.start()
+    schedule_before.enter_stage(0)
+    train, meta = batch_of(data[:64]), batch_of(data[64:96])  # one full batch each: the order does not matter
+    ref = reference_horizon_hypergradient(model_before, schedule_before, train, meta, wd, clip=0.5, steps=3)
+    for name, grad in ref.items():
+        torch.testing.assert_close(trainer.last_hypergradient[name], grad, rtol=1e-7, atol=1e-13, msg=name)
+
+    # The one-step hypergradient of the same run differs: the earlier LRs are credited too.
+    one_step = run(tmp_path / "k1", copy.deepcopy(model_before), fresh, data, horizon=1)
+    assert any(
+        not torch.allclose(one_step.last_hypergradient[n], g, rtol=1e-3) for n, g in trainer.last_hypergradient.items()
+    )
+
+
+def test_horizon_must_fit_the_meta_interval(tmp_path):
+    with pytest.raises(ValueError, match="meta_horizon"):
+        MLRSNetConfig(output_dir=str(tmp_path), meta_update_interval=2, meta_horizon=3)
+    with pytest.raises(ValueError, match="snapshot_fractions"):
+        MLRSNetConfig(output_dir=str(tmp_path), snapshot_fractions=[0.5, 0.2])
