@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .lr_range_test import DEFAULT_RULE
+from .lr_range_test import RULES as RANGE_TEST_RULES
+
 # Optimizers whose update is linear in the LR (``w_{t+1} = w_t - lr * d`` with ``d`` independent of
 # ``lr``): meta-training reads ``d`` off the real step for these.
 LR_LINEAR_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam")
@@ -102,7 +105,7 @@ class MLRSNetConfig(TrainingArguments):
         metadata={"help": "With gamma='range_test': the largest LR tried. Default: 1e3 for SGD, 1 otherwise."},
     )
     range_test_rule: str = field(
-        default="min_loss_div_10",
+        default=DEFAULT_RULE,
         metadata={
             "help": "With gamma='range_test': how the LR is read off the curve, 'min_loss_div_10' or 'steepest'."
         },
@@ -162,8 +165,10 @@ class MLRSNetConfig(TrainingArguments):
         if any(not (0 < f <= 1) for f in fractions) or any(b <= a for a, b in itertools.pairwise(fractions)):
             raise ValueError(f"snapshot_fractions must increase strictly within (0, 1], got {fractions}.")
         self.snapshot_fractions = fractions
-        if self.range_test_rule not in ("min_loss_div_10", "steepest"):
-            raise ValueError(f"range_test_rule must be 'min_loss_div_10' or 'steepest', got {self.range_test_rule!r}.")
+        if self.range_test_rule not in RANGE_TEST_RULES:
+            raise ValueError(
+                f"range_test_rule must be one of {', '.join(RANGE_TEST_RULES)}, got {self.range_test_rule!r}."
+            )
         if self.range_test_steps < 5:
             raise ValueError(f"range_test_steps must be >= 5, got {self.range_test_steps}.")
         for name in ("range_test_min_lr", "range_test_max_lr"):

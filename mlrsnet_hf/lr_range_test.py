@@ -10,7 +10,8 @@ schedule, so a transferred schedule needs no LR from the user.
 
 Rules for choosing the LR from the curve (``rule``):
 
-* ``"min_loss_div_10"``: a tenth of the LR at which the smoothed loss is lowest (fastai's classic);
+* ``"min_loss"``: the LR at which the smoothed loss is lowest;
+* ``"min_loss_div_10"``: a tenth of it (fastai's classic);
 * ``"steepest"``: the LR at which the smoothed loss falls fastest (per decade of LR), before its minimum.
 """
 
@@ -33,7 +34,7 @@ from .meta_gradient import model_loss
 
 logger = logging.getLogger(__name__)
 
-RULES = ("min_loss_div_10", "steepest")
+RULES = ("min_loss", "min_loss_div_10", "steepest")
 DEFAULT_RULE = "min_loss_div_10"
 
 
@@ -65,6 +66,8 @@ def choose_lr(lrs: list[float], smoothed: list[float], rule: str = DEFAULT_RULE)
     if len(lrs) < 3:
         raise ValueError(f"The range test recorded {len(lrs)} finite losses: too few to choose an LR.")
     best = min(range(len(smoothed)), key=smoothed.__getitem__)
+    if rule == "min_loss":
+        return lrs[best]
     if rule == "min_loss_div_10":
         return lrs[best] / 10
     if best == 0:
