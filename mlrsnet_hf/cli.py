@@ -39,7 +39,7 @@ def describe(schedule: MLRSNetSchedule, name: str) -> str:
         f"schedule: {name}",
         f"  stages: {schedule.num_stages} (start at fractions {[round(s, 4) for s in schedule.stage_starts]})",
         f"  gamma rule: {schedule.gamma}"
-        + (f" (relative_max_scale={schedule.relative_max_scale})" if schedule.gamma == "relative" else ""),
+        + (f" (relative_max_scale={schedule.relative_max_scale})" if schedule.uses_base_lr else ""),
         f"  input normalisation: {schedule.input_normalization}",
         f"  network: hidden_size={schedule.hidden_size}, num_layers={schedule.num_layers}, "
         f"gate_layout={schedule.gate_layout}",

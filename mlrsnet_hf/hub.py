@@ -320,11 +320,18 @@ def _card_from_template(template_name: str, card_data: ModelCardData, **template
 
 
 def _stage_rows(schedule: MLRSNetSchedule) -> list[dict[str, str]]:
+    """One row per stage; for a trajectory schedule, where in its meta-training run each network was recorded."""
     ends = [*schedule.stage_starts[1:], 1.0]
-    return [
-        {"index": str(k), "start": f"{start:.3g}", "end": f"{end:.3g}"}
-        for k, (start, end) in enumerate(zip(schedule.stage_starts, ends, strict=True))
-    ]
+    snapshots = schedule.meta_training.get("snapshots") or {}
+    steps, fractions = snapshots.get("steps", []), snapshots.get("fractions", [])
+    rows = []
+    for k, (start, end) in enumerate(zip(schedule.stage_starts, ends, strict=True)):
+        if k < len(steps):
+            recorded = f"step {steps[k]} ({fractions[k]:g} of the run)" if k < len(fractions) else f"step {steps[k]}"
+        else:
+            recorded = "end of the run" if steps else "-"
+        rows.append({"index": str(k), "start": f"{start:.3g}", "end": f"{end:.3g}", "recorded": recorded})
+    return rows
 
 
 def render_controller_card(controller: LRController, **template_kwargs: Any) -> ModelCard:

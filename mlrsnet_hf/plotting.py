@@ -51,13 +51,21 @@ def plot_lr_response(
     ax_loss.plot(steps, losses, color="tab:gray")
     ax_loss.set_ylabel("training loss (input)")
     ax_lr.plot(steps, lrs, color="tab:blue")
-    ax_lr.set_ylabel("learning rate" if schedule.gamma != "relative" else "LR / learning_rate")
+    ylabel = {"relative": "LR / learning_rate", "range_test": "LR / range-test LR"}.get(str(schedule.gamma))
+    ax_lr.set_ylabel(ylabel or "learning rate")
     ax_lr.set_xlabel("optimizer step")
     if min(lrs) > 0:
         ax_lr.set_yscale("log")  # learned LRs span decades
     for first in schedule.stage_boundaries(len(losses))[1:]:
         for ax in (ax_loss, ax_lr):
             ax.axvline(first, color="k", linestyle="--", linewidth=0.8)
+    snapshot_steps = (schedule.meta_training.get("snapshots") or {}).get("steps", [])
+    for stage, first in enumerate(schedule.stage_boundaries(len(losses))):
+        if stage < len(snapshot_steps):  # a trajectory schedule: say where each network comes from
+            ax_lr.annotate(
+                f"net @ meta step {snapshot_steps[stage]}", (first, 0.02), xycoords=("data", "axes fraction"),
+                xytext=(4, 0), textcoords="offset points", fontsize=8,
+            )  # fmt: skip
     gamma = schedule.gamma if isinstance(schedule.gamma, str) else f"{schedule.gamma:g}"
     ax_loss.set_title(
         title or f"MLR-SNet LR response ({schedule.num_stages} stage(s), gamma={gamma}, C={num_classes})"

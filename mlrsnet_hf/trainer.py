@@ -371,6 +371,7 @@ class MLRSNetTrainer(Trainer):
             "weight_decay": self.args.weight_decay,
             "per_device_train_batch_size": self.args.per_device_train_batch_size,
             "meta_update_interval": self.args.meta_update_interval,
+            "meta_horizon": self.args.meta_horizon,
             "meta_learning_rate": self.args.meta_learning_rate,
             "meta_weight_decay": self.args.meta_weight_decay,
             "num_classes": self.schedule.num_classes,

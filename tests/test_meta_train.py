@@ -194,6 +194,9 @@ def test_meta_training_changes_the_schedule_and_writes_a_repo(tmp_path):
         assert not torch.equal(mid[key.replace("stages.0.", "stages.1.")], value)
     record = loaded.meta_training
     assert record["snapshots"] == {"fractions": [0.005, 0.5, 1.0], "steps": [1, 10, 20]}
+    card = (tmp_path / "learned" / "README.md").read_text()
+    assert "| 1 | 0.333 | 0.667 | step 10 (0.5 of the run) |" in card and "*trajectory* schedule" in card
+    assert (tmp_path / "learned" / "lr_response.png").is_file()
     assert record["dataset"] == "sklearn/digits" and record["optimizer"] == "SGD" and record["max_steps"] == 20
     assert "loss" in record["results"]
     assert (tmp_path / "learned" / "lr_used.png").is_file()
