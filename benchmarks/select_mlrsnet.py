@@ -33,7 +33,7 @@ from transformers import PrinterCallback
 
 from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
 
-RULES = ("min_loss", "min_loss_div_10", "steepest")
+RULES = ("min_loss", "min_loss_div_3", "min_loss_div_10", "steepest")
 META_VARIANTS = {  # name: (gamma, range_test_rule, meta_horizon)
     "paper gamma, horizon 1": ("paper", None, 1),
     "paper gamma, horizon 10": ("paper", None, 10),

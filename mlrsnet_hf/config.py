@@ -107,7 +107,8 @@ class MLRSNetConfig(TrainingArguments):
     range_test_rule: str = field(
         default=DEFAULT_RULE,
         metadata={
-            "help": "With gamma='range_test': how the LR is read off the curve, 'min_loss_div_10' or 'steepest'."
+            "help": "With gamma='range_test': how the LR is read off the curve: one of "
+            f"{', '.join(RANGE_TEST_RULES)} (see mlrsnet_hf.lr_range_test)."
         },
     )
     meta_train: bool = field(

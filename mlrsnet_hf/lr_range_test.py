@@ -11,7 +11,7 @@ schedule, so a transferred schedule needs no LR from the user.
 Rules for choosing the LR from the curve (``rule``):
 
 * ``"min_loss"``: the LR at which the smoothed loss is lowest;
-* ``"min_loss_div_10"``: a tenth of it (fastai's classic);
+* ``"min_loss_div_3"`` / ``"min_loss_div_10"``: a third / a tenth of it (the latter is fastai's classic);
 * ``"steepest"``: the LR at which the smoothed loss falls fastest (per decade of LR), before its minimum.
 """
 
@@ -34,7 +34,7 @@ from .meta_gradient import model_loss
 
 logger = logging.getLogger(__name__)
 
-RULES = ("min_loss", "min_loss_div_10", "steepest")
+RULES = ("min_loss", "min_loss_div_3", "min_loss_div_10", "steepest")
 DEFAULT_RULE = "min_loss_div_10"
 
 
@@ -68,8 +68,8 @@ def choose_lr(lrs: list[float], smoothed: list[float], rule: str = DEFAULT_RULE)
     best = min(range(len(smoothed)), key=smoothed.__getitem__)
     if rule == "min_loss":
         return lrs[best]
-    if rule == "min_loss_div_10":
-        return lrs[best] / 10
+    if rule.startswith("min_loss_div_"):
+        return lrs[best] / int(rule.removeprefix("min_loss_div_"))
     if best == 0:
         return lrs[0]
     slopes = [(smoothed[i + 1] - smoothed[i]) / (math.log10(lrs[i + 1]) - math.log10(lrs[i])) for i in range(best)]
