@@ -101,16 +101,25 @@ def worker_train(mode: str, steps: int, warmup: int, device: str, bf16: bool, ba
             train_dataset=data, callbacks=[clock],
         )  # fmt: skip
     else:
-        schedule = MLRSNetSchedule(num_stages=3, gamma=1.0)
-        interval = int(mode.split("-")[1]) if mode.startswith("meta") else 1
-        args = MLRSNetConfig(meta_train=mode.startswith("meta"), meta_update_interval=interval, **common)
+        schedule = MLRSNetSchedule(num_stages=3, gamma="range_test" if mode == "range-test" else 1.0)
+        # "meta-10": a meta update every 10 steps; "meta-10-h10": the same with a 10-step meta horizon.
+        parts = mode.split("-")
+        interval = int(parts[1]) if mode.startswith("meta") else 1
+        horizon = int(parts[2][1:]) if len(parts) > 2 and mode.startswith("meta") else 1
+        args = MLRSNetConfig(
+            meta_train=mode.startswith("meta"), meta_update_interval=interval, meta_horizon=horizon, **common
+        )
         trainer = MLRSNetTrainer(
             model=model, args=args, train_dataset=data, meta_dataset=synthetic(1000, seed=1), schedule=schedule,
             callbacks=[clock],
         )  # fmt: skip
     trainer.train()
     timed = clock.times[warmup - 1 :]
-    return {"steps_per_s": (len(timed) - 1) / (timed[-1] - timed[0]), "peak_mb": peak_memory_mb(device)}
+    result = {"steps_per_s": (len(timed) - 1) / (timed[-1] - timed[0]), "peak_mb": peak_memory_mb(device)}
+    range_test = getattr(getattr(trainer, "controller", None), "range_test", None)
+    if range_test is not None:  # a one-off cost before the first step (inside the warm-up, not in steps/s)
+        result["range_test_seconds"] = range_test.seconds
+    return result
 
 
 def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: bool) -> dict:
@@ -271,7 +280,7 @@ def main() -> None:
         "train": {},
         "meta_step": {},
     }
-    modes = ["builtin", "transfer", "meta-10", "meta-100", "meta-300", "meta-1"]
+    modes = ["builtin", "transfer", "range-test", "meta-10", "meta-10-h10", "meta-100", "meta-300", "meta-1"]
     runs: dict[str, list[dict]] = {mode: [] for mode in modes}
     for round_ in range(repeats):  # interleaved rounds: machine drift hits every configuration alike
         for mode in modes:
@@ -283,6 +292,10 @@ def main() -> None:
             "spread": (min(r["steps_per_s"] for r in runs[mode]), max(r["steps_per_s"] for r in runs[mode])),
             "peak_mb": max(r["peak_mb"] for r in runs[mode]),
         }
+        if "range_test_seconds" in runs[mode][0]:
+            results["train"][mode]["range_test_seconds"] = statistics.median(
+                r["range_test_seconds"] for r in runs[mode]
+            )
     for model in ("cnn", "wide_mlp"):
         for mode in ("plain", "ours", "released"):
             reps = "5" if args.quick else "30"
@@ -331,6 +344,11 @@ def to_markdown(r: dict) -> str:
         lines.append(
             f"| {mode} | {v['steps_per_s']:.2f} ({lo:.2f}-{hi:.2f}) | {v['steps_per_s'] / base:.3f}x | {v['peak_mb']:.0f} |"
         )
+    for mode, v in r["train"].items():
+        if "range_test_seconds" in v:
+            lines.append(
+                f"\n`{mode}`: the LR range test (60 steps on a copy) took {v['range_test_seconds']:.2f} s once."
+            )
     lines += ["", "| one step on one batch | ms | vs plain | peak memory (MiB) |", "|---|---|---|---|"]
     for key, v in r["meta_step"].items():
         plain = r["meta_step"][key.split("/")[0] + "/plain"]
