@@ -31,8 +31,16 @@ setup(
         "numpy",
     ],
     extras_require={
-        # the demo and the quality benchmark: bundled / generated real data, schedule-free baselines
-        "bench": ["scikit-learn>=1.3", "mnist1d>=0.0.2", "schedulefree>=1.4"],
+        # the demo and the quality benchmark: bundled / generated real data, schedule-free baselines,
+        # parameter-free rivals (Prodigy, D-Adaptation, DoG)
+        "bench": [
+            "scikit-learn>=1.3",
+            "mnist1d>=0.0.2",
+            "schedulefree>=1.4",
+            "prodigyopt>=1.1",
+            "dadaptation>=3.2",
+            "dog-optimizer>=1.0.3",
+        ],
         # the PPO LR controller (training it; using a trained one needs only the core)
         "ppo": ["stable-baselines3>=2.3", "gymnasium>=0.29.1"],
         "dev": [
@@ -41,6 +49,9 @@ setup(
             "scikit-learn>=1.3",
             "mnist1d>=0.0.2",
             "schedulefree>=1.4",
+            "prodigyopt>=1.1",
+            "dadaptation>=3.2",
+            "dog-optimizer>=1.0.3",
             "stable-baselines3>=2.3",
             "gymnasium>=0.29.1",
         ],

@@ -38,9 +38,8 @@ def test_quality_benchmark_quick(tmp_path):
 
     report = json.loads((tmp_path / "quality_cpu_quick.json").read_text())
     released = (SHARED / "official" / "mlr_snet_1.pth").is_file()
-    expected = {*quality.BASELINES, *quality.CONTROLLER, "MLR-SNet meta-trained", "MLR-SNet transferred"} | (
-        {"MLR-SNet released"} if released else set()
-    )
+    expected = {*quality.BASELINES, *quality.CONTROLLER, *quality.RIVALS, "MLR-SNet meta-trained",
+                "MLR-SNet transferred"} | ({"MLR-SNet released"} if released else set())  # fmt: skip
     for task in tasks:
         entries = report["results"][task]["schedules"]
         assert set(entries) == expected
@@ -58,6 +57,15 @@ def test_quality_benchmark_quick(tmp_path):
         assert hd[0] == lr and len(set(hd)) > 1
         assert all(abs(r - 1) <= quality.HYPERGRADIENT_BETA + 1e-12 for r in ratios)  # multiplicative rule
         assert all(x > 0 for x in entries["MLR-SNet meta-trained"]["lrs"])
+        # Untuned rivals: one fixed setting; the parameter-free ones record the step size they used.
+        assert entries["AdamW 1e-3 cosine (untuned default)"]["lrs"] == pytest.approx(
+            [1e-3 * 0.5 * (1 + math.cos(math.pi * i / 8)) for i in range(8)]
+        )
+        assert entries["SGD 0.1 cosine (untuned default)"]["best_lr"] == 0.1
+        for label in ("Prodigy", "D-Adaptation Adam"):  # d * lr, from d0 = 1e-6
+            assert entries[label]["lrs"][0] == pytest.approx(1e-6) and entries[label]["grid_val"] is None
+        assert all(x > 0 for label in ("D-Adaptation SGD", "DoG") for x in entries[label]["lrs"])
+        assert len(entries["DoG"]["test_last_iterate"]) == 1  # the averaged model is the result
     assert report["meta"]["meta_hyperparameters"] == quality.META
     costs = report["meta"]["training_cost_seconds"]
     assert all(costs[t]["PPO controller training"] > 0 for t in tasks)
@@ -66,6 +74,8 @@ def test_quality_benchmark_quick(tmp_path):
     factors = {round(b / a, 9) for a, b in zip([1e-3, *lrs], lrs, strict=False)}
     assert factors <= {round(1 / 1.05, 9), 1.0, 1.05} and lrs[:4] == [lrs[0]] * 4 and lrs[4:] == [lrs[4]] * 4
     assert "| MLR-SNet transferred |" in (tmp_path / "quality_cpu_quick.md").read_text()
+    assert "| Prodigy | " in (tmp_path / "quality_cpu_quick.md").read_text()
+    assert set(report["meta"]["rivals"]) == set(quality.RIVALS)
     assert (tmp_path / "quality_cpu_quick.png").stat().st_size > 10_000
     runs = sorted((tmp_path / "quality_cpu_quick" / "runs").rglob("*.json"))
     mtimes = [p.stat().st_mtime_ns for p in runs]
