@@ -19,10 +19,18 @@ Protocol (the same step budget and batches for every schedule of a task):
   with the best final validation metric is then run with the other seeds. The test metric is reported.
 * MLR-SNet meta-trained on the task (paper Sec. 4.1) learns online from the validation set (its meta set),
   with fixed meta-hyperparameters for every task (``META``); every seed meta-trains its own schedule.
+  "horizon 10": the same with ``meta_horizon=10`` (every LR of the 10 steps before a meta update is judged
+  by the meta loss at the update).
 * MLR-SNet transferred (Sec. 4.2) uses the schedule meta-trained (seed 0) on another task (``source``),
   with no tuning at all. MLR-SNet's gamma is the paper's (1 for images, 40 with loss / ln V for the
   LSTM), except on GPT-2, where SGD at LR ~20 diverges (measured: LR 10 gives perplexity 3e6), so the
-  released rule ``gamma="auto"`` (from the loss and C at the start; ~0.9 here) is used.
+  released rule ``gamma="auto"`` (from the loss and C at the start; ~0.9 here) is used. The rows separate
+  the changes of issue 10: the final network alone (what ``save_schedule`` wrote before) vs the
+  trajectory (networks recorded at 0.005, 0.5 and 1.0 of the source run, played in thirds: today's
+  default); the trajectory with its scale measured by an LR range test (``gamma="range_test"``, rule
+  ``min_loss_div_3``, the best rule on the validation splits); the trajectory of a source meta-trained
+  with a 10-step horizon. Which variants exist, and their defaults, were chosen on the validation splits
+  only (``benchmarks/select_mlrsnet.py``, ``results/selection_cpu.md``).
 * The released MLR-SNet checkpoints (CIFAR-10 / ResNet-18) with the released 3-stage recipe (``gamma="auto"``).
 * Untuned rivals (``RIVALS``): what a user who does not tune picks today, run with one fixed setting (no LR
   grid) for every seed. The parameter-free optimizers at the settings their packages recommend, with the
@@ -149,7 +157,34 @@ BASELINES = {
         Baseline("schedule-free AdamW", "schedule_free_adamw", "adam", weight_decay=0.01),
     )
 }  # fmt: skip
-MLRSNET = ("MLR-SNet meta-trained", "MLR-SNet transferred", "MLR-SNet released")
+
+
+@dataclasses.dataclass(frozen=True)
+class MLRSNetRow:
+    """An MLR-SNet row: meta-trained on the task, transferred from ``Task.source`` (no tuning), or released."""
+
+    label: str
+    kind: str  # "meta-trained", "transferred" or "released"
+    horizon: int = 1  # meta_horizon of the meta-training (this row's, or its source's for a transfer)
+    trajectory: bool = True  # transferred: the trajectory schedule (snapshots), else the final network alone
+    gamma: str | None = None  # None: the paper's (Task.gamma); "range_test": the measured scale
+
+
+# Each change of issue 10 separately: trajectory vs final network, range-test scale, a 10-step meta-horizon.
+MLRSNET_ROWS = {
+    r.label: r
+    for r in (
+        MLRSNetRow("MLR-SNet meta-trained", "meta-trained"),
+        MLRSNetRow("MLR-SNet meta-trained, horizon 10", "meta-trained", horizon=10),
+        MLRSNetRow("MLR-SNet transferred, final network", "transferred", trajectory=False),
+        MLRSNetRow("MLR-SNet transferred, trajectory", "transferred"),
+        MLRSNetRow("MLR-SNet transferred, trajectory + range-test scale", "transferred", gamma="range_test"),
+        MLRSNetRow("MLR-SNet transferred, trajectory, horizon-10 source", "transferred", horizon=10),
+        MLRSNetRow("MLR-SNet released", "released"),
+    )
+}
+MLRSNET = tuple(MLRSNET_ROWS)
+RANGE_TEST_RULE = "min_loss_div_3"  # chosen on the validation splits (benchmarks/select_mlrsnet.py)
 CONTROLLER = ("PPO controller trained", "PPO controller transferred")
 CONTROLLER_TRAINING = "PPO controller training"
 # The LR controller (Xu et al., 2019), trained with PPO on each task (seed 0): episodes of the task's step
@@ -424,20 +459,23 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         mlrsnet: dict[str, Any] = {"num_classes": data["num_classes"]}
         if text:
             mlrsnet["input_normalization"] = "log_num_classes"
-        if label == "MLR-SNet meta-trained":
+        row = MLRSNET_ROWS[label]
+        if row.kind == "meta-trained":
             schedule = MLRSNetSchedule(num_stages=1, gamma=task.gamma if task.gamma == "auto" else float(task.gamma))
-            mlrsnet.update(META, meta_train=True)
+            mlrsnet.update(META, meta_train=True, meta_horizon=row.horizon)
             if job["quick"]:
-                mlrsnet["meta_update_interval"] = 2
-        elif label == "MLR-SNet transferred":
+                mlrsnet.update(meta_update_interval=2, meta_horizon=min(row.horizon, 2))
+        elif row.kind == "transferred":
             schedule = MLRSNetSchedule.from_pretrained(job["source_schedule"])
-            mlrsnet["gamma"] = task.gamma
+            mlrsnet["gamma"] = row.gamma or task.gamma
+            if row.gamma == "range_test":
+                mlrsnet["range_test_rule"] = RANGE_TEST_RULE
         else:
             schedule = MLRSNetSchedule.from_pretrained(job["source_schedule"])  # the released recipe: gamma "auto"
         args = training_args(task, out, job["seed"], steps, optim="sgd", **mlrsnet)
         trainer = MLRSNetTrainer(
             model=model, args=MLRSNetConfig(**args), schedule=schedule,
-            meta_dataset=data["meta"] if label == "MLR-SNet meta-trained" else None, **common,
+            meta_dataset=data["meta"] if row.kind == "meta-trained" else None, **common,
         )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # the records hold the logs
     record: dict[str, Any] = {**{k: v for k, v in job.items() if k not in ("path", "quick")}, "metric": key}
@@ -463,8 +501,14 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             record["val"] = val[f"averaged_val_{key}"]
         test = trainer.evaluate(eval_dataset=data["test"], metric_key_prefix="test")
         record["test"] = test[f"test_{key}"]
-        if label == "MLR-SNet meta-trained" and job["seed"] == 0:
-            trainer.save_schedule(job["schedule_dir"], meta_training={"task": task.name, "steps": steps})
+        if label in MLRSNET_ROWS and MLRSNET_ROWS[label].kind == "meta-trained" and job["seed"] == 0:
+            for trajectory in (True, False):  # what the transferred rows use
+                trainer.save_schedule(
+                    schedule_path(job["schedule_dir"], trajectory), trajectory=trajectory,
+                    meta_training={"task": task.name, "steps": steps},
+                )  # fmt: skip
+        if getattr(getattr(trainer, "controller", None), "range_test", None) is not None:
+            record["range_test"] = trainer.controller.range_test.to_dict()
     except errors as e:  # a diverged run is a result, not a crash
         record.update(error=f"{type(e).__name__}: {e}", test=float("nan"), val=float("nan"), val_curve=[])
     record["lrs"] = recorder.lrs
@@ -506,6 +550,11 @@ def train_controller_job(job: dict[str, Any], task: Task, data: dict[str, Any]) 
               "episode_returns": returns, "test": float("nan"), "val": float("nan"), "metric": None}  # fmt: skip
     Path(job["path"]).write_text(json.dumps(record) + "\n")
     return record
+
+
+def schedule_path(base: str | Path, trajectory: bool) -> str:
+    """Where a meta-trained schedule is saved: its trajectory, or its final network alone."""
+    return f"{base}-{'trajectory' if trajectory else 'final'}"
 
 
 def score(record: dict[str, Any], metric: str) -> float:
@@ -748,18 +797,21 @@ def main() -> None:
         parser.error(
             f"tasks {text} need the Penn Treebank text in {SHARED / 'data' / 'ptb'}: choose others with --tasks"
         )
-    schedule_dir = {t: out / "schedules" / t for t in needed}
+    # The meta-trained schedules: one per task and meta-horizon (seed 0 is saved, trajectory and final network).
+    schedule_dir = {(t, h): out / "schedules" / f"{t}-h{h}" for t in needed for h in {1, 10}}
+    meta_rows = {r.horizon: r.label for r in MLRSNET_ROWS.values() if r.kind == "meta-trained"}
+    transfer_rows = [r for r in MLRSNET_ROWS.values() if r.kind == "transferred" and runs(r.label)]
     controller_dir = {t: out / "controllers" / t for t in needed}
     # What to learn: the meta-trained schedules and PPO controllers the rows that run need.
-    meta_tasks = (set(tasks) if runs("MLR-SNet meta-trained") else set()) | (
-        sources if runs("MLR-SNet transferred") and runs("MLR-SNet meta-trained") else set()
-    )
+    meta_jobs = {(t, h) for h, label in meta_rows.items() if runs(label) for t in tasks}
+    meta_jobs |= {(s, r.horizon) for r in transfer_rows if runs(meta_rows[r.horizon]) for s in sources}
     controller_tasks = set()
     if runs(CONTROLLER_TRAINING):
         controller_tasks = set(tasks) | (sources if runs("PPO controller transferred") else set())
     # A skipped learning step's artifacts must already be on disk for the rows that run and use them.
     missing = [f"{label} needs {d}" for label, dirs, skipped in (
-        ("MLR-SNet transferred", [schedule_dir[s] for s in sources], not runs("MLR-SNet meta-trained")),
+        *((r.label, [Path(schedule_path(schedule_dir[s, r.horizon], r.trajectory)) for s in sources],
+           not runs(meta_rows[r.horizon])) for r in transfer_rows),
         ("PPO controller trained", [controller_dir[t] for t in tasks], not runs(CONTROLLER_TRAINING)),
         ("PPO controller transferred", [controller_dir[s] for s in sources], not runs(CONTROLLER_TRAINING)),
     ) if runs(label) and skipped for d in dirs if not (d / "config.json").is_file()]  # fmt: skip
@@ -776,8 +828,8 @@ def main() -> None:
         ):
             logger.warning("--reuse %s holds no entry for some tasks of %s: those rows stay empty", args.reuse, absent)
     # Phase 1: meta-training (every seed) and the baselines' LR grids (seed 0).
-    first = [job(out, t, "MLR-SNet meta-trained", s, steps(t), args.quick, schedule_dir=str(schedule_dir[t]))
-             for t in sorted(meta_tasks) for s in (seeds if t in tasks else [0])]  # fmt: skip
+    first = [job(out, t, meta_rows[h], s, steps(t), args.quick, schedule_dir=str(schedule_dir[t, h]))
+             for t, h in sorted(meta_jobs) for s in (seeds if t in tasks and runs(meta_rows[h]) else [0])]  # fmt: skip
     first += [job(out, t, b.label, 0, steps(t), args.quick, lr)
               for t in tasks for b in BASELINES.values() if runs(b.label) for lr in grid(t, b.family)]  # fmt: skip
     first += [job(out, t, CONTROLLER_TRAINING, 0, steps(t), args.quick, schedule_dir=str(controller_dir[t]))
@@ -797,8 +849,9 @@ def main() -> None:
             best_lr = max(seed0, key=lambda r: score(r, r["metric"]))["lr"]
             second += [job(out, t, b.label, s, steps(t), args.quick, best_lr) for s in seeds if s != 0]
         source = TASKS[t].source
-        if runs("MLR-SNet transferred"):
-            second += [job(out, t, "MLR-SNet transferred", s, steps(t), args.quick, source_schedule=str(schedule_dir[source]), source_task=source) for s in seeds]  # fmt: skip
+        for r in transfer_rows:
+            path = schedule_path(schedule_dir[source, r.horizon], r.trajectory)
+            second += [job(out, t, r.label, s, steps(t), args.quick, source_schedule=path, source_task=source) for s in seeds]  # fmt: skip
         if runs("PPO controller trained"):
             second += [job(out, t, "PPO controller trained", s, steps(t), args.quick, source_schedule=str(controller_dir[t])) for s in seeds]  # fmt: skip
         if runs("PPO controller transferred"):

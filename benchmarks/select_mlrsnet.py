@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from quality import META, RESULTS, TASKS, LRRecorder, task_data, training_args
+from quality import META, RESULTS, TASKS, LRRecorder, dog_kwargs, task_data, training_args
 from tqdm.auto import tqdm
-from transformers import PrinterCallback
+from transformers import PrinterCallback, TrainerCallback
 
 from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
 
@@ -49,7 +49,32 @@ TRANSFER_VARIANTS = {  # name: (source meta variant, trajectory, gamma, rule)
     "trajectory from horizon-10 source, paper gamma": ("paper gamma, horizon 10", True, "paper", None),
     "trajectory from horizon-10 range-test source, range test (min_loss)": (
         "range test (min_loss), horizon 10", True, "range_test", "min_loss"),
+    "trajectory, DoG scale (experiment)": ("paper gamma, horizon 1", True, "dog", None),
+    "trajectory from horizon-10 source, DoG scale (experiment)": ("paper gamma, horizon 10", True, "dog", None),
 }  # fmt: skip
+
+
+class DoGScale(TrainerCallback):
+    """Experiment (not in the library): the LR scale from DoG (Ivgi et al., 2023), the shape from the schedule.
+
+    Runs after the schedule has set ``lr_t = p_t / p_1`` (``gamma="relative"``, ``learning_rate=1``) and
+    multiplies it by ``eta_t = max(r_eps, max_i |x_i - x_0|) / sqrt(sum_i |g_i|^2)`` (clipped gradients).
+    """
+
+    def __init__(self, reps_rel: float = 1e-6) -> None:
+        self.reps_rel, self.x0, self.rbar, self.g2 = reps_rel, None, 0.0, 0.0
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.x0 is None:
+            self.x0 = [p.detach().clone() for p in params]
+            self.rbar = self.reps_rel * (1 + torch.sqrt(sum((p.detach() ** 2).sum() for p in params)).item())
+        dist = torch.sqrt(sum(((p.detach() - x) ** 2).sum() for p, x in zip(params, self.x0, strict=True))).item()
+        self.rbar = max(self.rbar, dist)
+        self.g2 += sum((p.grad.detach() ** 2).sum() for p in params if p.grad is not None).item()
+        eta = self.rbar / max(self.g2, 1e-30) ** 0.5
+        for group in optimizer.param_groups:
+            group["lr"] *= eta
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +95,9 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     else:
         _, trajectory, gamma, rule = TRANSFER_VARIANTS[job["variant"]]
         schedule = MLRSNetSchedule.from_pretrained(job["source"])
-        options["gamma"] = task.gamma if gamma == "paper" else gamma
+        options["gamma"] = task.gamma if gamma == "paper" else "relative" if gamma == "dog" else gamma
+        if gamma == "dog":
+            options["learning_rate"] = 1.0
     if rule is not None:
         options["range_test_rule"] = rule
     recorder = LRRecorder()
@@ -84,6 +111,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         meta_dataset=data["meta"] if job["kind"] == "meta" else None,
     )  # fmt: skip
     trainer.remove_callback(PrinterCallback)
+    if job["kind"] == "transfer" and TRANSFER_VARIANTS[job["variant"]][2] == "dog":
+        trainer.add_callback(DoGScale(**dog_kwargs(trainer.model)))  # after the schedule's hook: scales its LR
     record = {**{k: v for k, v in job.items() if k != "path"}, "metric": key}
     start = time.perf_counter()
     try:

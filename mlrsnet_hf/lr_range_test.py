@@ -35,7 +35,7 @@ from .meta_gradient import model_loss
 logger = logging.getLogger(__name__)
 
 RULES = ("min_loss", "min_loss_div_3", "min_loss_div_10", "steepest")
-DEFAULT_RULE = "min_loss_div_10"
+DEFAULT_RULE = "min_loss_div_3"  # the best rule for transfer on the validation splits (benchmarks/select_mlrsnet.py)
 
 
 def default_lr_range(optimizer: torch.optim.Optimizer) -> tuple[float, float]:

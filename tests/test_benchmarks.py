@@ -16,7 +16,10 @@ def test_speed_benchmark_quick(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "speed_cpu_quick.json").read_text())
-    assert set(results["train"]) == {"builtin", "transfer", "meta-10", "meta-100", "meta-300", "meta-1"}
+    assert set(results["train"]) == {
+        "builtin", "transfer", "range-test", "meta-10", "meta-10-h10", "meta-100", "meta-300", "meta-1"
+    }  # fmt: skip
+    assert results["train"]["range-test"]["range_test_seconds"] > 0
     assert all(v["steps_per_s"] > 0 and v["peak_mb"] > 0 for v in results["train"].values())
     assert set(results["meta_step"]) == {
         f"{m}/{k}" for m in ("cnn", "wide_mlp") for k in ("plain", "ours", "released")
@@ -38,8 +41,9 @@ def test_quality_benchmark_quick(tmp_path):
 
     report = json.loads((tmp_path / "quality_cpu_quick.json").read_text())
     released = (SHARED / "official" / "mlr_snet_1.pth").is_file()
-    expected = {*quality.BASELINES, *quality.CONTROLLER, *quality.RIVALS, "MLR-SNet meta-trained",
-                "MLR-SNet transferred"} | ({"MLR-SNet released"} if released else set())  # fmt: skip
+    expected = {*quality.BASELINES, *quality.CONTROLLER, *quality.RIVALS, *quality.MLRSNET} - (
+        set() if released else {"MLR-SNet released"}
+    )
     for task in tasks:
         entries = report["results"][task]["schedules"]
         assert set(entries) == expected
@@ -57,6 +61,12 @@ def test_quality_benchmark_quick(tmp_path):
         assert hd[0] == lr and len(set(hd)) > 1
         assert all(abs(r - 1) <= quality.HYPERGRADIENT_BETA + 1e-12 for r in ratios)  # multiplicative rule
         assert all(x > 0 for x in entries["MLR-SNet meta-trained"]["lrs"])
+        # Transfer: the trajectory's first third is the source's early network, not its final one.
+        final, trajectory = (entries[f"MLR-SNet transferred, {k}"]["lrs"] for k in ("final network", "trajectory"))
+        assert final != trajectory and final[6:] == pytest.approx(trajectory[6:], rel=0.5)
+        # The range-test row's first LR is the measured one (a cap: no later LR above it).
+        scaled = entries["MLR-SNet transferred, trajectory + range-test scale"]["lrs"]
+        assert max(scaled) == pytest.approx(scaled[0])
         # Untuned rivals: one fixed setting; the parameter-free ones record the step size they used.
         assert entries["AdamW 1e-3 cosine (untuned default)"]["lrs"] == pytest.approx(
             [1e-3 * 0.5 * (1 + math.cos(math.pi * i / 8)) for i in range(8)]
@@ -73,7 +83,7 @@ def test_quality_benchmark_quick(tmp_path):
     lrs = entries["PPO controller trained"]["lrs"]
     factors = {round(b / a, 9) for a, b in zip([1e-3, *lrs], lrs, strict=False)}
     assert factors <= {round(1 / 1.05, 9), 1.0, 1.05} and lrs[:4] == [lrs[0]] * 4 and lrs[4:] == [lrs[4]] * 4
-    assert "| MLR-SNet transferred |" in (tmp_path / "quality_cpu_quick.md").read_text()
+    assert "| MLR-SNet transferred, trajectory |" in (tmp_path / "quality_cpu_quick.md").read_text()
     assert "| Prodigy | " in (tmp_path / "quality_cpu_quick.md").read_text()
     assert set(report["meta"]["rivals"]) == set(quality.RIVALS)
     assert (tmp_path / "quality_cpu_quick.png").stat().st_size > 10_000

@@ -46,7 +46,7 @@ def test_range_test_leaves_model_optimizer_and_rng_alone():
     assert 3 <= len(result.lrs) <= 30 and result.lrs[0] == pytest.approx(1e-3)
     assert all(b > a for a, b in zip(result.lrs, result.lrs[1:], strict=False))
     best = min(range(len(result.smoothed)), key=result.smoothed.__getitem__)
-    assert result.lr == pytest.approx(result.lrs[best] / 10)
+    assert result.lr == pytest.approx(result.lrs[best] / 3)  # the default rule, min_loss_div_3
     assert result.seconds > 0
 
 
