@@ -4,8 +4,10 @@
     python examples/demo.py --output_dir out --steps 40 --quick # the test suite's reduced budget
 
 1. Meta-train an MLR-SNet schedule online on a small CNN on scikit-learn's bundled digits (real 8x8
-   images), and save it as a schedule repo (config, weights, card, LR plots).
-2. Transfer it, with no tuning, to (a) another architecture (an MLP on digits) and (b) another modality
+   images), and save it as a schedule repo (config, weights, card, LR plots). The repo holds the
+   trajectory (the networks recorded early, midway and at the end, played in thirds): the artifact that
+   transferred best on the quality benchmark's validation splits.
+2. Transfer it, with no tuning (the paper's gamma: no LR rule won on those splits), to (a) another architecture (an MLP on digits) and (b) another modality
    (a word-level LSTM on the real Penn Treebank text in ../shared/data/ptb, when present).
 3. Train the same tasks with hand-designed schedules (constant, cosine, linear decay), each with the best
    LR of a small grid, chosen on the test metric (which favours the baselines).

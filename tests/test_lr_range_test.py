@@ -95,3 +95,22 @@ def test_range_test_options_are_checked(tmp_path):
         MLRSNetConfig(output_dir=str(tmp_path), gamma="range_test", range_test_rule="valley")
     with pytest.raises(ValueError, match="range_test_min_lr"):
         MLRSNetConfig(output_dir=str(tmp_path), gamma="range_test", range_test_min_lr=-1.0)
+
+
+def test_range_test_with_adamw_spans_adaptive_lrs(tmp_path):
+    torch.manual_seed(0)
+    data = digits(640)
+    args = MLRSNetConfig(
+        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=32, optim="adamw_torch",
+        gamma="range_test", range_test_steps=30, report_to="none", save_strategy="no", disable_tqdm=True,
+        use_cpu=True,
+    )  # fmt: skip
+    recorder = Recorder()
+    torch.manual_seed(1)
+    schedule = MLRSNetSchedule(hidden_size=16, gamma=0.3)
+    trainer = MLRSNetTrainer(model=DigitsNet(), args=args, train_dataset=data, schedule=schedule, callbacks=[recorder])
+    trainer.train()
+    result = trainer.controller.range_test
+    assert result.lrs[0] == pytest.approx(1e-6) and result.lrs[-1] <= 1.0  # the adaptive optimizers' span
+    assert 1e-6 <= result.lr <= 1.0 and recorder.lrs[0][0] == pytest.approx(result.lr, rel=1e-6)
+    assert trainer.schedule.gamma == "range_test"  # kept: not replaced by the AdamW default "relative"

@@ -74,3 +74,29 @@ def test_horizon_must_fit_the_meta_interval(tmp_path):
         MLRSNetConfig(output_dir=str(tmp_path), meta_update_interval=2, meta_horizon=3)
     with pytest.raises(ValueError, match="snapshot_fractions"):
         MLRSNetConfig(output_dir=str(tmp_path), snapshot_fractions=[0.5, 0.2])
+
+
+def test_non_finite_meta_loss_skips_the_meta_update(tmp_path, caplog):
+    """A NaN meta loss whose gradients are finite (a constant NaN added) must not update the schedule."""
+    torch.manual_seed(0)
+    data = digits(96)
+    schedule = MLRSNetSchedule(hidden_size=8, gamma=0.5)
+    initial = copy.deepcopy(schedule.state_dict())
+    # Forward calls alternate training (odd) and meta (even) with a meta update every step: call 2 is the
+    # first meta forward.
+    model = DigitsNet(hidden=16, nan_at_call=2)
+    args = MLRSNetConfig(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=64, meta_batch_size=32, meta_train=True,
+        meta_update_interval=1, report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True,
+        num_classes=10,
+    )  # fmt: skip
+    trainer = MLRSNetTrainer(
+        model=model, args=args, train_dataset=data[:64], meta_dataset=data[64:96], schedule=schedule
+    )
+    with caplog.at_level("WARNING", logger="mlrsnet_hf"):
+        trainer.train()
+    assert model.calls == 2 and "skipping this meta update" in caplog.text
+    assert trainer.last_hypergradient is None
+    for k, v in trainer.schedule.state_dict().items():
+        if not k.endswith("_extra_state"):
+            assert torch.equal(v, initial[k]), k

@@ -33,13 +33,16 @@ def test_meta_train_example_then_transfer_to_text(tmp_path):
     run = subprocess.run(
         [sys.executable, str(REPO / "examples" / "meta_train.py"), "--task", "cifar10-resnet18", "--dataset",
          str(data), "--output_dir", str(out), "--per_device_train_batch_size", "16", "--meta_size", "40",
-         "--meta_update_interval", "2", "--record_dataset", "uoft-cs/cifar10", *QUICK],
+         "--meta_update_interval", "2", "--meta_horizon", "2", "--record_dataset", "uoft-cs/cifar10", *QUICK],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     schedule = MLRSNetSchedule.from_pretrained(out)  # the output directory is a schedule repo
     assert schedule.meta_training["task"] == "cifar10-resnet18"
     assert schedule.meta_training["dataset"] == "uoft-cs/cifar10" and schedule.meta_training["num_classes"] == 10
+    # The default artifact is the trajectory: the networks after steps 1, 2 and 4 of the 4-step run, in thirds.
+    assert schedule.num_stages == 3 and schedule.meta_training["snapshots"]["steps"] == [1, 2, 4]
+    assert schedule.meta_training["meta_horizon"] == 2
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["eval_accuracy"] <= 1 and len(metrics["learning_rates"]) == 4
     assert len(set(metrics["learning_rates"])) > 1
