@@ -13,13 +13,14 @@ from mlrsnet_hf import MLRSNetSchedule
 
 
 @pytest.mark.multiprocess
-def test_meta_training_is_identical_on_every_rank(tmp_path):
+@pytest.mark.parametrize("variant", ["default", "horizon"])
+def test_meta_training_is_identical_on_every_rank(tmp_path, variant):
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-         str(REPO / "tests" / "scripts" / "ddp_meta_train.py"), str(tmp_path)],
+         str(REPO / "tests" / "scripts" / "ddp_meta_train.py"), str(tmp_path), variant],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -33,11 +34,16 @@ def test_meta_training_is_identical_on_every_rank(tmp_path):
     assert torch.equal(a["lstm_h"], b["lstm_h"])
     assert a["gammas"] == b["gammas"] and a["lrs"] == b["lrs"] and len(a["lrs"]) == 12
     assert a["meta_position"] == b["meta_position"] == {"epoch": 0, "index": 64}  # 4 meta steps of 16
+    assert [x["step"] for x in a["snapshots"]] == [x["step"] for x in b["snapshots"]] == [3, 6, 12]
+    for x, y in zip(a["snapshots"], b["snapshots"], strict=True):
+        assert all(torch.equal(v, y["weights"][k]) for k, v in x["weights"].items())
     # DDP keeps the model's parameters equal (BatchNorm running statistics are per rank by design).
     params = [k for k in a["model"] if "running_" not in k and "num_batches_tracked" not in k]
     for key in params:
         assert torch.equal(a["model"][key], b["model"][key]), key
     # And the schedule did learn: theta moved from its seeded initialisation.
+    if variant == "horizon":  # both ranks ran the range test; the LR of the first step is the same measured one
+        assert a["lrs"][0] == b["lrs"][0] and max(a["lrs"]) <= a["lrs"][0] * (1 + 1e-6)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         initial = MLRSNetSchedule(hidden_size=50, num_stages=2, gamma=1.0).weights()

@@ -13,12 +13,16 @@ from mlrsnet_hf import MLRSNetConfig, MLRSNetTrainer  # noqa: E402
 
 def main() -> None:
     out = Path(sys.argv[1])
+    # "horizon": a 3-step meta horizon and gamma="range_test" (each rank runs the range test; rank 0's LR is used)
+    variant = sys.argv[2] if len(sys.argv) > 2 else "default"
     torch.manual_seed(0)
     data = digits()
     args = MLRSNetConfig(
         output_dir=str(out / "run"), max_steps=12, per_device_train_batch_size=16, gradient_accumulation_steps=2,
         meta_train=True, meta_update_interval=3, meta_batch_size=16, meta_learning_rate=1e-2, num_classes=10,
-        gamma="auto", schedule_num_stages=2, auto_gamma_batches=2, logging_steps=1, report_to="none",
+        gamma="range_test" if variant == "horizon" else "auto", meta_horizon=3 if variant == "horizon" else 1,
+        schedule_num_stages=2, auto_gamma_batches=2, logging_steps=1, report_to="none", range_test_steps=20,
+        snapshot_fractions=[0.25, 0.5, 1.0],
         save_strategy="no", disable_tqdm=True, seed=0, use_cpu=not torch.cuda.is_available(),
     )  # fmt: skip
     trainer = MLRSNetTrainer(
@@ -35,6 +39,7 @@ def main() -> None:
             "gammas": trainer.schedule.gammas,
             "lrs": trainer.controller.lr_history,
             "meta_position": trainer.meta_batches.state_dict(),
+            "snapshots": trainer.snapshots,
         },
         out / f"rank{rank}.pt",
     )
