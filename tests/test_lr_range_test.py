@@ -114,3 +114,13 @@ def test_range_test_with_adamw_spans_adaptive_lrs(tmp_path):
     assert result.lrs[0] == pytest.approx(1e-6) and result.lrs[-1] <= 1.0  # the adaptive optimizers' span
     assert 1e-6 <= result.lr <= 1.0 and recorder.lrs[0][0] == pytest.approx(result.lr, rel=1e-6)
     assert trainer.schedule.gamma == "range_test"  # kept: not replaced by the AdamW default "relative"
+
+
+def test_range_test_schedule_repo_round_trip(tmp_path):
+    MLRSNetSchedule(hidden_size=8, gamma="range_test").save_pretrained(tmp_path / "repo")
+    loaded = MLRSNetSchedule.from_pretrained(tmp_path / "repo")
+    assert loaded.gamma == "range_test" and loaded.uses_base_lr
+    assert "an LR range test runs on a copy of the" in (tmp_path / "repo" / "README.md").read_text()
+    # A preview needs a base LR in place of the measured one: the simulated LRs are relative to it.
+    lrs = loaded.simulate([2.3, 2.0, 1.5], base_lr=1.0)
+    assert lrs[0] == pytest.approx(1.0, rel=1e-6) and all(0 < lr <= 1.0 for lr in lrs)
