@@ -233,12 +233,11 @@ class ScheduleController(LRDriver):
         train_dataloader: DataLoader | None,
         device: torch.device,
         average_tokens_across_devices: bool = True,
-        differentiable: bool = False,
-    ) -> torch.Tensor | None:
+    ) -> None:
         """Set the LR of optimizer step ``step`` (0-based) from its training loss.
 
-        Returns the LR as a tensor with its graph to the schedule when ``differentiable`` and the loss
-        was finite (what meta-training differentiates), else None.
+        ``last_step`` then holds what meta-training needs to rebuild this LR's graph at the next meta update
+        (stage, LSTM state before the step, loss), or None when the schedule skipped the step.
         """
         loss = self.step_loss(average_tokens_across_devices)
         schedule = self.schedule
@@ -252,20 +251,17 @@ class ScheduleController(LRDriver):
                     measured = self.run_range_test(model, optimizer, train_dataloader, device)
             schedule.enter_stage(stage, average_loss=average, base_lr=measured)
             logger.info("MLR-SNet stage %d from step %d (gamma=%s)", stage, step, schedule.current_gamma)
-        finite = math.isfinite(loss)
         state_before, steps_before = schedule.state, schedule.num_steps
-        lr = schedule.step(loss, differentiable=differentiable and finite)
-        # What meta-training needs to rebuild this LR's graph later (schedule.lr_at); None if the step was skipped.
+        schedule.step(loss)
         self.last_step = (
             {"stage": schedule.stage, "state": state_before, "loss": loss}
             if schedule.num_steps > steps_before
             else None
         )
-        lr_value = schedule.last_lr  # the exact float (capped in relative mode), also when lr is a tensor
         # Relative mode scales each group's own initial LR; otherwise the first group gets the schedule's
         # LR and the others in proportion to their initial LRs.
-        self.write_lr(optimizer, lr_value, self.base_lr if schedule.gamma == "relative" else self.initial_lrs[0])
-        return lr if isinstance(lr, torch.Tensor) else None
+        reference = self.base_lr if schedule.gamma == "relative" else self.initial_lrs[0]
+        self.write_lr(optimizer, schedule.last_lr, reference)  # last_lr: the exact float (capped if capped)
 
     def run_range_test(
         self,
@@ -282,7 +278,7 @@ class ScheduleController(LRDriver):
             **self.range_test_options,
         )  # fmt: skip
         chosen = [self.range_test.lr]
-        if PartialState().num_processes > 1:  # every rank ran the same batches; rank 0's choice is the one used
+        if PartialState().num_processes > 1:  # rank 0's choice is the one used, whatever the others measured
             broadcast_object_list(chosen, from_process=0)
         return chosen[0]
 
@@ -345,7 +341,6 @@ class ControllerDriver(LRDriver):
         train_dataloader: DataLoader | None,
         device: torch.device,
         average_tokens_across_devices: bool = True,
-        differentiable: bool = False,
     ) -> None:
         loss = self.step_loss(average_tokens_across_devices)
         interval = self.schedule.decision_interval
@@ -394,12 +389,17 @@ def probe_batch(
 
 
 def ordered_batches(train_dataloader: DataLoader) -> DataLoader:
-    """The training set in order, in the run's batch size and collation, without touching the run's loader."""
+    """The training set in order, in this process's batch size and the run's collation; the run's loader is untouched.
+
+    (Under several processes accelerate's loader reports no ``batch_size``; its ``total_batch_size`` counts
+    every process, so the per-process size is that divided by the number of processes.)
+    """
+    batch_size = train_dataloader.batch_size
+    if not batch_size:
+        total = getattr(train_dataloader, "total_batch_size", None) or 1
+        batch_size = max(1, total // PartialState().num_processes)
     return DataLoader(
-        train_dataloader.dataset,
-        batch_size=train_dataloader.batch_size or getattr(train_dataloader, "total_batch_size", None) or 1,
-        collate_fn=train_dataloader.collate_fn,
-        shuffle=False,
+        train_dataloader.dataset, batch_size=batch_size, collate_fn=train_dataloader.collate_fn, shuffle=False
     )
 
 

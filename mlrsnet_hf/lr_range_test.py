@@ -2,8 +2,11 @@
 
 An exponentially increasing LR is applied for a few optimizer steps to a *copy* of the model and of the
 optimizer; the smoothed training loss is recorded against the LR and one LR is chosen from the curve.
-The real run is untouched: its weights, optimizer state, data order and RNG streams (CPU and CUDA,
-forked and restored) are the same as without the test, so results stay reproducible and resume exact.
+The real run is untouched: its weights, optimizer state, data order and random streams (torch's on the
+CPU and on the model's device, Python's and NumPy's: saved and restored) are the same as without the
+test, so results stay reproducible and resume exact. (A collator with a generator of its own, e.g. a
+seeded ``DataCollatorForLanguageModeling``, is advanced by collating the test's batches.) Under fp16 mixed
+precision the test runs without loss scaling: prefer bf16, or give ``gamma`` explicitly.
 
 ``gamma="range_test"`` (:mod:`mlrsnet_hf.schedule`) makes the chosen LR the base LR of a learned
 schedule, so a transferred schedule needs no LR from the user.
@@ -17,15 +20,18 @@ Rules for choosing the LR from the curve (``rule``):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
 import math
+import random
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate.utils import send_to_device
 from torch import nn
@@ -111,8 +117,11 @@ def lr_range_test(
         raise ValueError(f"The range test needs 0 < min_lr < max_lr, got {min_lr} and {max_lr}.")
     inner = getattr(optimizer, "optimizer", optimizer)
     start = time.perf_counter()
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
+    param = next(model.parameters())
+    accelerator = param.device.type if param.device.type != "cpu" else "cuda"
+    devices = [param.device.index or 0] if param.device.type != "cpu" else []
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=devices, device_type=accelerator), _restored(python_state, numpy_state):
         probe = _copy_without_hooks(model)
         probe.train()
         mapping = dict(zip(model.parameters(), probe.parameters(), strict=True))
@@ -138,7 +147,7 @@ def lr_range_test(
                 break
             average = smoothing * average + (1 - smoothing) * value
             ema = average / (1 - smoothing ** (step + 1))
-            if ema > divergence_factor * best:
+            if best > 0 and ema > divergence_factor * best:  # (a loss that can be negative has no such test)
                 break
             best = min(best, ema)
             lrs.append(lr)
@@ -156,6 +165,15 @@ def lr_range_test(
         len(lrs), min_lr, lrs[-1] if lrs else min_lr, result.seconds, chosen, rule,
     )  # fmt: skip
     return result
+
+
+@contextlib.contextmanager
+def _restored(python_state: Any, numpy_state: Any):
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def _copy_without_hooks(model: nn.Module) -> nn.Module:

@@ -61,7 +61,8 @@ class MLRSNetLR(LRScheduler):
         if trainer.meta_optimizer is not None:
             state["meta_optimizer"] = trainer.meta_optimizer.state_dict()
             state["meta_batches"] = trainer.meta_batches.state_dict()
-            state["horizon"] = [dict(entry) for entry in trainer._horizon]
+            # on the CPU: a resume may run on other devices (the deltas go back to theirs when used)
+            state["horizon"] = [{**e, "delta": [d.cpu() for d in e["delta"]]} for e in trainer._horizon]
             state["snapshots"] = [dict(snapshot) for snapshot in trainer.snapshots]
         return state
 
@@ -110,6 +111,7 @@ class _MLRSNetHooks(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.trainer.controller.detach()
+        self.trainer._horizon, self.trainer._weights_before = [], None  # unused deltas (a final partial horizon)
 
 
 class MLRSNetTrainer(Trainer):
@@ -400,8 +402,6 @@ class MLRSNetTrainer(Trainer):
         Snapshots not yet taken (a run stopped early) are replaced by the current network, once.
         """
         current = self.schedule
-        if len(current.stages) != 1 and len(self.snapshots) > 0:
-            logger.info("Trajectory snapshots record the network of the stage in use at each snapshot.")
         weights = [s["weights"] for s in self.snapshots]
         if len(weights) < len(self._snapshot_steps):
             weights.append(current.stages[max(current.stage, 0)].state_dict())
@@ -429,13 +429,20 @@ class MLRSNetTrainer(Trainer):
         """A copy of the schedule in use (or its trajectory), recording what it was trained on (after meta-training)."""
         if trajectory is None:
             trajectory = bool(self.args.meta_train and self._snapshot_steps)
+            if trajectory and self.schedule.num_stages > 1:
+                logger.warning(
+                    "The meta-trained schedule has %d stages: saving it as it is. save_schedule(trajectory=True) "
+                    "writes the snapshots instead (each the network of the stage in use when it was taken).",
+                    self.schedule.num_stages,
+                )
+                trajectory = False
         if trajectory and not (self.args.meta_train and self._snapshot_steps):
             raise ValueError("trajectory=True needs a meta-training run with snapshot_fractions set.")
         schedule = self.trajectory_schedule() if trajectory else copy.deepcopy(self.schedule)
         if isinstance(schedule, LRController):
             schedule.training_run.update(meta_training or {})
         elif self.args.meta_train:
-            snapshots = schedule.meta_training.get("snapshots")
+            snapshots = schedule.meta_training.get("snapshots") if trajectory else None  # not an older run's
             schedule.meta_training = {**self.meta_training_record(), **(meta_training or {})}
             if snapshots is not None:
                 schedule.meta_training["snapshots"] = snapshots
