@@ -63,7 +63,7 @@ def plot_lr_response(
     for stage, first in enumerate(schedule.stage_boundaries(len(losses))):
         if stage < len(snapshot_steps):  # a trajectory schedule: say where each network comes from
             ax_lr.annotate(
-                f"net @ meta step {snapshot_steps[stage]}", (first, 0.02), xycoords=("data", "axes fraction"),
+                f"net from step {snapshot_steps[stage]} of meta-training", (first, 0.02), xycoords=("data", "axes fraction"),
                 xytext=(4, 0), textcoords="offset points", fontsize=8,
             )  # fmt: skip
     gamma = schedule.gamma if isinstance(schedule.gamma, str) else f"{schedule.gamma:g}"
