@@ -6,6 +6,19 @@ from setuptools import setup
 here = Path(__file__).parent
 version = re.search(r'__version__ = "([^"]+)"', (here / "mlrsnet_hf" / "__init__.py").read_text()).group(1)
 
+# the demo and the quality benchmark: bundled / generated real data, schedule-free baselines,
+# parameter-free rivals (Prodigy, D-Adaptation, DoG)
+BENCH = [
+    "scikit-learn>=1.3",
+    "mnist1d>=0.0.2",
+    "schedulefree>=1.4",
+    "prodigyopt>=1.1",
+    "dadaptation>=3.2",
+    "dog-optimizer>=1.0.3",
+]
+# the PPO LR controller (training it; using a trained one needs only the core)
+PPO = ["stable-baselines3>=2.3", "gymnasium>=0.29.1"]
+
 setup(
     name="mlrsnet_hf",
     version=version,
@@ -30,32 +43,7 @@ setup(
         "jinja2>=3.0",
         "numpy",
     ],
-    extras_require={
-        # the demo and the quality benchmark: bundled / generated real data, schedule-free baselines,
-        # parameter-free rivals (Prodigy, D-Adaptation, DoG)
-        "bench": [
-            "scikit-learn>=1.3",
-            "mnist1d>=0.0.2",
-            "schedulefree>=1.4",
-            "prodigyopt>=1.1",
-            "dadaptation>=3.2",
-            "dog-optimizer>=1.0.3",
-        ],
-        # the PPO LR controller (training it; using a trained one needs only the core)
-        "ppo": ["stable-baselines3>=2.3", "gymnasium>=0.29.1"],
-        "dev": [
-            "pytest>=8",
-            "ruff>=0.6",
-            "scikit-learn>=1.3",
-            "mnist1d>=0.0.2",
-            "schedulefree>=1.4",
-            "prodigyopt>=1.1",
-            "dadaptation>=3.2",
-            "dog-optimizer>=1.0.3",
-            "stable-baselines3>=2.3",
-            "gymnasium>=0.29.1",
-        ],
-    },
+    extras_require={"bench": BENCH, "ppo": PPO, "dev": ["pytest>=8", "ruff>=0.6", *BENCH, *PPO]},
     entry_points={"console_scripts": ["mlrsnet=mlrsnet_hf.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
