@@ -169,6 +169,13 @@ class ScheduleController(LRDriver):
         range_test_rule: str = DEFAULT_RULE,
     ) -> None:
         super().__init__()
+        if relative_max_scale is not None and not (
+            isinstance(relative_max_scale, (int, float))
+            and not isinstance(relative_max_scale, bool)
+            and math.isfinite(relative_max_scale)
+            and relative_max_scale > 0
+        ):
+            raise ValueError(f"relative_max_scale must be a positive number, got {relative_max_scale!r}.")
         self.schedule = schedule
         self.gamma = parse_gamma(gamma)
         self.num_classes = num_classes

@@ -20,6 +20,8 @@ def parse_gamma(value: str | float | None) -> str | float | None:
     """``"auto"``, ``"relative"``, ``"range_test"``, a positive float (also given as a string, as on the command line) or None."""
     if value is None or value in ("auto", "relative", "range_test"):
         return value
+    if isinstance(value, bool):
+        raise ValueError(f"gamma must be 'auto', 'relative', 'range_test' or a positive number, got {value!r}.")
     try:
         gamma = float(value)
     except (TypeError, ValueError):
@@ -158,6 +160,17 @@ class MLRSNetConfig(TrainingArguments):
             raise ValueError(f"meta_update_interval must be >= 1, got {self.meta_update_interval}.")
         if self.auto_gamma_batches < 1:
             raise ValueError(f"auto_gamma_batches must be >= 1, got {self.auto_gamma_batches}.")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(
+                f"learning_rate must be a positive number (the reference the schedule's LR is written against), "
+                f"got {self.learning_rate}."
+            )
+        if self.relative_max_scale is not None and not (
+            math.isfinite(self.relative_max_scale) and self.relative_max_scale > 0
+        ):
+            raise ValueError(f"relative_max_scale must be a positive number, got {self.relative_max_scale}.")
+        if self.meta_batch_size is not None and self.meta_batch_size < 1:
+            raise ValueError(f"meta_batch_size must be >= 1, got {self.meta_batch_size}.")
         if self.meta_horizon < 1 or self.meta_horizon > self.meta_update_interval:
             raise ValueError(
                 f"meta_horizon must be in [1, meta_update_interval={self.meta_update_interval}], got {self.meta_horizon}."

@@ -77,6 +77,9 @@ def convert_official(paths: Sequence[str | Path], out_dir: str | Path | None = N
     if not paths:
         raise ValueError("convert_official needs at least one checkpoint path.")
     states = [load_official_state_dict(p) for p in paths]
+    for path, state in zip(paths, states, strict=True):
+        if bad := [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]:
+            raise ScheduleFileError(f"{path} holds non-finite weights ({', '.join(bad)}): not a usable checkpoint.")
     hidden_size = states[0]["head.weight"].shape[1]
     meta = dict(OFFICIAL_META_TRAINING)
     meta["source"] = f"released MLR-SNet checkpoints ({', '.join(Path(p).name for p in paths)})"

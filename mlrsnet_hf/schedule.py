@@ -115,6 +115,8 @@ class MLRSNetSchedule(
         stage_starts = default_stage_starts(num_stages) if stage_starts is None else [float(s) for s in stage_starts]
         if len(stage_starts) != num_stages:
             raise ValueError(f"stage_starts has {len(stage_starts)} entries but num_stages={num_stages}.")
+        if not all(math.isfinite(s) for s in stage_starts):
+            raise ValueError(f"stage_starts must be finite fractions of the run, got {stage_starts}.")
         if stage_starts[0] != 0.0 or any(b <= a for a, b in itertools.pairwise(stage_starts)):
             raise ValueError(f"stage_starts must start at 0.0 and increase strictly, got {stage_starts}.")
         if stage_starts[-1] >= 1.0:
@@ -130,7 +132,7 @@ class MLRSNetSchedule(
             raise ValueError(
                 f"input_normalization must be one of {', '.join(INPUT_NORMALIZATIONS)}, got {input_normalization!r}."
             )
-        if not relative_max_scale > 0:
+        if isinstance(relative_max_scale, bool) or not (math.isfinite(relative_max_scale) and relative_max_scale > 0):
             raise ValueError(f"relative_max_scale must be > 0, got {relative_max_scale}.")
 
         self.hidden_size = hidden_size

@@ -124,3 +124,39 @@ def test_attach_drops_losses_left_by_an_interrupted_run():
     controller.attach(model)
     loss = model(x, y)["loss"].item()
     assert controller.step_loss() == pytest.approx(loss)
+
+
+def test_bad_options_fail_at_construction(tmp_path):
+    import math
+
+    from mlrsnet_hf import MLRSNetConfig
+
+    for kwargs, match in (
+        ({"relative_max_scale": 0.0}, "relative_max_scale"),
+        ({"relative_max_scale": math.nan}, "relative_max_scale"),
+        ({"meta_batch_size": 0}, "meta_batch_size"),
+        ({"gamma": True}, "gamma"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            MLRSNetConfig(output_dir=str(tmp_path), **kwargs)
+    schedule = MLRSNetSchedule(hidden_size=8, gamma=0.5)
+    for bad in (0.0, -1.0, math.nan, True):
+        with pytest.raises(ValueError, match="relative_max_scale"):
+            MLRSNetCallback(schedule, relative_max_scale=bad)
+    with pytest.raises(ValueError, match="stage_starts"):
+        MLRSNetSchedule(num_stages=2, stage_starts=[0.0, math.nan])
+    with pytest.raises(ValueError, match="relative_max_scale"):
+        MLRSNetSchedule(relative_max_scale=math.nan)
+
+
+def test_convert_official_refuses_non_finite_weights(official_dir, tmp_path):
+    from mlrsnet_hf import convert_official
+    from mlrsnet_hf.hub import ScheduleFileError
+
+    state = torch.load(official_dir / "mlr_snet_1.pth", map_location="cpu", weights_only=True)
+    key = next(iter(state))
+    state[key] = state[key].clone().fill_(float("nan"))
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(ScheduleFileError, match="non-finite weights"):
+        convert_official([tmp_path / "bad.pth"])
