@@ -169,14 +169,16 @@ def load_schedule(cls: type[Schedule], model_id: str, overrides: dict[str, Any],
     config_path = resolve_file(model_id, CONFIG_NAME, **download_kwargs)
     config = {**read_config(config_path, init_params, cls.model_type), **overrides}
     try:
-        with torch.random.fork_rng(devices=[]):  # loading must not advance the caller's random stream
-            schedule = cls(**config)
+        # On the meta device first: a config.json asking for a huge network allocates nothing before the
+        # weights file has been checked against it.
+        with torch.device("meta"):
+            skeleton = cls(**config)
     except (TypeError, ValueError) as e:
         raise ScheduleFileError(f"{config_path} does not describe a valid schedule: {e}") from e
 
     weights_path = resolve_file(model_id, WEIGHTS_NAME, **download_kwargs)
     weights = read_weights(weights_path)
-    expected = schedule.weights()
+    expected = skeleton.weights()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     wrong_shape = [
@@ -194,10 +196,12 @@ def load_schedule(cls: type[Schedule], model_id: str, overrides: dict[str, Any],
             )
             if part
         )
-        raise ScheduleFileError(f"{weights_path} does not match {config_path} ({schedule.extra_repr()}): {details}.")
+        raise ScheduleFileError(f"{weights_path} does not match {config_path} ({skeleton.extra_repr()}): {details}.")
     bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
     if bad:
         raise ScheduleFileError(f"{weights_path} holds non-finite values in {bad}.")
+    with torch.random.fork_rng(devices=[]):  # loading must not advance the caller's random stream
+        schedule = cls(**config)
     if "_extra_state" in schedule.state_dict():
         weights["_extra_state"] = schedule.get_extra_state()  # the runtime state starts fresh
     schedule.load_state_dict(weights, strict=True)

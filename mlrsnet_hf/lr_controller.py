@@ -146,8 +146,14 @@ class LRController(
             raise ValueError(f"action_space must be one of {ACTION_SPACES}, got {action_space!r}.")
         if not 0 < max_change < 1:
             raise ValueError(f"max_change must be in (0, 1), got {max_change}.")
-        if decision_interval < 1 or probe_size < 1:
-            raise ValueError(f"decision_interval and probe_size must be >= 1, got {decision_interval}, {probe_size}.")
+        for name, value in (("decision_interval", decision_interval), ("probe_size", probe_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        if not hidden_sizes or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden_sizes):
+            raise ValueError(f"hidden_sizes must be integers >= 1, got {hidden_sizes!r}.")
+        for name, value in (("obs_clip", obs_clip), ("obs_epsilon", obs_epsilon)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}.")
         if not 0 < min_lr < max_lr:
             raise ValueError(f"Need 0 < min_lr < max_lr, got {min_lr}, {max_lr}.")
         self.action_space = action_space

@@ -160,3 +160,23 @@ def test_convert_official_refuses_non_finite_weights(official_dir, tmp_path):
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(ScheduleFileError, match="non-finite weights"):
         convert_official([tmp_path / "bad.pth"])
+
+
+def test_hostile_configs_fail_cleanly_naming_the_file(tmp_path):
+    import json
+
+    from mlrsnet_hf import LRController
+    from mlrsnet_hf.hub import ScheduleFileError
+
+    MLRSNetSchedule(hidden_size=8).save_pretrained(tmp_path / "s")
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    # A few bytes asking for a network of 3 GB of weights: refused from the shapes, nothing allocated.
+    (tmp_path / "s" / "config.json").write_text(json.dumps({**config, "hidden_size": 20000}))
+    with pytest.raises(ScheduleFileError, match="does not match"):
+        MLRSNetSchedule.from_pretrained(tmp_path / "s")
+    LRController().save_pretrained(tmp_path / "c")
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    for bad in ({"hidden_sizes": [-1]}, {"decision_interval": 1.5}, {"obs_clip": -1.0}, {"obs_epsilon": 0.0}):
+        (tmp_path / "c" / "config.json").write_text(json.dumps({**config, **bad}))
+        with pytest.raises(ScheduleFileError, match="config.json"):
+            LRController.from_pretrained(tmp_path / "c")
