@@ -258,10 +258,18 @@ class MLRSNetTrainer(Trainer):
         dataset = self.meta_dataset
         if hasattr(dataset, "column_names"):  # a datasets.Dataset: drop the columns the model does not take
             dataset = self._remove_unused_columns(dataset, description="meta")
+        collate = self._get_collator_with_removed_columns(self.data_collator, description="meta")
+        if len(dataset) > 0 and self.label_names:  # caught now, not at the first meta update
+            example = collate([dataset[0]])
+            if not all(example.get(name) is not None for name in self.label_names):
+                raise ValueError(
+                    f"The meta dataset's batches carry no {self.label_names}: the meta loss needs labels "
+                    f"(got the keys {sorted(example)})."
+                )
         self.meta_batches = MetaBatches(
             dataset,
             batch_size=self.args.meta_batch_size or self.args.per_device_train_batch_size,
-            collate_fn=self._get_collator_with_removed_columns(self.data_collator, description="meta"),
+            collate_fn=collate,
             seed=self.args.seed,
             rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes,

@@ -180,3 +180,14 @@ def test_hostile_configs_fail_cleanly_naming_the_file(tmp_path):
         (tmp_path / "c" / "config.json").write_text(json.dumps({**config, **bad}))
         with pytest.raises(ScheduleFileError, match="config.json"):
             LRController.from_pretrained(tmp_path / "c")
+
+
+def test_meta_set_without_labels_fails_before_the_first_step(tmp_path):
+    data = digits(400)
+    unlabeled = [{"x": d["x"]} for d in data[300:]]
+    args = config(tmp_path, meta_train=True, meta_update_interval=1, max_steps=5)
+    model = DigitsNet()
+    trainer = MLRSNetTrainer(model=model, args=args, train_dataset=data[:300], meta_dataset=unlabeled)
+    with pytest.raises(ValueError, match="meta loss needs labels"):
+        trainer.train()
+    assert model.calls == 0  # no training step was taken
