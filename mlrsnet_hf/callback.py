@@ -39,7 +39,7 @@ from .config import parse_gamma
 from .lr_controller import LRController, observe
 from .lr_range_test import DEFAULT_RULE, RangeTestResult, lr_range_test
 from .meta_gradient import model_loss
-from .schedule import MLRSNetSchedule
+from .schedule import MLRSNetSchedule, check_relative_max_scale
 
 logger = logging.getLogger(__name__)
 
@@ -169,13 +169,8 @@ class ScheduleController(LRDriver):
         range_test_rule: str = DEFAULT_RULE,
     ) -> None:
         super().__init__()
-        if relative_max_scale is not None and not (
-            isinstance(relative_max_scale, (int, float))
-            and not isinstance(relative_max_scale, bool)
-            and math.isfinite(relative_max_scale)
-            and relative_max_scale > 0
-        ):
-            raise ValueError(f"relative_max_scale must be a positive number, got {relative_max_scale!r}.")
+        if relative_max_scale is not None:  # configure() writes it into the schedule: checked as the schedule does
+            relative_max_scale = check_relative_max_scale(relative_max_scale)
         self.schedule = schedule
         self.gamma = parse_gamma(gamma)
         self.num_classes = num_classes
@@ -218,7 +213,7 @@ class ScheduleController(LRDriver):
         if self.input_normalization is not None:
             schedule.input_normalization = self.input_normalization
         if self.relative_max_scale is not None:
-            schedule.relative_max_scale = float(self.relative_max_scale)
+            schedule.relative_max_scale = self.relative_max_scale
         num_classes = self.num_classes or default_num_classes(model)
         if (schedule.gamma == "auto" or schedule.input_normalization == "log_num_classes") and not num_classes:
             raise ValueError(

@@ -10,6 +10,7 @@ from transformers import TrainingArguments
 
 from .lr_range_test import DEFAULT_RULE
 from .lr_range_test import RULES as RANGE_TEST_RULES
+from .schedule import GAMMA_RULES, check_relative_max_scale
 
 # Optimizers whose update is linear in the LR (``w_{t+1} = w_t - lr * d`` with ``d`` independent of
 # ``lr``): meta-training reads ``d`` off the real step for these.
@@ -18,18 +19,17 @@ LR_LINEAR_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", 
 
 def parse_gamma(value: str | float | None) -> str | float | None:
     """``"auto"``, ``"relative"``, ``"range_test"``, a positive float (also given as a string, as on the command line) or None."""
-    if value is None or value in ("auto", "relative", "range_test"):
+    if value is None or value in GAMMA_RULES:
         return value
+    message = f"gamma must be {', '.join(repr(r) for r in GAMMA_RULES)} or a positive number, got {value!r}."
     if isinstance(value, bool):
-        raise ValueError(f"gamma must be 'auto', 'relative', 'range_test' or a positive number, got {value!r}.")
+        raise ValueError(message)
     try:
         gamma = float(value)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"gamma must be 'auto', 'relative', 'range_test' or a positive number, got {value!r}."
-        ) from None
+        raise ValueError(message) from None
     if not (math.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"gamma must be 'auto', 'relative', 'range_test' or a positive number, got {value!r}.")
+        raise ValueError(message)
     return gamma
 
 
@@ -165,10 +165,8 @@ class MLRSNetConfig(TrainingArguments):
                 f"learning_rate must be a positive number (the reference the schedule's LR is written against), "
                 f"got {self.learning_rate}."
             )
-        if self.relative_max_scale is not None and not (
-            math.isfinite(self.relative_max_scale) and self.relative_max_scale > 0
-        ):
-            raise ValueError(f"relative_max_scale must be a positive number, got {self.relative_max_scale}.")
+        if self.relative_max_scale is not None:
+            self.relative_max_scale = check_relative_max_scale(self.relative_max_scale)
         if self.meta_batch_size is not None and self.meta_batch_size < 1:
             raise ValueError(f"meta_batch_size must be >= 1, got {self.meta_batch_size}.")
         if self.meta_horizon < 1 or self.meta_horizon > self.meta_update_interval:

@@ -56,11 +56,11 @@ def plot_lr_response(
     ax_lr.set_xlabel("optimizer step")
     if min(lrs) > 0:
         ax_lr.set_yscale("log")  # learned LRs span decades
-    for first in schedule.stage_boundaries(len(losses))[1:]:
-        for ax in (ax_loss, ax_lr):
-            ax.axvline(first, color="k", linestyle="--", linewidth=0.8)
     snapshot_steps = (schedule.meta_training.get("snapshots") or {}).get("steps", [])
     for stage, first in enumerate(schedule.stage_boundaries(len(losses))):
+        if stage > 0:
+            for ax in (ax_loss, ax_lr):
+                ax.axvline(first, color="k", linestyle="--", linewidth=0.8)
         if stage < len(snapshot_steps):  # a trajectory schedule: say where each network comes from
             ax_lr.annotate(
                 f"net from step {snapshot_steps[stage]} of meta-training", (first, 0.02), xycoords=("data", "axes fraction"),

@@ -65,6 +65,13 @@ def auto_gamma(average_loss: float, num_classes: int) -> float:
     return abs(math.sqrt(average_loss) * math.log(average_loss * num_classes) / num_classes**0.25 / 4)
 
 
+def check_relative_max_scale(value: Any) -> float:
+    """``relative_max_scale`` as a float: a finite number above 0 (the one check for the config, drivers and schedule)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"relative_max_scale must be a positive number, got {value!r}.")
+    return float(value)
+
+
 def default_stage_starts(num_stages: int) -> list[float]:
     """Equal parts of the run: ``[0, 1/n, 2/n, ...]`` (the released recipe: thirds)."""
     return [k / num_stages for k in range(num_stages)]
@@ -132,8 +139,7 @@ class MLRSNetSchedule(
             raise ValueError(
                 f"input_normalization must be one of {', '.join(INPUT_NORMALIZATIONS)}, got {input_normalization!r}."
             )
-        if isinstance(relative_max_scale, bool) or not (math.isfinite(relative_max_scale) and relative_max_scale > 0):
-            raise ValueError(f"relative_max_scale must be > 0, got {relative_max_scale}.")
+        relative_max_scale = check_relative_max_scale(relative_max_scale)
 
         self.hidden_size = hidden_size
         self.num_layers = num_layers
