@@ -508,7 +508,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                     meta_training={"task": task.name, "steps": steps},
                 )  # fmt: skip
         if getattr(getattr(trainer, "controller", None), "range_test", None) is not None:
-            record["range_test"] = trainer.controller.range_test.to_dict()
+            record["range_test"] = trainer.lr_scheduler.range_test.to_dict()
     except errors as e:  # a diverged run is a result, not a crash
         record.update(error=f"{type(e).__name__}: {e}", test=float("nan"), val=float("nan"), val_curve=[])
     record["lrs"] = recorder.lrs

@@ -127,7 +127,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     except (RuntimeError, ValueError, OverflowError) as e:
         record.update(error=f"{type(e).__name__}: {e}", val=float("inf") if key == "perplexity" else 0.0)
     record["seconds"] = time.perf_counter() - start
-    record["range_test_lr"] = trainer.controller.range_test.lr if trainer.controller.range_test else None
+    record["range_test_lr"] = trainer.lr_scheduler.range_test.lr if trainer.lr_scheduler.range_test else None
     record["lrs"] = recorder.lrs[:: max(1, len(recorder.lrs) // 50)]
     Path(job["path"]).write_text(json.dumps(record) + "\n")
     return record

@@ -90,7 +90,7 @@ def run_mlrsnet(task, out, schedule, args, key, meta_dataset=None, **mlrsnet) ->
     return {
         "final": curve(trainer, key)[-1][1],
         "curve": curve(trainer, key),
-        "lrs": trainer.controller.lr_history,
+        "lrs": trainer.lr_scheduler.lr_history,
     }, trainer
 
 

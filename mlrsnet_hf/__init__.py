@@ -8,6 +8,7 @@ from .hub import ScheduleFileError  # noqa: E402
 from .lr_controller import LRController  # noqa: E402
 from .network import MLRSNet, MLRSNetState  # noqa: E402
 from .official import convert_official  # noqa: E402
+from .options import ScheduleOptions  # noqa: E402
 from .schedule import MLRSNetSchedule, auto_gamma  # noqa: E402
 from .trainer import MLRSNetTrainer  # noqa: E402
 
@@ -20,6 +21,7 @@ __all__ = [
     "MLRSNetState",
     "MLRSNetTrainer",
     "ScheduleFileError",
+    "ScheduleOptions",
     "__version__",
     "auto_gamma",
     "convert_official",

@@ -187,9 +187,9 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
     out = Path(training.output_dir)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
-        record = {"task": task_args.task, **metrics, "learning_rates": trainer.controller.lr_history}
+        record = {"task": task_args.task, **metrics, "learning_rates": trainer.lr_scheduler.lr_history}
         (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
-        plot_lr_curve(trainer.controller.lr_history, out / "lr_curve.png")
+        plot_lr_curve(trainer.lr_scheduler.lr_history, out / "lr_curve.png")
         plot_training_curves(trainer.state.log_history, out / "training_curves.png")
     if meta_train:
         record = {

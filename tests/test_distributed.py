@@ -48,3 +48,20 @@ def test_meta_training_is_identical_on_every_rank(tmp_path, variant):
         torch.manual_seed(0)
         initial = MLRSNetSchedule(hidden_size=50, num_stages=2, gamma=1.0).weights()
     assert all(not torch.equal(v, initial[k]) for k, v in a["theta"].items())
+
+
+@pytest.mark.multiprocess
+def test_an_error_one_rank_meets_is_raised_on_every_rank(tmp_path):
+    """gamma='auto' with fewer training batches than processes: both ranks fail with the same clear error."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29518",
+         str(REPO / "tests" / "scripts" / "ddp_errors.py"), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    messages = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert messages[0] == messages[1]
+    assert "No training batch available" in messages[0] and "process 1 of 2" in messages[0]

@@ -103,7 +103,7 @@ def test_meta_train_an_lstm_lm_on_real_ptb(ptb_dir, tmp_path):
     # The step loss (token-normalised micro-batches summed, as the Trainer logs it) drove the LR.
     assert len(used) == 12 and all(0 < lr < 40 for lr in used)
     assert losses[0] == pytest.approx(math.log(len(vocab)), rel=0.05)  # chance level at the start
-    assert trainer.meta_batches.index == 4 * 8  # 4 meta steps
+    assert trainer.lr_scheduler.meta.batches.index == 4 * 8  # 4 meta steps
     # Until the first meta update (after step 3) theta is the seeded initial one: replay it on the logged losses.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)

@@ -64,13 +64,16 @@ def trainer_run(out, gamma, learning_rate, callback=False):
     model = DigitsNet(dropout=0.1)
     if callback:
         cb = MLRSNetCallback(schedule, gamma=gamma, range_test_steps=20)
-        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=data, callbacks=[cb, recorder])
+        trainer = Trainer(
+            model=model, args=TrainingArguments(**common), train_dataset=data, callbacks=[cb, recorder],
+            optimizers=(None, cb.lr_scheduler),
+        )  # fmt: skip
         trainer.train()
-        return cb.controller, model, [lrs[0] for lrs in recorder.lrs]
+        return cb.lr_scheduler, model, [lrs[0] for lrs in recorder.lrs]
     args = MLRSNetConfig(gamma=gamma, range_test_steps=20, **common)
     trainer = MLRSNetTrainer(model=model, args=args, train_dataset=data, schedule=schedule, callbacks=[recorder])
     trainer.train()
-    return trainer.controller, model, [lrs[0] for lrs in recorder.lrs]
+    return trainer.lr_scheduler, model, [lrs[0] for lrs in recorder.lrs]
 
 
 def test_range_test_sets_the_scale_and_leaves_the_run_as_if_given(tmp_path):
@@ -110,7 +113,7 @@ def test_range_test_with_adamw_spans_adaptive_lrs(tmp_path):
     schedule = MLRSNetSchedule(hidden_size=16, gamma=0.3)
     trainer = MLRSNetTrainer(model=DigitsNet(), args=args, train_dataset=data, schedule=schedule, callbacks=[recorder])
     trainer.train()
-    result = trainer.controller.range_test
+    result = trainer.lr_scheduler.range_test
     assert result.lrs[0] == pytest.approx(1e-6) and result.lrs[-1] <= 1.0  # the adaptive optimizers' span
     assert 1e-6 <= result.lr <= 1.0 and recorder.lrs[0][0] == pytest.approx(result.lr, rel=1e-6)
     assert trainer.schedule.gamma == "range_test"  # kept: not replaced by the AdamW default "relative"

@@ -171,7 +171,7 @@ def test_meta_training_changes_the_schedule_and_writes_a_repo(tmp_path):
     trainer.train()
     changed = [k for k, v in trainer.schedule.weights().items() if not torch.equal(v, initial[k])]
     assert len(changed) == len(initial)  # every parameter of the schedule was updated
-    assert trainer.meta_batches.index > 0
+    assert trainer.lr_scheduler.meta.batches.index > 0
     logs = [h for h in trainer.state.log_history if "meta_loss" in h]
     assert len(logs) == 4 and all(h["meta_loss"] > 0 for h in logs)
     trainer.save_schedule(tmp_path / "final", trajectory=False)

@@ -56,7 +56,7 @@ def test_trainer_resume_is_exact(schedule_dir, tmp_path, meta_train, horizon):
     for key, value in full.schedule.weights().items():
         assert torch.equal(resumed.schedule.weights()[key], value), key
     if meta_train:
-        assert resumed.meta_batches.state_dict() == full.meta_batches.state_dict()
+        assert resumed.lr_scheduler.meta.batches.state_dict() == full.lr_scheduler.meta.batches.state_dict()
         assert [x["step"] for x in resumed.snapshots] == [x["step"] for x in full.snapshots] == [2, 6, 10]
         for a, b in zip(resumed.snapshots, full.snapshots, strict=True):  # the one before the checkpoint restored
             assert all(torch.equal(a["weights"][k], v) for k, v in b["weights"].items())
@@ -70,7 +70,11 @@ def run_callback(out, schedule, resume=None):
     args = TrainingArguments(output_dir=str(out), optim="sgd", **COMMON)
     callback = MLRSNetCallback(schedule, num_classes=10, auto_gamma_batches=3)
     trainer = Trainer(
-        model=DigitsNet(dropout=0.1), args=args, train_dataset=digits(1200), callbacks=[callback, recorder]
+        model=DigitsNet(dropout=0.1),
+        args=args,
+        train_dataset=digits(1200),
+        callbacks=[callback, recorder],
+        optimizers=(None, callback.lr_scheduler),
     )
     trainer.train(resume_from_checkpoint=resume)
     return [lrs[0] for lrs in recorder.lrs]
@@ -82,10 +86,22 @@ def test_callback_resume_is_exact(schedule_dir, tmp_path):
     assert tail == lrs[4:]
 
 
-def test_callback_saves_an_in_memory_schedule_for_resume(schedule_dir, tmp_path):
-    schedule = MLRSNetSchedule.from_pretrained(schedule_dir)
-    schedule.name_or_path = None  # as if built in memory
-    lrs = run_callback(tmp_path / "a", schedule)
-    assert (tmp_path / "a" / "mlrsnet_schedule" / "model.safetensors").is_file()
-    tail = run_callback(tmp_path / "b", str(schedule_dir), resume=str(tmp_path / "a" / "checkpoint-4"))
-    assert tail == lrs[4:]
+def test_checkpoints_hold_the_schedule_state_in_scheduler_pt_only_and_bounded(tmp_path):
+    """One resume route (scheduler.pt) for the callback too; what a checkpoint holds does not grow with the run."""
+    import json
+
+    torch.manual_seed(0)
+    args = TrainingArguments(output_dir=str(tmp_path), optim="sgd", **{**COMMON, "save_steps": 1, "max_steps": 12})
+    callback = MLRSNetCallback(MLRSNetSchedule(hidden_size=8, gamma=0.1))
+    trainer = Trainer(
+        model=DigitsNet(), args=args, train_dataset=digits(600), callbacks=[callback],
+        optimizers=(None, callback.lr_scheduler),
+    )  # fmt: skip
+    trainer.train()
+    sizes = [(tmp_path / f"checkpoint-{k}" / "scheduler.pt").stat().st_size for k in (2, 6, 12)]
+    assert max(sizes) - min(sizes) < 64, sizes  # not one entry per step taken
+    state = json.loads((tmp_path / "checkpoint-12" / "trainer_state.json").read_text())
+    assert "MLRSNetCallback" not in state.get("stateful_callbacks", {})
+    saved = torch.load(tmp_path / "checkpoint-12" / "scheduler.pt", weights_only=True)
+    assert saved["last_epoch"] == 12 and "lr_history" not in saved
+    assert len(callback.lr_scheduler.lr_history) == 12  # kept in memory for this run's pictures

@@ -7,7 +7,7 @@ from tiny import DigitsNet, digits
 from transformers import Trainer, TrainingArguments
 
 from mlrsnet_hf import MLRSNetCallback, MLRSNetSchedule, MLRSNetTrainer
-from mlrsnet_hf.callback import ScheduleController
+from mlrsnet_hf.loss_meter import LossMeter
 
 
 class OverflowAtCall(DigitsNet):
@@ -34,8 +34,8 @@ def test_non_finite_meta_loss_skips_the_meta_update(tmp_path, caplog):
         trainer.train()
     assert "Non-finite meta loss or meta-gradient" in caplog.text
     assert all(torch.isfinite(v).all() for v in trainer.schedule.weights().values())
-    assert all(torch.isfinite(torch.tensor(trainer.controller.lr_history)))
-    assert len(trainer.controller.lr_history) == 5
+    assert all(torch.isfinite(torch.tensor(trainer.lr_scheduler.lr_history)))
+    assert len(trainer.lr_scheduler.lr_history) == 5
 
 
 def test_relative_mode_meta_training_learns_and_never_exceeds_the_cap(tmp_path):
@@ -48,7 +48,7 @@ def test_relative_mode_meta_training_learns_and_never_exceeds_the_cap(tmp_path):
     trainer.train()
     assert trainer.schedule.gamma == "relative"
     assert sum(g.abs().sum() for g in trainer.last_hypergradient.values()) > 0  # straight through the cap
-    assert max(trainer.controller.lr_history) <= 1e-3  # exactly, not 1e-3 + float32 rounding
+    assert max(trainer.lr_scheduler.lr_history) <= 1e-3  # exactly, not 1e-3 + float32 rounding
 
 
 def test_meta_batches_drop_keys_the_model_does_not_take(tmp_path):
@@ -56,7 +56,7 @@ def test_meta_batches_drop_keys_the_model_does_not_take(tmp_path):
     args = config(tmp_path, meta_train=True, meta_update_interval=2, max_steps=4)
     trainer = MLRSNetTrainer(model=DigitsNet(), args=args, train_dataset=data[:200], meta_dataset=data[200:])
     trainer.train()
-    assert trainer.meta_batches.index == 2 * 32
+    assert trainer.lr_scheduler.meta.batches.index == 2 * 32
 
 
 def test_resume_without_schedule_state_is_an_error(schedule_dir, tmp_path):
@@ -105,9 +105,10 @@ def test_callback_restore_keeps_the_schedule_in_use(schedule_dir, tmp_path):
         )  # fmt: skip
         schedule = MLRSNetSchedule.from_pretrained(schedule_dir, gamma=0.2, stage_starts=[0.0, 0.5, 0.9])
         callback = MLRSNetCallback(schedule, num_classes=10)
-        Trainer(model=DigitsNet(), args=args, train_dataset=digits(600), callbacks=[callback, recorder]).train(
-            resume_from_checkpoint=resume
-        )
+        Trainer(
+            model=DigitsNet(), args=args, train_dataset=digits(600), callbacks=[callback, recorder],
+            optimizers=(None, callback.lr_scheduler),
+        ).train(resume_from_checkpoint=resume)  # fmt: skip
         return [lrs[0] for lrs in recorder.lrs]
 
     lrs = run(tmp_path / "a")
@@ -115,15 +116,15 @@ def test_callback_restore_keeps_the_schedule_in_use(schedule_dir, tmp_path):
 
 
 def test_attach_drops_losses_left_by_an_interrupted_run():
-    controller = ScheduleController(MLRSNetSchedule(hidden_size=4, gamma=1.0))
+    meter = LossMeter()
     model = DigitsNet().train()
-    controller.attach(model)
+    meter.attach(model)
     batch = digits(8)
     x, y = torch.stack([d["x"] for d in batch]), torch.stack([d["labels"] for d in batch])
     model(x, y)  # a loss recorded, then the run dies before the optimizer step
-    controller.attach(model)
+    meter.attach(model)
     loss = model(x, y)["loss"].item()
-    assert controller.step_loss() == pytest.approx(loss)
+    assert meter.step_loss() == pytest.approx(loss)
 
 
 def test_bad_options_fail_at_construction(tmp_path):
@@ -188,6 +189,6 @@ def test_meta_set_without_labels_fails_before_the_first_step(tmp_path):
     args = config(tmp_path, meta_train=True, meta_update_interval=1, max_steps=5)
     model = DigitsNet()
     trainer = MLRSNetTrainer(model=model, args=args, train_dataset=data[:300], meta_dataset=unlabeled)
-    with pytest.raises(ValueError, match="meta loss needs labels"):
+    with pytest.raises(ValueError, match="meta dataset batches carry no"):
         trainer.train()
     assert model.calls == 0  # no training step was taken

@@ -90,7 +90,10 @@ def test_callback_gives_a_plain_trainer_the_same_lr_sequence(schedule_dir, tmp_p
         lr_scheduler_type="linear",
     )  # fmt: skip
     callback = MLRSNetCallback(MLRSNetSchedule.from_pretrained(schedule_dir), num_classes=10)
-    plain = Trainer(model=DigitsNet(), args=args, train_dataset=digits(600), callbacks=[callback, rec_b])
+    plain = Trainer(
+        model=DigitsNet(), args=args, train_dataset=digits(600), callbacks=[callback, rec_b],
+        optimizers=(None, callback.lr_scheduler),
+    )  # fmt: skip
     plain.train()
     assert rec_a.lrs == rec_b.lrs
     logged = [h["learning_rate"] for h in plain.state.log_history if "learning_rate" in h]

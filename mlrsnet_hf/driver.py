@@ -1,0 +1,377 @@
+"""Drivers: a learned schedule as the Trainer's ``lr_scheduler``.
+
+A driver is shaped like transformers' own adaptive schedulers (``GreedyLR``): the Trainer calls ``step()``
+after every optimizer step it takes, logs ``get_last_lr()`` and checkpoints ``state_dict()`` in
+``scheduler.pt``. Setting the LR needs the step's training loss, which exists only after the backward
+pass, so :class:`~mlrsnet_hf.MLRSNetCallback` calls :meth:`LRDriver.prepare_step` just before
+``optimizer.step()`` (after gradient clipping): the schedule reads the loss and the LR is written into every
+parameter group. ``get_last_lr()`` then reports exactly the LR used. One route for the LR, one for resume,
+for :class:`~mlrsnet_hf.MLRSNetTrainer` and a plain ``Trainer`` alike.
+
+:class:`MLRSNetDriver` drives an :class:`~mlrsnet_hf.MLRSNetSchedule` (and meta-trains it with a
+:class:`~mlrsnet_hf.meta_training.MetaLearner`); :class:`~mlrsnet_hf.lr_controller_driver.LRControllerDriver`
+drives a PPO-trained :class:`~mlrsnet_hf.LRController`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from accelerate.state import PartialState
+from accelerate.utils import broadcast_object_list, gather_object, reduce, send_to_device
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .loss_meter import LossMeter
+from .lr_range_test import RangeTestResult, lr_range_test
+from .meta_gradient import model_loss
+from .meta_training import MetaLearner
+from .options import ScheduleOptions
+from .schedule import MLRSNetSchedule
+
+logger = logging.getLogger(__name__)
+
+
+def default_num_classes(model: nn.Module) -> int | None:
+    """C for a model: the vocabulary size of a language model, else ``config.num_labels``."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    get_output = getattr(model, "get_output_embeddings", None)
+    is_lm = callable(get_output) and get_output() is not None
+    if is_lm and getattr(config, "vocab_size", None):
+        return int(config.vocab_size)
+    return getattr(config, "num_labels", None)
+
+
+def is_sgd(optimizer: torch.optim.Optimizer) -> bool:
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
+    return isinstance(inner, torch.optim.SGD)
+
+
+def agree(error: str | None) -> None:
+    """Raise ``ValueError`` on every process when any process met an error (so no rank waits in a collective)."""
+    if PartialState().num_processes > 1:
+        errors = [e for e in gather_object([error]) if e is not None]
+        error = errors[0] if errors else None
+    if error is not None:
+        raise ValueError(error)
+
+
+def ordered_batches(train_dataloader: DataLoader) -> DataLoader:
+    """The training set in order, in this process's batch size and the run's collation; the run's loader is untouched.
+
+    (Under several processes accelerate's loader reports no ``batch_size``; its ``total_batch_size`` counts
+    every process, so the per-process size is that divided by the number of processes.)
+    """
+    batch_size = train_dataloader.batch_size
+    if not batch_size:
+        total = getattr(train_dataloader, "total_batch_size", None) or 1
+        batch_size = max(1, total // PartialState().num_processes)
+    return DataLoader(
+        train_dataloader.dataset, batch_size=batch_size, collate_fn=train_dataloader.collate_fn, shuffle=False
+    )
+
+
+@torch.no_grad()
+def average_training_loss(
+    model: nn.Module, train_dataloader: DataLoader | None, device: torch.device, num_batches: int
+) -> float:
+    """Mean loss over the first ``num_batches`` training batches of this process (in order, eval mode), over processes."""
+    if train_dataloader is None:
+        raise ValueError("gamma='auto' needs the training data to measure the average loss at stage starts.")
+    state = PartialState()
+    loader = ordered_batches(train_dataloader)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    error = None
+    try:
+        for index, batch in enumerate(loader):
+            if count == num_batches:
+                break
+            if index % state.num_processes != state.process_index:
+                continue
+            loss = model_loss(model(**send_to_device(batch, device)))
+            if loss is None:
+                error = "The model returned no loss on a training batch: gamma='auto' needs labels."
+                break
+            total += loss.double().mean()
+            count += 1
+    finally:
+        model.train(was_training)
+    if error is None and count == 0:
+        error = (
+            f"No training batch available to measure the average loss for gamma='auto' on process "
+            f"{state.process_index} of {state.num_processes}: the training set has fewer batches than processes."
+        )
+    agree(error)
+    mean = total / count
+    if state.num_processes > 1:
+        mean = reduce(mean, reduction="mean")
+    return mean.item()
+
+
+class LRDriver:
+    """What every learned schedule needs as the Trainer's ``lr_scheduler``: the loss of each step, the LR bookkeeping.
+
+    Subclasses implement :meth:`_start` (resolve the run's settings, reset or restore their state),
+    :meth:`_lr_for_step` (their LR rule) and their runtime state.
+    """
+
+    def __init__(self, schedule: Any, options: ScheduleOptions | None = None) -> None:
+        self.schedule = schedule
+        self.options = options or ScheduleOptions()
+        self.meter = LossMeter()
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.last_epoch = 0  # optimizer steps taken (the Trainer's calls to step())
+        self.last_lrs: list[float] = []
+        self.initial_lrs: list[float] = []
+        self.lr_history: list[float] = []  # the LR of every step of this process's run (not checkpointed)
+        self._restored: dict[str, Any] | None = None
+        self._pending_step: int | None = None
+
+    # ------------------------------------------------ the Trainer's side
+    def step(self) -> None:
+        """Called by the Trainer after each optimizer step it took (not after a skipped one)."""
+        self.last_epoch += 1
+        step, self._pending_step = self._pending_step, None
+        if step is not None:
+            self._after_step(step)
+
+    def get_last_lr(self) -> list[float]:
+        """The LR of the current optimizer step per parameter group (what the Trainer logs)."""
+        if self.last_lrs:
+            return list(self.last_lrs)
+        return [group["lr"] for group in self.optimizer.param_groups] if self.optimizer is not None else []
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs, as tensors and plain data (the Trainer reloads it with ``weights_only``).
+
+        Its size does not grow with the run: the LR history is not in it (``log_history`` records the logged LRs).
+        """
+        return {
+            "family": type(self).__name__,
+            "last_epoch": self.last_epoch,
+            "last_lrs": list(self.last_lrs),
+            "initial_lrs": list(self.initial_lrs),
+            **self._runtime_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Keep a checkpoint's state; it is applied when the run starts (:meth:`start`)."""
+        family = state.get("family", type(self).__name__)
+        if family != type(self).__name__:
+            raise ValueError(
+                f"The checkpoint's scheduler.pt was written by {family}: cannot resume with {type(self).__name__}."
+            )
+        self._restored = dict(state)
+
+    # -------------------------------------------------- the callback's side
+    def start(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        args: Any,
+        num_training_steps: int,
+        train_dataloader: DataLoader | None = None,
+    ) -> None:
+        """Bind to this run (``args``: its ``TrainingArguments``); a state loaded from a checkpoint is applied now."""
+        if not (args.learning_rate > 0):
+            raise ValueError(
+                f"learning_rate must be positive (the reference of the schedule's LR), got {args.learning_rate}."
+            )
+        self.optimizer = optimizer
+        self.model = model
+        self.device = args.device
+        self.base_lr = float(args.learning_rate)
+        self.max_grad_norm = args.max_grad_norm
+        self.average_tokens_across_devices = args.average_tokens_across_devices
+        self.num_training_steps = num_training_steps
+        self.train_dataloader = train_dataloader
+        self.seed = args.seed
+        self.per_device_batch_size = args.per_device_train_batch_size
+        restored, self._restored = self._restored, None
+        for group in optimizer.param_groups:  # group ratios are kept relative to the LRs the run started from
+            group.setdefault("initial_lr", group["lr"])
+        self.initial_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        self.last_lrs, self.lr_history, self._pending_step = [], [], None
+        self._start(restored)
+        if restored is not None:
+            self.last_epoch = int(restored["last_epoch"])
+            self.last_lrs = list(restored["last_lrs"])
+            self.initial_lrs = list(restored["initial_lrs"])
+        else:
+            self.last_epoch = 0
+        self.meter.attach(model)
+
+    def prepare_step(self, step: int) -> None:
+        """Set the LR of optimizer step ``step`` (0-based global step) from its training loss."""
+        if self._pending_step is not None:  # the last step was not taken (skipped by the Trainer)
+            self._skipped(self._pending_step)
+        lr, reference = self._lr_for_step(step, self.meter.step_loss(self.average_tokens_across_devices))
+        self.last_lrs = [lr * (initial / reference) for initial in self.initial_lrs]
+        for group, value in zip(self.optimizer.param_groups, self.last_lrs, strict=True):
+            group["lr"] = value
+        self.lr_history.append(lr)
+        self._pending_step = step
+
+    def finish(self) -> None:
+        self.meter.detach()
+
+    # ------------------------------------------------------- per family
+    def _start(self, restored: dict[str, Any] | None) -> None:
+        raise NotImplementedError
+
+    def _lr_for_step(self, step: int, loss: float) -> tuple[float, float]:
+        """``(lr, reference)``: group ``i`` gets ``lr * initial_lr_i / reference``."""
+        raise NotImplementedError
+
+    def _after_step(self, step: int) -> None:
+        pass
+
+    def _skipped(self, step: int) -> None:
+        pass
+
+    def _runtime_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class MLRSNetDriver(LRDriver):
+    """Feeds an MLR-SNet schedule the training loss of each optimizer step; with ``meta_train``, learns it online.
+
+    Args:
+        schedule: the schedule (its runtime state, and with meta-training its weights, change during a run).
+        options: the run's :class:`~mlrsnet_hf.options.ScheduleOptions`.
+        meta_dataset: the held-out set of meta-training (``options.meta_train``).
+        meta_collate_fn: collates the meta set (default: the training loader's).
+        meta_batch_size: per process (default: ``options.meta_batch_size``, else the training batch size).
+    """
+
+    def __init__(
+        self,
+        schedule: MLRSNetSchedule,
+        options: ScheduleOptions | None = None,
+        meta_dataset: Any = None,
+        meta_collate_fn: Any = None,
+        label_names: list[str] | None = None,
+    ) -> None:
+        super().__init__(schedule, options)
+        if self.options.meta_train and meta_dataset is None:
+            raise ValueError("meta_train=True needs meta_dataset: held-out training data for the meta updates.")
+        self.meta_dataset = meta_dataset
+        self.meta_collate_fn = meta_collate_fn
+        self.label_names = label_names
+        self.meta: MetaLearner | None = None
+        self.range_test: RangeTestResult | None = None  # the curve and choice of gamma="range_test", once run
+        self.last_step: dict[str, Any] | None = None
+
+    def _start(self, restored: dict[str, Any] | None) -> None:
+        schedule, options = self.schedule, self.options
+        if options.gamma is not None:
+            schedule.gamma = options.gamma
+        elif not is_sgd(self.optimizer) and not schedule.uses_base_lr:
+            logger.warning(
+                "%s is not SGD: using gamma='relative' (learning_rate=%g sets the scale, the schedule the shape). "
+                "Pass gamma explicitly to override.",
+                type(getattr(self.optimizer, "optimizer", self.optimizer)).__name__,
+                self.base_lr,
+            )
+            schedule.gamma = "relative"
+        if options.input_normalization is not None:
+            schedule.input_normalization = options.input_normalization
+        if options.relative_max_scale is not None:
+            schedule.relative_max_scale = options.relative_max_scale
+        num_classes = options.num_classes or default_num_classes(self.model)
+        if (schedule.gamma == "auto" or schedule.input_normalization == "log_num_classes") and not num_classes:
+            raise ValueError(
+                "The schedule needs the number of classes C (gamma='auto' or input_normalization='log_num_classes') "
+                "and the model's config does not give it: pass num_classes."
+            )
+        self.range_test, self.last_step = None, None
+        schedule.start(num_classes=num_classes, base_lr=self.base_lr if schedule.gamma == "relative" else None)
+        self.meta = None
+        if options.meta_train:
+            collate = self.meta_collate_fn or getattr(self.train_dataloader, "collate_fn", None)
+            if collate is None:
+                collate = torch.utils.data.default_collate
+            batch_size = options.meta_batch_size or self.per_device_batch_size
+            self.meta = MetaLearner(
+                schedule, options, self.meta_dataset, collate, batch_size,
+                seed=self.seed, label_names=self.label_names,
+            )  # fmt: skip
+            self.meta.start(self.optimizer, self.num_training_steps)
+        if restored is not None:
+            schedule.load_state_dict(restored["schedule"])
+            if self.meta is not None:
+                if restored.get("meta") is None:
+                    raise ValueError(
+                        "The checkpoint was written without meta-training: cannot resume with meta_train=True."
+                    )
+                self.meta.load_state_dict(restored["meta"])
+
+    def _lr_for_step(self, step: int, loss: float) -> tuple[float, float]:
+        schedule = self.schedule
+        stage = schedule.stage_at(step, self.num_training_steps)
+        if stage != schedule.stage:
+            average = measured = None
+            if schedule.needs_average_loss:
+                average = average_training_loss(
+                    self.model, self.train_dataloader, self.device, self.options.auto_gamma_batches
+                )
+            if schedule.gamma == "range_test" and schedule.base_lr is None:
+                with self.meter.paused():
+                    measured = self._run_range_test()
+            schedule.enter_stage(stage, average_loss=average, base_lr=measured)
+            logger.info("MLR-SNet stage %d from step %d (gamma=%s)", stage, step, schedule.current_gamma)
+        state_before, steps_before = schedule.state, schedule.num_steps
+        schedule.step(loss)
+        # What meta-training needs to rebuild this LR's graph at the next meta update, or None when skipped.
+        self.last_step = (
+            {"stage": schedule.stage, "state": state_before, "loss": loss}
+            if schedule.num_steps > steps_before
+            else None
+        )
+        if self.meta is not None:
+            self.meta.before_step(step, self.model, self.last_step)
+        # Relative mode scales each group's own initial LR; otherwise the first group gets the schedule's
+        # LR and the others in proportion to their initial LRs.
+        reference = self.base_lr if schedule.gamma == "relative" else self.initial_lrs[0]
+        return schedule.last_lr, reference  # last_lr: the exact float (capped if capped)
+
+    def _after_step(self, step: int) -> None:
+        if self.meta is not None:
+            self.meta.after_step(step, self.model, self.schedule.last_lr, self.device, self.meter)
+
+    def _skipped(self, step: int) -> None:
+        if self.meta is not None:
+            self.meta.skipped(step)
+
+    def _run_range_test(self) -> float:
+        """``gamma="range_test"``: the LR chosen by a range test on a copy of the model, the same on every process."""
+        if self.train_dataloader is None:
+            raise ValueError("gamma='range_test' needs the training data for its LR range test.")
+        options = self.options
+        self.range_test = lr_range_test(
+            self.model, self.optimizer, ordered_batches(self.train_dataloader), max_grad_norm=self.max_grad_norm,
+            device=self.device, num_steps=options.range_test_steps, min_lr=options.range_test_min_lr,
+            max_lr=options.range_test_max_lr, rule=options.range_test_rule,
+        )  # fmt: skip
+        chosen = [self.range_test.lr]
+        if PartialState().num_processes > 1:  # rank 0's choice is the one used, whatever the others measured
+            broadcast_object_list(chosen, from_process=0)
+        return chosen[0]
+
+    def finish(self) -> None:
+        super().finish()
+        if self.meta is not None:
+            self.meta.finish()
+
+    def _runtime_state(self) -> dict[str, Any]:
+        return {
+            "schedule": self.schedule.state_dict(),
+            "meta": None if self.meta is None else self.meta.state_dict(),
+        }

@@ -1,0 +1,175 @@
+"""``MetaLearner``: the online hypergradient step of a schedule (paper Algorithm 1), one object for every route.
+
+It owns the meta optimizer (Adam on the schedule's weights), the meta batches, the ``w_t`` buffer of each
+step of the meta horizon and the trajectory snapshots. The driver (:class:`~mlrsnet_hf.driver.MLRSNetDriver`)
+calls it around every optimizer step; the math is in :mod:`mlrsnet_hf.meta_gradient`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from accelerate.state import PartialState
+from accelerate.utils import reduce, send_to_device
+from torch import nn
+
+from .meta_gradient import MetaBatches, lr_derivatives, meta_loss, step_delta
+from .network import MLRSNetState
+from .options import LR_LINEAR_OPTIMIZERS, ScheduleOptions
+from .schedule import MLRSNetSchedule
+
+logger = logging.getLogger(__name__)
+
+
+def check_labels(batch: dict[str, Any], label_names: list[str] | None, what: str) -> None:
+    """Refuse a held-out batch that carries none of the labels its loss needs (caught at train start, not later)."""
+    if label_names and not all(batch.get(name) is not None for name in label_names):
+        raise ValueError(f"The {what} batches carry no {label_names}: its loss needs labels (got {sorted(batch)}).")
+
+
+def trainable_parameters(model: nn.Module) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class MetaLearner:
+    """Learns the schedule's weights online: every ``meta_update_interval`` steps, one hypergradient step.
+
+    Args:
+        schedule: the schedule being learned (its weights are updated in place).
+        options: the meta-training options (``meta_update_interval``, ``meta_horizon``, ``meta_learning_rate``...).
+        dataset: the held-out meta set, already stripped of the columns the model does not take.
+        collate_fn: collates its examples into a model batch.
+        batch_size: meta batch size per process.
+        seed: the meta batches' shuffling seed.
+        label_names: the batch keys the loss needs (checked on the first example at :meth:`start`).
+    """
+
+    def __init__(
+        self,
+        schedule: MLRSNetSchedule,
+        options: ScheduleOptions,
+        dataset: Any,
+        collate_fn: Callable[[list[Any]], Any],
+        batch_size: int,
+        seed: int = 0,
+        label_names: list[str] | None = None,
+    ) -> None:
+        self.schedule = schedule
+        self.options = options
+        state = PartialState()
+        self.batches = MetaBatches(
+            dataset, batch_size=batch_size, collate_fn=collate_fn, seed=seed,
+            rank=state.process_index, world_size=state.num_processes,
+        )  # fmt: skip
+        if len(dataset) > 0:
+            check_labels(collate_fn([dataset[0]]), label_names, "meta dataset")
+        self.optimizer = torch.optim.Adam(
+            schedule.parameters(), lr=options.meta_learning_rate, weight_decay=options.meta_weight_decay
+        )
+        self.snapshots: list[dict[str, Any]] = []  # {"step", "weights"}: the network at snapshot_fractions of the run
+        self.snapshot_steps: list[int] = []
+        self.last_hypergradient: dict[str, torch.Tensor] | None = None
+        self.losses: list[float] = []  # meta losses since the last log
+        self._horizon: list[dict[str, Any]] = []  # the steps of the current horizon (inputs, LR, w_s - w_{s+1})
+        self._before: list[torch.Tensor] | None = None  # w_t of the step in progress
+
+    def start(self, optimizer: torch.optim.Optimizer, num_training_steps: int) -> None:
+        """Check the optimizer and fix the snapshot steps of a run of ``num_training_steps`` steps."""
+        inner = getattr(optimizer, "optimizer", optimizer)
+        if type(inner).__name__ not in LR_LINEAR_OPTIMIZERS:
+            raise ValueError(
+                f"Meta-training reads the update direction off the real step, which needs an optimizer whose update "
+                f"is linear in the LR ({', '.join(LR_LINEAR_OPTIMIZERS)}); got {type(inner).__name__}."
+            )
+        self.schedule.train()
+        # The global step after which each snapshot is taken (at least 1: after the first step).
+        self.snapshot_steps = [max(1, round(f * num_training_steps)) for f in self.options.snapshot_fractions or []]
+
+    def is_meta_step(self, step: int) -> bool:
+        return (step + 1) % self.options.meta_update_interval == 0
+
+    def in_horizon(self, step: int) -> bool:
+        """Whether step ``step``'s LR is differentiated at the next meta update (the last ``meta_horizon`` steps)."""
+        interval = self.options.meta_update_interval
+        return step % interval >= interval - self.options.meta_horizon
+
+    def before_step(self, step: int, model: nn.Module, inputs: dict[str, Any] | None) -> None:
+        """Keep ``w_t`` when step ``step``'s LR is in the horizon (``inputs``: what rebuilds its LR; None: skipped)."""
+        self._before = None
+        if inputs is not None and self.in_horizon(step):
+            self._before = [p.detach().clone() for p in trainable_parameters(model)]
+            self._inputs = inputs
+
+    def skipped(self, step: int) -> None:
+        """Optimizer step ``step`` was not taken (e.g. an fp16 overflow): nothing to learn from it."""
+        self._before = None
+        if self.is_meta_step(step):
+            self._horizon = []
+
+    def after_step(self, step: int, model: nn.Module, lr: float, device: torch.device, meter: Any) -> None:
+        """After optimizer step ``step`` (taken with ``lr``): record its move, update theta when due, snapshot."""
+        before, self._before = self._before, None
+        if before is not None and lr != 0.0:
+            inputs = self._inputs
+            delta = step_delta(before, trainable_parameters(model))
+            self._horizon.append({**inputs, "h": inputs["state"].h, "c": inputs["state"].c, "lr": lr, "delta": delta})
+            del self._horizon[-1]["state"]
+        if self.is_meta_step(step):
+            horizon, self._horizon = self._horizon, []
+            if horizon:
+                with meter.paused():
+                    self.update(horizon, model, device)
+        while len(self.snapshots) < len(self.snapshot_steps) and step + 1 >= self.snapshot_steps[len(self.snapshots)]:
+            network = self.schedule.stages[max(self.schedule.stage, 0)]
+            weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
+            self.snapshots.append({"step": step + 1, "weights": weights})
+
+    def update(self, horizon: list[dict[str, Any]], model: nn.Module, device: torch.device) -> None:
+        """One update of theta: the meta loss at ``w_{T+1}``, differentiated through the horizon's LRs."""
+        params = trainable_parameters(model)
+        for p in params:
+            p.grad = None  # the training gradients are spent; free them before the meta backward
+        loss = meta_loss(model, send_to_device(self.batches.next(), device))
+        dlrs = lr_derivatives(loss, params, [e["delta"] for e in horizon], [e["lr"] for e in horizon])
+        for entry in horizon:
+            del entry["delta"]
+        mean_loss = loss.detach().float()
+        if PartialState().num_processes > 1:
+            # the same hypergradient, hence the same theta, on every rank
+            dlrs, mean_loss = reduce(dlrs, reduction="mean"), reduce(mean_loss, reduction="mean")
+        if not (torch.isfinite(dlrs).all() and torch.isfinite(mean_loss)):
+            logger.warning("Non-finite meta loss or meta-gradient (%s): skipping this meta update.", mean_loss.item())
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        lrs = torch.stack(
+            [self.schedule.lr_at(e["loss"], MLRSNetState(e["h"], e["c"]), e["stage"]).reshape(()) for e in horizon]
+        )
+        lrs.backward(dlrs.to(device=lrs.device, dtype=lrs.dtype))
+        self.last_hypergradient = {
+            n: p.grad.detach().clone() for n, p in self.schedule.named_parameters() if p.grad is not None
+        }
+        self.optimizer.step()
+        self.losses.append(mean_loss.item())
+
+    def finish(self) -> None:
+        """Drop what a final, partial horizon left (unused deltas)."""
+        self._horizon, self._before = [], None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Meta optimizer, meta-data position, the current horizon's steps (deltas on the CPU) and the snapshots."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "batches": self.batches.state_dict(),
+            # on the CPU: a resume may run on other devices (the deltas go back to theirs when used)
+            "horizon": [{**e, "delta": [d.cpu() for d in e["delta"]]} for e in self._horizon],
+            "snapshots": [dict(snapshot) for snapshot in self.snapshots],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batches.load_state_dict(state["batches"])
+        self._horizon = [dict(entry) for entry in state.get("horizon", [])]
+        self.snapshots = [dict(snapshot) for snapshot in state.get("snapshots", [])]

@@ -1,0 +1,91 @@
+"""MLRSNetCallback on a plain Trainer: meta-training equal to MLRSNetTrainer's, one LR route, clear refusals."""
+
+import pytest
+import torch
+from test_trainer import Recorder
+from tiny import DigitsNet, digits
+from transformers import Trainer, TrainingArguments, get_constant_schedule
+
+from mlrsnet_hf import LRController, MLRSNetCallback, MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
+
+COMMON = dict(
+    max_steps=12, per_device_train_batch_size=32, logging_steps=1, report_to="none", save_strategy="steps",
+    save_steps=5, disable_tqdm=True, use_cpu=True, seed=0, learning_rate=0.1,
+)  # fmt: skip
+META = dict(
+    meta_train=True, meta_update_interval=3, meta_horizon=2, meta_learning_rate=1e-2, gamma="auto", num_classes=10,
+    auto_gamma_batches=2, snapshot_fractions=[0.25, 1.0],
+)  # fmt: skip
+
+
+def fresh_schedule() -> MLRSNetSchedule:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return MLRSNetSchedule(hidden_size=8, num_stages=2, gamma=1.0)
+
+
+def by_trainer(out, resume=None):
+    torch.manual_seed(0)
+    recorder, data = Recorder(), digits()
+    args = MLRSNetConfig(output_dir=str(out), **COMMON, **META)
+    trainer = MLRSNetTrainer(
+        model=DigitsNet(dropout=0.1), args=args, train_dataset=data[:1200], meta_dataset=data[1200:],
+        schedule=fresh_schedule(), callbacks=[recorder],
+    )  # fmt: skip
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer.schedule, trainer.lr_scheduler, [lrs[0] for lrs in recorder.lrs]
+
+
+def by_callback(out, resume=None):
+    torch.manual_seed(0)
+    recorder, data = Recorder(), digits()
+    callback = MLRSNetCallback(fresh_schedule(), meta_dataset=data[1200:], **META)
+    trainer = Trainer(
+        model=DigitsNet(dropout=0.1), args=TrainingArguments(output_dir=str(out), optim="sgd", **COMMON),
+        train_dataset=data[:1200], callbacks=[callback, recorder], optimizers=(None, callback.lr_scheduler),
+    )  # fmt: skip
+    trainer.train(resume_from_checkpoint=resume)
+    return callback.schedule, callback.lr_scheduler, [lrs[0] for lrs in recorder.lrs]
+
+
+def test_meta_training_through_the_callback_equals_the_trainer(tmp_path):
+    schedule_a, driver_a, lrs_a = by_trainer(tmp_path / "a")
+    schedule_b, driver_b, lrs_b = by_callback(tmp_path / "b")
+    assert lrs_a == lrs_b and len(lrs_a) == 12
+    weights_a, weights_b = schedule_a.weights(), schedule_b.weights()
+    assert all(torch.equal(v, weights_b[k]) for k, v in weights_a.items())
+    assert not all(torch.equal(v, fresh_schedule().weights()[k]) for k, v in weights_a.items())  # it learned
+    assert [s["step"] for s in driver_a.meta.snapshots] == [s["step"] for s in driver_b.meta.snapshots] == [3, 12]
+    # and the callback's meta-training resumes exactly, from inside a horizon (step 5 of interval 3, horizon 2)
+    _, _, tail = by_callback(tmp_path / "c", resume=str(tmp_path / "b" / "checkpoint-5"))
+    assert tail == lrs_b[5:]
+
+
+def test_the_callback_refuses_a_scheduler_it_does_not_own(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), optim="sgd", **COMMON)
+    model = DigitsNet()
+    with pytest.raises(ValueError, match=r"optimizers=\(None, callback.lr_scheduler\)"):
+        Trainer(model=model, args=args, train_dataset=digits(64), callbacks=[MLRSNetCallback(fresh_schedule())])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="was given a LambdaLR"):
+        Trainer(
+            model=model, args=args, train_dataset=digits(64), callbacks=[MLRSNetCallback(fresh_schedule())],
+            optimizers=(optimizer, get_constant_schedule(optimizer)),
+        )  # fmt: skip
+    with pytest.raises(TypeError, match="Unknown schedule option"):
+        MLRSNetCallback(fresh_schedule(), gama=0.1)
+    with pytest.raises(ValueError, match="meta_dataset"):
+        MLRSNetCallback(fresh_schedule(), meta_train=True)
+
+
+def test_an_lr_controller_probe_without_labels_fails_at_train_start(tmp_path):
+    data = digits(200)
+    unlabeled = [{"x": d["x"]} for d in data[100:]]
+    callback = MLRSNetCallback(LRController(decision_interval=2, probe_size=20), probe_dataset=unlabeled)
+    trainer = Trainer(
+        model=DigitsNet(), args=TrainingArguments(output_dir=str(tmp_path), optim="sgd", **COMMON),
+        train_dataset=data[:100], callbacks=[callback], optimizers=(None, callback.lr_scheduler),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="probe batches carry no"):
+        trainer.train()
+    assert trainer.state.global_step == 0
