@@ -507,7 +507,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                     schedule_path(job["schedule_dir"], trajectory), trajectory=trajectory,
                     meta_training={"task": task.name, "steps": steps},
                 )  # fmt: skip
-        if getattr(getattr(trainer, "controller", None), "range_test", None) is not None:
+        if getattr(trainer.lr_scheduler, "range_test", None) is not None:
             record["range_test"] = trainer.lr_scheduler.range_test.to_dict()
     except errors as e:  # a diverged run is a result, not a crash
         record.update(error=f"{type(e).__name__}: {e}", test=float("nan"), val=float("nan"), val_curve=[])

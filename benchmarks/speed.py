@@ -116,7 +116,7 @@ def worker_train(mode: str, steps: int, warmup: int, device: str, bf16: bool, ba
     trainer.train()
     timed = clock.times[warmup - 1 :]
     result = {"steps_per_s": (len(timed) - 1) / (timed[-1] - timed[0]), "peak_mb": peak_memory_mb(device)}
-    range_test = getattr(getattr(trainer, "controller", None), "range_test", None)
+    range_test = getattr(trainer.lr_scheduler, "range_test", None)
     if range_test is not None:  # a one-off cost before the first step (inside the warm-up, not in steps/s)
         result["range_test_seconds"] = range_test.seconds
     return result
