@@ -1,26 +1,39 @@
-"""Schedules as Hub repos: atomic saving, strict loading with clear errors, the model cards.
+"""Schedules as Hub repos, for any schedule family: kill-safe saving, strict loading with clear errors, card rendering.
 
 A schedule repo holds ``config.json`` (architecture, recipe, provenance, library version),
-``model.safetensors`` (the learned weights), ``README.md`` (the model card, from a template in
-``hub_cards/``) and ``lr_response.png`` (the picture the card embeds). The same I/O serves both
-learned-schedule families, :class:`~mlrsnet_hf.MLRSNetSchedule` and :class:`~mlrsnet_hf.LRController`:
-each provides ``config``, ``weights()``, ``plot_preview(path)`` and ``generate_model_card()``.
+``model.safetensors`` (the learned weights, with a copy of the config in its metadata), ``README.md`` (the model
+card, from a template in ``hub_cards/``) and ``lr_response.png`` (the picture the card embeds).
+
+This module knows no schedule family. A family is a class with the :class:`ScheduleRepoMixin` (before
+``PyTorchModelHubMixin``, whose class keywords ``library_name``, ``tags``, ``paper_url``... are the card's
+metadata), a unique ``model_type``, and:
+
+* ``config`` (what ``config.json`` holds) and ``weights()`` (what ``model.safetensors`` holds);
+* ``plot_preview(path)`` (the card's picture) and ``plot_lr_history(lrs, path)`` (the LR of a training run);
+* ``generate_model_card(**kwargs)``, usually :func:`card_from_template` with the family's template;
+* optionally ``validate_weights(weights)``, raising ``ValueError`` for values the family cannot use.
+
+It registers itself with :func:`register_schedule_type`, so that :func:`load_any_schedule` finds it by the
+``model_type`` of a repo's ``config.json``.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import inspect
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_download
+from huggingface_hub import ModelCard, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HFValidationError,
@@ -28,16 +41,10 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-
-if TYPE_CHECKING:
-    from .lr_controller import LRController
-    from .schedule import MLRSNetSchedule
-
-    Schedule = MLRSNetSchedule | LRController
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -46,50 +53,111 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 PLOT_NAME = "lr_response.png"
 USED_PLOT_NAME = "lr_used.png"
-CARD_TEMPLATE = "mlrsnet_schedule.md"
-CONTROLLER_CARD_TEMPLATE = "lr_controller.md"
 _METADATA_KEYS = ("model_type", "library_name", "library_version")
+# Keys of the safetensors metadata: the config.json written with the weights, and the SHA-256 of the config.json
+# that this save replaced (absent when there was none). They let a load tell a config.json left stale by a killed
+# save (the weights are moved into place first) from one edited by hand.
+EMBEDDED_CONFIG_KEY = "config"
+REPLACED_CONFIG_KEY = "replaces_config_sha256"
+_TMP_MARK = ".tmp-"
+
+S = TypeVar("S", bound=type)
 
 
 class ScheduleFileError(OSError):
     """A schedule repo's file is missing, unreadable, corrupted or does not match the config."""
 
 
+# -------------------------------------------------------------------- registry
+_SCHEDULE_TYPES: dict[str, type] = {}
+_DEFAULT_TYPE: list[str] = []  # the model_type assumed for a config.json without one (set by a family)
+
+
+def register_schedule_type(cls: S | None = None, *, default: bool = False) -> S | Callable[[S], S]:
+    """Register a schedule family under its ``model_type`` (a class decorator, with or without arguments).
+
+    ``default=True``: a ``config.json`` without ``model_type`` is loaded as this family by :func:`load_any_schedule`.
+    """
+
+    def register(family: S) -> S:
+        model_type = getattr(family, "model_type", None)
+        if not isinstance(model_type, str) or not model_type:
+            raise TypeError(f"{family.__name__} needs a non-empty string class attribute model_type.")
+        known = _SCHEDULE_TYPES.get(model_type)
+        if known is not None and _qualified(known) != _qualified(family):  # the same class again (a reload) is fine
+            raise ValueError(f"model_type {model_type!r} is already registered for {_qualified(known)}.")
+        _SCHEDULE_TYPES[model_type] = family
+        if default:
+            _DEFAULT_TYPE[:] = [model_type]
+        return family
+
+    return register if cls is None else register(cls)
+
+
+def registered_schedule_types() -> dict[str, type]:
+    """``model_type`` -> family class, for every registered family."""
+    return dict(_SCHEDULE_TYPES)
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 # ---------------------------------------------------------------------- saving
-def save_schedule(
-    schedule: Schedule, save_directory: Path, lr_history: list[float] | None = None, **card_kwargs: Any
+def write_schedule_repo(
+    schedule: Any, save_directory: str | Path, lr_history: list[float] | None = None, **card_kwargs: Any
 ) -> None:
-    """Write the repo into a temporary sibling directory, then move the files into place.
+    """Write the repo so that a process killed at any point leaves the old repo or the new one, never a mix.
+
+    Everything is written into a temporary sibling directory first. A new directory is then one rename; into an
+    existing one the files are moved one by one, ``model.safetensors`` first (it carries the new config in its
+    metadata, so until ``config.json`` follows, loading uses that config), then ``config.json``, then the card and
+    pictures. Temporary directories left by a killed save are removed at the start of the next one. A
+    ``README.md`` not generated by this library is kept as it is.
 
     ``lr_history``, the LR of every optimizer step of a training run, adds ``lr_used.png`` to the repo and the card.
     """
-    from .plotting import plot_lr_curve
-
     save_directory = Path(save_directory)
     if save_directory.exists() and not save_directory.is_dir():
         raise NotADirectoryError(f"Cannot save a schedule to {save_directory}: it exists and is not a directory.")
+    save_directory.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_dirs(save_directory)
     keep_card = _is_foreign_card(save_directory / CARD_NAME)
     if keep_card:
         logger.info("Keeping %s: it was not generated by mlrsnet_hf.", save_directory / CARD_NAME)
 
-    save_directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{save_directory.name}.tmp-", dir=save_directory.parent))
+    config_text = json.dumps(schedule.config, indent=2, sort_keys=True) + "\n"
+    metadata = {"format": "pt", "mlrsnet_hf": __version__, EMBEDDED_CONFIG_KEY: config_text}
+    old_config = save_directory / CONFIG_NAME
+    if old_config.is_file():
+        metadata[REPLACED_CONFIG_KEY] = hashlib.sha256(old_config.read_bytes()).hexdigest()
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{save_directory.name}{_TMP_MARK}", dir=save_directory.parent))
     try:
-        (tmp / CONFIG_NAME).write_text(json.dumps(schedule.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        save_file(schedule.weights(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "mlrsnet_hf": __version__})
+        (tmp / CONFIG_NAME).write_text(config_text, encoding="utf-8")
+        save_file(schedule.weights(), str(tmp / WEIGHTS_NAME), metadata=metadata)
         schedule.plot_preview(tmp / PLOT_NAME)
         if lr_history:
-            plot_lr_curve(lr_history, tmp / USED_PLOT_NAME)
+            schedule.plot_lr_history(lr_history, tmp / USED_PLOT_NAME)
             card_kwargs["used_plot_name"] = USED_PLOT_NAME
         if not keep_card:
             schedule.generate_model_card(**card_kwargs).save(tmp / CARD_NAME)
         if not save_directory.exists():
-            os.replace(tmp, save_directory)
+            os.replace(tmp, save_directory)  # one rename: all or nothing
         else:
-            for path in tmp.iterdir():
-                os.replace(path, save_directory / path.name)
+            first = [WEIGHTS_NAME, CONFIG_NAME]
+            for name in first + sorted(p.name for p in tmp.iterdir() if p.name not in first):
+                os.replace(tmp / name, save_directory / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_temp_dirs(save_directory: Path) -> None:
+    """Remove the temporary siblings ``.<name>.tmp-*`` of ``save_directory`` that a killed save left behind."""
+    for stale in save_directory.parent.glob(f".{save_directory.name}{_TMP_MARK}*"):
+        if stale.is_dir() and not stale.is_symlink():
+            logger.info("Removing %s, left by an interrupted save.", stale)
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _is_foreign_card(path: Path) -> bool:
@@ -133,24 +201,33 @@ def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> Path:
         ) from e
 
 
-def read_config(path: Path, init_params: set[str], model_type: str = "mlrsnet_schedule") -> dict[str, Any]:
-    """Read and check ``config.json``: valid JSON, made for this kind of schedule, no unknown fields."""
+def parse_config(text: str, source: str, init_params: set[str], model_type: str) -> dict[str, Any]:
+    """Check a config (JSON text from ``source``): valid JSON, made for this kind of schedule, no unknown fields."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ScheduleFileError(f"{path} is not valid JSON ({e}).") from e
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ScheduleFileError(f"{source} is not valid JSON ({e}).") from e
     if not isinstance(config, dict):
-        raise ScheduleFileError(f"{path} must hold a JSON object, got {type(config).__name__}.")
+        raise ScheduleFileError(f"{source} must hold a JSON object, got {type(config).__name__}.")
     found = config.get("model_type")
     if found is not None and found != model_type:
-        raise ScheduleFileError(f"{path} is for model_type {found!r}, not {model_type!r}.")
+        raise ScheduleFileError(f"{source} is for model_type {found!r}, not {model_type!r}.")
     unknown = sorted(set(config) - init_params - set(_METADATA_KEYS))
     if unknown:
         raise ScheduleFileError(
-            f"{path} has unknown fields {unknown} (written by mlrsnet_hf {config.get('library_version', '?')}, "
+            f"{source} has unknown fields {unknown} (written by mlrsnet_hf {config.get('library_version', '?')}, "
             f"this is {__version__}): upgrade mlrsnet_hf or fix the file."
         )
     return {k: v for k, v in config.items() if k not in _METADATA_KEYS}
+
+
+def read_config(path: Path, init_params: set[str], model_type: str) -> dict[str, Any]:
+    """Read and check ``config.json`` (see :func:`parse_config`)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScheduleFileError(f"{path} is not valid JSON ({e}).") from e
+    return parse_config(text, str(path), init_params, model_type)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -160,23 +237,70 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ScheduleFileError(f"{path} is truncated or corrupted and cannot be read as safetensors ({e}).") from e
 
 
-def load_schedule(cls: type[Schedule], model_id: str, overrides: dict[str, Any], **download_kwargs: Any) -> Schedule:
+def read_weights_metadata(path: Path) -> dict[str, str]:
+    """The safetensors header's metadata (only the header is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ScheduleFileError(f"{path} is truncated or corrupted and cannot be read as safetensors ({e}).") from e
+
+
+def _newer_config(config_path: Path, weights_path: Path) -> str | None:
+    """The config embedded in the weights file when ``config_path`` was left stale by an interrupted save, else None.
+
+    ``config.json`` is stale when it differs from the embedded config and is exactly the file the save that wrote
+    the weights was replacing. A ``config.json`` edited by hand after a save stays authoritative.
+    """
+    metadata = read_weights_metadata(weights_path)
+    embedded = metadata.get(EMBEDDED_CONFIG_KEY)
+    if embedded is None:  # written before configs were embedded (or by another tool)
+        return None
+    try:
+        raw = config_path.read_bytes()
+    except OSError:
+        return None  # read_config reports it
+    try:
+        if json.loads(raw) == json.loads(embedded):
+            return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    if hashlib.sha256(raw).hexdigest() != metadata.get(REPLACED_CONFIG_KEY):
+        return None
+    logger.warning(
+        "%s is stale: a save was interrupted after writing %s. Loading the config embedded in %s (the newer "
+        "repo); save the schedule again to repair the directory.",
+        config_path,
+        weights_path.name,
+        weights_path,
+    )
+    return embedded
+
+
+def load_schedule(cls: type, model_id: str, overrides: dict[str, Any], **download_kwargs: Any) -> Any:
     """Build the schedule from ``config.json`` (plus ``overrides``) and load ``model.safetensors`` strictly."""
     init_params = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(overrides) - init_params)
     if unknown:
         raise TypeError(f"Unknown schedule options {unknown}; valid ones: {sorted(init_params)}.")
     config_path = resolve_file(model_id, CONFIG_NAME, **download_kwargs)
-    config = {**read_config(config_path, init_params, cls.model_type), **overrides}
+    weights_path = resolve_file(model_id, WEIGHTS_NAME, **download_kwargs)
+    embedded = _newer_config(config_path, weights_path)
+    if embedded is None:
+        source = str(config_path)
+        config = read_config(config_path, init_params, cls.model_type)
+    else:
+        source = f"the config embedded in {weights_path}"
+        config = parse_config(embedded, source, init_params, cls.model_type)
+    config = {**config, **overrides}
     try:
         # On the meta device first: a config.json asking for a huge network allocates nothing before the
         # weights file has been checked against it.
         with torch.device("meta"):
             skeleton = cls(**config)
     except (TypeError, ValueError) as e:
-        raise ScheduleFileError(f"{config_path} does not describe a valid schedule: {e}") from e
+        raise ScheduleFileError(f"{source} does not describe a valid schedule: {e}") from e
 
-    weights_path = resolve_file(model_id, WEIGHTS_NAME, **download_kwargs)
     weights = read_weights(weights_path)
     expected = skeleton.weights()
     missing = sorted(set(expected) - set(weights))
@@ -196,10 +320,14 @@ def load_schedule(cls: type[Schedule], model_id: str, overrides: dict[str, Any],
             )
             if part
         )
-        raise ScheduleFileError(f"{weights_path} does not match {config_path} ({skeleton.extra_repr()}): {details}.")
+        raise ScheduleFileError(f"{weights_path} does not match {source} ({skeleton.extra_repr()}): {details}.")
     bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
     if bad:
         raise ScheduleFileError(f"{weights_path} holds non-finite values in {bad}.")
+    try:
+        skeleton.validate_weights(weights)
+    except ValueError as e:
+        raise ScheduleFileError(f"{weights_path} holds unusable values: {e}") from e
     with torch.random.fork_rng(devices=[]):  # loading must not advance the caller's random stream
         schedule = cls(**config)
     if "_extra_state" in schedule.state_dict():
@@ -210,10 +338,29 @@ def load_schedule(cls: type[Schedule], model_id: str, overrides: dict[str, Any],
     return schedule
 
 
-class ScheduleRepoMixin:
-    """``save_pretrained`` / ``from_pretrained`` of a schedule repo (atomic save, strict load), shared by both
-    schedule families; listed before ``PyTorchModelHubMixin``, which keeps ``push_to_hub`` and the card metadata."""
+def load_any_schedule(model_id: str | Path, **kwargs: Any) -> Any:
+    """Load a schedule repo of any registered family, chosen by the ``model_type`` of its ``config.json``."""
+    path = resolve_file(str(model_id), CONFIG_NAME)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ScheduleFileError(f"{path} is not a valid schedule config ({e}).") from e
+    if not isinstance(config, dict):
+        raise ScheduleFileError(f"{path} is not a valid schedule config (a JSON {type(config).__name__}).")
+    model_type = config.get("model_type", _DEFAULT_TYPE[0] if _DEFAULT_TYPE else None)
+    if model_type not in _SCHEDULE_TYPES:
+        raise ScheduleFileError(
+            f"{path} is for model_type {model_type!r}: not a registered schedule family "
+            f"(registered: {sorted(_SCHEDULE_TYPES)})."
+        )
+    return _SCHEDULE_TYPES[model_type].from_pretrained(str(model_id), **kwargs)
 
+
+class ScheduleRepoMixin:
+    """``save_pretrained`` / ``from_pretrained`` of a schedule repo (kill-safe save, strict load), for every
+    schedule family; listed before ``PyTorchModelHubMixin``, which keeps ``push_to_hub`` and the card metadata."""
+
+    # Overrides the public method, not the mixin's _save_pretrained: the mixin writes config.json non-atomically.
     def save_pretrained(
         self,
         save_directory: str | Path,
@@ -226,13 +373,13 @@ class ScheduleRepoMixin:
     ) -> str | None:
         """Write the schedule repo: ``config.json``, ``model.safetensors``, ``README.md`` and ``lr_response.png``.
 
-        Files are written to a temporary directory next to ``save_directory`` and moved into place, so an
-        interrupted save never leaves a half-written file. A ``README.md`` not generated by this library
-        is kept as it is.
+        A save killed at any point leaves the old repo or the new one (see :func:`write_schedule_repo`). A
+        ``README.md`` not generated by this library is kept as it is. ``model_card_kwargs`` go to the card
+        template; ``lr_history`` among them (the LR of every step of a run) adds the picture ``lr_used.png``.
         """
         if config is not None:
             raise ValueError(f"{type(self).__name__} derives config.json from itself; do not pass config=.")
-        save_schedule(self, Path(save_directory), **(model_card_kwargs or {}))
+        write_schedule_repo(self, Path(save_directory), **(model_card_kwargs or {}))
         if push_to_hub:
             return self.push_to_hub(
                 repo_id or Path(save_directory).name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs
@@ -268,104 +415,34 @@ class ScheduleRepoMixin:
             revision=revision,
         )
 
+    def validate_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Raise ``ValueError`` if loaded (finite, well-shaped) weights hold values this family cannot use."""
+
 
 # ------------------------------------------------------------------ model card
-def render_model_card(schedule: MLRSNetSchedule, **template_kwargs: Any) -> ModelCard:
-    """The model card: YAML metadata (``library_name``, tags, datasets, ``model-index``) and the template."""
-    meta = schedule.meta_training
-    datasets = [meta["dataset"]] if meta.get("dataset") else None
-    results = meta.get("results") or {}
-    model_name = template_kwargs.pop("model_name", None) or meta.get("name") or "mlrsnet-schedule"
-    eval_results = (
-        [
-            EvalResult(
-                task_type=meta.get("task_type", "image-classification"),
-                dataset_type=meta["dataset"],
-                dataset_name=meta.get("dataset_name", meta["dataset"]),
-                metric_type=metric,
-                metric_value=float(value),
-            )
-            for metric, value in results.items()
-        ]
-        if datasets and results
-        else None
-    )
-    card_data = ModelCardData(
-        library_name="mlrsnet_hf",
-        tags=sorted({"mlrsnet", "learning-rate-schedule", "meta-learning", "pytorch_model_hub_mixin"}),
-        datasets=datasets,
-        metrics=sorted(results) or None,
-        model_name=model_name,
-        eval_results=eval_results,
-        license="apache-2.0",
-    )
-    return _card_from_template(
-        CARD_TEMPLATE,
-        card_data,
-        config=schedule.config,
-        stages=_stage_rows(schedule),
-        meta_training=meta,
-        results=results,
-        **template_kwargs,
-    )
+def card_from_template(
+    schedule: Any, template_name: str, card_data: dict[str, Any] | None = None, **template_kwargs: Any
+) -> ModelCard:
+    """Render ``hub_cards/<template_name>`` for ``schedule``.
 
-
-def _card_from_template(template_name: str, card_data: ModelCardData, **template_kwargs: Any) -> ModelCard:
-    """Render ``hub_cards/<template_name>`` with the card metadata, the picture and the library version."""
+    The card's metadata starts from what the class declares to ``PyTorchModelHubMixin`` (``library_name``,
+    ``tags``, ``license``...; a copy), updated with ``card_data`` (``datasets``, ``metrics``, ``eval_results``,
+    ``model_name``...). The template also gets the class's ``paper_url``/``repo_url``/``docs_url``, the picture's
+    name (``plot_name``), the library version and ``template_kwargs``.
+    """
+    info = schedule._hub_mixin_info
+    data = copy.deepcopy(info.model_card_data)
+    for key, value in (card_data or {}).items():
+        setattr(data, key, value)
     template = files("mlrsnet_hf.hub_cards").joinpath(template_name).read_text(encoding="utf-8")
     return ModelCard.from_template(
-        card_data,
+        data,
         template_str=template,
-        model_name=card_data.model_name,
+        model_name=data.model_name,
+        paper_url=info.paper_url,
+        repo_url=info.repo_url,
+        docs_url=info.docs_url,
         plot_name=PLOT_NAME,
         library_version=__version__,
         **template_kwargs,
     )
-
-
-def _stage_rows(schedule: MLRSNetSchedule) -> list[dict[str, str]]:
-    """One row per stage; for a trajectory schedule, where in its meta-training run each network was recorded."""
-    ends = [*schedule.stage_starts[1:], 1.0]
-    snapshots = schedule.meta_training.get("snapshots") or {}
-    steps, fractions = snapshots.get("steps", []), snapshots.get("fractions", [])
-    rows = []
-    for k, (start, end) in enumerate(zip(schedule.stage_starts, ends, strict=True)):
-        if k < len(steps):
-            recorded = f"step {steps[k]} ({fractions[k]:g} of the run)" if k < len(fractions) else f"step {steps[k]}"
-        else:
-            recorded = "end of the run" if steps else "-"
-        rows.append({"index": str(k), "start": f"{start:.3g}", "end": f"{end:.3g}", "recorded": recorded})
-    return rows
-
-
-def render_controller_card(controller: LRController, **template_kwargs: Any) -> ModelCard:
-    """The model card of an LR controller (``hub_cards/lr_controller.md``)."""
-    run = controller.training_run
-    model_name = template_kwargs.pop("model_name", None) or run.get("name") or "lr-controller"
-    datasets = [run["dataset"]] if run.get("dataset") else None
-    card_data = ModelCardData(
-        library_name="mlrsnet_hf",
-        tags=sorted({"lr-controller", "learning-rate-schedule", "reinforcement-learning", "pytorch_model_hub_mixin"}),
-        datasets=datasets,
-        model_name=model_name,
-        license="apache-2.0",
-    )
-    return _card_from_template(
-        CONTROLLER_CARD_TEMPLATE, card_data, config=controller.config, training_run=run, **template_kwargs
-    )
-
-
-def load_any_schedule(model_id: str | Path, **kwargs: Any) -> Schedule:
-    """Load a schedule repo of either family (:class:`MLRSNetSchedule` or :class:`LRController`) by its ``model_type``."""
-    from .lr_controller import LRController
-    from .schedule import MLRSNetSchedule
-
-    path = resolve_file(str(model_id), CONFIG_NAME)
-    try:
-        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type", MLRSNetSchedule.model_type)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-        raise ScheduleFileError(f"{path} is not a valid schedule config ({e}).") from e
-    classes = {cls.model_type: cls for cls in (MLRSNetSchedule, LRController)}
-    if model_type not in classes:
-        raise ScheduleFileError(f"{path} is for model_type {model_type!r}: not a schedule ({sorted(classes)}).")
-    return classes[model_type].from_pretrained(str(model_id), **kwargs)
