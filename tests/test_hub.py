@@ -298,7 +298,7 @@ def same_schedule(a, b) -> bool:
 @pytest.mark.parametrize("family", ["mlrsnet", "controller"])
 @pytest.mark.parametrize("existing", [True, False], ids=["over-a-repo", "new-directory"])
 def test_a_killed_save_leaves_the_old_or_the_new_repo(family, existing, tmp_path, monkeypatch, caplog):
-    import mlrsnet_hf.hub as hub
+    import mlrsnet_hf.repo_files as repo_files
 
     old, new = make_schedule(family, 0), make_schedule(family, 1)
     cls = type(new)
@@ -320,8 +320,8 @@ def test_a_killed_save_leaves_the_old_or_the_new_repo(family, existing, tmp_path
 
         caplog.clear()
         with monkeypatch.context() as m:
-            m.setattr(hub.os, "replace", replace)
-            m.setattr(hub.shutil, "rmtree", lambda *args, **kwargs: None)  # a killed process cleans nothing up
+            m.setattr(repo_files.os, "replace", replace)
+            m.setattr(repo_files.shutil, "rmtree", lambda *args, **kwargs: None)  # a killed process cleans nothing up
             try:
                 new.save_pretrained(out, model_card_kwargs={"lr_history": [0.1, 0.05, 0.02]})
                 killed = False
@@ -354,7 +354,7 @@ def test_a_killed_save_leaves_the_old_or_the_new_repo(family, existing, tmp_path
 
 
 def test_the_stale_config_is_named_once_and_repaired(tmp_path, monkeypatch, caplog):
-    import mlrsnet_hf.hub as hub
+    import mlrsnet_hf.repo_files as repo_files
 
     old, new = make_schedule("mlrsnet", 0), make_schedule("mlrsnet", 1)
     out = tmp_path / "repo"
@@ -367,16 +367,16 @@ def test_the_stale_config_is_named_once_and_repaired(tmp_path, monkeypatch, capl
         real_replace(src, dst)
 
     with monkeypatch.context() as m:
-        m.setattr(hub.os, "replace", replace)
-        m.setattr(hub.shutil, "rmtree", lambda *args, **kwargs: None)
+        m.setattr(repo_files.os, "replace", replace)
+        m.setattr(repo_files.shutil, "rmtree", lambda *args, **kwargs: None)
         with pytest.raises(Killed):
             new.save_pretrained(out)
-    with caplog.at_level("WARNING", logger="mlrsnet_hf.hub"):
+    with caplog.at_level("WARNING", logger="mlrsnet_hf.repo_files"):
         assert same_schedule(MLRSNetSchedule.from_pretrained(out), new)
     assert f"{out / 'config.json'} is stale" in caplog.text
     new.save_pretrained(out)
     caplog.clear()
-    with caplog.at_level("WARNING", logger="mlrsnet_hf.hub"):
+    with caplog.at_level("WARNING", logger="mlrsnet_hf.repo_files"):
         MLRSNetSchedule.from_pretrained(out)
     assert "stale" not in caplog.text and not list(tmp_path.glob(".repo.tmp-*"))
 
