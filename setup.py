@@ -4,7 +4,7 @@ from pathlib import Path
 from setuptools import setup
 
 here = Path(__file__).parent
-version = re.search(r'__version__ = "([^"]+)"', (here / "mlrsnet_hf" / "__init__.py").read_text()).group(1)
+version = re.search(r'__version__ = "([^"]+)"', (here / "mlrsnet_hf" / "version.py").read_text()).group(1)
 
 # the demo and the quality benchmark: bundled / generated real data, schedule-free baselines,
 # parameter-free rivals (Prodigy, D-Adaptation, DoG)

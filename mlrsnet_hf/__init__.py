@@ -1,7 +1,5 @@
 """mlrsnet_hf: learned, transferable learning-rate schedules (MLR-SNet) for the Hugging Face ecosystem."""
 
-__version__ = "0.1.0"
-
 from .callback import MLRSNetCallback  # noqa: E402
 from .config import MLRSNetConfig  # noqa: E402
 from .hub import ScheduleFileError  # noqa: E402
@@ -11,6 +9,7 @@ from .official import convert_official  # noqa: E402
 from .options import ScheduleOptions  # noqa: E402
 from .schedule import MLRSNetSchedule, auto_gamma  # noqa: E402
 from .trainer import MLRSNetTrainer  # noqa: E402
+from .version import __version__
 
 __all__ = [
     "LRController",

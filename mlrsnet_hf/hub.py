@@ -1,219 +1,122 @@
-"""Schedules as Hub repos: atomic saving, strict loading with clear errors, the model cards.
+"""Schedules as Hub repos, for any schedule family: ``save_pretrained``/``from_pretrained``, the family registry,
+card rendering. The files themselves (kill-safe writing, strict reading) are :mod:`mlrsnet_hf.repo_files`.
 
-A schedule repo holds ``config.json`` (architecture, recipe, provenance, library version),
-``model.safetensors`` (the learned weights), ``README.md`` (the model card, from a template in
-``hub_cards/``) and ``lr_response.png`` (the picture the card embeds). The same I/O serves both
-learned-schedule families, :class:`~mlrsnet_hf.MLRSNetSchedule` and :class:`~mlrsnet_hf.LRController`:
-each provides ``config``, ``weights()``, ``plot_preview(path)`` and ``generate_model_card()``.
+This module knows no schedule family. A family is a class with the :class:`ScheduleRepoMixin` (before
+``PyTorchModelHubMixin``, whose class keywords ``library_name``, ``tags``, ``paper_url``... are the card's
+metadata), a unique ``model_type``, and:
+
+* ``config`` (what ``config.json`` holds) and ``weights()`` (what ``model.safetensors`` holds);
+* ``plot_preview(path)`` (the card's picture) and ``plot_lr_history(lrs, path)`` (the LR of a training run);
+* ``generate_model_card(**kwargs)``, usually :func:`card_from_template` with the family's template;
+* optionally ``validate_weights(weights)``, raising ``ValueError`` for values the family cannot use.
+
+It registers itself with :func:`register_schedule_type`, so that :func:`load_any_schedule` finds it by the
+``model_type`` of a repo's ``config.json``.
 """
 
 from __future__ import annotations
 
-import inspect
+import copy
 import json
-import logging
-import os
-import shutil
-import tempfile
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
+from huggingface_hub import ModelCard
+
+from .repo_files import (
+    CARD_NAME,
+    CONFIG_NAME,
+    PLOT_NAME,
+    USED_PLOT_NAME,
+    WEIGHTS_NAME,
+    ScheduleFileError,
+    load_schedule,
+    resolve_file,
+    write_schedule_repo,
 )
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from .version import __version__
 
-from . import __version__
+__all__ = [
+    "CARD_NAME",
+    "CONFIG_NAME",
+    "PLOT_NAME",
+    "USED_PLOT_NAME",
+    "WEIGHTS_NAME",
+    "ScheduleFileError",
+    "ScheduleRepoMixin",
+    "card_from_template",
+    "load_any_schedule",
+    "load_schedule",
+    "register_schedule_type",
+    "registered_schedule_types",
+    "resolve_file",
+    "write_schedule_repo",
+]
 
-if TYPE_CHECKING:
-    from .lr_controller import LRController
-    from .schedule import MLRSNetSchedule
-
-    Schedule = MLRSNetSchedule | LRController
-
-logger = logging.getLogger(__name__)
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "README.md"
-PLOT_NAME = "lr_response.png"
-USED_PLOT_NAME = "lr_used.png"
-CARD_TEMPLATE = "mlrsnet_schedule.md"
-CONTROLLER_CARD_TEMPLATE = "lr_controller.md"
-_METADATA_KEYS = ("model_type", "library_name", "library_version")
-
-
-class ScheduleFileError(OSError):
-    """A schedule repo's file is missing, unreadable, corrupted or does not match the config."""
+S = TypeVar("S", bound=type)
 
 
-# ---------------------------------------------------------------------- saving
-def save_schedule(
-    schedule: Schedule, save_directory: Path, lr_history: list[float] | None = None, **card_kwargs: Any
-) -> None:
-    """Write the repo into a temporary sibling directory, then move the files into place.
+# -------------------------------------------------------------------- registry
+_SCHEDULE_TYPES: dict[str, type] = {}
+_DEFAULT_TYPE: list[str] = []  # the model_type assumed for a config.json without one (set by a family)
 
-    ``lr_history``, the LR of every optimizer step of a training run, adds ``lr_used.png`` to the repo and the card.
+
+def register_schedule_type(cls: S | None = None, *, default: bool = False) -> S | Callable[[S], S]:
+    """Register a schedule family under its ``model_type`` (a class decorator, with or without arguments).
+
+    ``default=True``: a ``config.json`` without ``model_type`` is loaded as this family by :func:`load_any_schedule`.
     """
-    from .plotting import plot_lr_curve
 
-    save_directory = Path(save_directory)
-    if save_directory.exists() and not save_directory.is_dir():
-        raise NotADirectoryError(f"Cannot save a schedule to {save_directory}: it exists and is not a directory.")
-    keep_card = _is_foreign_card(save_directory / CARD_NAME)
-    if keep_card:
-        logger.info("Keeping %s: it was not generated by mlrsnet_hf.", save_directory / CARD_NAME)
+    def register(family: S) -> S:
+        model_type = getattr(family, "model_type", None)
+        if not isinstance(model_type, str) or not model_type:
+            raise TypeError(f"{family.__name__} needs a non-empty string class attribute model_type.")
+        known = _SCHEDULE_TYPES.get(model_type)
+        if known is not None and _qualified(known) != _qualified(family):  # the same class again (a reload) is fine
+            raise ValueError(f"model_type {model_type!r} is already registered for {_qualified(known)}.")
+        _SCHEDULE_TYPES[model_type] = family
+        if default:
+            _DEFAULT_TYPE[:] = [model_type]
+        return family
 
-    save_directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{save_directory.name}.tmp-", dir=save_directory.parent))
-    try:
-        (tmp / CONFIG_NAME).write_text(json.dumps(schedule.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        save_file(schedule.weights(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "mlrsnet_hf": __version__})
-        schedule.plot_preview(tmp / PLOT_NAME)
-        if lr_history:
-            plot_lr_curve(lr_history, tmp / USED_PLOT_NAME)
-            card_kwargs["used_plot_name"] = USED_PLOT_NAME
-        if not keep_card:
-            schedule.generate_model_card(**card_kwargs).save(tmp / CARD_NAME)
-        if not save_directory.exists():
-            os.replace(tmp, save_directory)
-        else:
-            for path in tmp.iterdir():
-                os.replace(path, save_directory / path.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return register if cls is None else register(cls)
 
 
-def _is_foreign_card(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        return ModelCard.load(path).data.to_dict().get("library_name") != "mlrsnet_hf"
-    except Exception:  # an unparsable card is the user's, not ours
-        return True
+def registered_schedule_types() -> dict[str, type]:
+    """``model_type`` -> family class, for every registered family."""
+    return dict(_SCHEDULE_TYPES)
 
 
-# --------------------------------------------------------------------- loading
-def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> Path:
-    """Path of ``filename`` in a local schedule directory or a Hub repo (downloaded or from the HF cache)."""
-    if os.path.isdir(model_id):
-        path = Path(model_id) / filename
-        if not path.is_file():
-            raise ScheduleFileError(f"{path} is missing: {model_id} is not a complete schedule repo.")
-        return path
-    try:
-        return Path(hf_hub_download(repo_id=model_id, filename=filename, **download_kwargs))
-    except HFValidationError as e:
-        raise ScheduleFileError(
-            f"{model_id!r} is neither an existing local directory nor a valid Hub repo id ('org/name')."
-        ) from e
-    except LocalEntryNotFoundError as e:
-        raise ScheduleFileError(
-            f"Cannot load {filename} of schedule {model_id!r}: the Hub cannot be reached (offline or "
-            f"HF_HUB_OFFLINE=1) and the file is not in the local HF cache. Download it once on a machine "
-            f"with network (`hf download {model_id}`), or pass the path of a local schedule directory."
-        ) from e
-    except RepositoryNotFoundError as e:
-        raise ScheduleFileError(
-            f"No local directory and no Hub repo named {model_id!r} (or it is private: log in with `hf auth login`)."
-        ) from e
-    except RevisionNotFoundError as e:
-        raise ScheduleFileError(f"Revision {download_kwargs.get('revision')!r} not found in {model_id!r}.") from e
-    except EntryNotFoundError as e:
-        raise ScheduleFileError(
-            f"{model_id!r} has no {filename}: it is not a schedule repo made by mlrsnet_hf."
-        ) from e
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def read_config(path: Path, init_params: set[str], model_type: str = "mlrsnet_schedule") -> dict[str, Any]:
-    """Read and check ``config.json``: valid JSON, made for this kind of schedule, no unknown fields."""
+def load_any_schedule(model_id: str | Path, **kwargs: Any) -> Any:
+    """Load a schedule repo of any registered family, chosen by the ``model_type`` of its ``config.json``."""
+    path = resolve_file(str(model_id), CONFIG_NAME)
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ScheduleFileError(f"{path} is not valid JSON ({e}).") from e
+        raise ScheduleFileError(f"{path} is not a valid schedule config ({e}).") from e
     if not isinstance(config, dict):
-        raise ScheduleFileError(f"{path} must hold a JSON object, got {type(config).__name__}.")
-    found = config.get("model_type")
-    if found is not None and found != model_type:
-        raise ScheduleFileError(f"{path} is for model_type {found!r}, not {model_type!r}.")
-    unknown = sorted(set(config) - init_params - set(_METADATA_KEYS))
-    if unknown:
+        raise ScheduleFileError(f"{path} is not a valid schedule config (a JSON {type(config).__name__}).")
+    model_type = config.get("model_type", _DEFAULT_TYPE[0] if _DEFAULT_TYPE else None)
+    if model_type not in _SCHEDULE_TYPES:
         raise ScheduleFileError(
-            f"{path} has unknown fields {unknown} (written by mlrsnet_hf {config.get('library_version', '?')}, "
-            f"this is {__version__}): upgrade mlrsnet_hf or fix the file."
+            f"{path} is for model_type {model_type!r}: not a registered schedule family "
+            f"(registered: {sorted(_SCHEDULE_TYPES)})."
         )
-    return {k: v for k, v in config.items() if k not in _METADATA_KEYS}
-
-
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ScheduleFileError(f"{path} is truncated or corrupted and cannot be read as safetensors ({e}).") from e
-
-
-def load_schedule(cls: type[Schedule], model_id: str, overrides: dict[str, Any], **download_kwargs: Any) -> Schedule:
-    """Build the schedule from ``config.json`` (plus ``overrides``) and load ``model.safetensors`` strictly."""
-    init_params = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(overrides) - init_params)
-    if unknown:
-        raise TypeError(f"Unknown schedule options {unknown}; valid ones: {sorted(init_params)}.")
-    config_path = resolve_file(model_id, CONFIG_NAME, **download_kwargs)
-    config = {**read_config(config_path, init_params, cls.model_type), **overrides}
-    try:
-        # On the meta device first: a config.json asking for a huge network allocates nothing before the
-        # weights file has been checked against it.
-        with torch.device("meta"):
-            skeleton = cls(**config)
-    except (TypeError, ValueError) as e:
-        raise ScheduleFileError(f"{config_path} does not describe a valid schedule: {e}") from e
-
-    weights_path = resolve_file(model_id, WEIGHTS_NAME, **download_kwargs)
-    weights = read_weights(weights_path)
-    expected = skeleton.weights()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong_shape = [
-        f"{k}: file {tuple(weights[k].shape)} vs config {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in weights and weights[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong_shape:
-        details = "; ".join(
-            part
-            for part in (
-                f"missing {missing}" if missing else "",
-                f"unexpected {unexpected}" if unexpected else "",
-                f"shape mismatch {wrong_shape}" if wrong_shape else "",
-            )
-            if part
-        )
-        raise ScheduleFileError(f"{weights_path} does not match {config_path} ({skeleton.extra_repr()}): {details}.")
-    bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
-    if bad:
-        raise ScheduleFileError(f"{weights_path} holds non-finite values in {bad}.")
-    with torch.random.fork_rng(devices=[]):  # loading must not advance the caller's random stream
-        schedule = cls(**config)
-    if "_extra_state" in schedule.state_dict():
-        weights["_extra_state"] = schedule.get_extra_state()  # the runtime state starts fresh
-    schedule.load_state_dict(weights, strict=True)
-    schedule.eval()
-    schedule.name_or_path = model_id
-    return schedule
+    return _SCHEDULE_TYPES[model_type].from_pretrained(str(model_id), **kwargs)
 
 
 class ScheduleRepoMixin:
-    """``save_pretrained`` / ``from_pretrained`` of a schedule repo (atomic save, strict load), shared by both
-    schedule families; listed before ``PyTorchModelHubMixin``, which keeps ``push_to_hub`` and the card metadata."""
+    """``save_pretrained`` / ``from_pretrained`` of a schedule repo (kill-safe save, strict load), for every
+    schedule family; listed before ``PyTorchModelHubMixin``, which keeps ``push_to_hub`` and the card metadata."""
 
+    # Overrides the public method, not the mixin's _save_pretrained: the mixin writes config.json non-atomically.
     def save_pretrained(
         self,
         save_directory: str | Path,
@@ -226,13 +129,13 @@ class ScheduleRepoMixin:
     ) -> str | None:
         """Write the schedule repo: ``config.json``, ``model.safetensors``, ``README.md`` and ``lr_response.png``.
 
-        Files are written to a temporary directory next to ``save_directory`` and moved into place, so an
-        interrupted save never leaves a half-written file. A ``README.md`` not generated by this library
-        is kept as it is.
+        A save killed at any point leaves the old repo or the new one (see :func:`write_schedule_repo`). A
+        ``README.md`` not generated by this library is kept as it is. ``model_card_kwargs`` go to the card
+        template; ``lr_history`` among them (the LR of every step of a run) adds the picture ``lr_used.png``.
         """
         if config is not None:
             raise ValueError(f"{type(self).__name__} derives config.json from itself; do not pass config=.")
-        save_schedule(self, Path(save_directory), **(model_card_kwargs or {}))
+        write_schedule_repo(self, Path(save_directory), **(model_card_kwargs or {}))
         if push_to_hub:
             return self.push_to_hub(
                 repo_id or Path(save_directory).name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs
@@ -268,104 +171,34 @@ class ScheduleRepoMixin:
             revision=revision,
         )
 
+    def validate_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Raise ``ValueError`` if loaded (finite, well-shaped) weights hold values this family cannot use."""
+
 
 # ------------------------------------------------------------------ model card
-def render_model_card(schedule: MLRSNetSchedule, **template_kwargs: Any) -> ModelCard:
-    """The model card: YAML metadata (``library_name``, tags, datasets, ``model-index``) and the template."""
-    meta = schedule.meta_training
-    datasets = [meta["dataset"]] if meta.get("dataset") else None
-    results = meta.get("results") or {}
-    model_name = template_kwargs.pop("model_name", None) or meta.get("name") or "mlrsnet-schedule"
-    eval_results = (
-        [
-            EvalResult(
-                task_type=meta.get("task_type", "image-classification"),
-                dataset_type=meta["dataset"],
-                dataset_name=meta.get("dataset_name", meta["dataset"]),
-                metric_type=metric,
-                metric_value=float(value),
-            )
-            for metric, value in results.items()
-        ]
-        if datasets and results
-        else None
-    )
-    card_data = ModelCardData(
-        library_name="mlrsnet_hf",
-        tags=sorted({"mlrsnet", "learning-rate-schedule", "meta-learning", "pytorch_model_hub_mixin"}),
-        datasets=datasets,
-        metrics=sorted(results) or None,
-        model_name=model_name,
-        eval_results=eval_results,
-        license="apache-2.0",
-    )
-    return _card_from_template(
-        CARD_TEMPLATE,
-        card_data,
-        config=schedule.config,
-        stages=_stage_rows(schedule),
-        meta_training=meta,
-        results=results,
-        **template_kwargs,
-    )
+def card_from_template(
+    schedule: Any, template_name: str, card_data: dict[str, Any] | None = None, **template_kwargs: Any
+) -> ModelCard:
+    """Render ``hub_cards/<template_name>`` for ``schedule``.
 
-
-def _card_from_template(template_name: str, card_data: ModelCardData, **template_kwargs: Any) -> ModelCard:
-    """Render ``hub_cards/<template_name>`` with the card metadata, the picture and the library version."""
+    The card's metadata starts from what the class declares to ``PyTorchModelHubMixin`` (``library_name``,
+    ``tags``, ``license``...; a copy), updated with ``card_data`` (``datasets``, ``metrics``, ``eval_results``,
+    ``model_name``...). The template also gets the class's ``paper_url``/``repo_url``/``docs_url``, the picture's
+    name (``plot_name``), the library version and ``template_kwargs``.
+    """
+    info = schedule._hub_mixin_info
+    data = copy.deepcopy(info.model_card_data)
+    for key, value in (card_data or {}).items():
+        setattr(data, key, value)
     template = files("mlrsnet_hf.hub_cards").joinpath(template_name).read_text(encoding="utf-8")
     return ModelCard.from_template(
-        card_data,
+        data,
         template_str=template,
-        model_name=card_data.model_name,
+        model_name=data.model_name,
+        paper_url=info.paper_url,
+        repo_url=info.repo_url,
+        docs_url=info.docs_url,
         plot_name=PLOT_NAME,
         library_version=__version__,
         **template_kwargs,
     )
-
-
-def _stage_rows(schedule: MLRSNetSchedule) -> list[dict[str, str]]:
-    """One row per stage; for a trajectory schedule, where in its meta-training run each network was recorded."""
-    ends = [*schedule.stage_starts[1:], 1.0]
-    snapshots = schedule.meta_training.get("snapshots") or {}
-    steps, fractions = snapshots.get("steps", []), snapshots.get("fractions", [])
-    rows = []
-    for k, (start, end) in enumerate(zip(schedule.stage_starts, ends, strict=True)):
-        if k < len(steps):
-            recorded = f"step {steps[k]} ({fractions[k]:g} of the run)" if k < len(fractions) else f"step {steps[k]}"
-        else:
-            recorded = "end of the run" if steps else "-"
-        rows.append({"index": str(k), "start": f"{start:.3g}", "end": f"{end:.3g}", "recorded": recorded})
-    return rows
-
-
-def render_controller_card(controller: LRController, **template_kwargs: Any) -> ModelCard:
-    """The model card of an LR controller (``hub_cards/lr_controller.md``)."""
-    run = controller.training_run
-    model_name = template_kwargs.pop("model_name", None) or run.get("name") or "lr-controller"
-    datasets = [run["dataset"]] if run.get("dataset") else None
-    card_data = ModelCardData(
-        library_name="mlrsnet_hf",
-        tags=sorted({"lr-controller", "learning-rate-schedule", "reinforcement-learning", "pytorch_model_hub_mixin"}),
-        datasets=datasets,
-        model_name=model_name,
-        license="apache-2.0",
-    )
-    return _card_from_template(
-        CONTROLLER_CARD_TEMPLATE, card_data, config=controller.config, training_run=run, **template_kwargs
-    )
-
-
-def load_any_schedule(model_id: str | Path, **kwargs: Any) -> Schedule:
-    """Load a schedule repo of either family (:class:`MLRSNetSchedule` or :class:`LRController`) by its ``model_type``."""
-    from .lr_controller import LRController
-    from .schedule import MLRSNetSchedule
-
-    path = resolve_file(str(model_id), CONFIG_NAME)
-    try:
-        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type", MLRSNetSchedule.model_type)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-        raise ScheduleFileError(f"{path} is not a valid schedule config ({e}).") from e
-    classes = {cls.model_type: cls for cls in (MLRSNetSchedule, LRController)}
-    if model_type not in classes:
-        raise ScheduleFileError(f"{path} is for model_type {model_type!r}: not a schedule ({sorted(classes)}).")
-    return classes[model_type].from_pretrained(str(model_id), **kwargs)

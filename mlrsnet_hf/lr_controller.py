@@ -20,8 +20,8 @@ import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
-from . import __version__
-from .hub import ScheduleRepoMixin
+from .hub import ScheduleRepoMixin, card_from_template, register_schedule_type
+from .version import __version__
 
 FEATURES = (
     "train_loss",
@@ -103,11 +103,13 @@ def observe(
     return features, probs
 
 
+@register_schedule_type
 class LRController(
     nn.Module,
     ScheduleRepoMixin,
     PyTorchModelHubMixin,
     library_name="mlrsnet_hf",
+    license="apache-2.0",
     tags=["learning-rate-schedule", "lr-controller", "ppo", "reinforcement-learning"],
     paper_url="https://arxiv.org/abs/1909.09712",
 ):
@@ -236,14 +238,36 @@ class LRController(
             lrs.append(lr)
         return lrs
 
+    def validate_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """The frozen observation variance must be >= 0 (a negative one makes the policy act constantly)."""
+        if (weights["obs_var"] < 0).any():
+            raise ValueError(f"obs_var (the observation variance) must be >= 0, got {weights['obs_var'].tolist()}.")
+
+    # ----------------------------------------------------------------- Hub I/O
     def plot_preview(self, path: str | Path) -> None:
         """The repo's picture: the LR it sets along a typical decreasing loss, from its training LRs."""
-        from . import plotting
+        from .plotting import plot_controller_response
 
-        plotting.plot_controller_response(self, path)
+        plot_controller_response(self, path)
+
+    def plot_lr_history(self, lrs: list[float], path: str | Path) -> None:
+        """The LR of every optimizer step of a run (``lr_used.png``)."""
+        from .plotting import plot_lr_curve
+
+        plot_lr_curve(lrs, path)
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         """The repo's ``README.md``, rendered from ``hub_cards/lr_controller.md``."""
-        from .hub import render_controller_card
-
         return render_controller_card(self, **kwargs)
+
+
+def render_controller_card(controller: LRController, **template_kwargs: Any) -> ModelCard:
+    """The model card of an LR controller: the class's Hub metadata (tags, license, paper), datasets, the template."""
+    run = controller.training_run
+    card_data = {
+        "datasets": [run["dataset"]] if run.get("dataset") else None,
+        "model_name": template_kwargs.pop("model_name", None) or run.get("name") or "lr-controller",
+    }
+    return card_from_template(
+        controller, "lr_controller.md", card_data, config=controller.config, training_run=run, **template_kwargs
+    )

@@ -1,4 +1,9 @@
-"""Pictures of a schedule: its LR response to a loss curve."""
+"""Pictures of a schedule (its LR response to a loss curve) and of a training run, written to files.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly: no pyplot, no backend chosen or switched, so
+the user's matplotlib state is left alone. Imports nothing from the package at runtime (the schedules come in
+as arguments).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
+    from .lr_controller import LRController
     from .schedule import MLRSNetSchedule
 
 
@@ -46,7 +49,8 @@ def plot_lr_response(
     losses = list(losses) if losses is not None else typical_loss_curve(num_classes=num_classes)
     lrs = schedule.simulate(losses, num_classes=num_classes, base_lr=base_lr)
 
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, constrained_layout=True)
+    fig = Figure(figsize=(7, 5), layout="constrained")
+    ax_loss, ax_lr = fig.subplots(2, 1, sharex=True)
     steps = range(len(losses))
     ax_loss.plot(steps, losses, color="tab:gray")
     ax_loss.set_ylabel("training loss (input)")
@@ -71,13 +75,13 @@ def plot_lr_response(
         title or f"MLR-SNet LR response ({schedule.num_stages} stage(s), gamma={gamma}, C={num_classes})"
     )
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return lrs
 
 
 def plot_lr_curve(lrs: Sequence[float], path: str | Path, title: str = "LR used in training") -> None:
     """Plot the LR of every optimizer step of a run."""
-    fig, ax = plt.subplots(figsize=(7, 3), constrained_layout=True)
+    fig = Figure(figsize=(7, 3), layout="constrained")
+    ax = fig.subplots()
     ax.plot(range(len(lrs)), lrs, color="tab:blue")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
@@ -85,14 +89,14 @@ def plot_lr_curve(lrs: Sequence[float], path: str | Path, title: str = "LR used 
         ax.set_yscale("log")
     ax.set_title(title)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_training_curves(log_history: list[dict], path: str | Path) -> None:
     """Training loss and every evaluation metric against the optimizer step, from ``trainer.state.log_history``."""
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
     evals = sorted({k for h in log_history for k in h if k.startswith("eval_") and k not in _EVAL_BOOKKEEPING})
-    fig, axes = plt.subplots(1 + len(evals), 1, figsize=(7, 2.5 * (1 + len(evals))), sharex=True, squeeze=False)
+    fig = Figure(figsize=(7, 2.5 * (1 + len(evals))))
+    axes = fig.subplots(1 + len(evals), 1, sharex=True, squeeze=False)
     axes = axes[:, 0]
     if train:
         axes[0].plot(*zip(*train, strict=True), color="tab:gray")
@@ -104,13 +108,12 @@ def plot_training_curves(log_history: list[dict], path: str | Path) -> None:
     axes[-1].set_xlabel("optimizer step")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 _EVAL_BOOKKEEPING = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
 
 
-def plot_controller_response(controller, path: str | Path, num_steps: int | None = None) -> list[float]:
+def plot_controller_response(controller: LRController, path: str | Path, num_steps: int | None = None) -> list[float]:
     """Plot an LR controller's LR along :func:`typical_loss_curve`, from each of its training initial LRs.
 
     ``num_steps`` defaults to the length of its training episodes (else 1000).
@@ -118,7 +121,8 @@ def plot_controller_response(controller, path: str | Path, num_steps: int | None
     num_steps = num_steps or int(controller.training_run.get("episode_steps") or 1000)
     losses = typical_loss_curve(num_steps)
     initial = controller.training_run.get("initial_lrs") or [1e-3]
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, constrained_layout=True)
+    fig = Figure(figsize=(7, 5), layout="constrained")
+    ax_loss, ax_lr = fig.subplots(2, 1, sharex=True)
     ax_loss.plot(range(num_steps), losses, color="tab:gray")
     ax_loss.set_ylabel("training loss (input)")
     lrs: list[float] = []
@@ -131,5 +135,4 @@ def plot_controller_response(controller, path: str | Path, num_steps: int | None
     ax_lr.legend(fontsize=8)
     ax_loss.set_title("LR controller on a typical loss curve (other features at training means)", fontsize=10)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return lrs

@@ -37,16 +37,16 @@ import itertools
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import ModelCard, PyTorchModelHubMixin
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from . import __version__
-from .hub import ScheduleRepoMixin
+from .hub import register_schedule_type
 from .network import MLRSNet, MLRSNetState
+from .schedule_card import MLRSNetScheduleRepo
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +77,13 @@ def default_stage_starts(num_stages: int) -> list[float]:
     return [k / num_stages for k in range(num_stages)]
 
 
+@register_schedule_type(default=True)  # a config.json without model_type is an MLR-SNet schedule
 class MLRSNetSchedule(
     nn.Module,
-    ScheduleRepoMixin,
+    MLRSNetScheduleRepo,  # save / load / card / pictures (schedule_card.py)
     PyTorchModelHubMixin,
     library_name="mlrsnet_hf",
+    license="apache-2.0",
     tags=["mlrsnet", "learning-rate-schedule", "meta-learning"],
     paper_url="https://arxiv.org/abs/2007.14546",
 ):
@@ -423,16 +425,3 @@ class MLRSNetSchedule(
     def weights(self) -> dict[str, torch.Tensor]:
         """The learned parameters only (what ``model.safetensors`` holds)."""
         return {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.endswith("_extra_state")}
-
-    # ----------------------------------------------------------------- Hub I/O
-    def plot_preview(self, path: str | Path) -> None:
-        """The repo's picture: the LR response to a typical decreasing loss (``lr_response.png``)."""
-        from . import plotting
-
-        plotting.plot_lr_response(self, path)
-
-    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
-        """The repo's ``README.md``, rendered from ``hub_cards/mlrsnet_schedule.md``."""
-        from .hub import render_model_card
-
-        return render_model_card(self, **kwargs)

@@ -238,3 +238,219 @@ def test_offline_loading_from_the_hf_cache(repo, tmp_path):
     assert "loaded 3 sklearn/digits" in out.stdout
     assert "error: Cannot load config.json of schedule 'org/not-cached'" in out.stdout
     assert "hf download org/not-cached" in out.stdout
+
+
+def test_a_config_edited_by_hand_is_used(repo):
+    config_path = repo / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "gamma": 0.25}))
+    assert MLRSNetSchedule.from_pretrained(repo).gamma == 0.25  # not the config embedded in the weights
+
+
+@pytest.mark.parametrize("family", ["mlrsnet", "controller"])
+def test_card_metadata_is_what_the_class_declares(family, tmp_path):
+    from mlrsnet_hf import LRController
+
+    cls = MLRSNetSchedule if family == "mlrsnet" else LRController
+    cls().save_pretrained(tmp_path / "repo")
+    card = ModelCard.load(tmp_path / "repo" / "README.md")
+    declared = cls._hub_mixin_info.model_card_data
+    assert card.data.to_dict()["tags"] == declared.tags  # exactly: none added, none dropped
+    expected_tags = {
+        "mlrsnet": {"mlrsnet", "learning-rate-schedule", "meta-learning"},
+        "controller": {"learning-rate-schedule", "lr-controller", "ppo", "reinforcement-learning"},
+    }[family]
+    assert set(declared.tags) == expected_tags | {"model_hub_mixin", "pytorch_model_hub_mixin"}
+    assert card.data.library_name == declared.library_name == "mlrsnet_hf"
+    assert card.data.license == declared.license == "apache-2.0"
+    assert f"]({cls._hub_mixin_info.paper_url})" in card.text
+
+
+def test_lr_history_adds_the_picture_of_the_lrs_used(schedule, tmp_path):
+    schedule.save_pretrained(tmp_path / "repo", model_card_kwargs={"lr_history": [0.1, 0.08, 0.05, 0.02]})
+    assert {p.name for p in (tmp_path / "repo").iterdir()} == FILES | {"lr_used.png"}
+    assert "](lr_used.png)" in (tmp_path / "repo" / "README.md").read_text()
+
+
+class Killed(BaseException):
+    """A kill -9 in the middle of a save: no except clause catches it; the finally clauses are disabled below."""
+
+
+def make_schedule(family: str, seed: int):
+    from mlrsnet_hf import LRController
+
+    torch.manual_seed(seed)
+    if family == "mlrsnet":
+        return MLRSNetSchedule(hidden_size=8, num_stages=2, gamma=0.5 + seed, meta_training={"name": f"s{seed}"})
+    controller = LRController(max_change=0.05 * (seed + 1), training_run={"seed": seed})
+    with torch.no_grad():
+        controller.obs_var.fill_(seed + 1.0)
+    return controller
+
+
+def same_schedule(a, b) -> bool:
+    return (
+        a.config == b.config
+        and a.weights().keys() == b.weights().keys()
+        and all(torch.equal(v, b.weights()[k]) for k, v in a.weights().items())
+    )
+
+
+@pytest.mark.parametrize("family", ["mlrsnet", "controller"])
+@pytest.mark.parametrize("existing", [True, False], ids=["over-a-repo", "new-directory"])
+def test_a_killed_save_leaves_the_old_or_the_new_repo(family, existing, tmp_path, monkeypatch, caplog):
+    import mlrsnet_hf.repo_files as repo_files
+
+    old, new = make_schedule(family, 0), make_schedule(family, 1)
+    cls = type(new)
+    real_replace = os.replace
+    seen = []
+    for k in range(1, 20):
+        out = tmp_path / f"kill-at-{k}" / "repo"
+        if existing:
+            old.save_pretrained(out)
+        else:
+            out.parent.mkdir()
+        calls = []
+
+        def replace(src, dst, k=k, calls=calls):
+            calls.append(dst)
+            if len(calls) == k:
+                raise Killed
+            real_replace(src, dst)
+
+        caplog.clear()
+        with monkeypatch.context() as m:
+            m.setattr(repo_files.os, "replace", replace)
+            m.setattr(repo_files.shutil, "rmtree", lambda *args, **kwargs: None)  # a killed process cleans nothing up
+            try:
+                new.save_pretrained(out, model_card_kwargs={"lr_history": [0.1, 0.05, 0.02]})
+                killed = False
+            except Killed:
+                killed = True
+        if killed:  # the simulated kill left its temporary directory, as a real one would
+            assert len(list(out.parent.glob(".repo.tmp-*"))) == 1
+
+        if not out.exists():
+            assert not existing and killed
+            seen.append("none")
+        else:
+            loaded = cls.from_pretrained(out)
+            if same_schedule(loaded, new):
+                seen.append("new")
+            else:
+                assert existing and same_schedule(loaded, old), f"kill at rename {k}: a mixed repo"
+                seen.append("old")
+            if "is stale" in caplog.text:
+                assert f"{out / 'config.json'} is stale" in caplog.text and seen[-1] == "new"
+
+        # The next save repairs the directory and removes what the killed one left.
+        new.save_pretrained(out)
+        assert not list(out.parent.glob(".repo.tmp-*"))
+        assert same_schedule(cls.from_pretrained(out), new)
+        if not killed:
+            break
+    # Over a repo: weights, config.json, README.md, lr_response.png, lr_used.png, then no kill; else one rename.
+    assert seen == (["old", "new", "new", "new", "new", "new"] if existing else ["none", "new"])
+
+
+def test_the_stale_config_is_named_once_and_repaired(tmp_path, monkeypatch, caplog):
+    import mlrsnet_hf.repo_files as repo_files
+
+    old, new = make_schedule("mlrsnet", 0), make_schedule("mlrsnet", 1)
+    out = tmp_path / "repo"
+    old.save_pretrained(out)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "config.json":
+            raise Killed
+        real_replace(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(repo_files.os, "replace", replace)
+        m.setattr(repo_files.shutil, "rmtree", lambda *args, **kwargs: None)
+        with pytest.raises(Killed):
+            new.save_pretrained(out)
+    with caplog.at_level("WARNING", logger="mlrsnet_hf.repo_files"):
+        assert same_schedule(MLRSNetSchedule.from_pretrained(out), new)
+    assert f"{out / 'config.json'} is stale" in caplog.text
+    new.save_pretrained(out)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mlrsnet_hf.repo_files"):
+        MLRSNetSchedule.from_pretrained(out)
+    assert "stale" not in caplog.text and not list(tmp_path.glob(".repo.tmp-*"))
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_controller_with_unusable_obs_var_is_refused(bad, tmp_path):
+    from mlrsnet_hf import LRController
+
+    controller = LRController()
+    with torch.no_grad():
+        controller.obs_var[2] = bad
+    controller.save_pretrained(tmp_path / "controller")
+    with pytest.raises(ScheduleFileError, match=r"model\.safetensors .*obs_var"):
+        LRController.from_pretrained(tmp_path / "controller")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"obs_clip": -1.0}, "obs_clip must be a positive number"),
+        ({"obs_epsilon": 0.0}, "obs_epsilon must be a positive number"),
+        ({"hidden_sizes": [-1]}, "hidden_sizes must be integers >= 1"),
+        ({"decision_interval": 1.5}, "decision_interval must be an integer >= 1"),
+    ],
+)
+def test_controller_config_checks_name_the_file(edit, message, tmp_path):
+    from mlrsnet_hf import LRController
+
+    LRController().save_pretrained(tmp_path / "controller")
+    config_path = tmp_path / "controller" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **edit}))
+    with pytest.raises(ScheduleFileError, match=f"config.json does not describe a valid schedule: {message}"):
+        LRController.from_pretrained(tmp_path / "controller")
+
+
+def test_load_any_schedule_dispatches_through_the_registry(repo, tmp_path, monkeypatch):
+    import mlrsnet_hf.hub as hub
+    from mlrsnet_hf import LRController
+
+    assert {"mlrsnet_schedule": MLRSNetSchedule, "lr_controller": LRController}.items() <= (
+        hub.registered_schedule_types().items()
+    )
+    assert isinstance(hub.load_any_schedule(repo), MLRSNetSchedule)
+    config_path = repo / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({k: v for k, v in config.items() if k != "model_type"}))
+    assert isinstance(hub.load_any_schedule(repo), MLRSNetSchedule)  # the default family
+    config_path.write_text(json.dumps({**config, "model_type": "bert"}))
+    with pytest.raises(
+        ScheduleFileError, match=r"model_type 'bert'.*registered: \['lr_controller', 'mlrsnet_schedule'"
+    ):
+        hub.load_any_schedule(repo)
+
+    monkeypatch.setattr(hub, "_SCHEDULE_TYPES", dict(hub._SCHEDULE_TYPES))
+    with pytest.raises(ValueError, match="already registered"):
+        hub.register_schedule_type(type("Impostor", (), {"model_type": "mlrsnet_schedule"}))
+    with pytest.raises(TypeError, match="model_type"):
+        hub.register_schedule_type(type("Nameless", (), {}))
+
+
+BACKEND_SCRIPT = """
+import sys, tempfile
+import matplotlib
+import mlrsnet_hf
+d = tempfile.mkdtemp()
+mlrsnet_hf.MLRSNetSchedule().save_pretrained(d + "/s", model_card_kwargs={"lr_history": [0.1, 0.05]})
+mlrsnet_hf.LRController().save_pretrained(d + "/c")
+print("pyplot" if "matplotlib.pyplot" in sys.modules else "no pyplot")
+print(matplotlib.get_backend())
+"""
+
+
+def test_saving_leaves_matplotlib_alone(tmp_path):
+    env = {**os.environ, "MPLBACKEND": "svg", "MPLCONFIGDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["no", "pyplot", "svg"]

@@ -1,0 +1,166 @@
+"""The package's import structure: no circle among its modules, no import of the package root from inside it,
+every module importable on its own, and the Hub layer and plotting free of the schedule families."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mlrsnet_hf
+
+PACKAGE = "mlrsnet_hf"
+ROOT = Path(mlrsnet_hf.__file__).parent
+
+
+def module_files() -> dict[str, Path]:
+    """Dotted module name -> source file, for every module of the package (subpackages included)."""
+    modules = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join([PACKAGE, *parts])] = path
+    return modules
+
+
+MODULES = module_files()
+
+
+def is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def import_nodes(tree: ast.AST):
+    """Every import statement, inside functions and classes too, except under ``if TYPE_CHECKING:``."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and is_type_checking(node):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def imports_of(name: str, path: Path) -> list[tuple[str, int, bool]]:
+    """``(imported package module, line, is 'from <package root> import X' of a non-module X)`` for ``name``."""
+    is_package = path.name == "__init__.py"
+    here = name if is_package else name.rpartition(".")[0]
+    found = []
+    for node in import_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(a.name, node.lineno, False) for a in node.names if a.name.split(".")[0] == PACKAGE]
+            continue
+        if node.level:
+            base = here.split(".")
+            base = base[: len(base) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+        else:
+            target = node.module or ""
+        if target.split(".")[0] != PACKAGE:
+            continue
+        for alias in node.names:
+            sub = f"{target}.{alias.name}"
+            if sub in MODULES:  # `from .pkg import module`: the module itself
+                found.append((sub, node.lineno, False))
+            else:  # `from .module import name`: the module; from the package root: an import running back up
+                found.append((target, node.lineno, target == PACKAGE))
+    return found
+
+
+GRAPH = {name: imports_of(name, path) for name, path in MODULES.items()}
+
+
+def test_no_import_of_the_package_root_from_inside():
+    offenders = [
+        f"{MODULES[name].relative_to(ROOT.parent)}:{line}"
+        for name, edges in GRAPH.items()
+        if name != PACKAGE
+        for target, line, root_import in edges
+        if root_import or target == PACKAGE
+    ]
+    assert not offenders, f"imports of the package root from inside it: {offenders}"
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle():
+    # Imports inside functions count: they only hide a circle. The package root importing its modules is not a
+    # cycle (modules do not import the root, checked above).
+    graph = {name: {t for t, _, _ in edges if t != name and t != PACKAGE} for name, edges in GRAPH.items()}
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_cycle_finder_sees_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def reaches(start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for target, _, _ in GRAPH.get(todo.pop(), []):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def test_hub_knows_no_family_and_plotting_imports_nothing():
+    assert not reaches(f"{PACKAGE}.hub") & {
+        f"{PACKAGE}.schedule",
+        f"{PACKAGE}.schedule_card",
+        f"{PACKAGE}.lr_controller",
+        f"{PACKAGE}.plotting",
+    }
+    assert not GRAPH[f"{PACKAGE}.plotting"], "plotting imports from the package at runtime"
+
+
+@pytest.mark.slow  # one fresh interpreter per module; the import graph checks above run by default
+@pytest.mark.parametrize("module", [m for m in MODULES if m != PACKAGE and ".metric_modules." not in m])
+def test_each_module_imports_alone(module):
+    out = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_no_pyplot_and_no_backend_switch_in_the_package():
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                assert not any("pyplot" in a.name for a in node.names), f"{name}:{node.lineno} imports pyplot"
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or "", *(a.name for a in node.names)]
+                assert not any("pyplot" in n for n in names), f"{name}:{node.lineno} imports pyplot"
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "use":
+                target = node.func.value
+                assert not (isinstance(target, ast.Name) and target.id in {"matplotlib", "mpl"}), (
+                    f"{name}:{node.lineno} switches the matplotlib backend"
+                )
