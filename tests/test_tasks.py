@@ -11,7 +11,7 @@ from hub_data import write_hub_layout
 
 from mlrsnet_hf import LRController, MLRSNetSchedule
 from mlrsnet_hf.cli import main
-from mlrsnet_hf.tasks import PRESETS, parse
+from mlrsnet_hf.experiments.tasks import PRESETS, parse
 
 QUICK = ["--max_steps", "4", "--logging_steps", "1", "--use_cpu", "--disable_tqdm", "true", "--save_strategy", "no"]
 
