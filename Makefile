@@ -1,5 +1,5 @@
 # `make demo` / `make test` set up .venv (idempotently) and run the main job / the test suite;
-# `make test-slow` runs the long end-to-end tests (the benchmarks' and the demo's quick runs) that `make test` leaves out.
+# `make test-slow` runs the long end-to-end tests (benchmark and demo quick runs) that `make test` leaves out.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -1,4 +1,4 @@
-"""The paper's experiments on top of the core: its tasks, data, networks and metrics, and the PPO controller's training.
+"""The paper's experiments on top of the core: its tasks, data, networks, metrics, and the PPO controller's training.
 
     presets and runs      :mod:`.tasks` (``mlrsnet meta-train / transfer / train-controller``, the examples)
     data                  :mod:`.data` (image sets and the meta split, PTB; the demo's digits and PTB text)
