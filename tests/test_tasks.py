@@ -65,7 +65,7 @@ def test_meta_train_example_then_transfer_to_text(tmp_path):
 
 
 def test_meta_train_preset_in_process_writes_a_schedule_repo(tmp_path, capsys):
-    """`mlrsnet meta-train` on a preset, in-process and tiny: the fast twin of the example's end-to-end run above."""
+    """`mlrsnet meta-train` on a preset, in-process and tiny: the fast twin of the end-to-end runs (slow) here."""
     data = write_hub_layout(tmp_path / "cifar10", "cifar10", n_train=60, n_test=16)
     out = tmp_path / "schedule"
     code = main(
@@ -89,6 +89,7 @@ def test_cli_errors(tmp_path, capsys):
     assert "cifar10-resnet18" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_train_controller_then_transfer_it(tmp_path, capsys):
     """`mlrsnet train-controller` writes a controller repo; `mlrsnet transfer` trains with it (Adam, from 1e-3)."""
     data = write_hub_layout(tmp_path / "cifar10", "cifar10", n_train=200, n_test=40)
