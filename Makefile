@@ -1,11 +1,12 @@
-# `make demo` / `make test` set up .venv (idempotently) and run the main job / the test suite.
+# `make demo` / `make test` set up .venv (idempotently) and run the main job / the test suite;
+# `make test-slow` runs the long end-to-end tests (benchmark and demo quick runs) that `make test` leaves out.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_output
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv demo test test-slow lint format clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ lint: venv
 
 test: lint
 	$(PY) -m pytest
+
+test-slow: venv
+	$(PY) -m pytest -m slow
 
 format: venv
 	$(VENV)/bin/ruff check --fix .

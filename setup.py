@@ -28,9 +28,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     # hub_cards/ (the model card templates) lives at the top level and ships inside the package.
-    packages=["mlrsnet_hf", "mlrsnet_hf.hub_cards", "mlrsnet_hf.metric_modules"],
+    packages=["mlrsnet_hf", "mlrsnet_hf.hub_cards", "mlrsnet_hf.experiments", "mlrsnet_hf.experiments.metric_modules"],
     package_dir={"mlrsnet_hf.hub_cards": "hub_cards"},
-    package_data={"mlrsnet_hf.hub_cards": ["*.md"], "mlrsnet_hf.metric_modules": ["*/*.py"]},
+    package_data={"mlrsnet_hf.hub_cards": ["*.md"], "mlrsnet_hf.experiments.metric_modules": ["*/*.py"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0",

@@ -75,13 +75,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
+from toys import MNIST1DCNN, mnist1d_splits, small_gpt2_lm  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, convert_official  # noqa: E402
-from mlrsnet_hf.data import digits_splits, mnist1d_splits, ptb_small_splits  # noqa: E402
-from mlrsnet_hf.metrics import accuracy_metrics, perplexity_metrics  # noqa: E402
-from mlrsnet_hf.models import MNIST1DCNN, DigitsCNN, lstm_lm, small_gpt2_lm  # noqa: E402
+from mlrsnet_hf.experiments.data import digits_splits, ptb_small_splits  # noqa: E402
+from mlrsnet_hf.experiments.language_models import lstm_lm  # noqa: E402
+from mlrsnet_hf.experiments.metrics import accuracy_metrics, perplexity_metrics  # noqa: E402
+from mlrsnet_hf.experiments.vision_models import DigitsCNN  # noqa: E402
 
 logger = logging.getLogger("quality")
 REPO = Path(__file__).resolve().parents[1]
@@ -521,7 +523,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 def train_controller_job(job: dict[str, Any], task: Task, data: dict[str, Any]) -> dict[str, Any]:
     """Train the PPO LR controller on a task (seed 0) and save it; the record holds its wall time."""
-    from mlrsnet_hf.controller_env import LRControlEnv, train_controller
+    from mlrsnet_hf.experiments.controller_env import LRControlEnv, train_controller
 
     settings = CONTROLLER_SETTINGS
     interval = 4 if job["quick"] else settings["decision_interval"]

@@ -31,9 +31,10 @@ import torch  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, convert_official  # noqa: E402
-from mlrsnet_hf.data import digits_splits, ptb_small_splits  # noqa: E402
-from mlrsnet_hf.metrics import accuracy_metrics, perplexity_metrics  # noqa: E402
-from mlrsnet_hf.models import DigitsCNN, DigitsMLP, lstm_lm  # noqa: E402
+from mlrsnet_hf.experiments.data import digits_splits, ptb_small_splits  # noqa: E402
+from mlrsnet_hf.experiments.language_models import lstm_lm  # noqa: E402
+from mlrsnet_hf.experiments.metrics import accuracy_metrics, perplexity_metrics  # noqa: E402
+from mlrsnet_hf.experiments.vision_models import DigitsCNN, DigitsMLP  # noqa: E402
 
 logger = logging.getLogger("demo")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -10,7 +10,7 @@ Every MLRSNetConfig / TrainingArguments flag works (e.g. --max_steps 6 --per_dev
 
 import sys
 
-from mlrsnet_hf.tasks import run
+from mlrsnet_hf.experiments.tasks import run
 
 if __name__ == "__main__":
     run(sys.argv[1:], meta_train=True)

@@ -11,7 +11,7 @@ Same code as `mlrsnet train-controller`; see `mlrsnet train-controller --help` f
 import json
 import sys
 
-from mlrsnet_hf.tasks import train_controller_run
+from mlrsnet_hf.experiments.tasks import train_controller_run
 
 if __name__ == "__main__":
     print(json.dumps(train_controller_run(sys.argv[1:]), indent=2))

@@ -8,7 +8,7 @@ Same code as `mlrsnet transfer`; every MLRSNetConfig / TrainingArguments flag wo
 
 import sys
 
-from mlrsnet_hf.tasks import run
+from mlrsnet_hf.experiments.tasks import run
 
 if __name__ == "__main__":
     run(sys.argv[1:], meta_train=False)

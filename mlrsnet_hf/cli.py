@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("meta-train", "transfer", "train-controller"):
         # These take every MLRSNetConfig / TrainingArguments flag: HfArgumentParser parses them.
-        from .tasks import PRESETS, run, train_controller_run
+        from .experiments.tasks import PRESETS, run, train_controller_run
 
         if len(argv) == 1 or argv[1] in ("-h", "--help"):
             print(__doc__)

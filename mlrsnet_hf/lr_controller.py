@@ -4,7 +4,7 @@ Every ``decision_interval`` optimizer steps the controller observes 7 features o
 (:data:`FEATURES`), normalises them with running statistics frozen at the end of its training, and acts
 on the LR: ``discrete`` (decrease / keep / increase by ``max_change``) or ``continuous`` (a factor
 ``1 + max_change * a`` with ``a`` in [-1, 1]). The policy is the actor of a PPO actor-critic (two hidden
-layers of 32, tanh), trained in :mod:`mlrsnet_hf.controller_env`; this module holds what a trained
+layers of 32, tanh), trained in :mod:`mlrsnet_hf.experiments.controller_env`; this module holds what a trained
 controller needs at use time, and saves / loads / pushes as a Hub repo like an MLR-SNet schedule.
 """
 

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from mlrsnet_hf import MLRSNetSchedule
-from mlrsnet_hf.data import EOS, build_vocabulary, load_ptb
+from mlrsnet_hf.experiments.data import EOS, build_vocabulary, load_ptb
 
 PTB = SHARED / "data" / "ptb"
 

@@ -76,6 +76,7 @@ def test_carry_over_summary_tables():
     assert "†" not in quality.to_markdown(quality.summarise([record], ["digits-cnn"]))
 
 
+@pytest.mark.slow
 def test_skip_and_reuse_cli(tmp_path):
     """Only the rows not skipped run; the skipped ones come from the reused JSON, marked; bad flags fail early."""
     keep = {"SGD fixed", "SGD 0.1 cosine (untuned default)"}

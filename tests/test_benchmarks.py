@@ -1,4 +1,4 @@
-"""Smoke test: the speed benchmark's --quick mode runs and records its figures."""
+"""Smoke tests of the speed and quality benchmarks' --quick modes (slow: `pytest -m slow`, `make test-slow`)."""
 
 import json
 import math
@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO, SHARED
 
 
+@pytest.mark.slow
 def test_speed_benchmark_quick(tmp_path):
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--quick", "--device", "cpu", "--out", str(tmp_path)],
@@ -29,6 +30,7 @@ def test_speed_benchmark_quick(tmp_path):
     assert "| transfer |" in (tmp_path / "speed_cpu_quick.md").read_text()
 
 
+@pytest.mark.slow
 def test_quality_benchmark_quick(tmp_path):
     """Every schedule runs on an image and a text task; LR sequences are the documented ones; reruns resume."""
     tasks = ["digits-cnn"] + (["ptb-lstm"] if (SHARED / "data" / "ptb" / "ptb.valid.txt").is_file() else [])

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from importlib.metadata import entry_points
 
+import pytest
 import torch
 from conftest import CHECKPOINTS, REPO, SHARED
 from PIL import Image
@@ -54,6 +55,7 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     assert "expected a JSON list of numbers" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_reduced_budget(tmp_path):
     """The main job's pieces on a reduced budget: schedule repo, transfers, baselines, table and plots."""
     out = subprocess.run(

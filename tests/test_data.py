@@ -5,7 +5,7 @@ import pytest
 import torch
 from hub_data import LAYOUTS, write_hub_layout
 
-from mlrsnet_hf.data import IMAGE_DATASETS, balanced_split, load_image_dataset, random_crop_flip, to_tensor
+from mlrsnet_hf.experiments.data import IMAGE_DATASETS, balanced_split, load_image_dataset, random_crop_flip, to_tensor
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))

@@ -9,9 +9,9 @@ from datasets import Dataset
 from test_trainer import Recorder
 
 from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
-from mlrsnet_hf.data import EOS, LMChunks, build_vocabulary, encode, load_ptb, load_ptb_lm
+from mlrsnet_hf.experiments.data import EOS, LMChunks, build_vocabulary, encode, load_ptb, load_ptb_lm
+from mlrsnet_hf.experiments.language_models import lstm_lm
 from mlrsnet_hf.meta_gradient import meta_loss
-from mlrsnet_hf.models import lstm_lm
 
 PTB = SHARED / "data" / "ptb"
 

@@ -9,7 +9,7 @@ from tiny import DigitsNet, digits
 
 pytest.importorskip("stable_baselines3", reason="the [ppo] extra (stable-baselines3) is not installed")
 
-from mlrsnet_hf.controller_env import LRControlEnv, train_controller  # noqa: E402
+from mlrsnet_hf.experiments.controller_env import LRControlEnv, train_controller  # noqa: E402
 from mlrsnet_hf.lr_controller import FEATURES, LRController, next_lr, observe  # noqa: E402
 
 

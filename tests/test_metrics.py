@@ -7,9 +7,9 @@ import torch
 from tiny import DigitsNet, digits
 from transformers import Trainer, TrainingArguments
 
-from mlrsnet_hf.data import LMChunks
-from mlrsnet_hf.metrics import accuracy_metrics, load_metric, perplexity_metrics
-from mlrsnet_hf.models import lstm_lm
+from mlrsnet_hf.experiments.data import LMChunks
+from mlrsnet_hf.experiments.language_models import lstm_lm
+from mlrsnet_hf.experiments.metrics import accuracy_metrics, load_metric, perplexity_metrics
 
 
 def args(tmp_path, **kwargs):

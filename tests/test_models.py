@@ -5,8 +5,14 @@ import torch
 from hub_data import write_hub_layout
 
 from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
-from mlrsnet_hf.data import load_image_dataset
-from mlrsnet_hf.models import CifarNetConfig, CifarNetForImageClassification, cifar_net, cifar_resnet18, wide_resnet
+from mlrsnet_hf.experiments.data import load_image_dataset
+from mlrsnet_hf.experiments.vision_models import (
+    CifarNetConfig,
+    CifarNetForImageClassification,
+    cifar_net,
+    cifar_resnet18,
+    wide_resnet,
+)
 
 
 def test_parameter_counts_match_the_standard_architectures():

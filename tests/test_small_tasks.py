@@ -1,13 +1,18 @@
-"""The small real tasks of the demo and the quality benchmark: digits, MNIST-1D, PTB text, their networks."""
+"""The small real tasks of the demo (mlrsnet_hf.experiments) and of the quality benchmark (benchmarks/toys.py)."""
+
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED
+from conftest import REPO, SHARED
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from mlrsnet_hf.data import digits_splits, mnist1d_splits, ptb_small_splits
-from mlrsnet_hf.models import MNIST1DCNN, DigitsCNN, DigitsMLP, ShiftedLabelsLM, small_gpt2_lm
+from mlrsnet_hf.experiments.data import digits_splits, ptb_small_splits
+from mlrsnet_hf.experiments.vision_models import DigitsCNN, DigitsMLP
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from toys import MNIST1DCNN, ShiftedLabelsLM, mnist1d_splits, small_gpt2_lm  # noqa: E402
 
 PTB = SHARED / "data" / "ptb"
 

@@ -11,7 +11,7 @@ from hub_data import write_hub_layout
 
 from mlrsnet_hf import LRController, MLRSNetSchedule
 from mlrsnet_hf.cli import main
-from mlrsnet_hf.tasks import PRESETS, parse
+from mlrsnet_hf.experiments.tasks import PRESETS, parse
 
 QUICK = ["--max_steps", "4", "--logging_steps", "1", "--use_cpu", "--disable_tqdm", "true", "--save_strategy", "no"]
 
@@ -27,6 +27,7 @@ def test_presets_are_the_paper_recipes():
     assert set(PRESETS) >= {"cifar10-resnet18", "cifar100-wrn28-10", "ptb-lstm2", "ptb-lstm3"}
 
 
+@pytest.mark.slow
 def test_meta_train_example_then_transfer_to_text(tmp_path):
     data = write_hub_layout(tmp_path / "cifar10", "cifar10", n_train=300, n_test=40)
     out = tmp_path / "schedule"
@@ -63,6 +64,22 @@ def test_meta_train_example_then_transfer_to_text(tmp_path):
     assert all(0 < lr < 40 for lr in metrics["learning_rates"])  # gamma 40 (the paper's text setting) times p
 
 
+def test_meta_train_preset_in_process_writes_a_schedule_repo(tmp_path, capsys):
+    """`mlrsnet meta-train` on a preset, in-process and tiny: the fast twin of the end-to-end runs (slow) here."""
+    data = write_hub_layout(tmp_path / "cifar10", "cifar10", n_train=60, n_test=16)
+    out = tmp_path / "schedule"
+    code = main(
+        ["meta-train", "--task", "cifar10-resnet18", "--dataset", str(data), "--output_dir", str(out),
+         "--per_device_train_batch_size", "4", "--meta_size", "20", "--meta_update_interval", "2", *QUICK]
+    )  # fmt: skip
+    assert code == 0
+    schedule = MLRSNetSchedule.from_pretrained(out)
+    assert schedule.meta_training["task"] == "cifar10-resnet18" and schedule.meta_training["num_classes"] == 10
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["eval_accuracy"] <= 1 and len(metrics["learning_rates"]) == 4
+    assert (out / "model" / "config.json").is_file()
+
+
 def test_cli_errors(tmp_path, capsys):
     assert main(["transfer", "--task", "cifar10-resnet18", "--output_dir", str(tmp_path)]) == 1
     assert "transfer needs --schedule" in capsys.readouterr().err
@@ -72,6 +89,7 @@ def test_cli_errors(tmp_path, capsys):
     assert "cifar10-resnet18" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_train_controller_then_transfer_it(tmp_path, capsys):
     """`mlrsnet train-controller` writes a controller repo; `mlrsnet transfer` trains with it (Adam, from 1e-3)."""
     data = write_hub_layout(tmp_path / "cifar10", "cifar10", n_train=200, n_test=40)

@@ -9,7 +9,7 @@ flag given on the command line wins). ``meta-train`` writes a schedule repo to `
 (loadable with ``MLRSNetSchedule.from_pretrained``) with the trained task model in ``OUT/model``;
 ``transfer`` trains with a learned schedule. Both write ``metrics.json`` and plots of the LR and of
 the metrics into ``--output_dir``. ``train-controller`` trains a PPO LR controller on the preset's
-data (episodes of child training with Adam, see :mod:`mlrsnet_hf.controller_env`) and writes it as a
+data (episodes of child training with Adam, see :mod:`mlrsnet_hf.experiments.controller_env`) and writes it as a
 schedule repo; ``transfer --schedule OUT`` then uses it (with ``--optim adamw_torch``, as it was trained).
 """
 
@@ -28,12 +28,13 @@ from torch import nn
 from torch.utils.data import Subset
 from transformers import HfArgumentParser, set_seed
 
-from .config import MLRSNetConfig
+from ..config import MLRSNetConfig
+from ..plotting import plot_lr_curve, plot_training_curves
+from ..trainer import MLRSNetTrainer
 from .data import load_image_dataset, load_ptb_lm
+from .language_models import lstm_lm
 from .metrics import accuracy_metrics, perplexity_metrics
-from .models import cifar_net, lstm_lm, wide_resnet
-from .plotting import plot_lr_curve, plot_training_curves
-from .trainer import MLRSNetTrainer
+from .vision_models import cifar_net, wide_resnet
 
 logger = logging.getLogger(__name__)
 

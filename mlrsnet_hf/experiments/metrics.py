@@ -21,7 +21,7 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
     try:
         return evaluate.load(name)
     except (FileNotFoundError, ConnectionError, OSError) as e:
-        local = files("mlrsnet_hf.metric_modules").joinpath(name)
+        local = files("mlrsnet_hf.experiments.metric_modules").joinpath(name)
         if not local.joinpath(f"{name}.py").is_file():
             raise
         logger.info("evaluate could not load %r from the Hub (%s): using the copy shipped with mlrsnet_hf.", name, e)

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .lr_controller import FEATURES, LRController, next_lr, observe
-from .lr_controller_driver import probe_batch
+from ..lr_controller import FEATURES, LRController, next_lr, observe
+from ..lr_controller_driver import probe_batch
 
 try:
     import gymnasium as gym

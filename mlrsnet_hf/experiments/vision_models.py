@@ -1,9 +1,9 @@
-"""The paper's task networks as ``transformers`` models (config + ``PreTrainedModel``).
+"""The paper's image networks as ``transformers`` models (config + ``PreTrainedModel``), and the demo's small ones.
 
 Image networks in their CIFAR variants (3x3 stride-1 stems, no max-pool): ResNet-18, Wide-ResNet-28-10,
 MobileNetV2 and ShuffleNetV2, taking ``pixel_values`` and ``labels`` and returning an
-``ImageClassifierOutput`` with the cross-entropy loss; and the PTB LSTM language model. ``Trainer``,
-``save_pretrained``/``from_pretrained`` and the Hub work as for any transformers model.
+``ImageClassifierOutput`` with the cross-entropy loss. ``Trainer``, ``save_pretrained``/``from_pretrained``
+and the Hub work as for any transformers model. The PTB LSTM is in :mod:`.language_models`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput, ImageClassifierOutput
+from transformers.modeling_outputs import ImageClassifierOutput
 
 ARCHITECTURES = ("resnet18", "wrn", "mobilenetv2", "shufflenetv2")
 
@@ -238,118 +238,10 @@ def cifar_net(architecture: str, num_labels: int = 10) -> CifarNetForImageClassi
     return CifarNetForImageClassification(CifarNetConfig(architecture=architecture, num_labels=num_labels))
 
 
-def token_loss(
-    logits: torch.Tensor, labels: torch.Tensor | None, num_items_in_batch: torch.Tensor | int | None = None
-) -> torch.Tensor | None:
-    """Mean token cross-entropy against (already shifted) labels, or the token sum divided by
-    ``num_items_in_batch`` when the Trainer passes it (exact averaging under gradient accumulation)."""
-    if labels is None:
-        return None
-    total = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
-    return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+# --- Small networks for the CPU-scale digits task (the demo, the quality benchmark) ---
 
 
-class LSTMLMConfig(PretrainedConfig):
-    """Config of :class:`LSTMForLanguageModeling` (the paper's PTB models: 2 or 3 layers of 512, tied, dropout 0.5).
-
-    ``carry_state``: keep the LSTM state across consecutive forward calls of the same batch size (the
-    paper's contiguous batching; see :class:`~mlrsnet_hf.data.LMChunks`), detached between calls.
-    """
-
-    model_type = "mlrsnet_lstm_lm"
-
-    def __init__(
-        self,
-        vocab_size: int = 10000,
-        hidden_size: int = 512,
-        num_layers: int = 2,
-        dropout: float = 0.5,
-        carry_state: bool = True,
-        tie_word_embeddings: bool = True,
-        **kwargs,
-    ) -> None:
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.dropout = dropout
-        self.carry_state = carry_state
-        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
-
-
-class LSTMForLanguageModeling(PreTrainedModel):
-    """Word-level LSTM language model; ``forward(input_ids, labels=None)`` with labels already shifted.
-
-    The loss is the mean cross-entropy per token, or the token sum divided by ``num_items_in_batch``
-    when the Trainer passes it (exact averaging under gradient accumulation). The carried state lives in
-    non-persistent buffers: it is reset when the batch size or the train/eval mode changes, and
-    forwards through ``torch.func.functional_call`` (the meta batches of meta-training) leave it alone.
-    With several processes set ``ddp_broadcast_buffers=False`` so each rank keeps its own streams' state.
-    """
-
-    config_class = LSTMLMConfig
-    main_input_name = "input_ids"
-    _tied_weights_keys = {"decoder.weight": "embed.weight"}
-
-    def __init__(self, config: LSTMLMConfig) -> None:
-        super().__init__(config)
-        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.drop = nn.Dropout(config.dropout)
-        self.lstm = nn.LSTM(
-            config.hidden_size, config.hidden_size, config.num_layers, dropout=config.dropout, batch_first=True
-        )
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
-        self.register_buffer("state_h", torch.zeros(0), persistent=False)
-        self.register_buffer("state_c", torch.zeros(0), persistent=False)
-        self._state_training: bool | None = None
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.decoder
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if module is self.embed or module is self.decoder:
-            nn.init.uniform_(module.weight, -0.1, 0.1)
-        if module is self.decoder:
-            nn.init.zeros_(module.bias)
-
-    def reset_state(self) -> None:
-        """Forget the carried LSTM state (e.g. at the start of an epoch or of an evaluation)."""
-        self.state_h = torch.zeros(0, device=self.state_h.device)
-        self.state_c = torch.zeros(0, device=self.state_c.device)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        num_items_in_batch: torch.Tensor | int | None = None,
-        **kwargs,
-    ) -> CausalLMOutput:
-        batch = input_ids.shape[0]
-        if self._state_training is not self.training:
-            self.reset_state()
-            self._state_training = self.training
-        carry = self.config.carry_state and self.state_h.dim() == 3 and self.state_h.shape[1] == batch
-        state = (self.state_h, self.state_c) if carry else None
-        out, (h, c) = self.lstm(self.drop(self.embed(input_ids)), state)
-        if self.config.carry_state:
-            self.state_h, self.state_c = h.detach(), c.detach()
-        logits = self.decoder(self.drop(out))
-        return CausalLMOutput(loss=token_loss(logits, labels, num_items_in_batch), logits=logits)
-
-
-def lstm_lm(vocab_size: int, num_layers: int = 2, hidden_size: int = 512, dropout: float = 0.5):
-    """The paper's 2- or 3-layer PTB LSTM (embedding and hidden 512, tied weights, dropout 0.5)."""
-    config = LSTMLMConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout)
-    return LSTMForLanguageModeling(config)
-
-
-# --- Small networks for the CPU-scale tasks (digits, MNIST-1D, PTB text) ---
-
-
-def _classifier_output(logits: torch.Tensor, labels: torch.Tensor | None) -> ImageClassifierOutput:
+def classifier_output(logits: torch.Tensor, labels: torch.Tensor | None) -> ImageClassifierOutput:
     loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
     return ImageClassifierOutput(loss=loss, logits=logits)
 
@@ -366,7 +258,7 @@ class DigitsCNN(nn.Module):
         )  # fmt: skip
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
-        return _classifier_output(self.net(pixel_values), labels)
+        return classifier_output(self.net(pixel_values), labels)
 
 
 class DigitsMLP(nn.Module):
@@ -379,54 +271,4 @@ class DigitsMLP(nn.Module):
         )
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
-        return _classifier_output(self.net(pixel_values), labels)
-
-
-class MNIST1DCNN(nn.Module):
-    """The MNIST-1D reference CNN (Greydanus, 2020): three strided Conv1d layers of 25 channels, a linear head."""
-
-    def __init__(self, num_labels: int = 10, channels: int = 25) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv1d(1, channels, 5, stride=2, padding=1), nn.ReLU(),
-            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(channels * 5, num_labels),  # length 40 -> 19 -> 10 -> 5
-        )  # fmt: skip
-
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
-        return _classifier_output(self.net(pixel_values), labels)
-
-
-class ShiftedLabelsLM(nn.Module):
-    """A ``transformers`` causal LM trained on :class:`~mlrsnet_hf.data.LMChunks` (labels already shifted).
-
-    Causal LMs shift ``labels`` themselves; this wrapper takes the model's logits and computes the token
-    cross-entropy against the given (pre-shifted) labels, exactly as :class:`LSTMForLanguageModeling` does.
-    """
-
-    def __init__(self, lm: PreTrainedModel) -> None:
-        super().__init__()
-        self.lm = lm
-        self.config = lm.config
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.lm.get_output_embeddings()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        num_items_in_batch: torch.Tensor | int | None = None,
-        **kwargs,
-    ) -> CausalLMOutput:
-        logits = self.lm(input_ids=input_ids).logits
-        return CausalLMOutput(loss=token_loss(logits, labels, num_items_in_batch), logits=logits)
-
-
-def small_gpt2_lm(vocab_size: int, n_embd: int = 64, n_layer: int = 2, n_head: int = 2, n_positions: int = 64):
-    """A small GPT-2 from ``transformers`` (random init) for word-level PTB, wrapped in :class:`ShiftedLabelsLM`."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=n_positions)
-    return ShiftedLabelsLM(GPT2LMHeadModel(config))
+        return classifier_output(self.net(pixel_values), labels)

@@ -289,10 +289,11 @@ def load_ptb_lm(
     return chunks, vocabulary
 
 
-# --- Small real tasks that train in seconds on a CPU (the demo, the quality benchmark, the tests) ---
+# --- Small real tasks that train in seconds on a CPU (the demo, the quality benchmark) ---
 
 
-def _rows(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]) -> list[dict[str, Any]]:
+def tensor_rows(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Examples ``{"pixel_values": float tensor of ``shape``, "labels": int}`` from feature rows and labels."""
     return [
         {"pixel_values": torch.tensor(xi, dtype=torch.float32).view(shape), "labels": int(yi)}
         for xi, yi in zip(x, y, strict=True)
@@ -314,27 +315,8 @@ def digits_splits(seed: int = 0, test_size: int = 400, meta_size: int = 200) -> 
     train_idx = np.setdiff1d(rest, meta_idx)
     x = (x - x.mean()) / x.std()
     return {
-        name: _rows(x[i], y[i], (1, 8, 8))
+        name: tensor_rows(x[i], y[i], (1, 8, 8))
         for name, i in (("train", train_idx), ("meta", meta_idx), ("test", test_idx))
-    }
-
-
-def mnist1d_splits(seed: int = 0, meta_size: int = 500) -> dict[str, list[dict[str, Any]]]:
-    """Train / meta / test splits of MNIST-1D (Greydanus, 2020), generated offline by the ``mnist1d`` package.
-
-    The package's default dataset (4000 training and 1000 test signals of length 40, 10 classes) is
-    generated, not downloaded; ``meta_size`` class-balanced training signals are held out as the meta set.
-    """
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    data = make_dataset(get_dataset_args())
-    x, y = np.asarray(data["x"]), np.asarray(data["y"])
-    meta_idx = balanced_split(y, meta_size, 10, seed)
-    train_idx = np.setdiff1d(np.arange(len(y)), meta_idx)
-    return {
-        "train": _rows(x[train_idx], y[train_idx], (1, x.shape[1])),
-        "meta": _rows(x[meta_idx], y[meta_idx], (1, x.shape[1])),
-        "test": _rows(np.asarray(data["x_test"]), np.asarray(data["y_test"]), (1, x.shape[1])),
     }
 
 

@@ -1,1 +1,0 @@
-"""Copies of ``evaluate`` metric modules, used when the Hub cannot be reached (see :mod:`mlrsnet_hf.metrics`)."""
