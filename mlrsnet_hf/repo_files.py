@@ -82,6 +82,9 @@ def write_schedule_repo(
         metadata[REPLACED_CONFIG_KEY] = hashlib.sha256(old_config.read_bytes()).hexdigest()
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{save_directory.name}{_TMP_MARK}", dir=save_directory.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a new repo directory gets the usual permissions
     try:
         (tmp / CONFIG_NAME).write_text(config_text, encoding="utf-8")
         save_file(schedule.weights(), str(tmp / WEIGHTS_NAME), metadata=metadata)

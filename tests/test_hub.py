@@ -454,3 +454,17 @@ def test_saving_leaves_matplotlib_alone(tmp_path):
     out = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["no", "pyplot", "svg"]
+
+
+def test_a_new_repo_directory_gets_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from mlrsnet_hf import MLRSNetSchedule
+
+    umask = os.umask(0o022)
+    try:
+        MLRSNetSchedule(hidden_size=4).save_pretrained(tmp_path / "new")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o755
