@@ -2,12 +2,13 @@
 
 from .callback import MLRSNetCallback  # noqa: E402
 from .config import MLRSNetConfig  # noqa: E402
+from .gamma import auto_gamma  # noqa: E402
 from .hub import ScheduleFileError  # noqa: E402
 from .lr_controller import LRController  # noqa: E402
 from .network import MLRSNet, MLRSNetState  # noqa: E402
 from .official import convert_official  # noqa: E402
 from .options import ScheduleOptions  # noqa: E402
-from .schedule import MLRSNetSchedule, auto_gamma  # noqa: E402
+from .schedule import MLRSNetSchedule  # noqa: E402
 from .trainer import MLRSNetTrainer  # noqa: E402
 from .version import __version__
 

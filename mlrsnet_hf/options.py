@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .gamma import GAMMA_RULES, INPUT_NORMALIZATIONS, check_relative_max_scale
 from .lr_range_test import DEFAULT_RULE
 from .lr_range_test import RULES as RANGE_TEST_RULES
-from .schedule import GAMMA_RULES, INPUT_NORMALIZATIONS, check_relative_max_scale
 
 # Optimizers whose update is linear in the LR (``w_{t+1} = w_t - lr * d`` with ``d`` independent of
 # ``lr``): meta-training reads ``d`` off the real step for these.
