@@ -237,6 +237,111 @@ class WideMLP(nn.Module):
         return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
 
 
+def worker_overhead(steps: int, warmup: int, repeats: int) -> dict:
+    """Per-step overhead of transfer mode over Trainer + cosine, one thread, interleaved, in one process.
+
+    Two models: a linear classifier (64 -> 10, batch 8; the Trainer's own cost dominates) and a 2-layer GPT-2
+    (32 wide, 8 x 32 tokens). Transfer mode runs with plain SGD/AdamW (the LR handed over as a number: one host
+    read per step) and with fused AdamW (the LR stays a device tensor: none).
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+
+    from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
+    from mlrsnet_hf.device_step import DeviceStep
+
+    torch.set_num_threads(1)
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter())
+
+    class Linear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits = self.fc(x)
+            return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
+
+    def data(kind: str) -> list[dict[str, torch.Tensor]]:
+        g = torch.Generator().manual_seed(0)
+        n = 8 * (steps + warmup)
+        if kind == "linear":
+            return [
+                {"x": torch.randn(64, generator=g), "labels": torch.randint(0, 10, (), generator=g)} for _ in range(n)
+            ]
+        ids = torch.randint(0, 256, (n, 32), generator=g)
+        return [{"input_ids": row, "labels": row} for row in ids]
+
+    def model(kind: str) -> nn.Module:
+        torch.manual_seed(0)
+        if kind == "linear":
+            return Linear()
+        return GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+
+    def run(kind: str, mode: str) -> float:
+        optim = {"linear": "sgd", "gpt2": "adamw_torch"}[kind] if mode != "transfer-fused" else "adamw_torch_fused"
+        common = dict(
+            output_dir="/tmp/mlrsnet_overhead", max_steps=steps + warmup, per_device_train_batch_size=8,
+            report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10**9, use_cpu=True, seed=0,
+            optim=optim, learning_rate=0.1 if optim == "sgd" else 1e-3, dataloader_num_workers=0,
+            logging_nan_inf_filter=False,
+        )  # fmt: skip
+        clock = Clock()
+        if mode == "builtin":
+            args = TrainingArguments(lr_scheduler_type="cosine", **common)
+            trainer = Trainer(model=model(kind), args=args, train_dataset=data(kind), callbacks=[clock])
+        else:
+            schedule = MLRSNetSchedule(num_stages=3, gamma="relative")
+            args = MLRSNetConfig(gamma="relative", **common)
+            trainer = MLRSNetTrainer(
+                model=model(kind), args=args, train_dataset=data(kind), schedule=schedule, callbacks=[clock]
+            )
+        trainer.train()
+        timed = clock.times[warmup - 1 :]
+        return (timed[-1] - timed[0]) / (len(timed) - 1) * 1e6  # us per step
+
+    modes = ("builtin", "transfer", "transfer-fused")
+    result: dict = {}
+    for kind in ("linear", "gpt2"):
+        times: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range(repeats):  # interleaved: drift hits every mode alike
+            for mode in modes:
+                times[mode].append(run(kind, mode))
+        us = {mode: statistics.median(v) for mode, v in times.items()}
+        result[kind] = {
+            "us_per_step": us,
+            "overhead_us": {mode: us[mode] - us["builtin"] for mode in modes[1:]},
+            "steps_per_s_ratio": {mode: us["builtin"] / us[mode] for mode in modes[1:]},
+        }
+
+    # The schedule's own step: the module forward with host reads vs the fused device step.
+    schedule = MLRSNetSchedule(num_stages=1, gamma=1.0)
+    schedule.start()
+    schedule.enter_stage(0)
+    schedule.step(2.0)
+    device = DeviceStep(schedule)
+    loss = torch.tensor(2.0)
+
+    def per_call(fn, n: int = 2000) -> float:
+        for _ in range(50):
+            fn()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - start) / n * 1e6
+
+    result["schedule_step_us"] = {
+        "host (MLRSNetSchedule.step)": statistics.median(per_call(lambda: schedule.step(2.0)) for _ in range(5)),
+        "device (DeviceStep.step)": statistics.median(per_call(lambda: device.step(loss)) for _ in range(5)),
+    }
+    return result
+
+
 # --------------------------------------------------------------------------- driver
 def run_worker(argv: list[str]) -> dict:
     out = subprocess.run(
@@ -254,12 +359,17 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
+    parser.add_argument(
+        "--only", choices=["overhead"], help="run only this section (written to speed_<device>_overhead.*)"
+    )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
         kind, mode, *rest = args.worker
-        if kind == "train":
+        if kind == "overhead":
+            result = worker_overhead(*(int(v) for v in rest))
+        elif kind == "train":
             steps, warmup, batch = (int(v) for v in rest)
             result = worker_train(mode, steps, warmup, args.device, args.bf16, batch)
         else:
@@ -280,6 +390,11 @@ def main() -> None:
         "train": {},
         "meta_step": {},
     }
+    overhead = ["overhead", "20", "5", "1"] if args.quick else ["overhead", "400", "50", str(max(5, args.repeats))]
+    results["overhead"] = run_worker(overhead)  # CPU, one thread (see worker_overhead)
+    if args.only == "overhead":
+        write_results(args, results, "_overhead")
+        return
     modes = ["builtin", "transfer", "range-test", "meta-10", "meta-10-h10", "meta-100", "meta-300", "meta-1"]
     runs: dict[str, list[dict]] = {mode: [] for mode in modes}
     for round_ in range(repeats):  # interleaved rounds: machine drift hits every configuration alike
@@ -323,16 +438,42 @@ def main() -> None:
         ) / plain["ms"]
     results["ratios"] = ratios
 
+    write_results(args, results)
+
+
+def write_results(args: argparse.Namespace, results: dict, suffix: str = "") -> None:
     out_dir = args.out or RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"speed_{args.device}{'_bf16' if args.bf16 else ''}{'_quick' if args.quick else ''}"
+    name = f"speed_{args.device}{'_bf16' if args.bf16 else ''}{'_quick' if args.quick else ''}{suffix}"
     (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / f"{name}.md").write_text(to_markdown(results))
     print(to_markdown(results))
 
 
-def to_markdown(r: dict) -> str:
+def overhead_markdown(o: dict) -> list[str]:
+    names = {"linear": "linear classifier, batch 8", "gpt2": "GPT-2, 2 layers x 32, 8 x 32 tokens"}
     lines = [
+        "## Per-step overhead of transfer mode (CPU, 1 thread, interleaved, median)",
+        "",
+        "| model | Trainer + cosine (us/step) | transfer, LR as a number | ratio | transfer, fused AdamW (LR on the device) | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in ("linear", "gpt2"):
+        us, extra, ratio = o[kind]["us_per_step"], o[kind]["overhead_us"], o[kind]["steps_per_s_ratio"]
+        lines.append(
+            f"| {names[kind]} | {us['builtin']:.0f} | +{extra['transfer']:.0f} us | {ratio['transfer']:.3f}x | "
+            f"+{extra['transfer-fused']:.0f} us | {ratio['transfer-fused']:.3f}x |"
+        )
+    step = o["schedule_step_us"]
+    lines += ["", "The schedule's own step: " + ", ".join(f"{k}: {v:.1f} us" for k, v in step.items()) + ".", ""]
+    return lines
+
+
+def to_markdown(r: dict) -> str:
+    lines = overhead_markdown(r["overhead"]) if "overhead" in r else []
+    if not r["train"]:
+        return "\n".join([f"# Per-step overhead ({r['machine']}; torch {r['torch']})", "", *lines])
+    lines += [
         f"# Speed and memory ({r['device']}{', bf16' if r['bf16'] else ''}; {r['machine']}; torch {r['torch']})",
         "",
         "| configuration | steps/s, median (min-max) | vs Trainer + cosine | peak memory (MiB) |",

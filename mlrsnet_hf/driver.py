@@ -20,13 +20,14 @@ from typing import Any
 
 import torch
 from accelerate.state import PartialState
-from accelerate.utils import broadcast_object_list, gather_object, reduce, send_to_device
+from accelerate.utils import broadcast_object_list
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .device_step import DeviceStep
 from .loss_meter import LossMeter
 from .lr_range_test import RangeTestResult, lr_range_test
-from .meta_gradient import model_loss
+from .measurements import average_training_loss, ordered_batches
 from .meta_training import MetaLearner
 from .options import ScheduleOptions
 from .schedule import MLRSNetSchedule
@@ -51,68 +52,19 @@ def is_sgd(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(inner, torch.optim.SGD)
 
 
-def agree(error: str | None) -> None:
-    """Raise ``ValueError`` on every process when any process met an error (so no rank waits in a collective)."""
-    if PartialState().num_processes > 1:
-        errors = [e for e in gather_object([error]) if e is not None]
-        error = errors[0] if errors else None
-    if error is not None:
-        raise ValueError(error)
+def takes_tensor_lr(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer applies a tensor LR on the device without reading it on the host.
 
-
-def ordered_batches(train_dataloader: DataLoader) -> DataLoader:
-    """The training set in order, in this process's batch size and the run's collation; the run's loader is untouched.
-
-    (Under several processes accelerate's loader reports no ``batch_size``; its ``total_batch_size`` counts
-    every process, so the per-process size is that divided by the number of processes.)
+    Fused SGD, Adam and AdamW do (``optim="adamw_torch_fused"``), and capturable Adam/AdamW; the other paths
+    either refuse a tensor LR (foreach Adam) or turn it into a Python number inside the step (a device sync).
     """
-    batch_size = train_dataloader.batch_size
-    if not batch_size:
-        total = getattr(train_dataloader, "total_batch_size", None) or 1
-        batch_size = max(1, total // PartialState().num_processes)
-    return DataLoader(
-        train_dataloader.dataset, batch_size=batch_size, collate_fn=train_dataloader.collate_fn, shuffle=False
-    )
-
-
-@torch.no_grad()
-def average_training_loss(
-    model: nn.Module, train_dataloader: DataLoader | None, device: torch.device, num_batches: int
-) -> float:
-    """Mean loss over the first ``num_batches`` training batches of this process (in order, eval mode), over processes."""
-    if train_dataloader is None:
-        raise ValueError("gamma='auto' needs the training data to measure the average loss at stage starts.")
-    state = PartialState()
-    loader = ordered_batches(train_dataloader)
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-    error = None
-    try:
-        for index, batch in enumerate(loader):
-            if count == num_batches:
-                break
-            if index % state.num_processes != state.process_index:
-                continue
-            loss = model_loss(model(**send_to_device(batch, device)))
-            if loss is None:
-                error = "The model returned no loss on a training batch: gamma='auto' needs labels."
-                break
-            total += loss.double().mean()
-            count += 1
-    finally:
-        model.train(was_training)
-    if error is None and count == 0:
-        error = (
-            f"No training batch available to measure the average loss for gamma='auto' on process "
-            f"{state.process_index} of {state.num_processes}: the training set has fewer batches than processes."
-        )
-    agree(error)
-    mean = total / count
-    if state.num_processes > 1:
-        mean = reduce(mean, reduction="mean")
-    return mean.item()
+    inner = getattr(optimizer, "optimizer", optimizer)
+    groups = inner.param_groups
+    if isinstance(inner, torch.optim.SGD):
+        return all(g.get("fused") for g in groups)
+    if isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+        return all(g.get("fused") or g.get("capturable") for g in groups)
+    return False
 
 
 class LRDriver:
@@ -131,6 +83,7 @@ class LRDriver:
         self.last_lrs: list[float] = []
         self.initial_lrs: list[float] = []
         self.lr_history: list[float] = []  # the LR of every step of this process's run (not checkpointed)
+        self._pending_lrs: list[torch.Tensor] = []  # device LRs not yet in lr_history (read at the next sync)
         self._restored: dict[str, Any] | None = None
         self._pending_step: int | None = None
 
@@ -143,20 +96,32 @@ class LRDriver:
             self._after_step(step)
 
     def get_last_lr(self) -> list[float]:
-        """The LR of the current optimizer step per parameter group (what the Trainer logs)."""
+        """The LR of the current optimizer step per parameter group (what the Trainer logs).
+
+        Numbers, or 0-d device tensors when the optimizer takes a tensor LR (as ``torch.optim.lr_scheduler``
+        reports tensor LRs). A plain ``Trainer`` reads this on the host after every step; MLRSNetTrainer only
+        at logging steps.
+        """
         if self.last_lrs:
             return list(self.last_lrs)
-        return [group["lr"] for group in self.optimizer.param_groups] if self.optimizer is not None else []
+        return [g["lr"] for g in self.optimizer.param_groups] if self.optimizer is not None else []
+
+    def sync(self) -> None:
+        """Bring what the device holds (LRs of past steps, the schedule's counters) to the host: one read."""
+        pending, self._pending_lrs = self._pending_lrs, []
+        if pending:
+            self.lr_history.extend(torch.stack(pending).tolist())
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs, as tensors and plain data (the Trainer reloads it with ``weights_only``).
 
         Its size does not grow with the run: the LR history is not in it (``log_history`` records the logged LRs).
         """
+        self.sync()
         return {
             "family": type(self).__name__,
             "last_epoch": self.last_epoch,
-            "last_lrs": list(self.last_lrs),
+            "last_lrs": [float(v) for v in self.last_lrs],
             "initial_lrs": list(self.initial_lrs),
             **self._runtime_state(),
         }
@@ -192,13 +157,14 @@ class LRDriver:
         self.average_tokens_across_devices = args.average_tokens_across_devices
         self.num_training_steps = num_training_steps
         self.train_dataloader = train_dataloader
+        self.tensor_lr = takes_tensor_lr(optimizer)
         self.seed = args.seed
         self.per_device_batch_size = args.per_device_train_batch_size
         restored, self._restored = self._restored, None
         for group in optimizer.param_groups:  # group ratios are kept relative to the LRs the run started from
             group.setdefault("initial_lr", group["lr"])
         self.initial_lrs = [group["initial_lr"] for group in optimizer.param_groups]
-        self.last_lrs, self.lr_history, self._pending_step = [], [], None
+        self.last_lrs, self.lr_history, self._pending_lrs, self._pending_step = [], [], [], None
         self._start(restored)
         if restored is not None:
             self.last_epoch = int(restored["last_epoch"])
@@ -209,25 +175,38 @@ class LRDriver:
         self.meter.attach(model)
 
     def prepare_step(self, step: int) -> None:
-        """Set the LR of optimizer step ``step`` (0-based global step) from its training loss."""
+        """Set the LR of optimizer step ``step`` (0-based global step) from its training loss.
+
+        The loss stays on the device; the LR is written as a device tensor when the optimizer takes one
+        without a sync (:func:`takes_tensor_lr`), else as a number.
+        """
         if self._pending_step is not None:  # the last step was not taken (skipped by the Trainer)
             self._skipped(self._pending_step)
         lr, reference = self._lr_for_step(step, self.meter.step_loss(self.average_tokens_across_devices))
+        if isinstance(lr, torch.Tensor):
+            if not self.tensor_lr:
+                lr = lr.item()  # this optimizer needs a number: one read per step
+            else:
+                self._pending_lrs.append(lr)
+                if len(self._pending_lrs) >= 4096:  # keep the device list short when nothing logs
+                    self.sync()
+        if not isinstance(lr, torch.Tensor):
+            self.lr_history.append(lr)
         self.last_lrs = [lr * (initial / reference) for initial in self.initial_lrs]
         for group, value in zip(self.optimizer.param_groups, self.last_lrs, strict=True):
             group["lr"] = value
-        self.lr_history.append(lr)
         self._pending_step = step
 
     def finish(self) -> None:
+        self.sync()
         self.meter.detach()
 
     # ------------------------------------------------------- per family
     def _start(self, restored: dict[str, Any] | None) -> None:
         raise NotImplementedError
 
-    def _lr_for_step(self, step: int, loss: float) -> tuple[float, float]:
-        """``(lr, reference)``: group ``i`` gets ``lr * initial_lr_i / reference``."""
+    def _lr_for_step(self, step: int, loss: torch.Tensor) -> tuple[float | torch.Tensor, float]:
+        """``(lr, reference)``: group ``i`` gets ``lr * initial_lr_i / reference``; ``loss`` is a device tensor."""
         raise NotImplementedError
 
     def _after_step(self, step: int) -> None:
@@ -268,6 +247,7 @@ class MLRSNetDriver(LRDriver):
         self.meta: MetaLearner | None = None
         self.range_test: RangeTestResult | None = None  # the curve and choice of gamma="range_test", once run
         self.last_step: dict[str, Any] | None = None
+        self.device_step: DeviceStep | None = None  # transfer mode: steps between stage entries stay on the device
 
     def _start(self, restored: dict[str, Any] | None) -> None:
         schedule, options = self.schedule, self.options
@@ -292,6 +272,8 @@ class MLRSNetDriver(LRDriver):
                 "and the model's config does not give it: pass num_classes."
             )
         self.range_test, self.last_step = None, None
+        schedule.to(self.device)  # the schedule steps where the loss is: no copy to the host
+        self.device_step = None if options.meta_train else DeviceStep(schedule)
         schedule.start(num_classes=num_classes, base_lr=self.base_lr if schedule.gamma == "relative" else None)
         self.meta = None
         if options.meta_train:
@@ -313,9 +295,15 @@ class MLRSNetDriver(LRDriver):
                     )
                 self.meta.load_state_dict(restored["meta"])
 
-    def _lr_for_step(self, step: int, loss: float) -> tuple[float, float]:
+    def _lr_for_step(self, step: int, loss: torch.Tensor) -> tuple[float | torch.Tensor, float]:
         schedule = self.schedule
+        # Relative mode scales each group's own initial LR; otherwise the first group gets the schedule's
+        # LR and the others in proportion to their initial LRs.
+        reference = self.base_lr if schedule.gamma == "relative" else self.initial_lrs[0]
         stage = schedule.stage_at(step, self.num_training_steps)
+        if stage == schedule.stage and self.device_step is not None and self.device_step.ready():
+            return self.device_step.step(loss), reference
+        self.sync()
         if stage != schedule.stage:
             average = measured = None
             if schedule.needs_average_loss:
@@ -327,6 +315,7 @@ class MLRSNetDriver(LRDriver):
                     measured = self._run_range_test()
             schedule.enter_stage(stage, average_loss=average, base_lr=measured)
             logger.info("MLR-SNet stage %d from step %d (gamma=%s)", stage, step, schedule.current_gamma)
+        loss = loss.item()
         state_before, steps_before = schedule.state, schedule.num_steps
         schedule.step(loss)
         # What meta-training needs to rebuild this LR's graph at the next meta update, or None when skipped.
@@ -337,9 +326,6 @@ class MLRSNetDriver(LRDriver):
         )
         if self.meta is not None:
             self.meta.before_step(step, self.model, self.last_step)
-        # Relative mode scales each group's own initial LR; otherwise the first group gets the schedule's
-        # LR and the others in proportion to their initial LRs.
-        reference = self.base_lr if schedule.gamma == "relative" else self.initial_lrs[0]
         return schedule.last_lr, reference  # last_lr: the exact float (capped if capped)
 
     def _after_step(self, step: int) -> None:
@@ -349,6 +335,11 @@ class MLRSNetDriver(LRDriver):
     def _skipped(self, step: int) -> None:
         if self.meta is not None:
             self.meta.skipped(step)
+
+    def sync(self) -> None:
+        super().sync()
+        if self.device_step is not None:
+            self.device_step.sync()
 
     def _run_range_test(self) -> float:
         """``gamma="range_test"``: the LR chosen by a range test on a copy of the model, the same on every process."""
@@ -366,7 +357,7 @@ class MLRSNetDriver(LRDriver):
         return chosen[0]
 
     def finish(self) -> None:
-        super().finish()
+        super().finish()  # syncs the device steps too
         if self.meta is not None:
             self.meta.finish()
 

@@ -61,8 +61,11 @@ class LossMeter:
         self._num_losses += 1
         self._partial = kwargs.get("num_items_in_batch") is not None
 
-    def step_loss(self, average_tokens_across_devices: bool = True) -> float:
-        """The training loss of this optimizer step, averaged over micro-batches and processes; resets the meter."""
+    def step_loss(self, average_tokens_across_devices: bool = True) -> torch.Tensor:
+        """The training loss of this optimizer step, averaged over micro-batches and processes; resets the meter.
+
+        A 0-d float32 tensor on the model's device: nothing is read on the host.
+        """
         if self._loss_sum is None:
             raise RuntimeError(
                 "The learned schedule needs the training loss, but the model returned none during this step. The model must "
@@ -79,4 +82,4 @@ class LossMeter:
         self._loss_sum, self._num_losses = None, 0
         if PartialState().num_processes > 1:
             value = reduce(value, reduction="mean")
-        return value.item()
+        return value

@@ -61,7 +61,7 @@ class LRControllerDriver(LRDriver):
         self.label_names = label_names
         self.probe: dict[str, torch.Tensor] | None = None
         self.lr = math.nan
-        self._interval_losses: list[float] = []
+        self._interval_losses: list[float | torch.Tensor] = []  # device tensors until the next decision
         self._previous_probs: torch.Tensor | None = None
 
     def _start(self, restored: dict[str, Any] | None) -> None:
@@ -78,10 +78,11 @@ class LRControllerDriver(LRDriver):
             previous = runtime["previous_probs"]
             self._previous_probs = None if previous is None else previous.clone()
 
-    def _lr_for_step(self, step: int, loss: float) -> tuple[float, float]:
+    def _lr_for_step(self, step: int, loss: torch.Tensor) -> tuple[float, float]:
         interval = self.schedule.decision_interval
-        if step % interval == 0:
-            train_loss = statistics.fmean(self._interval_losses) if self._interval_losses else loss
+        if step % interval == 0:  # the losses are read on the host at decisions only
+            losses = [float(x) for x in self._interval_losses]
+            train_loss = statistics.fmean(losses) if losses else loss.item()
             with self.meter.paused():
                 features, probs = observe(
                     self.model, send_to_device(self.probe, self.device), train_loss, self.lr, self._previous_probs
@@ -92,7 +93,7 @@ class LRControllerDriver(LRDriver):
                 logger.warning("Non-finite training state at step %d: the LR controller keeps lr=%g.", step, self.lr)
             self._previous_probs = probs.cpu()
             self._interval_losses = []
-        self._interval_losses.append(loss)
+        self._interval_losses.append(loss.detach())
         return self.lr, self.initial_lrs[0]
 
     def _runtime_state(self) -> dict[str, Any]:
@@ -101,7 +102,7 @@ class LRControllerDriver(LRDriver):
         return {
             "controller": {
                 "lr": self.lr,
-                "interval_losses": list(self._interval_losses),
+                "interval_losses": [float(x) for x in self._interval_losses],
                 "previous_probs": None if previous is None else previous.clone(),
             }
         }

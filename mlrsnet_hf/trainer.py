@@ -131,7 +131,18 @@ class MLRSNetTrainer(Trainer):
         meta = getattr(self.lr_scheduler, "meta", None)
         return meta.last_hypergradient if meta is not None else None
 
+    def _get_learning_rate(self) -> float | torch.Tensor:
+        # The Trainer asks after every optimizer step but uses the answer only when it logs: hand over the LR
+        # as it is (a device tensor in transfer mode with a tensor-LR optimizer); log() reads it, at logging
+        # steps only.
+        if isinstance(self.lr_scheduler, LRDriver) and self.lr_scheduler.last_lrs:
+            return self.lr_scheduler.last_lrs[0]
+        return super()._get_learning_rate()
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if isinstance(self.lr_scheduler, LRDriver):
+            self.lr_scheduler.sync()
+        logs = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
         meta = getattr(self.lr_scheduler, "meta", None)
         if meta is not None and meta.losses:
             logs["meta_loss"] = sum(meta.losses) / len(meta.losses)

@@ -18,7 +18,7 @@ class Recorder(TrainerCallback):
         self.lrs = []
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        self.lrs.append([group["lr"] for group in optimizer.param_groups])
+        self.lrs.append([float(group["lr"]) for group in optimizer.param_groups])
 
 
 def training_losses(model):

@@ -1,0 +1,147 @@
+"""Transfer mode reads nothing on the host between logging steps: no device synchronisation per step (issue 12).
+
+Every ``Tensor.item`` / ``__float__`` / ``__int__`` / ``__bool__`` / ``tolist`` called from mlrsnet_hf code is
+counted between ``on_step_begin`` and ``on_step_end`` (logging happens after ``on_step_end``). Stage entries
+(the first step of each stage, which fixes gamma) and an LR controller's decisions may read; no other step may.
+"""
+
+import sys
+
+import pytest
+import torch
+from test_trainer import Recorder
+from tiny import DigitsNet, digits
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from mlrsnet_hf import LRController, MLRSNetCallback, MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
+
+COMMON = dict(
+    max_steps=12, per_device_train_batch_size=16, logging_steps=4, report_to="none", save_strategy="no",
+    disable_tqdm=True, use_cpu=True, seed=0, learning_rate=0.05, logging_nan_inf_filter=False,
+)  # fmt: skip
+READS = ("item", "__float__", "__int__", "__bool__", "tolist")
+
+
+class HostReads(TrainerCallback):
+    """Records the host reads made by mlrsnet_hf inside optimizer steps other than ``exempt``."""
+
+    def __init__(self, exempt):
+        self.exempt, self.active, self.step, self.reads = set(exempt), False, -1, []
+
+    def __enter__(self):
+        self.saved = {name: getattr(torch.Tensor, name) for name in READS}
+        for name, original in self.saved.items():
+            setattr(torch.Tensor, name, self._counting(name, original))
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self.saved.items():
+            setattr(torch.Tensor, name, original)
+
+    def _counting(self, name, original):
+        def read(tensor, *args, **kwargs):
+            module = sys._getframe(1).f_globals.get("__name__", "")
+            if self.active and module.startswith("mlrsnet_hf"):
+                self.reads.append((self.step, module, name))
+            return original(tensor, *args, **kwargs)
+
+        return read
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step, self.active = state.global_step, state.global_step not in self.exempt
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.active = False
+
+
+def schedule():
+    torch.manual_seed(1)
+    return MLRSNetSchedule(hidden_size=8, num_stages=2, gamma=0.1)
+
+
+def logged_lrs(trainer):
+    return [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch_fused", "sgd_fused"])
+def test_mlrsnet_trainer_reads_nothing_between_stage_entries(tmp_path, optim):
+    fused_sgd = optim == "sgd_fused"
+    args = MLRSNetConfig(
+        output_dir=str(tmp_path), **COMMON, gamma="relative" if not fused_sgd else 0.5,
+        optim="sgd" if fused_sgd else optim,
+    )  # fmt: skip
+    model = DigitsNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, fused=True) if fused_sgd else None
+    counter, recorder = HostReads(exempt={0, 6}), Recorder()
+    trainer = MLRSNetTrainer(
+        model=model, args=args, train_dataset=digits(400), schedule=schedule(), callbacks=[counter, recorder],
+        optimizers=(optimizer, None),
+    )  # fmt: skip
+    with counter:
+        trainer.train()
+    assert trainer.lr_scheduler.tensor_lr
+    assert counter.reads == []
+    used = [lrs[0] for lrs in recorder.lrs]
+    assert trainer.lr_scheduler.lr_history == used  # every step's LR reaches the host, at logging steps
+    assert logged_lrs(trainer) == [used[3], used[7], used[11]]  # the logged LR is the LR used
+    assert trainer.schedule.num_steps == 12 and trainer.schedule.last_lr == used[-1]
+
+
+def test_an_optimizer_that_needs_a_number_costs_one_read_per_step(tmp_path):
+    counter = HostReads(exempt={0, 6})
+    args = MLRSNetConfig(output_dir=str(tmp_path), **COMMON, gamma=0.5)  # plain SGD: the LR is a number
+    trainer = MLRSNetTrainer(
+        model=DigitsNet(), args=args, train_dataset=digits(400), schedule=schedule(), callbacks=[counter]
+    )
+    with counter:
+        trainer.train()
+    assert not trainer.lr_scheduler.tensor_lr
+    assert [(step, name) for step, _, name in counter.reads] == [(s, "item") for s in range(12) if s not in (0, 6)]
+
+
+def test_the_callback_reads_nothing_either(tmp_path):
+    counter, recorder = HostReads(exempt={0, 6}), Recorder()
+    callback = MLRSNetCallback(schedule(), gamma="relative")
+    args = TrainingArguments(output_dir=str(tmp_path), optim="adamw_torch_fused", **COMMON)
+    trainer = Trainer(
+        model=DigitsNet(), args=args, train_dataset=digits(400), callbacks=[callback, counter, recorder],
+        optimizers=(None, callback.lr_scheduler),
+    )  # fmt: skip
+    with counter:
+        trainer.train()
+    assert counter.reads == []  # (the plain Trainer itself reads get_last_lr() after each step)
+    assert logged_lrs(trainer) == [recorder.lrs[k][0] for k in (3, 7, 11)]
+
+
+def test_an_lr_controller_reads_only_at_its_decisions(tmp_path):
+    data = digits(500)
+    counter = HostReads(exempt={0, 4, 8})
+    controller = LRController(decision_interval=4, probe_size=20)
+    args = MLRSNetConfig(output_dir=str(tmp_path), **COMMON)
+    trainer = MLRSNetTrainer(
+        model=DigitsNet(), args=args, train_dataset=data[:400], meta_dataset=data[400:], schedule=controller,
+        callbacks=[counter],
+    )  # fmt: skip
+    with counter:
+        trainer.train()
+    assert counter.reads == []
+
+
+def test_device_steps_resume_exactly(tmp_path):
+    def run(out, resume=None):
+        torch.manual_seed(0)
+        recorder = Recorder()
+        args = MLRSNetConfig(
+            output_dir=str(out), **{**COMMON, "save_strategy": "steps", "save_steps": 5}, optim="adamw_torch_fused"
+        )
+        trainer = MLRSNetTrainer(
+            model=DigitsNet(dropout=0.1), args=args, train_dataset=digits(400), schedule=schedule(),
+            callbacks=[recorder],
+        )  # fmt: skip
+        trainer.train(resume_from_checkpoint=resume)
+        return [lrs[0] for lrs in recorder.lrs], trainer
+
+    lrs, full = run(tmp_path / "a")
+    tail, resumed = run(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-5"))
+    assert tail == lrs[5:]
+    assert torch.equal(full.schedule.state.h, resumed.schedule.state.h)
