@@ -1,20 +1,29 @@
-"""``DeviceStep``: a transferred schedule's step with nothing read on the host.
+"""``DeviceStep``: a transferred schedule's step at the cost of a built-in schedule.
 
-:meth:`MLRSNetSchedule.step <mlrsnet_hf.MLRSNetSchedule.step>` returns the LR as a Python float, which on a GPU
-costs a device synchronisation per optimizer step (the host waits for the loss, then for the LR). In transfer
-mode the schedule's weights are fixed, so the step can stay on the device: the loss is a device tensor, the
-network runs its fused no-grad step (:meth:`MLRSNet.fast_forward <mlrsnet_hf.MLRSNet.fast_forward>`), the LR
-comes out as a 0-d float64 tensor, and the non-finite guard (keep the state and the last LR) is a
-``torch.where``. What the host needs (the last LR, the number of steps taken and skipped) is folded into
-the schedule by :meth:`DeviceStep.sync`, called at logging, checkpoints, stage switches and the end of a run.
+:meth:`MLRSNetSchedule.step <mlrsnet_hf.MLRSNetSchedule.step>` runs the network's module forward (about 25
+small tensor operations) and returns the LR as a Python float, which on a GPU costs a device synchronisation
+per optimizer step (the host waits for the loss, then for the LR). In transfer mode the weights are fixed, so
+two faster paths exist; both compute the same rule (``gamma * p``, capped in relative mode; a non-finite loss
+or LR keeps the LSTM state and the last LR, and is counted):
 
-Stage entries (and so the first step, which fixes gamma in relative mode) use the schedule's own ``step``.
+* on an accelerator, the step stays on the device: the loss is a device tensor, the network runs its fused
+  no-grad step (:meth:`MLRSNet.fast_forward <mlrsnet_hf.MLRSNet.fast_forward>`), the LR comes out as a 0-d
+  float64 tensor and the guard is a ``torch.where``: nothing is read on the host;
+* on a CPU, where reading a loss costs nothing, the network steps in NumPy
+  (:meth:`MLRSNet.numpy_forward <mlrsnet_hf.MLRSNet.numpy_forward>`, a few times faster than tensor
+  operations on 50-wide vectors) and the LR is a float.
+
+What the host needs (the last LR, the LSTM state, the steps taken and skipped) is folded into the schedule by
+:meth:`DeviceStep.sync`, called at logging, checkpoints, stage switches and the end of a run. Stage entries
+(and so the first step, which fixes gamma in relative mode) use the schedule's own ``step``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
+import numpy as np
 import torch
 
 from .network import MLRSNetState
@@ -24,59 +33,95 @@ logger = logging.getLogger(__name__)
 
 
 class DeviceStep:
-    """Steps ``schedule`` on its device; the schedule's host values are up to date after :meth:`sync`."""
+    """Steps ``schedule`` fast between stage entries; the schedule's host values are up to date after :meth:`sync`."""
+
+    numpy_on_cpu = True  # False: take the accelerator path on a CPU too (the tests check it there)
 
     def __init__(self, schedule: MLRSNetSchedule) -> None:
         self.schedule = schedule
-        self._last_lr: torch.Tensor | None = None  # the LR of the last step (device), while not synced
-        self._skipped: torch.Tensor | None = None  # non-finite steps since the last sync (device)
-        self._taken = 0  # device steps since the last sync
+        self._active = False  # steps taken since the last sync
+        self._taken = 0
+        self._finite: torch.Tensor | int = 0  # steps with a finite loss and LR since the last sync
+        self._last_lr: torch.Tensor | float | None = None
+        self._numpy_state: tuple[np.ndarray, np.ndarray] | None = None
 
     def ready(self) -> bool:
-        """Whether the next step can run on the device: a stage entered, its gamma known, a last LR to fall back to."""
+        """Whether the next step can run here: a stage entered, its gamma known, a last LR to fall back to."""
         schedule = self.schedule
-        return schedule.current_gamma is not None and (self._last_lr is not None or schedule.last_lr is not None)
+        return schedule.current_gamma is not None and (self._active or schedule.last_lr is not None)
 
-    @torch.no_grad()
-    def step(self, loss: torch.Tensor) -> torch.Tensor:
-        """The LR for a step with training loss ``loss`` (a device tensor), as a 0-d float64 tensor on the device.
-
-        The same rule as :meth:`MLRSNetSchedule.step`: ``gamma * p`` (capped in relative mode); a non-finite
-        loss or LR keeps the LSTM state and the last LR (counted, and reported at the next :meth:`sync`).
-        """
+    def _begin(self) -> None:
+        """The first step since the last sync: fix what stays constant until the next one."""
         schedule = self.schedule
-        network = schedule.stages[schedule.stage]
-        ref = network.head.weight
-        loss = loss.detach().to(device=ref.device)
-        p, state = network.fast_forward(schedule.normalize_loss(loss.to(ref.dtype)), schedule.state)
-        lr = (schedule.current_gamma * p).double()  # the float32 product, as step() reads it with .item()
-        if schedule.max_lr is not None:
-            lr = lr.clamp(max=schedule.max_lr)
-        if self._last_lr is None:
-            self._last_lr = torch.tensor(schedule.last_lr, dtype=torch.float64, device=ref.device)
-            self._skipped = torch.zeros((), dtype=torch.int64, device=ref.device)
-        ok = torch.isfinite(lr) & torch.isfinite(loss)
-        lr = torch.where(ok, lr, self._last_lr)
-        schedule.state = MLRSNetState(
-            torch.where(ok, state.h, schedule.state.h), torch.where(ok, state.c, schedule.state.c)
-        )
-        self._skipped += ~ok
-        self._last_lr = lr
+        state = schedule.state
+        self._network = schedule.stages[schedule.stage]
+        self._gamma, self._max_lr = schedule.current_gamma, schedule.max_lr
+        self._log_c = math.log(schedule.num_classes) if schedule.input_normalization != "none" else None
+        weight = self._network.head.weight
+        self._numpy = self.numpy_on_cpu and weight.device.type == "cpu" and weight.dtype == torch.float32
+        if self._numpy:
+            self._numpy_state = state.h.numpy().copy(), state.c.numpy().copy()
+            self._last_lr, self._finite = schedule.last_lr, 0
+        else:
+            device = state.h.device
+            self._last_lr = torch.tensor(schedule.last_lr, dtype=torch.float64, device=device)
+            self._finite = torch.zeros((), dtype=torch.int64, device=device)
+        self._active, self._taken = True, 0
+
+    def step(self, loss: torch.Tensor) -> torch.Tensor | float:
+        """The LR for a step with training loss ``loss``: a 0-d float64 device tensor, or a float on a CPU."""
+        if not self._active:
+            self._begin()
         self._taken += 1
+        if self._numpy:
+            return self._numpy_step(loss.item())
+        loss = loss.detach()
+        if self._log_c is not None:
+            loss = loss / self._log_c
+        old = self.schedule.state
+        p, state = self._network.fast_forward(loss, old)
+        lr = (p * self._gamma).double()  # the float32 product, as step() reads it with .item()
+        if self._max_lr is not None:
+            lr = lr.clamp(max=self._max_lr)
+        ok = torch.isfinite(lr * loss)  # float64: finite exactly when both are
+        lr = torch.where(ok, lr, self._last_lr)
+        self.schedule.state = MLRSNetState(torch.where(ok, state.h, old.h), torch.where(ok, state.c, old.c))
+        self._finite.add_(ok)
+        self._last_lr = lr
+        return lr
+
+    def _numpy_step(self, loss: float) -> float:
+        x = loss / self._log_c if self._log_c is not None else loss
+        if not math.isfinite(x):
+            return self._last_lr
+        p, h, c = self._network.numpy_forward(x, *self._numpy_state)
+        lr = float(np.float32(self._gamma) * np.float32(p))  # float32, as the tensor path computes it
+        if self._max_lr is not None:
+            lr = min(lr, self._max_lr)
+        if not math.isfinite(lr):
+            return self._last_lr
+        self._numpy_state, self._last_lr = (h, c), lr
+        self._finite += 1
         return lr
 
     def sync(self) -> None:
-        """Fold the device steps into the schedule's host values (one read of the device)."""
-        if self._last_lr is None:
+        """Fold the steps taken here into the schedule's host values (one read of the device)."""
+        if not self._active:
             return
-        last_lr, skipped = self._last_lr.item(), int(self._skipped.item())
         schedule = self.schedule
+        if self._numpy:
+            last_lr, finite = self._last_lr, self._finite
+            h, c = self._numpy_state
+            schedule.state = MLRSNetState(torch.from_numpy(h), torch.from_numpy(c))
+        else:
+            last_lr, finite = self._last_lr.item(), int(self._finite.item())
+        skipped = self._taken - finite
         schedule.last_lr = last_lr
-        schedule.num_steps += self._taken - skipped
+        schedule.num_steps += finite
         schedule.num_skipped += skipped
         if skipped:
             logger.warning(
                 "%d of the last %d steps had a non-finite training loss (or LR): each kept the LSTM state and the "
                 "last LR (now %g).", skipped, self._taken, last_lr,
             )  # fmt: skip
-        self._last_lr, self._skipped, self._taken = None, None, 0
+        self._active, self._taken, self._last_lr, self._numpy_state = False, 0, None, None

@@ -272,6 +272,7 @@ class MLRSNetDriver(LRDriver):
                 "and the model's config does not give it: pass num_classes."
             )
         self.range_test, self.last_step = None, None
+        self._stage_firsts = set(schedule.stage_boundaries(self.num_training_steps))
         schedule.to(self.device)  # the schedule steps where the loss is: no copy to the host
         self.device_step = None if options.meta_train else DeviceStep(schedule)
         schedule.start(num_classes=num_classes, base_lr=self.base_lr if schedule.gamma == "relative" else None)
@@ -300,7 +301,7 @@ class MLRSNetDriver(LRDriver):
         # Relative mode scales each group's own initial LR; otherwise the first group gets the schedule's
         # LR and the others in proportion to their initial LRs.
         reference = self.base_lr if schedule.gamma == "relative" else self.initial_lrs[0]
-        stage = schedule.stage_at(step, self.num_training_steps)
+        stage = schedule.stage if step not in self._stage_firsts else schedule.stage_at(step, self.num_training_steps)
         if stage == schedule.stage and self.device_step is not None and self.device_step.ready():
             return self.device_step.step(loss), reference
         self.sync()

@@ -29,11 +29,13 @@ class LossMeter:
         self._num_losses = 0
         self._partial = False
         self._paused = False
+        self._num_processes = 1
 
     def attach(self, model: nn.Module) -> None:
         """Start reading the model's training losses (anything left from an interrupted run is dropped)."""
         self.detach()
         self._loss_sum, self._num_losses, self._partial = None, 0, False
+        self._num_processes = PartialState().num_processes
         self._hook = model.register_forward_hook(self._record, with_kwargs=True)
 
     def detach(self) -> None:
@@ -56,7 +58,11 @@ class LossMeter:
         loss = model_loss(output)
         if loss is None:
             return
-        loss = loss.detach().float().mean()
+        loss = loss.detach()
+        if loss.dtype != torch.float32:
+            loss = loss.float()
+        if loss.dim():
+            loss = loss.mean()
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         self._num_losses += 1
         self._partial = kwargs.get("num_items_in_batch") is not None
@@ -75,11 +81,11 @@ class LossMeter:
         if self._partial:
             # Token-normalised micro-batch losses (sum / num_items_in_batch) add up to the step loss.
             value = self._loss_sum
-            if average_tokens_across_devices:
-                value = value * PartialState().num_processes  # num_items_in_batch counted all processes
+            if average_tokens_across_devices and self._num_processes > 1:
+                value = value * self._num_processes  # num_items_in_batch counted all processes
         else:
-            value = self._loss_sum / self._num_losses
+            value = self._loss_sum if self._num_losses == 1 else self._loss_sum / self._num_losses
         self._loss_sum, self._num_losses = None, 0
-        if PartialState().num_processes > 1:
+        if self._num_processes > 1:
             value = reduce(value, reduction="mean")
         return value

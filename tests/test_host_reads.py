@@ -3,6 +3,7 @@
 Every ``Tensor.item`` / ``__float__`` / ``__int__`` / ``__bool__`` / ``tolist`` called from mlrsnet_hf code is
 counted between ``on_step_begin`` and ``on_step_end`` (logging happens after ``on_step_end``). Stage entries
 (the first step of each stage, which fixes gamma) and an LR controller's decisions may read; no other step may.
+On a CPU the schedule steps in NumPy (reading a CPU tensor is free); these tests take the accelerator path.
 """
 
 import sys
@@ -14,12 +15,18 @@ from tiny import DigitsNet, digits
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from mlrsnet_hf import LRController, MLRSNetCallback, MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
+from mlrsnet_hf.device_step import DeviceStep
 
 COMMON = dict(
     max_steps=12, per_device_train_batch_size=16, logging_steps=4, report_to="none", save_strategy="no",
     disable_tqdm=True, use_cpu=True, seed=0, learning_rate=0.05, logging_nan_inf_filter=False,
 )  # fmt: skip
 READS = ("item", "__float__", "__int__", "__bool__", "tolist")
+
+
+@pytest.fixture(autouse=True)
+def accelerator_path(monkeypatch):
+    monkeypatch.setattr(DeviceStep, "numpy_on_cpu", False)
 
 
 class HostReads(TrainerCallback):

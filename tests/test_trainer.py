@@ -65,7 +65,8 @@ def test_transfer_sets_and_logs_the_lr_of_each_step(schedule_dir, tmp_path):
     trainer.train()
     used = [lrs[0] for lrs in recorder.lrs]
     assert len(used) == 9 and len(set(used)) > 3
-    assert used == replay(schedule_dir, losses, 9)  # LR of step t from the loss of step t, exactly
+    # LR of step t from the loss of step t (between stage entries the fused step: the same up to rounding)
+    assert used == pytest.approx(replay(schedule_dir, losses, 9), rel=1e-6)
     logged = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
     assert logged == used  # the logged learning_rate is the LR actually used
     assert trainer.lr_scheduler.get_last_lr()[0] == used[-1]
@@ -165,7 +166,7 @@ def test_bf16_autocast_and_clipping(schedule_dir, tmp_path):
     recorder = Recorder()
     args = config(tmp_path, schedule=str(schedule_dir), bf16=True, max_grad_norm=0.1)
     MLRSNetTrainer(model=model, args=args, train_dataset=digits(600), callbacks=[recorder]).train()
-    assert [lrs[0] for lrs in recorder.lrs] == replay(schedule_dir, losses, 9)
+    assert [lrs[0] for lrs in recorder.lrs] == pytest.approx(replay(schedule_dir, losses, 9), rel=1e-6)
 
 
 def test_nan_loss_keeps_the_last_lr_and_state(schedule_dir, tmp_path, caplog):

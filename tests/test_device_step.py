@@ -1,0 +1,57 @@
+"""DeviceStep: the fast transfer step (NumPy on a CPU, fused tensors on an accelerator) follows the schedule's rule."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from mlrsnet_hf import MLRSNetSchedule
+from mlrsnet_hf.device_step import DeviceStep
+
+LOSSES = [2.3, 2.1, math.nan, 1.9, 1.7, math.inf, 1.5, 1.2, 1.1, 0.9]
+
+
+def started(gamma, dtype=torch.float32, **kwargs):
+    torch.manual_seed(0)
+    schedule = MLRSNetSchedule(hidden_size=16, num_layers=2, gate_layout="ifog_shifted", gamma=gamma, **kwargs)
+    schedule.to(dtype)
+    with torch.no_grad():
+        for p in schedule.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    schedule.start(num_classes=10, base_lr=0.1 if gamma == "relative" else None)
+    schedule.enter_stage(0)
+    schedule.step(2.5)  # the first step (a stage entry) is the schedule's own
+    return schedule
+
+
+@pytest.mark.parametrize("numpy", [True, False])
+@pytest.mark.parametrize(
+    "gamma, kwargs",
+    [(0.5, {}), ("relative", {"relative_max_scale": 1.05}), (0.2, {"input_normalization": "log_num_classes"})],
+)
+def test_fast_steps_follow_the_schedule(monkeypatch, numpy, gamma, kwargs):
+    monkeypatch.setattr(DeviceStep, "numpy_on_cpu", numpy)
+    host = started(gamma, **kwargs)
+    fast = copy.deepcopy(host)
+    stepper = DeviceStep(fast)
+    expected = [host.step(loss) for loss in LOSSES]
+    got = [float(stepper.step(torch.tensor(loss))) for loss in LOSSES]
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert got[2] == got[1] and got[5] == got[4]  # a non-finite loss keeps the last LR
+    if gamma == "relative":
+        assert max(got) <= 0.1 * 1.05  # the cap, exactly
+    stepper.sync()
+    assert (fast.num_steps, fast.num_skipped) == (host.num_steps, host.num_skipped) == (9, 2)
+    assert fast.last_lr == got[-1]
+    assert torch.allclose(fast.state.h, host.state.h, atol=1e-6) and torch.allclose(fast.state.c, host.state.c, atol=1e-6)
+    # after a sync the schedule's own step carries on from the synced state
+    assert fast.step(0.8) == pytest.approx(host.step(0.8), rel=1e-6)
+
+
+def test_the_numpy_path_is_used_only_for_float32_on_the_cpu():
+    schedule = started(0.5)
+    stepper = DeviceStep(schedule)
+    assert isinstance(stepper.step(torch.tensor(2.0)), float)
+    double = started(0.5, dtype=torch.float64)
+    assert isinstance(DeviceStep(double).step(torch.tensor(2.0, dtype=torch.float64)), torch.Tensor)
