@@ -251,20 +251,16 @@ class MLRSNetDriver(LRDriver):
 
     def _start(self, restored: dict[str, Any] | None) -> None:
         schedule, options = self.schedule, self.options
-        if options.gamma is not None:
-            schedule.gamma = options.gamma
-        elif not is_sgd(self.optimizer) and not schedule.uses_base_lr:
+        gamma = options.gamma
+        if gamma is None and not is_sgd(self.optimizer) and not schedule.uses_base_lr:
             logger.warning(
                 "%s is not SGD: using gamma='relative' (learning_rate=%g sets the scale, the schedule the shape). "
                 "Pass gamma explicitly to override.",
                 type(getattr(self.optimizer, "optimizer", self.optimizer)).__name__,
                 self.base_lr,
             )
-            schedule.gamma = "relative"
-        if options.input_normalization is not None:
-            schedule.input_normalization = options.input_normalization
-        if options.relative_max_scale is not None:
-            schedule.relative_max_scale = options.relative_max_scale
+            gamma = "relative"
+        schedule.configure(gamma, options.input_normalization, options.relative_max_scale)
         num_classes = options.num_classes or default_num_classes(self.model)
         if (schedule.gamma == "auto" or schedule.input_normalization == "log_num_classes") and not num_classes:
             raise ValueError(

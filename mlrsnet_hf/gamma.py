@@ -42,3 +42,18 @@ def check_relative_max_scale(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"relative_max_scale must be a positive number, got {value!r}.")
     return float(value)
+
+
+def check_gamma(value: Any) -> float | str:
+    """A gamma rule name, or a positive finite number as a float (the one check of a schedule's gamma)."""
+    if isinstance(value, str) and value in GAMMA_RULES:
+        return value
+    if not isinstance(value, (bool, str)) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+        return float(value)
+    raise ValueError(f"gamma must be a positive number or one of {', '.join(map(repr, GAMMA_RULES))}, got {value!r}.")
+
+
+def check_input_normalization(value: Any) -> str:
+    if value not in INPUT_NORMALIZATIONS:
+        raise ValueError(f"input_normalization must be one of {', '.join(INPUT_NORMALIZATIONS)}, got {value!r}.")
+    return value

@@ -7,13 +7,14 @@ the same object, validated here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .gamma import GAMMA_RULES, INPUT_NORMALIZATIONS, check_relative_max_scale
+from .gamma import GAMMA_RULES, check_gamma, check_input_normalization, check_relative_max_scale
 from .lr_range_test import DEFAULT_RULE
 from .lr_range_test import RULES as RANGE_TEST_RULES
 
@@ -23,19 +24,13 @@ LR_LINEAR_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", 
 
 
 def parse_gamma(value: str | float | None) -> str | float | None:
-    """``"auto"``, ``"relative"``, ``"range_test"``, a positive float (also given as a string, as on the command line) or None."""
-    if value is None or value in GAMMA_RULES:
-        return value
-    message = f"gamma must be {', '.join(repr(r) for r in GAMMA_RULES)} or a positive number, got {value!r}."
-    if isinstance(value, bool):
-        raise ValueError(message)
-    try:
-        gamma = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(message) from None
-    if not (math.isfinite(gamma) and gamma > 0):
-        raise ValueError(message)
-    return gamma
+    """None, or a gamma as :func:`~mlrsnet_hf.gamma.check_gamma` takes it; numbers may come as strings (command line)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value not in GAMMA_RULES:
+        with contextlib.suppress(ValueError):  # "0.1" from the command line; anything else is refused below
+            value = float(value)
+    return check_gamma(value)
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -137,10 +132,8 @@ class ScheduleOptions:
 
     def __post_init__(self) -> None:
         self.gamma = parse_gamma(self.gamma)
-        if self.input_normalization not in (None, *INPUT_NORMALIZATIONS):
-            raise ValueError(
-                f"input_normalization must be one of {', '.join(INPUT_NORMALIZATIONS)}, got {self.input_normalization!r}."
-            )
+        if self.input_normalization is not None:
+            check_input_normalization(self.input_normalization)
         if self.relative_max_scale is not None:
             self.relative_max_scale = check_relative_max_scale(self.relative_max_scale)
         if self.num_classes is not None:

@@ -27,7 +27,7 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from .gamma import BASE_LR_RULES, GAMMA_RULES, INPUT_NORMALIZATIONS, auto_gamma, check_relative_max_scale
+from .gamma import BASE_LR_RULES, auto_gamma, check_gamma, check_input_normalization, check_relative_max_scale
 from .hub import register_schedule_type
 from .network import MLRSNet, MLRSNetState
 from .schedule_card import MLRSNetScheduleRepo
@@ -96,33 +96,32 @@ class MLRSNetSchedule(
             raise ValueError(f"stage_starts must start at 0.0 and increase strictly, got {stage_starts}.")
         if stage_starts[-1] >= 1.0:
             raise ValueError(f"stage_starts must be fractions of the run below 1.0, got {stage_starts}.")
-        if isinstance(gamma, str):
-            if gamma not in GAMMA_RULES:
-                raise ValueError(f"gamma must be a positive float, 'auto', 'relative' or 'range_test', got {gamma!r}.")
-        elif (
-            isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (math.isfinite(gamma) and gamma > 0)
-        ):
-            raise ValueError(f"gamma must be a positive float, 'auto', 'relative' or 'range_test', got {gamma!r}.")
-        if input_normalization not in INPUT_NORMALIZATIONS:
-            raise ValueError(
-                f"input_normalization must be one of {', '.join(INPUT_NORMALIZATIONS)}, got {input_normalization!r}."
-            )
-        relative_max_scale = check_relative_max_scale(relative_max_scale)
-
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.gate_layout = gate_layout
         self.num_stages = num_stages
         self.stage_starts = stage_starts
-        self.gamma = gamma if isinstance(gamma, str) else float(gamma)
-        self.input_normalization = input_normalization
-        self.relative_max_scale = float(relative_max_scale)
+        self.configure(gamma=gamma, input_normalization=input_normalization, relative_max_scale=relative_max_scale)
         self.meta_training = dict(meta_training or {})
         self.name_or_path: str | None = None  # where it was loaded from (set by from_pretrained)
         self.stages = nn.ModuleList(MLRSNet(hidden_size, num_layers, gate_layout) for _ in range(num_stages))
         self.start()
 
     # ------------------------------------------------------------------ config
+    def configure(
+        self,
+        gamma: float | str | None = None,
+        input_normalization: str | None = None,
+        relative_max_scale: float | None = None,
+    ) -> None:
+        """Set the recipe fields that a run may override (None keeps the current value), each validated."""
+        if gamma is not None:
+            self.gamma = check_gamma(gamma)
+        if input_normalization is not None:
+            self.input_normalization = check_input_normalization(input_normalization)
+        if relative_max_scale is not None:
+            self.relative_max_scale = check_relative_max_scale(relative_max_scale)
+
     @property
     def config(self) -> dict[str, Any]:
         """The architecture and recipe, as written to ``config.json``."""
