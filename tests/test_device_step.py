@@ -44,7 +44,9 @@ def test_fast_steps_follow_the_schedule(monkeypatch, numpy, gamma, kwargs):
     stepper.sync()
     assert (fast.num_steps, fast.num_skipped) == (host.num_steps, host.num_skipped) == (9, 2)
     assert fast.last_lr == got[-1]
-    assert torch.allclose(fast.state.h, host.state.h, atol=1e-6) and torch.allclose(fast.state.c, host.state.c, atol=1e-6)
+    assert torch.allclose(fast.state.h, host.state.h, atol=1e-6) and torch.allclose(
+        fast.state.c, host.state.c, atol=1e-6
+    )
     # after a sync the schedule's own step carries on from the synced state
     assert fast.step(0.8) == pytest.approx(host.step(0.8), rel=1e-6)
 
