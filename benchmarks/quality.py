@@ -75,7 +75,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
-from toys import MNIST1DCNN, mnist1d_splits, small_gpt2_lm  # noqa: E402
+from toys import MNIST1DCNN, corrupted_digits_splits, mnist1d_splits, small_gpt2_lm  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
@@ -261,8 +261,23 @@ def row_labels() -> list[str]:
 
 
 @functools.cache
+def task_spec(name: str) -> Task:
+    """A task of :data:`TASKS`, or ``"digits-cnn@<variant>"``: digits with a biased training set (robustness.py)."""
+    base, _, variant = name.partition("@")
+    task = TASKS[base]
+    if not variant:
+        return task
+    if base != "digits-cnn":
+        raise ValueError(f"Only digits-cnn has biased variants, got {name!r}.")
+    return dataclasses.replace(task, name=name, description=f"{task.description}; training set: {variant}")
+
+
 def task_data(name: str, quick: bool) -> dict[str, Any]:
     """Train / val / test sets, the meta set, the model factory, metrics and C for one task."""
+    base, _, variant = name.partition("@")
+    if variant:  # the biased training set, a clean meta set of 10 per class (also the baselines' validation set)
+        splits = corrupted_digits_splits(variant, seed=0)
+        return {**splits, "val": splits["meta"], "model": DigitsCNN, "metrics": accuracy_metrics(), "num_classes": 10}
     if name in ("digits-cnn", "mnist1d-cnn"):
         splits = digits_splits(0) if name == "digits-cnn" else mnist1d_splits(0)
         model = DigitsCNN if name == "digits-cnn" else MNIST1DCNN
@@ -400,7 +415,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("mlrsnet_hf").setLevel(logging.ERROR)
     logging.getLogger("dog").setLevel(logging.WARNING)  # it logs each optimizer state-dict round trip
-    task = TASKS[job["task"]]
+    task = task_spec(job["task"])
     data = task_data(task.name, job["quick"])
     steps = job["steps"]
     key = "accuracy" if task.modality == "image" else "perplexity"
@@ -603,7 +618,7 @@ def summarise(
     """
     summary: dict[str, Any] = {}
     for name in tasks:
-        metric = "accuracy" if TASKS[name].modality == "image" else "perplexity"
+        metric = "accuracy" if task_spec(name).modality == "image" else "perplexity"
         rows: dict[str, Any] = {}
         for r in (r for r in records if r["task"] == name):
             rows.setdefault(r["schedule"], []).append(r)

@@ -87,3 +87,39 @@ def small_gpt2_lm(vocab_size: int, n_embd: int = 64, n_layer: int = 2, n_head: i
 
     config = GPT2Config(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=n_positions)
     return ShiftedLabelsLM(GPT2LMHeadModel(config))
+
+
+def corrupted_digits_splits(
+    variant: str, seed: int = 0, severity: int = 5, meta_per_class: int = 10
+) -> dict[str, list[dict[str, Any]]]:
+    """The digits task with a biased training set and a small clean meta set (the paper's Sec. 4.3 at CPU scale).
+
+    The same test and training images as ``digits_splits(seed)``; the training images get one corruption of
+    :mod:`mlrsnet_hf.experiments.corruptions` at ``severity`` (applied to the raw pixels in [0, 1]), or, with
+    ``variant="labels40"``, 40 % of the training labels are flipped to another class. The meta set is
+    ``meta_per_class`` clean images per class, drawn class-balanced from ``digits_splits``'s meta split.
+    Pixels are standardised with the clean data's statistics, as in ``digits_splits``.
+    """
+    from sklearn.datasets import load_digits
+
+    from mlrsnet_hf.experiments.corruptions import corrupt, symmetric_label_noise
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(seed).permutation(len(y))
+    test_idx, rest = order[:400], order[400:]
+    meta_idx = rest[balanced_split(y[rest], 200, 10, seed)]
+    train_idx = np.setdiff1d(rest, meta_idx)
+    meta_idx = meta_idx[balanced_split(y[meta_idx], 10 * meta_per_class, 10, seed)]
+    mean, std = x.mean(), x.std()
+    generator = torch.Generator().manual_seed(seed)
+    train_x, train_y = x[train_idx], y[train_idx]
+    if variant == "labels40":
+        train_y = symmetric_label_noise(torch.as_tensor(train_y), 0.4, 10, generator).numpy()
+    else:
+        images = torch.as_tensor(train_x, dtype=torch.float32).reshape(-1, 8, 8) / 16
+        train_x = corrupt(images, variant, severity, generator).reshape(len(train_idx), 64).double().numpy() * 16
+    return {
+        "train": tensor_rows((train_x - mean) / std, train_y, (1, 8, 8)),
+        "meta": tensor_rows((x[meta_idx] - mean) / std, y[meta_idx], (1, 8, 8)),
+        "test": tensor_rows((x[test_idx] - mean) / std, y[test_idx], (1, 8, 8)),
+    }

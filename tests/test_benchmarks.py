@@ -95,3 +95,15 @@ def test_quality_benchmark_quick(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert [p.stat().st_mtime_ns for p in runs] == mtimes  # finished runs are read back, not rerun
     assert json.loads((tmp_path / "quality_cpu_quick.json").read_text())["results"] == report["results"]
+
+
+@pytest.mark.slow
+def test_robustness_benchmark_quick(tmp_path):
+    command = [sys.executable, str(REPO / "benchmarks" / "robustness.py"), "--quick", "--variants", "contrast",
+               "labels40", "--out", str(tmp_path), "--workers", "1"]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO / "benchmarks")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "robustness_cpu_quick.json").read_text())
+    assert set(result["table"]) >= {"MLR-SNet meta-trained", "SGD cosine", "Adam fixed"}
+    assert set(result["table"]["SGD cosine"]["per_task"]) == {"contrast", "labels40"}
+    assert "| MLR-SNet meta-trained |" in (tmp_path / "robustness_cpu_quick.md").read_text()

@@ -12,7 +12,7 @@ from mlrsnet_hf.experiments.data import digits_splits, ptb_small_splits
 from mlrsnet_hf.experiments.vision_models import DigitsCNN, DigitsMLP
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from toys import MNIST1DCNN, ShiftedLabelsLM, mnist1d_splits, small_gpt2_lm  # noqa: E402
+from toys import MNIST1DCNN, ShiftedLabelsLM, corrupted_digits_splits, mnist1d_splits, small_gpt2_lm  # noqa: E402
 
 PTB = SHARED / "data" / "ptb"
 
@@ -82,3 +82,25 @@ def test_ptb_small_splits_never_overlap():
     assert chunks["test"].streams.numel() == (sum(len(x.split()) + 1 for x in test_lines) - meta_words) // 20 * 20
     example = chunks["meta"][0]
     assert torch.equal(example["input_ids"][1:], example["labels"][:-1])
+
+
+def test_corrupted_digits_keep_the_clean_test_set_and_a_small_clean_meta_set():
+    clean = digits_splits(0)
+    noisy = corrupted_digits_splits("gaussian_noise", seed=0)
+    flipped = corrupted_digits_splits("labels40", seed=0)
+
+    def stack(rows):
+        return torch.stack([r["pixel_values"] for r in rows]), torch.tensor([r["labels"] for r in rows])
+
+    test_x, test_y = stack(clean["test"])
+    for splits in (noisy, flipped):
+        x, y = stack(splits["test"])
+        assert torch.allclose(x, test_x, atol=1e-5) and torch.equal(y, test_y)  # the same clean test set
+        meta_y = stack(splits["meta"])[1]
+        assert torch.bincount(meta_y, minlength=10).tolist() == [10] * 10  # 10 clean images per class
+    clean_x, clean_y = stack(clean["train"])
+    noisy_x, noisy_y = stack(noisy["train"])
+    assert torch.equal(noisy_y, clean_y) and not torch.allclose(noisy_x, clean_x, atol=0.1)
+    flipped_x, flipped_y = stack(flipped["train"])
+    assert torch.allclose(flipped_x, clean_x, atol=1e-5)
+    assert (flipped_y != clean_y).float().mean().item() == pytest.approx(0.4, abs=0.05)
