@@ -46,4 +46,23 @@ def write_hub_layout(root: Path, name: str, n_train: int = 600, n_test: int = 20
     return root
 
 
-__all__ = ["LAYOUTS", "Value", "write_hub_layout"]
+def write_cifar_c_layout(root: Path, corruptions: tuple[str, ...] = ("gaussian_noise", "fog"), n: int = 120) -> Path:
+    """A CIFAR-10-C copy in the Hub copy's schema (randall-lab/cifar10-c): one ``test`` split with ``image``,
+    ``label``, ``corruption_name`` and ``corruption_level``; ``n`` images per corruption and severity."""
+    images, labels = digit_images(32)
+    rows: dict[str, list] = {"image": [], "label": [], "corruption_name": [], "corruption_level": []}
+    for name in corruptions:
+        for level in range(1, 6):
+            rows["image"] += images[:n]
+            rows["label"] += [int(v) for v in labels[:n]]
+            rows["corruption_name"] += [name] * n
+            rows["corruption_level"] += [level] * n
+    features = Features({"image": Image(), "label": Value("int64"), "corruption_name": Value("string"),
+                         "corruption_level": Value("int64")})  # fmt: skip
+    out = root / "data" / "test-00000-of-00001.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Dataset.from_dict(rows, features=features).to_parquet(str(out))
+    return root
+
+
+__all__ = ["LAYOUTS", "Value", "write_cifar_c_layout", "write_hub_layout"]

@@ -117,3 +117,71 @@ def test_train_controller_then_transfer_it(tmp_path, capsys):
     lrs = json.loads((out / "metrics.json").read_text())["learning_rates"]
     assert len(lrs) == 4 and lrs[0] == lrs[1] and lrs[2] == lrs[3]  # one decision every 2 steps
     assert all(round(lr / 1e-3 / 1.05 ** round(math.log(lr / 1e-3, 1.05)), 9) == 1 for lr in lrs)
+
+
+def test_cifar_c_data_one_corruption_clean_meta_and_test(tmp_path):
+    from hub_data import write_cifar_c_layout
+
+    from mlrsnet_hf.experiments.corrupted_data import load_corrupted_dataset
+
+    corrupted = write_cifar_c_layout(tmp_path / "cifar10c", n=120)
+    clean = write_hub_layout(tmp_path / "cifar10", "cifar10", n_train=300, n_test=20)
+    splits, spec = load_corrupted_dataset(
+        "cifar10c", "gaussian_noise", 5, str(corrupted), str(clean), meta_per_class=3
+    )
+    assert spec.num_classes == 10 and len(splits["train"]) == 120
+    meta_labels = [splits["meta"][i]["labels"] for i in range(len(splits["meta"]))]
+    assert sorted(meta_labels) == sorted(list(range(10)) * 3)  # 3 clean images per class
+    assert len(splits["test"]) == 300 - 30  # the rest of the clean training set
+    example = splits["train"][0]
+    assert example["pixel_values"].shape == (3, 32, 32) and isinstance(example["labels"], int)
+    with pytest.raises(ValueError, match=r"no images of corruption 'snow'.*'fog', 'gaussian_noise'"):
+        load_corrupted_dataset("cifar10c", "snow", 5, str(corrupted), str(clean))
+    with pytest.raises(ValueError, match="severity"):
+        load_corrupted_dataset("cifar10c", "fog", 0, str(corrupted), str(clean))
+    with pytest.raises(ValueError, match="is it a CIFAR-C copy"):
+        load_corrupted_dataset("cifar10c", "fog", 5, str(clean), str(clean))
+
+
+def test_robustness_preset_records_what_the_schedule_was_trained_on(tmp_path, capsys):
+    from hub_data import write_cifar_c_layout
+
+    corrupted = write_cifar_c_layout(tmp_path / "cifar10c", n=40)
+    clean = write_hub_layout(tmp_path / "cifar10", "cifar10", n_train=60, n_test=10)
+    out = tmp_path / "schedule"
+    code = main(
+        ["meta-train", "--task", "cifar10c-resnet18", "--dataset", str(corrupted), "--clean_dataset", str(clean),
+         "--corruption", "fog", "--severity", "3", "--meta_per_class", "2", "--meta_batch_size", "4",
+         "--output_dir", str(out), "--per_device_train_batch_size", "4", "--meta_update_interval", "2", *QUICK]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    record = MLRSNetSchedule.from_pretrained(out).meta_training
+    assert (record["corruption"], record["severity"], record["meta_set_size"]) == ("fog", 3, 20)
+    card = (out / "README.md").read_text()
+    assert "corruption `fog` at severity 3" in card
+    assert main(["meta-train", "--task", "cifar10c-resnet18", "--output_dir", str(out)]) == 1
+    assert "pass --corruption" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_robustness_runner_writes_one_table_with_the_transfer_variant(tmp_path):
+    from hub_data import write_cifar_c_layout
+
+    corrupted = write_cifar_c_layout(tmp_path / "cifar10c", n=40)
+    clean = write_hub_layout(tmp_path / "cifar10", "cifar10", n_train=60, n_test=10)
+    command = [sys.executable, str(REPO / "examples" / "robustness_cifar_c.py"), "--transfer", "--corruptions", "fog",
+               "--output_dir", str(tmp_path / "out"), "--dataset", str(corrupted), "--clean_dataset", str(clean),
+               "--meta_per_class", "2", "--meta_batch_size", "4", "--per_device_train_batch_size", "4",
+               "--meta_update_interval", "2", *QUICK]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = json.loads((tmp_path / "out" / "robustness.json").read_text())
+    assert set(table) == {
+        "MLR-SNet meta-trained",
+        "SGD fixed",
+        "SGD cosine",
+        "MLR-SNet transferred from gaussian_noise",
+    }
+    assert set(table["MLR-SNet meta-trained"]["per_corruption"]) == {"gaussian_noise", "fog"}
+    assert set(table["MLR-SNet transferred from gaussian_noise"]["per_corruption"]) == {"fog"}
+    assert all(0 <= v["mean"] <= 1 for v in table.values())

@@ -26,11 +26,12 @@ from typing import Any
 
 from torch import nn
 from torch.utils.data import Subset
-from transformers import HfArgumentParser, set_seed
+from transformers import HfArgumentParser, Trainer, set_seed
 
 from ..config import MLRSNetConfig
 from ..plotting import plot_lr_curve, plot_training_curves
 from ..trainer import MLRSNetTrainer
+from .corrupted_data import CORRUPTED_DATASETS, load_corrupted_dataset
 from .data import load_image_dataset, load_ptb_lm
 from .language_models import lstm_lm
 from .metrics import accuracy_metrics, perplexity_metrics
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 class TaskPreset:
     """A task of the paper: data, model and the recipe's training arguments."""
 
-    dataset: str  # a key of IMAGE_DATASETS, or "ptb"
+    dataset: str  # a key of IMAGE_DATASETS or CORRUPTED_DATASETS, or "ptb"
     model: str  # "resnet18", "wrn-28-10", "mobilenetv2", "shufflenetv2", "lstm2", "lstm3"
     training: dict[str, Any]
     meta_updates_per_epoch: int | None = None  # sets meta_update_interval from the data size
@@ -74,6 +75,21 @@ PRESETS: dict[str, TaskPreset] = {
     "tiny-imagenet-resnet18": TaskPreset(
         "tiny-imagenet", "resnet18", _IMAGE_RECIPE, 2, "ResNet-18 on TinyImageNet (transfer target)"
     ),
+    # Robustness (paper Sec. 4.3): train on one corruption (--corruption, --severity), meta set 10 clean images per class.
+    "cifar10c-resnet18": TaskPreset(
+        "cifar10c",
+        "resnet18",
+        {**_IMAGE_RECIPE, "meta_batch_size": 100},
+        2,
+        "ResNet-18 on one corruption of CIFAR-10-C",
+    ),
+    "cifar100c-resnet18": TaskPreset(
+        "cifar100c",
+        "resnet18",
+        {**_IMAGE_RECIPE, "meta_batch_size": 100},
+        2,
+        "ResNet-18 on one corruption of CIFAR-100-C",
+    ),
     "ptb-lstm2": TaskPreset("ptb", "lstm2", _PTB_RECIPE, None, "2-layer LSTM LM on Penn Treebank"),
     "ptb-lstm3": TaskPreset("ptb", "lstm3", _PTB_RECIPE, None, "3-layer LSTM LM on Penn Treebank"),
 }
@@ -91,6 +107,15 @@ class TaskArguments:
         },
     )
     meta_size: int = field(default=1000, metadata={"help": "Images held out of the training set for meta updates."})
+    corruption: str | None = field(
+        default=None, metadata={"help": "CIFAR-C tasks: the corruption to train on (e.g. gaussian_noise)."}
+    )
+    severity: int = field(default=5, metadata={"help": "CIFAR-C tasks: the corruption's severity, 1-5."})
+    meta_per_class: int = field(default=10, metadata={"help": "CIFAR-C tasks: clean meta images per class."})
+    clean_dataset: str | None = field(
+        default=None,
+        metadata={"help": "CIFAR-C tasks: the clean CIFAR (meta and test images; default: its Hub id)."},
+    )
     train_split: str = field(default="train", metadata={"help": "PTB: the split to train on."})
     meta_split: str = field(default="validation", metadata={"help": "PTB: the split for meta updates."})
     test_split: str = field(default="test", metadata={"help": "PTB: the split to evaluate on."})
@@ -114,6 +139,7 @@ class Task:
     preprocess_logits_for_metrics: Any
     dataset_id: str
     num_classes: int
+    corruption: dict[str, Any] | None = None  # robustness tasks: corruption, severity, meta-set size
 
 
 def preset_model(preset: TaskPreset, num_classes: int) -> nn.Module:
@@ -140,6 +166,19 @@ def build_task(args: TaskArguments, training: MLRSNetConfig | None = None) -> Ta
         return Task(
             model, chunks["train"], chunks["meta"], chunks["test"], compute, preprocess,
             args.dataset or "ptb-text-only/ptb_text_only", len(vocab),
+        )  # fmt: skip
+    if preset.dataset in CORRUPTED_DATASETS:
+        if args.corruption is None:
+            raise ValueError(f"{args.task} trains on one corruption: pass --corruption (e.g. gaussian_noise).")
+        splits, spec = load_corrupted_dataset(
+            preset.dataset, args.corruption, args.severity, args.dataset, args.clean_dataset, args.meta_per_class
+        )
+        model = preset_model(preset, spec.num_classes)
+        compute, preprocess = accuracy_metrics()
+        dataset_id = args.dataset or CORRUPTED_DATASETS[preset.dataset].hub_id
+        return Task(
+            model, splits["train"], splits["meta"], splits["test"], compute, preprocess, dataset_id, spec.num_classes,
+            corruption={"corruption": args.corruption, "severity": args.severity, "meta_set_size": len(splits["meta"])},
         )  # fmt: skip
     splits, spec = load_image_dataset(preset.dataset, args.dataset, meta_size=args.meta_size)
     model = preset_model(preset, spec.num_classes)
@@ -188,7 +227,8 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
     out = Path(training.output_dir)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
-        record = {"task": task_args.task, **metrics, "learning_rates": trainer.lr_scheduler.lr_history}
+        record = {"task": task_args.task, **(task.corruption or {}), **metrics}
+        record["learning_rates"] = trainer.lr_scheduler.lr_history
         (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         plot_lr_curve(trainer.lr_scheduler.lr_history, out / "lr_curve.png")
         plot_training_curves(trainer.state.log_history, out / "training_curves.png")
@@ -198,11 +238,30 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
             "task": task_args.task,
             "model": preset.model,
             "num_classes": task.num_classes,
+            **(task.corruption or {}),
         }
         trainer.save_schedule(out, meta_training=record)
         if trainer.is_world_process_zero():
             trainer.save_model(str(out / "model"))
     return metrics
+
+
+def run_baseline(argv: Sequence[str], lr_scheduler_type: str = "cosine") -> dict[str, Any]:
+    """A hand-designed schedule on a preset task (a plain ``Trainer``, ``lr_scheduler_type``); the final metrics.
+
+    The preset's data, model and recipe as for :func:`run`; the schedule flags are ignored and
+    ``--learning_rate`` is the schedule's peak LR.
+    """
+    task_args, training = parse(list(argv), meta_train=False)
+    training.lr_scheduler_type = lr_scheduler_type
+    set_seed(training.seed)
+    task = build_task(task_args, training)
+    trainer = Trainer(
+        model=task.model, args=training, train_dataset=task.train, eval_dataset=task.test,
+        compute_metrics=task.compute_metrics, preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+    )  # fmt: skip
+    trainer.train()
+    return trainer.evaluate()
 
 
 @dataclass
