@@ -73,6 +73,7 @@ class MetaLearner:
         self.snapshot_steps: list[int] = []
         self.last_hypergradient: dict[str, torch.Tensor] | None = None
         self.losses: list[float] = []  # meta losses since the last log
+        self.num_updates = 0  # meta updates taken (skipped non-finite ones not counted)
         self._horizon: list[dict[str, Any]] = []  # the steps of the current horizon (inputs, LR, w_s - w_{s+1})
         self._before: list[torch.Tensor] | None = None  # w_t of the step in progress
 
@@ -152,6 +153,7 @@ class MetaLearner:
             n: p.grad.detach().clone() for n, p in self.schedule.named_parameters() if p.grad is not None
         }
         self.optimizer.step()
+        self.num_updates += 1
         self.losses.append(mean_loss.item())
 
     def finish(self) -> None:
@@ -166,6 +168,7 @@ class MetaLearner:
             # on the CPU: a resume may run on other devices (the deltas go back to theirs when used)
             "horizon": [{**e, "delta": [d.cpu() for d in e["delta"]]} for e in self._horizon],
             "snapshots": [dict(snapshot) for snapshot in self.snapshots],
+            "num_updates": self.num_updates,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -173,3 +176,4 @@ class MetaLearner:
         self.batches.load_state_dict(state["batches"])
         self._horizon = [dict(entry) for entry in state.get("horizon", [])]
         self.snapshots = [dict(snapshot) for snapshot in state.get("snapshots", [])]
+        self.num_updates = int(state.get("num_updates", 0))

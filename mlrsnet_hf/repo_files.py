@@ -122,6 +122,15 @@ def _is_foreign_card(path: Path) -> bool:
 
 
 # --------------------------------------------------------------------- loading
+def looks_local(model_id: str) -> bool:
+    """A local path, not a Hub id ``org/name``: it exists, starts like a path, has more than one separator,
+    or has one and its parent directory exists (as for a mistyped ``output/schedul``)."""
+    path = Path(model_id).expanduser()
+    if path.exists() or model_id.startswith(("/", "./", "../", "~")) or model_id.strip("/").count("/") > 1:
+        return True
+    return "/" in model_id.strip("/") and path.parent.is_dir()
+
+
 def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> Path:
     """Path of ``filename`` in a local schedule directory or a Hub repo (downloaded or from the HF cache)."""
     if os.path.isdir(model_id):
@@ -129,6 +138,8 @@ def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> Path:
         if not path.is_file():
             raise ScheduleFileError(f"{path} is missing: {model_id} is not a complete schedule repo.")
         return path
+    if looks_local(model_id):
+        raise ScheduleFileError(f"No such directory: {model_id} (a local path, so no Hub repo was looked up).")
     try:
         return Path(hf_hub_download(repo_id=model_id, filename=filename, **download_kwargs))
     except HFValidationError as e:

@@ -166,6 +166,7 @@ class MLRSNetTrainer(Trainer):
             "per_device_train_batch_size": self.args.per_device_train_batch_size,
             "meta_update_interval": self.args.meta_update_interval,
             "meta_horizon": self.args.meta_horizon,
+            "meta_updates": getattr(getattr(self.lr_scheduler, "meta", None), "num_updates", 0),
             "meta_learning_rate": self.args.meta_learning_rate,
             "meta_weight_decay": self.args.meta_weight_decay,
             "num_classes": self.schedule.num_classes,
@@ -230,6 +231,12 @@ class MLRSNetTrainer(Trainer):
                 trajectory = False
         if trajectory and not (self.args.meta_train and self._snapshot_steps):
             raise ValueError("trajectory=True needs a meta-training run with snapshot_fractions set.")
+        if self.args.meta_train and not getattr(getattr(self.lr_scheduler, "meta", None), "num_updates", 0):
+            logger.warning(
+                "This meta-training run made no meta update (max_steps=%s, meta_update_interval=%d): the schedule "
+                "saved is its initialisation. meta_updates=0 is recorded in config.json and the card.",
+                self.state.max_steps, self.args.meta_update_interval,
+            )  # fmt: skip
         schedule = self.trajectory_schedule() if trajectory else copy.deepcopy(self.schedule)
         if isinstance(schedule, LRController):
             schedule.training_run.update(meta_training or {})

@@ -82,7 +82,9 @@ def test_lm_carries_its_state_and_meta_forwards_leave_it_alone():
 
 
 def test_meta_train_an_lstm_lm_on_real_ptb(ptb_dir, tmp_path):
-    chunks, vocab = load_ptb_lm(str(ptb_dir), batch_size=8, seq_len=35, train_split="validation", meta_split="test")
+    chunks, vocab = load_ptb_lm(
+        str(ptb_dir), batch_size=8, seq_len=35, train_split="validation[:90%]", meta_split="validation[90%:]"
+    )
     torch.manual_seed(0)
     model = lstm_lm(len(vocab), hidden_size=32, dropout=0.5)
     recorder = Recorder()

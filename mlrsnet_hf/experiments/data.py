@@ -9,8 +9,10 @@ per-dataset normalisation. Examples come out as ``{"pixel_values": (3, H, W) flo
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -272,21 +274,50 @@ def load_ptb_lm(
     """PTB as contiguous LM batches: ``({"train", "meta", "test"}, vocabulary)``.
 
     The meta split is PTB's validation split (the paper's setting); with only the validation and test
-    files at hand (e.g. a CPU-scale run), pass other split names, e.g. ``train_split="validation",
-    meta_split="test"``. The vocabulary covers all splits, as in the standard PTB setup. The schedule's
+    files at hand (e.g. a CPU-scale run), carve splits apart with ``datasets``' slice syntax, e.g.
+    ``train_split="validation[:90%]", meta_split="validation[90%:]"``. Overlapping splits are refused. The vocabulary covers all splits, as in the standard PTB setup. The schedule's
     loss input is the loss divided by ``ln(len(vocabulary))`` (``input_normalization="log_num_classes"``).
     """
     sentences = load_ptb(dataset, **load_kwargs)
-    for split in (train_split, meta_split, test_split):
-        if split not in sentences:
-            raise ValueError(f"PTB split {split!r} not found (have {sorted(sentences)}).")
+    ranges = {
+        role: split_range(spec) for role, spec in (("train", train_split), ("meta", meta_split), ("test", test_split))
+    }
+    for role, (name, _, _) in ranges.items():
+        if name not in sentences:
+            raise ValueError(f"PTB split {name!r} ({role}) not found (have {sorted(sentences)}).")
+    for (a, (name_a, start_a, end_a)), (b, (name_b, start_b, end_b)) in itertools.combinations(ranges.items(), 2):
+        if name_a == name_b and max(start_a, start_b) < min(end_a, end_b):
+            raise ValueError(
+                f"The {a} and {b} splits overlap ({name_a} [{start_a:g}, {end_a:g}) and [{start_b:g}, {end_b:g})): "
+                "give disjoint splits, e.g. 'validation[:90%]' and 'validation[90%:]'."
+            )
     vocabulary = build_vocabulary(*(sentences[s] for s in ("train", "validation", "test") if s in sentences))
+
+    def part(role: str) -> list[str]:
+        name, start, end = ranges[role]
+        rows = sentences[name]
+        return rows[round(start * len(rows)) : round(end * len(rows))]
+
     chunks = {
-        "train": LMChunks(encode(sentences[train_split], vocabulary), batch_size, seq_len),
-        "meta": LMChunks(encode(sentences[meta_split], vocabulary), batch_size, seq_len),
-        "test": LMChunks(encode(sentences[test_split], vocabulary), eval_batch_size, seq_len),
+        "train": LMChunks(encode(part("train"), vocabulary), batch_size, seq_len),
+        "meta": LMChunks(encode(part("meta"), vocabulary), batch_size, seq_len),
+        "test": LMChunks(encode(part("test"), vocabulary), eval_batch_size, seq_len),
     }
     return chunks, vocabulary
+
+
+def split_range(spec: str) -> tuple[str, float, float]:
+    """``"validation"`` -> ``("validation", 0, 1)``; ``"validation[:90%]"`` -> ``("validation", 0, 0.9)`` (``datasets``' slice syntax, in %)."""
+    match = re.fullmatch(r"(\w+)(?:\[(\d*)%?:(\d*)%?\])?", spec)
+    if match is None:
+        raise ValueError(
+            f"Cannot read the split {spec!r}: expected a name, optionally sliced like 'validation[:90%]'."
+        )
+    name, start, end = match.groups()
+    start, end = float(start or 0) / 100, float(end or 100) / 100
+    if not 0 <= start < end <= 1:
+        raise ValueError(f"The split {spec!r} selects nothing.")
+    return name, start, end
 
 
 # --- Small real tasks that train in seconds on a CPU (the demo, the quality benchmark) ---

@@ -60,6 +60,7 @@ def perplexity_metrics() -> tuple[Callable[[EvalPrediction], dict[str, float]], 
     def compute(prediction: EvalPrediction) -> dict[str, Any]:
         tokens = int((np.asarray(prediction.label_ids) != -100).sum())
         mean = float(np.asarray(prediction.predictions, dtype=np.float64).sum()) / tokens
-        return {"perplexity": math.exp(mean), "token_nll": mean}
+        perplexity = math.exp(mean) if mean < 709.0 else math.inf  # a diverged run: inf, not an OverflowError
+        return {"perplexity": perplexity, "token_nll": mean}
 
     return compute, preprocess

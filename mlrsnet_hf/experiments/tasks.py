@@ -194,8 +194,14 @@ def parse(argv: Sequence[str], meta_train: bool) -> tuple[TaskArguments, MLRSNet
     task_args, _ = HfArgumentParser(TaskArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)
     if task_args.task not in PRESETS:
         raise ValueError(f"Unknown task {task_args.task!r}: expected one of {', '.join(PRESETS)}.")
+    recipe = dict(PRESETS[task_args.task].training)
+    optim = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--optim"), recipe.get("optim", "sgd"))
+    if not optim.startswith("sgd") and "--gamma" not in argv:
+        # The recipe's gamma is an SGD learning rate: with another optimizer the library's documented
+        # fallback applies (gamma="relative", with a warning: --learning_rate sets the scale).
+        recipe.pop("gamma", None)
     parser = HfArgumentParser((TaskArguments, MLRSNetConfig))
-    parser.set_defaults(**PRESETS[task_args.task].training, meta_train=meta_train, report_to="none")
+    parser.set_defaults(**recipe, meta_train=meta_train, report_to="none")
     task_args, training = parser.parse_args_into_dataclasses(argv)
     return task_args, training
 

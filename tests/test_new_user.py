@@ -1,0 +1,79 @@
+"""Issue 14: what a new user meets on the command line and with the presets (each item reproduced, then fixed)."""
+
+import math
+
+import pytest
+import torch
+from test_trainer import config
+from tiny import DigitsNet, digits
+
+from mlrsnet_hf import MLRSNetSchedule, MLRSNetTrainer, ScheduleFileError
+from mlrsnet_hf.experiments.data import load_ptb_lm
+from mlrsnet_hf.experiments.metrics import perplexity_metrics
+from mlrsnet_hf.experiments.tasks import parse
+
+
+def test_an_adam_optimizer_on_a_preset_falls_back_to_relative_mode(tmp_path):
+    _, sgd = parse(["--task", "ptb-lstm2", "--output_dir", str(tmp_path)], meta_train=False)
+    assert sgd.gamma == 40.0  # the recipe's, for its optimizer
+    _, adam = parse(["--task", "ptb-lstm2", "--optim", "adamw_torch", "--output_dir", str(tmp_path)], meta_train=False)
+    assert adam.gamma is None  # -> gamma="relative" with a warning when the run starts, as the Python API does
+    _, explicit = parse(
+        ["--task", "ptb-lstm2", "--optim", "adamw_torch", "--gamma", "40", "--output_dir", str(tmp_path)], False
+    )
+    assert explicit.gamma == 40.0
+
+
+def test_the_perplexity_of_a_diverged_run_is_inf_not_a_crash():
+    from transformers import EvalPrediction
+
+    compute, _ = perplexity_metrics()
+    labels = torch.zeros(2, 3, dtype=torch.long)
+    result = compute(EvalPrediction(predictions=torch.full((2, 1), 1e5).numpy(), label_ids=labels.numpy()))
+    assert result["perplexity"] == math.inf and result["token_nll"] == pytest.approx(1e5 * 2 / 6)
+
+
+@pytest.fixture
+def ptb_dir(tmp_path):
+    words = ["the", "cat", "sat", "on", "the", "mat", "and", "the", "dog", "ran"]
+    for name, n in (("ptb.valid.txt", 200), ("ptb.test.txt", 50)):
+        (tmp_path / name).write_text("\n".join(" ".join(words[(i + j) % 10] for j in range(8)) for i in range(n)))
+    return tmp_path
+
+
+def test_overlapping_ptb_splits_are_refused_and_slices_carve_them_apart(ptb_dir):
+    with pytest.raises(ValueError, match="train and meta splits overlap"):
+        load_ptb_lm(str(ptb_dir), batch_size=2, train_split="validation", meta_split="validation")
+    with pytest.raises(ValueError, match="meta and test splits overlap"):
+        load_ptb_lm(str(ptb_dir), batch_size=2, train_split="validation", meta_split="test")
+    chunks, _ = load_ptb_lm(
+        str(ptb_dir), batch_size=2, seq_len=5, train_split="validation[:90%]", meta_split="validation[90%:]"
+    )
+    train_tokens, meta_tokens = chunks["train"].streams.numel(), chunks["meta"].streams.numel()
+    assert train_tokens == pytest.approx(9 * meta_tokens, rel=0.1)  # 180 and 20 sentences of 9 tokens
+
+
+def test_a_mistyped_local_path_fails_at_once_without_a_hub_lookup(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.setattr("mlrsnet_hf.repo_files.hf_hub_download", no_hub)
+    MLRSNetSchedule(hidden_size=4).save_pretrained(tmp_path / "schedule")
+    for typo in (str(tmp_path / "schedul"), str(tmp_path / "schedule" / "config.json")):
+        with pytest.raises(ScheduleFileError, match="No such directory|not a complete schedule repo|is missing"):
+            MLRSNetSchedule.from_pretrained(typo)
+
+
+def test_a_meta_training_run_without_meta_updates_says_so(tmp_path, caplog):
+    data = digits(200)
+    args = config(tmp_path, meta_train=True, meta_update_interval=10, max_steps=4, snapshot_fractions=[])
+    trainer = MLRSNetTrainer(model=DigitsNet(), args=args, train_dataset=data[:150], meta_dataset=data[150:])
+    trainer.train()
+    with caplog.at_level("WARNING"):
+        trainer.save_schedule(tmp_path / "schedule")
+    assert "made no meta update" in caplog.text
+    assert MLRSNetSchedule.from_pretrained(tmp_path / "schedule").meta_training["meta_updates"] == 0
+    assert "| meta_updates | 0 |" in (tmp_path / "schedule" / "README.md").read_text()
