@@ -112,6 +112,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_help(command: str, presets: dict, usage_error: bool) -> int:
+    """``mlrsnet meta-train|transfer|train-controller --help``: every flag, as ``HfArgumentParser`` knows them.
+
+    With no arguments at all: the usage on stderr and exit status 2 (as argparse does for a missing argument).
+    """
+    from transformers import HfArgumentParser
+
+    from .config import MLRSNetConfig
+    from .experiments.tasks import ControllerArguments, TaskArguments
+
+    classes = (TaskArguments, ControllerArguments) if command == "train-controller" else (TaskArguments, MLRSNetConfig)
+    tasks = "tasks:\n" + "\n".join(f"  {name}: {p.description}" for name, p in presets.items())
+    if usage_error:
+        print(f"usage: mlrsnet {command} --task TASK --output_dir DIR [FLAG ...]", file=sys.stderr)
+        print(
+            f"mlrsnet {command}: error: --task and --output_dir are required (--help lists every flag)",
+            file=sys.stderr,
+        )
+        print(tasks, file=sys.stderr)
+        return 2
+    what = {"meta-train": "meta-train a schedule", "transfer": "train with a learned schedule (--schedule)",
+            "train-controller": "train a PPO LR controller"}[command]  # fmt: skip
+    parser = HfArgumentParser(
+        classes, prog=f"mlrsnet {command}", description=f"mlrsnet {command}: {what} on a task preset.",
+        epilog=tasks, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.print_help()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("meta-train", "transfer", "train-controller"):
@@ -119,9 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .experiments.tasks import PRESETS, run, train_controller_run
 
         if len(argv) == 1 or argv[1] in ("-h", "--help"):
-            print(__doc__)
-            print("tasks:\n" + "\n".join(f"  {name}: {p.description}" for name, p in PRESETS.items()))
-            return 0
+            return command_help(argv[0], PRESETS, usage_error=len(argv) == 1)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
         try:
             if argv[0] == "train-controller":

@@ -77,3 +77,32 @@ def test_a_meta_training_run_without_meta_updates_says_so(tmp_path, caplog):
     assert "made no meta update" in caplog.text
     assert MLRSNetSchedule.from_pretrained(tmp_path / "schedule").meta_training["meta_updates"] == 0
     assert "| meta_updates | 0 |" in (tmp_path / "schedule" / "README.md").read_text()
+
+
+def test_command_help_lists_every_training_flag_and_no_arguments_is_an_error(capsys):
+    from mlrsnet_hf.cli import main
+
+    assert main(["meta-train", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--meta_update_interval", "--per_device_train_batch_size", "--corruption", "--gamma", "--task"):
+        assert flag in out
+    assert "cifar10c-resnet18" in out
+    assert main(["train-controller", "--help"]) == 0
+    assert "--episodes" in capsys.readouterr().out
+    assert main(["meta-train"]) == 2
+    assert "--task and --output_dir are required" in capsys.readouterr().err
+
+
+def test_the_examples_help_lists_every_flag(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "meta_train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and "--meta_update_interval" in out.stdout and "--num_train_epochs" in out.stdout

@@ -191,6 +191,8 @@ def build_task(args: TaskArguments, training: MLRSNetConfig | None = None) -> Ta
 
 def parse(argv: Sequence[str], meta_train: bool) -> tuple[TaskArguments, MLRSNetConfig]:
     """Parse ``TaskArguments`` and ``MLRSNetConfig``, with the preset's recipe as defaults."""
+    if "-h" in argv or "--help" in argv:  # every flag, not only the task's: the full parser prints its help
+        HfArgumentParser((TaskArguments, MLRSNetConfig)).parse_args_into_dataclasses(argv)
     task_args, _ = HfArgumentParser(TaskArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)
     if task_args.task not in PRESETS:
         raise ValueError(f"Unknown task {task_args.task!r}: expected one of {', '.join(PRESETS)}.")
