@@ -16,6 +16,7 @@ drives a PPO-trained :class:`~mlrsnet_hf.LRController`.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -145,6 +146,13 @@ class LRDriver:
         train_dataloader: DataLoader | None = None,
     ) -> None:
         """Bind to this run (``args``: its ``TrainingArguments``); a state loaded from a checkpoint is applied now."""
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > PartialState().num_processes:
+            raise RuntimeError(
+                f"{launched} processes were launched (WORLD_SIZE={launched}) but this one trains alone: on a machine "
+                "without GPUs pass --use_cpu (TrainingArguments(use_cpu=True)) so that they form one gloo job; "
+                "otherwise each process would train the same model alone and write the same output_dir."
+            )
         if not (args.learning_rate > 0):
             raise ValueError(
                 f"learning_rate must be positive (the reference of the schedule's LR), got {args.learning_rate}."

@@ -65,3 +65,26 @@ def test_an_error_one_rank_meets_is_raised_on_every_rank(tmp_path):
     messages = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert messages[0] == messages[1]
     assert "No training batch available" in messages[0] and "process 1 of 2" in messages[0]
+
+
+@pytest.mark.multiprocess
+def test_the_shipped_cpu_config_runs_two_processes_and_a_lone_process_is_refused(tmp_path):
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = str(REPO / "tests" / "scripts" / "world_size.py")
+    config = str(REPO / "examples" / "accelerate" / "cpu.yaml")
+    for name, extra in (("as-documented", ["--use_cpu"]), ("without-use-cpu", [])):
+        out = tmp_path / name
+        out.mkdir()
+        done = subprocess.run(
+            [str(accelerate), "launch", "--config_file", config, "--main_process_port", "29519", script, str(out), *extra],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        messages = sorted(p.read_text() for p in out.glob("rank*.txt"))
+        if extra:
+            assert messages == ["world 2", "world 2"]  # one 2-process job, as the README says
+        else:
+            assert len(messages) == 2 and all(
+                "trains alone: on a machine without GPUs pass --use_cpu" in m for m in messages
+            )
