@@ -8,9 +8,10 @@ Every MLRSNetConfig / TrainingArguments flag works (e.g. --max_steps 6 --per_dev
 `--dataset` takes a Hub id or a local directory in the Hub repo's layout. Same code as `mlrsnet meta-train`.
 """
 
+import json
 import sys
 
 from mlrsnet_hf.experiments.tasks import run
 
 if __name__ == "__main__":
-    run(sys.argv[1:], meta_train=True)
+    print(json.dumps(run(sys.argv[1:], meta_train=True), indent=2))  # the final metrics

@@ -6,9 +6,10 @@
 Same code as `mlrsnet transfer`; every MLRSNetConfig / TrainingArguments flag works.
 """
 
+import json
 import sys
 
 from mlrsnet_hf.experiments.tasks import run
 
 if __name__ == "__main__":
-    run(sys.argv[1:], meta_train=False)
+    print(json.dumps(run(sys.argv[1:], meta_train=False), indent=2))  # the final metrics

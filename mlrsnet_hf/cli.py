@@ -19,6 +19,7 @@ from .lr_controller import LRController
 from .official import convert_official
 from .plotting import plot_lr_response
 from .schedule import MLRSNetSchedule
+from .version import __version__
 
 
 def read_losses(path: str | Path) -> list[float]:
@@ -86,6 +87,7 @@ def _plot(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlrsnet", description="Learned LR schedules (MLR-SNet) as Hub repos.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action="version", version=f"mlrsnet_hf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("meta-train", help="meta-train a schedule on a task preset (see `mlrsnet meta-train --help`)")
     sub.add_parser("transfer", help="train a task preset with a learned schedule (see `mlrsnet transfer --help`)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,8 +54,11 @@ def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ScheduleFileError(f"{path} does not exist.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises EOFError, struct.error, RuntimeError... for damaged files
-        raise ScheduleFileError(f"{path} is truncated or not a PyTorch checkpoint ({e}).") from e
+    except Exception as e:  # torch raises EOFError, struct.error, UnpicklingError... for damaged or foreign files
+        # (torch's own message advises weights_only=False, i.e. running the file's code: not repeated here)
+        raise ScheduleFileError(
+            f"{path} is truncated or not a released MLR-SNet checkpoint ({type(e).__name__})."
+        ) from e
     if not isinstance(state, dict):
         raise ScheduleFileError(f"{path} holds a {type(state).__name__}, not a state dict.")
     missing = sorted(set(_KEY_MAP) - set(state))
@@ -64,6 +68,12 @@ def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"{path} is not a released MLR-SNet checkpoint: missing keys {missing}, unexpected keys {unexpected}."
         )
     return {_KEY_MAP[k]: v.float() for k, v in state.items()}
+
+
+def _epoch(path: str | Path) -> int | None:
+    """The epoch in a released checkpoint's name (``mlr_snet_100.pth`` -> 100), else None."""
+    match = re.fullmatch(r"mlr_snet_(\d+)\.pth", Path(path).name)
+    return int(match.group(1)) if match else None
 
 
 def convert_official(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> MLRSNetSchedule:
@@ -76,6 +86,14 @@ def convert_official(paths: Sequence[str | Path], out_dir: str | Path | None = N
     """
     if not paths:
         raise ValueError("convert_official needs at least one checkpoint path.")
+    epochs = [_epoch(p) for p in paths]
+    if None not in epochs and epochs != sorted(epochs):
+        raise ValueError(
+            f"The checkpoints must be given in stage order (the epochs they were saved at increasing), got "
+            f"{', '.join(Path(p).name for p in paths)}."
+        )
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"--out {out_dir} is a file: give a directory for the schedule repo.")
     states = [load_official_state_dict(p) for p in paths]
     for path, state in zip(paths, states, strict=True):
         if bad := [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]:

@@ -240,6 +240,10 @@ def _newer_config(config_path: Path, weights_path: Path) -> str | None:
     return embedded
 
 
+def _format(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+
+
 def load_schedule(cls: type, model_id: str, overrides: dict[str, Any], **download_kwargs: Any) -> Any:
     """Build the schedule from ``config.json`` (plus ``overrides``) and load ``model.safetensors`` strictly."""
     init_params = set(inspect.signature(cls.__init__).parameters) - {"self"}
@@ -255,7 +259,6 @@ def load_schedule(cls: type, model_id: str, overrides: dict[str, Any], **downloa
     else:
         source = f"the config embedded in {weights_path}"
         config = parse_config(embedded, source, init_params, cls.model_type)
-    config = {**config, **overrides}
     try:
         # On the meta device first: a config.json asking for a huge network allocates nothing before the
         # weights file has been checked against it.
@@ -263,6 +266,13 @@ def load_schedule(cls: type, model_id: str, overrides: dict[str, Any], **downloa
             skeleton = cls(**config)
     except (TypeError, ValueError) as e:
         raise ScheduleFileError(f"{source} does not describe a valid schedule: {e}") from e
+    if overrides:  # a bad override is the caller's mistake, not the file's
+        config = {**config, **overrides}
+        with torch.device("meta"):
+            try:
+                skeleton = cls(**config)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"from_pretrained({model_id!r}, {_format(overrides)}): {e}") from e
 
     weights = read_weights(weights_path)
     expected = skeleton.weights()

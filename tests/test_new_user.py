@@ -106,3 +106,29 @@ def test_the_examples_help_lists_every_flag(tmp_path):
         timeout=120,
     )
     assert out.returncode == 0 and "--meta_update_interval" in out.stdout and "--num_train_epochs" in out.stdout
+
+
+def test_version_override_blame_and_convert_official_errors(tmp_path, capsys):
+    from mlrsnet_hf import __version__, convert_official
+    from mlrsnet_hf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and __version__ in capsys.readouterr().out
+    MLRSNetSchedule(hidden_size=4).save_pretrained(tmp_path / "schedule")
+    with pytest.raises(ValueError, match=r"from_pretrained\(.*gamma='atuo'\): gamma must be") as error:
+        MLRSNetSchedule.from_pretrained(tmp_path / "schedule", gamma="atuo")
+    assert not isinstance(error.value, ScheduleFileError)  # the override is wrong, not config.json
+    # convert-official: stage order, --out a file, a file that is not a checkpoint
+    names = [tmp_path / f"mlr_snet_{e}.pth" for e in (200, 1)]
+    for path in names:
+        torch.save({"not": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="stage order"):
+        convert_official(names)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        convert_official(names[::-1], tmp_path / "a-file")
+    (tmp_path / "mlr_snet_1.pth").write_text("not a checkpoint")
+    assert main(["convert-official", str(tmp_path / "mlr_snet_1.pth"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "not a released MLR-SNet checkpoint" in err and "weights_only" not in err

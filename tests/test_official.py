@@ -81,7 +81,7 @@ def test_only_the_ifgo_layout_reproduces_the_checkpoints(converted, released_los
 def test_bad_checkpoints(official_dir, tmp_path):
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes((official_dir / CHECKPOINTS[0]).read_bytes()[:500])
-    with pytest.raises(ScheduleFileError, match="truncated.pth is truncated or not a PyTorch checkpoint"):
+    with pytest.raises(ScheduleFileError, match="truncated.pth is truncated or not a released MLR-SNet checkpoint"):
         convert_official([truncated])
     wrong = tmp_path / "wrong.pth"
     torch.save({"weight": torch.zeros(3)}, wrong)

@@ -47,6 +47,8 @@ def test_meta_train_example_then_transfer_to_text(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["eval_accuracy"] <= 1 and len(metrics["learning_rates"]) == 4
     assert len(set(metrics["learning_rates"])) > 1
+    printed = json.loads(run.stdout[run.stdout.rindex("{\n") :])  # the example prints its final metrics
+    assert printed["eval_accuracy"] == metrics["eval_accuracy"]
     for name in ("lr_curve.png", "training_curves.png", "lr_used.png", "README.md", "model/config.json"):
         assert (out / name).is_file(), name
 
