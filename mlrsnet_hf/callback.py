@@ -107,13 +107,12 @@ class MLRSNetCallback(TrainerCallback):
             )
         label_names = args.label_names if args.label_names is not None else find_labels(type(_unwrap(model)))
         driver.label_names = driver.label_names or label_names
-        held_out = "meta_dataset" if isinstance(driver, MLRSNetDriver) else "probe_dataset"
-        dataset = getattr(driver, held_out)
+        dataset = driver.held_out
         if dataset is not None and args.remove_unused_columns and hasattr(dataset, "column_names"):
             keep = set(model_columns(model, label_names))
             unused = [c for c in dataset.column_names if c not in keep]
             if unused:  # as the Trainer does with the training set
-                setattr(driver, held_out, dataset.remove_columns(unused))
+                driver.held_out = dataset.remove_columns(unused)
         driver.start(model, optimizer, args, state.max_steps, kwargs.get("train_dataloader"))
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):

@@ -72,12 +72,24 @@ class LRDriver:
     """What every learned schedule needs as the Trainer's ``lr_scheduler``: the loss of each step, the LR bookkeeping.
 
     Subclasses implement :meth:`_start` (resolve the run's settings, reset or restore their state),
-    :meth:`_lr_for_step` (their LR rule) and their runtime state.
+    :meth:`_lr_for_step` (their LR rule) and their runtime state. ``held_out`` is the family's held-out set (the
+    meta set, or the LR controller's probe examples); ``held_out_collate_fn`` collates it (default: the training
+    loader's); ``label_names`` are the batch keys its loss needs.
     """
 
-    def __init__(self, schedule: Any, options: ScheduleOptions | None = None) -> None:
+    def __init__(
+        self,
+        schedule: Any,
+        options: ScheduleOptions | None = None,
+        held_out: Any = None,
+        held_out_collate_fn: Any = None,
+        label_names: list[str] | None = None,
+    ) -> None:
         self.schedule = schedule
         self.options = options or ScheduleOptions()
+        self.held_out = held_out
+        self.held_out_collate_fn = held_out_collate_fn
+        self.label_names = label_names
         self.meter = LossMeter()
         self.optimizer: torch.optim.Optimizer | None = None
         self.last_epoch = 0  # optimizer steps taken (the Trainer's calls to step())
@@ -191,14 +203,13 @@ class LRDriver:
         if self._pending_step is not None:  # the last step was not taken (skipped by the Trainer)
             self._skipped(self._pending_step)
         lr, reference = self._lr_for_step(step, self.meter.step_loss(self.average_tokens_across_devices))
+        if isinstance(lr, torch.Tensor) and not self.tensor_lr:
+            lr = lr.item()  # this optimizer needs a number: one read per step
         if isinstance(lr, torch.Tensor):
-            if not self.tensor_lr:
-                lr = lr.item()  # this optimizer needs a number: one read per step
-            else:
-                self._pending_lrs.append(lr)
-                if len(self._pending_lrs) >= 4096:  # keep the device list short when nothing logs
-                    self.sync()
-        if not isinstance(lr, torch.Tensor):
+            self._pending_lrs.append(lr)
+            if len(self._pending_lrs) >= 4096:  # keep the device list short when nothing logs
+                self.sync()
+        else:
             self.lr_history.append(lr)
         self.last_lrs = [lr * (initial / reference) for initial in self.initial_lrs]
         for group, value in zip(self.optimizer.param_groups, self.last_lrs, strict=True):
@@ -233,25 +244,21 @@ class MLRSNetDriver(LRDriver):
     Args:
         schedule: the schedule (its runtime state, and with meta-training its weights, change during a run).
         options: the run's :class:`~mlrsnet_hf.options.ScheduleOptions`.
-        meta_dataset: the held-out set of meta-training (``options.meta_train``).
-        meta_collate_fn: collates the meta set (default: the training loader's).
-        meta_batch_size: per process (default: ``options.meta_batch_size``, else the training batch size).
+        held_out: the meta set of meta-training (``options.meta_train``); ``held_out_collate_fn`` and
+            ``label_names`` as for :class:`LRDriver`.
     """
 
     def __init__(
         self,
         schedule: MLRSNetSchedule,
         options: ScheduleOptions | None = None,
-        meta_dataset: Any = None,
-        meta_collate_fn: Any = None,
+        held_out: Any = None,
+        held_out_collate_fn: Any = None,
         label_names: list[str] | None = None,
     ) -> None:
-        super().__init__(schedule, options)
-        if self.options.meta_train and meta_dataset is None:
+        super().__init__(schedule, options, held_out, held_out_collate_fn, label_names)
+        if self.options.meta_train and held_out is None:
             raise ValueError("meta_train=True needs meta_dataset: held-out training data for the meta updates.")
-        self.meta_dataset = meta_dataset
-        self.meta_collate_fn = meta_collate_fn
-        self.label_names = label_names
         self.meta: MetaLearner | None = None
         self.range_test: RangeTestResult | None = None  # the curve and choice of gamma="range_test", once run
         self.last_step: dict[str, Any] | None = None
@@ -282,12 +289,12 @@ class MLRSNetDriver(LRDriver):
         schedule.start(num_classes=num_classes, base_lr=self.base_lr if schedule.gamma == "relative" else None)
         self.meta = None
         if options.meta_train:
-            collate = self.meta_collate_fn or getattr(self.train_dataloader, "collate_fn", None)
+            collate = self.held_out_collate_fn or getattr(self.train_dataloader, "collate_fn", None)
             if collate is None:
                 collate = torch.utils.data.default_collate
             batch_size = options.meta_batch_size or self.per_device_batch_size
             self.meta = MetaLearner(
-                schedule, options, self.meta_dataset, collate, batch_size,
+                schedule, options, self.held_out, collate, batch_size,
                 seed=self.seed, label_names=self.label_names,
             )  # fmt: skip
             self.meta.start(self.optimizer, self.num_training_steps)

@@ -38,37 +38,32 @@ class LRControllerDriver(LRDriver):
 
     Args:
         controller: the trained controller.
-        probe_dataset: held-out examples; the first ``controller.probe_size`` are the probe.
-        probe_collate_fn: collates them (default: the training loader's).
+        held_out: held-out examples; the first ``controller.probe_size`` are the probe.
+        held_out_collate_fn: collates them (default: the training loader's).
         label_names: the batch keys the probe's loss needs (checked when the run starts).
     """
 
     def __init__(
         self,
         controller: LRController,
-        probe_dataset: Any = None,
-        probe_collate_fn: Callable[[list], dict[str, torch.Tensor]] | None = None,
+        held_out: Any = None,
+        held_out_collate_fn: Callable[[list], dict[str, torch.Tensor]] | None = None,
         label_names: list[str] | None = None,
     ) -> None:
-        super().__init__(controller)
-        if probe_dataset is None:
+        super().__init__(controller, None, held_out, held_out_collate_fn, label_names)
+        if held_out is None:
             raise ValueError(
                 "An LRController observes the validation loss: give it held-out data (meta_dataset= for "
                 "MLRSNetTrainer, probe_dataset= for MLRSNetCallback)."
             )
-        self.probe_dataset = probe_dataset
-        self.probe_collate_fn = probe_collate_fn
-        self.label_names = label_names
         self.probe: dict[str, torch.Tensor] | None = None
         self.lr = math.nan
         self._interval_losses: list[float | torch.Tensor] = []  # device tensors until the next decision
         self._previous_probs: torch.Tensor | None = None
 
     def _start(self, restored: dict[str, Any] | None) -> None:
-        collate = self.probe_collate_fn or getattr(self.train_dataloader, "collate_fn", None)
-        self.probe = probe_batch(
-            self.probe_dataset, self.schedule.probe_size, collate or torch.utils.data.default_collate
-        )
+        collate = self.held_out_collate_fn or getattr(self.train_dataloader, "collate_fn", None)
+        self.probe = probe_batch(self.held_out, self.schedule.probe_size, collate or torch.utils.data.default_collate)
         check_labels(self.probe, self.label_names or ["labels"], "probe")
         self.lr, self._interval_losses, self._previous_probs = self.base_lr, [], None
         if restored is not None:

@@ -115,9 +115,10 @@ class MetaLearner:
         before, self._before = self._before, None
         if before is not None and lr != 0.0:
             inputs = self._inputs
-            delta = step_delta(before, trainable_parameters(model))
-            self._horizon.append({**inputs, "h": inputs["state"].h, "c": inputs["state"].c, "lr": lr, "delta": delta})
-            del self._horizon[-1]["state"]
+            self._horizon.append({
+                "stage": inputs["stage"], "h": inputs["state"].h, "c": inputs["state"].c, "loss": inputs["loss"],
+                "lr": lr, "delta": step_delta(before, trainable_parameters(model)),
+            })  # fmt: skip
         if self.is_meta_step(step):
             horizon, self._horizon = self._horizon, []
             if horizon:

@@ -13,9 +13,10 @@ from transformers import Trainer
 
 from .callback import MLRSNetCallback
 from .config import MLRSNetConfig
-from .driver import LRDriver, MLRSNetDriver
+from .driver import LRDriver
 from .hub import load_any_schedule
 from .lr_controller import LRController
+from .meta_training import MetaLearner
 from .options import ScheduleOptions
 from .schedule import MLRSNetSchedule
 
@@ -100,36 +101,38 @@ class MLRSNetTrainer(Trainer):
         """The schedule's driver is the ``lr_scheduler``; the held-out set is prepared as the Trainer prepares its data."""
         driver = self.mlrsnet_callback.lr_scheduler
         if self.lr_scheduler is None:
-            held_out = "meta_dataset" if isinstance(driver, MLRSNetDriver) else "probe_dataset"
-            dataset = getattr(driver, held_out)
-            if dataset is not None:
-                if hasattr(dataset, "column_names"):  # a datasets.Dataset: drop the columns the model does not take
-                    setattr(driver, held_out, self._remove_unused_columns(dataset, description=held_out))
-                collate = self._get_collator_with_removed_columns(self.data_collator, description=held_out)
-                if isinstance(driver, MLRSNetDriver):
-                    driver.meta_collate_fn = collate
-                else:
-                    driver.probe_collate_fn = collate
+            if driver.held_out is not None:
+                if hasattr(driver.held_out, "column_names"):  # a datasets.Dataset: drop the columns the model ignores
+                    driver.held_out = self._remove_unused_columns(driver.held_out, description="held-out")
+                driver.held_out_collate_fn = self._get_collator_with_removed_columns(
+                    self.data_collator, description="held-out"
+                )
             driver.label_names = self.label_names
             self.lr_scheduler = driver
         return self.lr_scheduler
 
     @property
+    def meta_learner(self) -> MetaLearner | None:
+        """The hypergradient step of this run (None before training, or without meta-training)."""
+        return getattr(self.lr_scheduler, "meta", None)
+
+    @property
     def snapshots(self) -> list[dict[str, Any]]:
         """``{"step", "weights"}``: the schedule's network recorded at ``args.snapshot_fractions`` of the run."""
-        meta = getattr(self.lr_scheduler, "meta", None)
-        return meta.snapshots if meta is not None else []
+        return self.meta_learner.snapshots if self.meta_learner is not None else []
 
     @property
     def _snapshot_steps(self) -> list[int]:
-        meta = getattr(self.lr_scheduler, "meta", None)
-        return meta.snapshot_steps if meta is not None else []
+        return self.meta_learner.snapshot_steps if self.meta_learner is not None else []
 
     @property
     def last_hypergradient(self) -> dict[str, torch.Tensor] | None:
         """The gradient of the last meta update w.r.t. the schedule's weights (None before the first)."""
-        meta = getattr(self.lr_scheduler, "meta", None)
-        return meta.last_hypergradient if meta is not None else None
+        return self.meta_learner.last_hypergradient if self.meta_learner is not None else None
+
+    @property
+    def _meta_updates(self) -> int:
+        return self.meta_learner.num_updates if self.meta_learner is not None else 0
 
     def _get_learning_rate(self) -> float | torch.Tensor:
         # The Trainer asks after every optimizer step but uses the answer only when it logs: hand over the LR
@@ -143,7 +146,7 @@ class MLRSNetTrainer(Trainer):
         if isinstance(self.lr_scheduler, LRDriver):
             self.lr_scheduler.sync()
         logs = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
-        meta = getattr(self.lr_scheduler, "meta", None)
+        meta = self.meta_learner
         if meta is not None and meta.losses:
             logs["meta_loss"] = sum(meta.losses) / len(meta.losses)
             meta.losses = []
@@ -166,7 +169,7 @@ class MLRSNetTrainer(Trainer):
             "per_device_train_batch_size": self.args.per_device_train_batch_size,
             "meta_update_interval": self.args.meta_update_interval,
             "meta_horizon": self.args.meta_horizon,
-            "meta_updates": getattr(getattr(self.lr_scheduler, "meta", None), "num_updates", 0),
+            "meta_updates": self._meta_updates,
             "meta_learning_rate": self.args.meta_learning_rate,
             "meta_weight_decay": self.args.meta_weight_decay,
             "num_classes": self.schedule.num_classes,
@@ -231,7 +234,7 @@ class MLRSNetTrainer(Trainer):
                 trajectory = False
         if trajectory and not (self.args.meta_train and self._snapshot_steps):
             raise ValueError("trajectory=True needs a meta-training run with snapshot_fractions set.")
-        if self.args.meta_train and not getattr(getattr(self.lr_scheduler, "meta", None), "num_updates", 0):
+        if self.args.meta_train and not self._meta_updates:
             logger.warning(
                 "This meta-training run made no meta update (max_steps=%s, meta_update_interval=%d): the schedule "
                 "saved is its initialisation. meta_updates=0 is recorded in config.json and the card.",

@@ -167,25 +167,22 @@ def build_task(args: TaskArguments, training: MLRSNetConfig | None = None) -> Ta
             model, chunks["train"], chunks["meta"], chunks["test"], compute, preprocess,
             args.dataset or "ptb-text-only/ptb_text_only", len(vocab),
         )  # fmt: skip
+    corruption = None
     if preset.dataset in CORRUPTED_DATASETS:
         if args.corruption is None:
             raise ValueError(f"{args.task} trains on one corruption: pass --corruption (e.g. gaussian_noise).")
         splits, spec = load_corrupted_dataset(
             preset.dataset, args.corruption, args.severity, args.dataset, args.clean_dataset, args.meta_per_class
         )
-        model = preset_model(preset, spec.num_classes)
-        compute, preprocess = accuracy_metrics()
         dataset_id = args.dataset or CORRUPTED_DATASETS[preset.dataset].hub_id
-        return Task(
-            model, splits["train"], splits["meta"], splits["test"], compute, preprocess, dataset_id, spec.num_classes,
-            corruption={"corruption": args.corruption, "severity": args.severity, "meta_set_size": len(splits["meta"])},
-        )  # fmt: skip
-    splits, spec = load_image_dataset(preset.dataset, args.dataset, meta_size=args.meta_size)
-    model = preset_model(preset, spec.num_classes)
+        corruption = {"corruption": args.corruption, "severity": args.severity, "meta_set_size": len(splits["meta"])}
+    else:
+        splits, spec = load_image_dataset(preset.dataset, args.dataset, meta_size=args.meta_size)
+        dataset_id = args.dataset or spec.hub_id
     compute, preprocess = accuracy_metrics()
     return Task(
-        model, splits["train"], splits.get("meta"), splits["test"], compute, preprocess,
-        args.dataset or spec.hub_id, spec.num_classes,
+        preset_model(preset, spec.num_classes), splits["train"], splits.get("meta"), splits["test"], compute,
+        preprocess, dataset_id, spec.num_classes, corruption,
     )  # fmt: skip
 
 
