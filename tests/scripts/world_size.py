@@ -25,6 +25,9 @@ def main() -> None:
     except RuntimeError as e:
         message = str(e)
     (out / f"rank{os.environ.get('RANK', '0')}.txt").write_text(message)
+    # leave the process group cleanly: a gloo group torn down at interpreter exit can abort a rank
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
