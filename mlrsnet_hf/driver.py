@@ -29,6 +29,7 @@ from .device_step import DeviceStep
 from .loss_meter import LossMeter
 from .lr_range_test import RangeTestResult, lr_range_test
 from .measurements import average_training_loss, ordered_batches
+from .meta_gradient import is_sharded
 from .meta_training import MetaLearner
 from .options import ScheduleOptions
 from .schedule import MLRSNetSchedule
@@ -276,6 +277,12 @@ class MLRSNetDriver(LRDriver):
             )
             gamma = "relative"
         schedule.configure(gamma, options.input_normalization, options.relative_max_scale)
+        if schedule.gamma == "range_test" and is_sharded([p for p in self.model.parameters() if p.requires_grad]):
+            raise ValueError(
+                "gamma='range_test' runs its range test on a copy of the model, and a sharded (FSDP2) model has no "
+                "whole copy on one process: run the range test without sharding (`mlrsnet_hf.lr_range_test`) and pass "
+                "the LR it finds as learning_rate with gamma='relative', or use gamma='auto'."
+            )
         num_classes = options.num_classes or default_num_classes(self.model)
         if (schedule.gamma == "auto" or schedule.input_normalization == "log_num_classes") and not num_classes:
             raise ValueError(

@@ -22,10 +22,13 @@ Each step's LR is judged by the meta loss ``T + 1 - s`` steps after it, not only
 short-horizon bias (Wu et al., 2018). It costs one parameter-sized buffer per step of the horizon
 (``w_s - w_{s+1}``) and still one meta forward/backward per meta update.
 
-The meta forward goes through ``torch.func.functional_call`` with the model's own parameters and
-*cloned* buffers, in training mode: BatchNorm uses batch statistics (as in the training step the LR
-acts on) but the real running statistics are not updated by meta batches, and dropout stays active
-(the meta loss is the training objective's, measured on held-out data). Works for any ``nn.Module``.
+The meta forward is the model's own forward on *cloned* buffers, in training mode: BatchNorm uses batch
+statistics (as in the training step the LR acts on) but the real running statistics are not updated by
+meta batches, and dropout stays active (the meta loss is the training objective's, measured on held-out
+data). The meta gradient is a ``backward()`` into the parameters' ``.grad``, so it works for any
+``nn.Module``, including one whose parameters are shards: under FSDP2 the parameters are ``DTensor``
+shards, the gradient arrives reduce-scattered (averaged over processes) and ``<grad, d>`` is summed over
+each process's shard, then over processes (:func:`lr_derivatives`).
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.func import functional_call
+from torch.distributed.tensor import DTensor, Shard
 
 
 def model_loss(output: Any) -> torch.Tensor | None:
@@ -48,13 +52,48 @@ def model_loss(output: Any) -> torch.Tensor | None:
 
 
 def meta_loss(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
-    """The model's loss on ``batch`` at its current weights, without touching its buffers (BN statistics)."""
-    tensors = dict(model.named_parameters())
-    tensors.update({name: b.clone() for name, b in model.named_buffers()})
-    loss = model_loss(functional_call(model, tensors, args=(), kwargs=dict(batch), tie_weights=True, strict=False))
+    """The model's loss on ``batch`` at its current weights, without touching its buffers (BN statistics).
+
+    Every buffer is swapped for a clone during the forward and put back after it, so in-place updates (BN
+    running statistics) and reassignments (a carried LSTM state) both leave the real buffers as they were.
+    """
+    originals = [(module, name, b) for module in model.modules() for name, b in module.named_buffers(recurse=False)]
+    for module, name, b in originals:
+        setattr(module, name, b.clone())
+    try:
+        loss = model_loss(model(**batch))
+    finally:
+        for module, name, b in originals:
+            setattr(module, name, b)
     if loss is None:
         raise ValueError("The model returned no loss on the meta batch: the meta dataset must provide labels.")
     return loss
+
+
+def is_sharded(params: Sequence[torch.Tensor]) -> bool:
+    """Whether the parameters are shards (FSDP2's ``DTensor`` shards): each process holds part of every one.
+
+    A mix of shards and whole tensors (e.g. FSDP2's ``ignored_params``) is refused: their gradients are reduced
+    differently, so no single rule gives the hypergradient.
+    """
+    kinds = {isinstance(p, DTensor) for p in params}
+    if kinds == {True, False}:
+        raise ValueError(
+            "Meta-training found both sharded (DTensor) and unsharded trainable parameters (e.g. FSDP2 ignored_params): "
+            "shard every trainable parameter, or freeze the ignored ones."
+        )
+    return kinds == {True}
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of ``t``: the local shard of a ``DTensor``, else ``t`` itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _shard_groups(param: DTensor) -> list[Any]:
+    """The process groups over which ``param``'s local dot products must be summed (its sharded mesh dims)."""
+    mesh = param.device_mesh
+    return [mesh.get_group(dim) for dim, placement in enumerate(param.placements) if isinstance(placement, Shard)]
 
 
 def lr_derivatives(
@@ -66,19 +105,40 @@ def lr_derivatives(
     """``dL_meta/dlr_s = -<grad L_meta(w_{T+1}), d_s>`` for each step ``s`` of a horizon, as a float64 vector.
 
     ``params`` hold ``w_{T+1}`` (the model after the last step); ``deltas[s]`` holds ``w_s - w_{s+1}`` (what
-    step ``s`` moved each parameter) and ``lrs[s]`` its LR, so ``d_s = deltas[s] / lrs[s]`` is the update
-    direction read off the real step. One backward of the meta loss serves every step; each parameter's dot
-    product is accumulated in float64.
+    step ``s`` moved each parameter; local shards when ``params`` are sharded) and ``lrs[s]`` its LR, so
+    ``d_s = deltas[s] / lrs[s]`` is the update direction read off the real step. One backward of the meta loss
+    serves every step; each parameter's dot product is accumulated in float64. The gradients are left in
+    ``.grad`` only for the duration of the call.
+
+    With sharded parameters the backward averages the gradient over processes (as the training step's does) and
+    each process sums its shards' products, so the result, summed over the shard groups here, is the
+    hypergradient of the processes' mean meta loss, the same on every process. With whole parameters the result is
+    this process's own; the caller averages it over processes (as DDP averages gradients).
     """
-    grads = torch.autograd.grad(meta_loss_value, list(params), allow_unused=True)
-    out = []
-    for delta, lr in zip(deltas, lrs, strict=True):
-        dot = torch.zeros((), dtype=torch.float64, device=meta_loss_value.device)
-        for g, d in zip(grads, delta, strict=True):
-            if g is not None:
-                dot += torch.dot(g.reshape(-1).to(d.dtype), d.reshape(-1).to(g.device)).double()
-        out.append(-dot / lr)
-    return torch.stack(out)
+    params = list(params)
+    sharded = is_sharded(params)
+    for p in params:
+        p.grad = None
+    meta_loss_value.backward()
+    try:
+        grads = [None if p.grad is None else local(p.grad) for p in params]
+        out = []
+        for delta, lr in zip(deltas, lrs, strict=True):
+            dot = torch.zeros((), dtype=torch.float64, device=meta_loss_value.device)
+            for g, d in zip(grads, delta, strict=True):
+                if g is not None:
+                    d = local(d)
+                    dot += torch.dot(g.reshape(-1).to(d.dtype), d.reshape(-1).to(g.device)).double()
+            out.append(-dot / lr)
+        out = torch.stack(out)
+        if sharded:
+            groups = {id(group): group for p in params for group in _shard_groups(p)}
+            for group in groups.values():
+                dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    finally:
+        for p in params:
+            p.grad = None
+    return out
 
 
 def step_delta(before: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> list[torch.Tensor]:

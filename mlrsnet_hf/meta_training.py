@@ -16,7 +16,7 @@ from accelerate.state import PartialState
 from accelerate.utils import reduce, send_to_device
 from torch import nn
 
-from .meta_gradient import MetaBatches, lr_derivatives, meta_loss, step_delta
+from .meta_gradient import MetaBatches, is_sharded, lr_derivatives, meta_loss, step_delta
 from .network import MLRSNetState
 from .options import LR_LINEAR_OPTIMIZERS, ScheduleOptions
 from .schedule import MLRSNetSchedule
@@ -140,8 +140,10 @@ class MetaLearner:
             del entry["delta"]
         mean_loss = loss.detach().float()
         if PartialState().num_processes > 1:
-            # the same hypergradient, hence the same theta, on every rank
-            dlrs, mean_loss = reduce(dlrs, reduction="mean"), reduce(mean_loss, reduction="mean")
+            # the same hypergradient, hence the same theta, on every rank (shards: already summed over processes)
+            mean_loss = reduce(mean_loss, reduction="mean")
+            if not is_sharded(params):
+                dlrs = reduce(dlrs, reduction="mean")
         if not (torch.isfinite(dlrs).all() and torch.isfinite(mean_loss)):
             logger.warning("Non-finite meta loss or meta-gradient (%s): skipping this meta update.", mean_loss.item())
             return
@@ -163,11 +165,17 @@ class MetaLearner:
 
     def state_dict(self) -> dict[str, Any]:
         """Meta optimizer, meta-data position, the current horizon's steps (deltas on the CPU) and the snapshots."""
+        horizon = self._horizon
+        if horizon and is_sharded(horizon[0]["delta"]):
+            # The Trainer writes scheduler.pt from the main process only, which holds only its own shards of the
+            # steps' moves: the steps of a horizon in progress are not checkpointed (a resume meets a shorter one).
+            horizon = []
         return {
             "optimizer": self.optimizer.state_dict(),
             "batches": self.batches.state_dict(),
             # on the CPU: a resume may run on other devices (the deltas go back to theirs when used)
-            "horizon": [{**e, "delta": [d.cpu() for d in e["delta"]]} for e in self._horizon],
+            "horizon": [{**e, "delta": [d.cpu() for d in e["delta"]]} for e in horizon],
+            "horizon_steps": len(self._horizon),
             "snapshots": [dict(snapshot) for snapshot in self.snapshots],
             "num_updates": self.num_updates,
         }
@@ -176,5 +184,11 @@ class MetaLearner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches.load_state_dict(state["batches"])
         self._horizon = [dict(entry) for entry in state.get("horizon", [])]
+        if state.get("horizon_steps", len(self._horizon)) > len(self._horizon):
+            logger.warning(
+                "Resumed inside a meta horizon under sharded parameters (FSDP2): the %d steps of it taken before the "
+                "checkpoint were not saved, so the next meta update differentiates only the steps taken since.",
+                state["horizon_steps"],
+            )
         self.snapshots = [dict(snapshot) for snapshot in state.get("snapshots", [])]
         self.num_updates = int(state.get("num_updates", 0))
