@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,31 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MLRSNET_SHARED", REPO.parent / "shared"))
 OFFICIAL = SHARED / "official"
 CHECKPOINTS = ("mlr_snet_1.pth", "mlr_snet_100.pth", "mlr_snet_200.pth")
+TWO_PROCESSES = ("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                 "--dynamo_backend", "no")  # fmt: skip
+
+
+def accelerate_launch(
+    script: str, *args: str, launch: Sequence[str] = TWO_PROCESSES, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """``accelerate launch <launch> tests/scripts/<script> <args>``: one thread per process, on a free port (so that
+    test runs side by side do not meet on one rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [
+        str(accelerate),
+        "launch",
+        *launch,
+        "--main_process_port",
+        str(port),
+        str(REPO / "tests" / "scripts" / script),
+        *args,
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
 
 
 @pytest.fixture

@@ -1,13 +1,8 @@
 """Two processes (`accelerate launch --multi_gpu --num_processes 2`; gloo on a CPU-only machine)."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, accelerate_launch
 
 from mlrsnet_hf import MLRSNetSchedule
 
@@ -15,14 +10,7 @@ from mlrsnet_hf import MLRSNetSchedule
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("variant", ["default", "horizon"])
 def test_meta_training_is_identical_on_every_rank(tmp_path, variant):
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-         str(REPO / "tests" / "scripts" / "ddp_meta_train.py"), str(tmp_path), variant],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+    out = accelerate_launch("ddp_meta_train.py", str(tmp_path), variant)
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]
@@ -53,14 +41,7 @@ def test_meta_training_is_identical_on_every_rank(tmp_path, variant):
 @pytest.mark.multiprocess
 def test_an_error_one_rank_meets_is_raised_on_every_rank(tmp_path):
     """gamma='auto' with fewer training batches than processes: both ranks fail with the same clear error."""
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29518",
-         str(REPO / "tests" / "scripts" / "ddp_errors.py"), str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+    out = accelerate_launch("ddp_errors.py", str(tmp_path), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     messages = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert messages[0] == messages[1]
@@ -69,17 +50,11 @@ def test_an_error_one_rank_meets_is_raised_on_every_rank(tmp_path):
 
 @pytest.mark.multiprocess
 def test_the_shipped_cpu_config_runs_two_processes_and_a_lone_process_is_refused(tmp_path):
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    script = str(REPO / "tests" / "scripts" / "world_size.py")
-    config = str(REPO / "examples" / "accelerate" / "cpu.yaml")
+    config = ("--config_file", str(REPO / "examples" / "accelerate" / "cpu.yaml"))
     for name, extra in (("as-documented", ["--use_cpu"]), ("without-use-cpu", [])):
         out = tmp_path / name
         out.mkdir()
-        done = subprocess.run(
-            [str(accelerate), "launch", "--config_file", config, "--main_process_port", "29519", script, str(out), *extra],
-            capture_output=True, text=True, timeout=300, env=env,
-        )  # fmt: skip
+        done = accelerate_launch("world_size.py", str(out), *extra, launch=config, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         messages = sorted(p.read_text() for p in out.glob("rank*.txt"))
         if extra:

@@ -1,26 +1,15 @@
 """FSDP2 (``fully_shard``, gloo, 2 CPU processes): the schedule and its meta-training on parameter shards."""
 
 import itertools
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, accelerate_launch
 
 
 @pytest.mark.multiprocess
 def test_fsdp2_matches_ddp_and_the_hypergradient_from_shards_is_the_single_process_one(tmp_path):
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29521",
-         str(REPO / "tests" / "scripts" / "fsdp2_meta_train.py"), str(tmp_path)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+    out = accelerate_launch("fsdp2_meta_train.py", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]
@@ -59,13 +48,8 @@ def test_fsdp2_matches_ddp_and_the_hypergradient_from_shards_is_the_single_proce
 @pytest.mark.multiprocess
 def test_the_shipped_fsdp2_config_launches_as_written(tmp_path):
     """As written (2 processes, --mixed_precision no on a CPU): on CPUs accelerate runs it as DDP over gloo."""
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [str(accelerate), "launch", "--config_file", str(REPO / "examples" / "accelerate" / "fsdp2.yaml"),
-         "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "29522",
-         str(REPO / "tests" / "scripts" / "world_size.py"), str(tmp_path), "--use_cpu"],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+    config = str(REPO / "examples" / "accelerate" / "fsdp2.yaml")
+    launch = ("--config_file", config, "--num_processes", "2", "--mixed_precision", "no")
+    done = accelerate_launch("world_size.py", str(tmp_path), "--use_cpu", launch=launch, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.read_text() for p in tmp_path.glob("rank*.txt")) == ["world 2", "world 2"]
