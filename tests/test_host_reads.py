@@ -152,3 +152,44 @@ def test_device_steps_resume_exactly(tmp_path):
     tail, resumed = run(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-5"))
     assert tail == lrs[5:]
     assert torch.equal(full.schedule.state.h, resumed.schedule.state.h)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="device synchronisations exist only on a GPU")
+def test_no_device_synchronisation_between_stage_entries_on_a_gpu(tmp_path, monkeypatch):
+    """On a GPU the library's per-step code runs under ``torch.cuda.set_sync_debug_mode("error")``: any
+    synchronising call (``.item()``, a host-device copy, ``nonzero``...) outside stage entries raises."""
+    from mlrsnet_hf.driver import MLRSNetDriver
+    from mlrsnet_hf.loss_meter import LossMeter
+
+    exempt, current = {0, 6}, {"step": 0}
+
+    def guarded(original, step_of):
+        def call(self, *args, **kwargs):
+            step = step_of(self, *args)
+            if step is not None:
+                current["step"] = step
+            if current["step"] in exempt:
+                return original(self, *args, **kwargs)
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+        return call
+
+    monkeypatch.setattr(MLRSNetDriver, "prepare_step", guarded(MLRSNetDriver.prepare_step, lambda self, step: step))
+    monkeypatch.setattr(MLRSNetDriver, "step", guarded(MLRSNetDriver.step, lambda self: None))
+    monkeypatch.setattr(LossMeter, "_record", guarded(LossMeter._record, lambda self, *a: None))
+    recorder = Recorder()
+    args = MLRSNetConfig(
+        output_dir=str(tmp_path), **{**COMMON, "use_cpu": False}, gamma="relative", optim="adamw_torch_fused"
+    )
+    trainer = MLRSNetTrainer(
+        model=DigitsNet(), args=args, train_dataset=digits(400), schedule=schedule(), callbacks=[recorder]
+    )
+    trainer.train()
+    assert trainer.lr_scheduler.tensor_lr and trainer.args.device.type == "cuda"
+    used = [float(lrs[0]) for lrs in recorder.lrs]
+    assert trainer.lr_scheduler.lr_history == used
+    assert logged_lrs(trainer) == [used[3], used[7], used[11]]
