@@ -22,6 +22,7 @@ from .hub import load_any_schedule
 from .lr_controller import LRController
 from .lr_controller_driver import LRControllerDriver
 from .options import ScheduleOptions
+from .provenance import add_model_tags, update_model_card
 from .schedule import MLRSNetSchedule
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,15 @@ class MLRSNetCallback(TrainerCallback):
             if unused:  # as the Trainer does with the training set
                 driver.held_out = dataset.remove_columns(unused)
         driver.start(model, optimizer, args, state.max_steps, kwargs.get("train_dataloader"))
+        add_model_tags(model, self.schedule)  # Trainer.push_to_hub and model.push_to_hub put them in the card
+
+    def update_model_card(self, output_dir: str | Path) -> None:
+        """Add the library's tags and the ``schedule:`` reference to the card ``trainer.create_model_card()`` wrote.
+
+        A plain ``Trainer`` builds its card from its arguments alone, so call this after ``create_model_card``
+        (``push_to_hub`` writes a new card: upload the folder yourself, or use MLRSNetTrainer, whose card has both).
+        """
+        update_model_card(output_dir, self.schedule, meta_train=self.lr_scheduler.options.meta_train)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.lr_scheduler.prepare_step(state.global_step)

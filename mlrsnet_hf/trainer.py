@@ -18,6 +18,7 @@ from .hub import load_any_schedule
 from .lr_controller import LRController
 from .meta_training import MetaLearner
 from .options import ScheduleOptions
+from .provenance import add_model_tags, model_tags, update_model_card
 from .schedule import MLRSNetSchedule
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ class MLRSNetTrainer(Trainer):
     schedule repo recording what it was trained on. After meta-training they write, by default, a
     *trajectory* schedule: one stage per network recorded at ``args.snapshot_fractions`` of the run
     (``trainer.snapshots``), played in equal parts of a later run, as the released recipe does.
+
+    The trained model's card (``create_model_card``, ``push_to_hub``) carries the library's tags and a ``schedule:``
+    reference to the schedule used (:mod:`mlrsnet_hf.provenance`).
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class MLRSNetTrainer(Trainer):
         self.meta_dataset = meta_dataset
         self.mlrsnet_callback = callback
         self.add_callback(callback)
+        add_model_tags(self.model, schedule)  # as TRL does: push_to_hub puts model.model_tags in the card
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> LRDriver:
         """The schedule's driver is the ``lr_scheduler``; the held-out set is prepared as the Trainer prepares its data."""
@@ -155,6 +160,28 @@ class MLRSNetTrainer(Trainer):
         super().log(logs, start_time)
 
     # ------------------------------------------------------- outputs
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """``Trainer.create_model_card``, with the library's tags and the ``schedule:`` reference in the metadata."""
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        tags += [t for t in model_tags(self.schedule) if t not in tags]
+        super().create_model_card(
+            language=language, license=license, tags=tags, model_name=model_name, finetuned_from=finetuned_from,
+            tasks=tasks, dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args,
+        )  # fmt: skip
+        if self.is_world_process_zero():
+            update_model_card(self.args.output_dir, self.schedule, meta_train=self.args.meta_train)
+
     def meta_training_record(self) -> dict[str, Any]:
         """What this run trained: dataset, model, epochs, optimizer, final metrics (for config.json and the card)."""
         model = self.accelerator.unwrap_model(self.model)
