@@ -14,6 +14,7 @@ from transformers import Trainer
 from .callback import MLRSNetCallback
 from .config import MLRSNetConfig
 from .driver import LRDriver
+from .engines import check_deepspeed_meta_training, check_deepspeed_scheduler, deepspeed_config
 from .hub import load_any_schedule
 from .lr_controller import LRController
 from .meta_training import MetaLearner
@@ -38,6 +39,10 @@ class MLRSNetTrainer(Trainer):
     schedule repo recording what it was trained on. After meta-training they write, by default, a
     *trajectory* schedule: one stage per network recorded at ``args.snapshot_fractions`` of the run
     (``trainer.snapshots``), played in equal parts of a later run, as the released recipe does.
+
+    Under DeepSpeed (ZeRO 1-3), which steps the optimizer inside the last micro-batch's backward, the LR of each
+    step is set between that micro-batch's forward (its loss completes the step's loss) and its backward
+    (:meth:`compute_loss`); a DeepSpeed ``"scheduler"`` block and meta-training are refused (:mod:`mlrsnet_hf.engines`).
 
     The trained model's card (``create_model_card``, ``push_to_hub``) carries the library's tags and a ``schedule:``
     reference to the schedule used (:mod:`mlrsnet_hf.provenance`).
@@ -100,6 +105,10 @@ class MLRSNetTrainer(Trainer):
         self.meta_dataset = meta_dataset
         self.mlrsnet_callback = callback
         self.add_callback(callback)
+        if self.is_deepspeed_enabled:
+            check_deepspeed_scheduler(deepspeed_config(self.args))
+            check_deepspeed_meta_training(args.meta_train)
+            callback.lr_before_backward = True  # DeepSpeed steps inside backward: compute_loss sets the LR
         add_model_tags(self.model, schedule)  # as TRL does: push_to_hub puts model.model_tags in the card
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> LRDriver:
@@ -115,6 +124,31 @@ class MLRSNetTrainer(Trainer):
             driver.label_names = self.label_names
             self.lr_scheduler = driver
         return self.lr_scheduler
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """``Trainer.compute_loss``; under DeepSpeed, after the last micro-batch's forward, the LR of this step is set.
+
+        DeepSpeed takes the optimizer step inside that micro-batch's backward (``accelerator.backward``), so the LR
+        cannot wait for ``on_pre_optimizer_step``. The step's loss is complete here: the forward has just run.
+        """
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        callback = self.mlrsnet_callback
+        if (
+            callback.lr_before_backward
+            and model.training
+            and torch.is_grad_enabled()
+            and self.accelerator.sync_gradients
+        ):
+            callback.lr_scheduler.prepare_step(self.state.global_step)
+        return result
 
     @property
     def meta_learner(self) -> MetaLearner | None:

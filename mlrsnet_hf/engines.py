@@ -1,0 +1,45 @@
+"""What a distributed engine changes for a learned schedule: DeepSpeed's checks.
+
+Under DeepSpeed, accelerate runs ``engine.step()`` (clipping, optimizer step, zero-grad, scheduler step) inside
+``accelerator.backward`` of the last micro-batch of each optimizer step; the optimizer wrapper's ``step()`` that
+the Trainer calls afterwards does nothing. An LR written in ``on_pre_optimizer_step`` would therefore reach the
+optimizer one step late. :class:`~mlrsnet_hf.MLRSNetTrainer` sets the LR of step t between the last micro-batch's
+forward (which gives the step's loss) and its backward; a plain ``Trainer`` has no event there (and its DeepSpeed
+setup replaces the scheduler it was given), so :class:`~mlrsnet_hf.MLRSNetCallback` refuses DeepSpeed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def deepspeed_config(args: Any) -> dict[str, Any] | None:
+    """The DeepSpeed config of a run (``args.hf_deepspeed_config``, which the Trainer sets), or None without DeepSpeed."""
+    hf_config = getattr(args, "hf_deepspeed_config", None)
+    if hf_config is not None:
+        return hf_config.config
+    plugin = getattr(args, "deepspeed_plugin", None)  # accelerate launch --use_deepspeed, before the Trainer's setup
+    return None if plugin is None else plugin.deepspeed_config
+
+
+def check_deepspeed_scheduler(config: dict[str, Any]) -> None:
+    """Refuse a DeepSpeed config with a ``"scheduler"`` block: DeepSpeed's scheduler would replace the learned one."""
+    if "scheduler" in config:
+        kind = config["scheduler"].get("type", "?") if isinstance(config["scheduler"], dict) else "?"
+        raise ValueError(
+            f'The DeepSpeed config has a "scheduler" block (type {kind}): DeepSpeed would step its own scheduler '
+            'and transformers would not use the learned schedule. Remove the "scheduler" block (the learned '
+            'schedule sets the LR; an "optimizer" block is fine).'
+        )
+
+
+def check_deepspeed_meta_training(meta_train: bool) -> None:
+    """Refuse meta-training under DeepSpeed, naming what it would need."""
+    if meta_train:
+        raise ValueError(
+            "Meta-training under DeepSpeed is not supported: the meta update needs the weights w_t and the "
+            "gradient of step t before the optimizer step, but DeepSpeed takes that step inside the backward pass "
+            "(no hook between the gradient and the step), and under ZeRO the weights and gradients are partitioned "
+            "across processes (the meta-gradient would have to be computed per partition and all-reduced). Meta-train "
+            "without DeepSpeed (DDP), then transfer the schedule (meta_train=False), which is exact under DeepSpeed."
+        )

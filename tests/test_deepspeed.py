@@ -1,0 +1,169 @@
+"""DeepSpeed: a "scheduler" block and the plain-Trainer path are refused; MLRSNetTrainer sets each LR in time.
+
+Under DeepSpeed, accelerate steps the optimizer inside ``accelerator.backward`` of the last micro-batch. The ordering
+is tested here with a test double of that backward (no DeepSpeed needed); tests/scripts/deepspeed_transfer.py runs
+the real engine (ZeRO 1-3, 2 CPU processes) where DeepSpeed is installed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import REPO
+from tiny import DigitsNet, digits
+from transformers import TrainerCallback, TrainerControl, TrainerState
+
+from mlrsnet_hf import LRController, MLRSNetCallback, MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
+from mlrsnet_hf.engines import check_deepspeed_meta_training, check_deepspeed_scheduler, deepspeed_config
+
+
+def deepspeed_args(config: dict) -> SimpleNamespace:
+    """TrainingArguments as the Trainer leaves them under DeepSpeed (only what the checks read)."""
+    return SimpleNamespace(hf_deepspeed_config=SimpleNamespace(config=config))
+
+
+def schedule() -> MLRSNetSchedule:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return MLRSNetSchedule(hidden_size=4, gamma=0.1)
+
+
+@pytest.mark.parametrize("event", ["on_init_end", "on_train_begin"])
+@pytest.mark.parametrize("in_trainer", [False, True])
+def test_a_deepspeed_scheduler_block_is_refused(event, in_trainer):
+    callback = MLRSNetCallback(schedule())
+    callback.lr_before_backward = in_trainer  # as MLRSNetTrainer sets it under DeepSpeed
+    args = deepspeed_args({"zero_optimization": {"stage": 2}, "scheduler": {"type": "WarmupLR", "params": {}}})
+    with pytest.raises(ValueError, match=r'DeepSpeed config has a "scheduler" block \(type WarmupLR\)'):
+        getattr(callback, event)(args, TrainerState(), TrainerControl(), lr_scheduler=callback.lr_scheduler)
+
+
+@pytest.mark.parametrize("event", ["on_init_end", "on_train_begin"])
+def test_a_plain_trainer_under_deepspeed_is_refused(event):
+    callback = MLRSNetCallback(schedule())
+    args = deepspeed_args({"zero_optimization": {"stage": 3}})
+    with pytest.raises(ValueError, match="cannot drive a plain Trainer under DeepSpeed.*Use MLRSNetTrainer"):
+        getattr(callback, event)(args, TrainerState(), TrainerControl(), lr_scheduler=callback.lr_scheduler)
+
+
+def test_the_checks_read_a_real_hf_deepspeed_config():
+    pytest.importorskip("deepspeed")
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    config = HfTrainerDeepSpeedConfig({"zero_optimization": {"stage": 1}, "scheduler": {"type": "WarmupLR"}})
+    found = deepspeed_config(SimpleNamespace(hf_deepspeed_config=config))
+    with pytest.raises(ValueError, match="scheduler"):
+        check_deepspeed_scheduler(found)
+    assert deepspeed_config(SimpleNamespace()) is None  # no DeepSpeed: nothing to check
+    with pytest.raises(ValueError, match="Meta-training under DeepSpeed is not supported"):
+        check_deepspeed_meta_training(True)
+    check_deepspeed_meta_training(False)
+
+
+class DeepSpeedLikeBackward(TrainerCallback):
+    """A test double of accelerate's DeepSpeed backward: the optimizer step (then zero-grad) runs inside
+    ``accelerator.backward`` of the last micro-batch, and the Trainer's ``optimizer.step()`` does nothing.
+
+    ``used`` is the LR of every step the inner optimizer took.
+    """
+
+    def __init__(self) -> None:
+        self.used: list[float] = []
+        self.trainer = None
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        accelerator, inner = self.trainer.accelerator, optimizer.optimizer
+        inner.register_step_pre_hook(lambda opt, a, k: self.used.append(float(opt.param_groups[0]["lr"])))
+        optimizer.step = lambda *a, **k: None  # accelerate's DeepSpeedOptimizerWrapper.step
+        backward = accelerator.backward
+
+        def deepspeed_backward(loss, **kw):
+            backward(loss, **kw)
+            if accelerator.sync_gradients:  # engine.step()
+                inner.step()
+                inner.zero_grad()
+
+        accelerator.backward = deepspeed_backward
+
+
+class UsedLRs(TrainerCallback):
+    """The LR of every step the optimizer took (without the double)."""
+
+    def __init__(self) -> None:
+        self.used: list[float] = []
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        optimizer.optimizer.register_step_pre_hook(
+            lambda opt, a, k: self.used.append(float(opt.param_groups[0]["lr"]))
+        )
+
+
+def run(out, family: str, double: bool, fix: bool):
+    torch.manual_seed(0)
+    data = digits()
+    chosen = schedule() if family == "mlrsnet" else LRController(decision_interval=2, probe_size=32)
+    args = MLRSNetConfig(
+        output_dir=str(out), max_steps=8, per_device_train_batch_size=16, gradient_accumulation_steps=2,
+        logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True, seed=0,
+        learning_rate=0.1, max_grad_norm=0.0, optim="sgd",
+    )  # fmt: skip
+    recorder = DeepSpeedLikeBackward() if double else UsedLRs()
+    trainer = MLRSNetTrainer(
+        model=DigitsNet(batchnorm=False), args=args, train_dataset=data[:512], meta_dataset=data[1200:],
+        schedule=chosen, callbacks=[recorder],
+    )  # fmt: skip
+    recorder.trainer = trainer
+    trainer.mlrsnet_callback.lr_before_backward = fix  # what MLRSNetTrainer sets when DeepSpeed is enabled
+    trainer.train()
+    logged = [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
+    return recorder.used, trainer.lr_scheduler.lr_history, logged, trainer.model.state_dict()
+
+
+@pytest.mark.parametrize("family", ["mlrsnet", "controller"])
+def test_under_a_deepspeed_like_backward_each_step_uses_its_own_lr(family, tmp_path):
+    used, history, logged, weights = run(tmp_path / "ref", family, double=False, fix=False)
+    assert len(used) == 8 and used == history == logged
+    assert len(set(used)) > 1  # the schedule does move the LR
+    # The fix: the LR of step t is set after the last micro-batch's forward, before its backward steps.
+    ds_used, ds_history, ds_logged, ds_weights = run(tmp_path / "ds", family, double=True, fix=True)
+    assert ds_used == ds_history == ds_logged == used
+    assert all(torch.equal(v, ds_weights[k]) for k, v in weights.items())
+    # Without it, every LR reaches the optimizer one step late (what the real engine showed, ZeRO-1 on CPU).
+    late_used, late_history, _, _ = run(tmp_path / "late", family, double=True, fix=False)
+    assert late_used[0] == 0.1 and late_used[1:] == late_history[:-1]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_deepspeed_zero_on_two_cpu_processes_uses_the_schedules_lr(stage, tmp_path):
+    """The real engine: 2 CPU processes (gloo), ZeRO ``stage``; compared with the same run under DDP."""
+    pytest.importorskip("deepspeed")
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    script = str(REPO / "tests" / "scripts" / "deepspeed_transfer.py")
+    results = {}
+    for engine, port in (("ddp", 29531), (f"zero{stage}", 29532)):
+        out = tmp_path / engine
+        out.mkdir()
+        done = subprocess.run(
+            [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port + stage * 10),
+             script, str(out), str(stage if engine != "ddp" else 0)],
+            capture_output=True, text=True, timeout=900, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[engine] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    for engine, ranks in results.items():
+        for rank in ranks:
+            assert len(rank["used"]) == 6, engine
+            assert rank["used"] == rank["history"] == rank["logged"], engine  # used = set = logged, exactly
+        assert ranks[0]["used"] == ranks[1]["used"]
+        assert [r["deepspeed"] for r in ranks] == [engine != "ddp"] * 2
+    ddp, zero = results["ddp"][0]["used"], results[f"zero{stage}"][0]["used"]
+    assert zero == pytest.approx(ddp, rel=1e-5)  # the same LR sequence as without DeepSpeed
