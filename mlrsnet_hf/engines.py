@@ -38,8 +38,8 @@ def check_deepspeed_meta_training(meta_train: bool) -> None:
     if meta_train:
         raise ValueError(
             "Meta-training under DeepSpeed is not supported: the meta update needs the weights w_t and the "
-            "gradient of step t before the optimizer step, but DeepSpeed takes that step inside the backward pass "
-            "(no hook between the gradient and the step), and under ZeRO the weights and gradients are partitioned "
+            "gradient of step t before the optimizer step, but accelerate runs DeepSpeed's step inside the backward "
+            "pass (no Trainer event between the gradient and the step), and under ZeRO the weights and gradients are partitioned "
             "across processes (the meta-gradient would have to be computed per partition and all-reduced). Meta-train "
             "without DeepSpeed (DDP), then transfer the schedule (meta_train=False), which is exact under DeepSpeed."
         )

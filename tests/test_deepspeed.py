@@ -138,32 +138,56 @@ def test_under_a_deepspeed_like_backward_each_step_uses_its_own_lr(family, tmp_p
     assert late_used[0] == 0.1 and late_used[1:] == late_history[:-1]
 
 
-@pytest.mark.slow
-@pytest.mark.multiprocess
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_deepspeed_zero_on_two_cpu_processes_uses_the_schedules_lr(stage, tmp_path):
-    """The real engine: 2 CPU processes (gloo), ZeRO ``stage``; compared with the same run under DDP."""
-    pytest.importorskip("deepspeed")
+def launch(out: Path, port: int, *script_args: str) -> dict:
+    """tests/scripts/deepspeed_transfer.py on 2 CPU processes; what rank 0 and rank 1 recorded."""
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    script = str(REPO / "tests" / "scripts" / "deepspeed_transfer.py")
-    results = {}
-    for engine, port in (("ddp", 29531), (f"zero{stage}", 29532)):
-        out = tmp_path / engine
-        out.mkdir()
-        done = subprocess.run(
-            [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port + stage * 10),
-             script, str(out), str(stage if engine != "ddp" else 0)],
-            capture_output=True, text=True, timeout=900, env=env,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        results[engine] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    out.mkdir()
+    done = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+         str(REPO / "tests" / "scripts" / "deepspeed_transfer.py"), str(out), *script_args],
+        capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.parametrize(("stage", "family"), [(1, "mlrsnet"), (2, "mlrsnet"), (3, "mlrsnet"), (3, "controller")])
+def test_deepspeed_zero_on_two_cpu_processes_uses_the_schedules_lr(stage, family, tmp_path):
+    """The real engine: 2 CPU processes (gloo), ZeRO ``stage``; compared with the same run under DDP."""
+    pytest.importorskip("deepspeed")
+    port = 29531 + stage * 10 + (family == "controller") * 100  # a port of its own per test
+    results = {
+        "ddp": launch(tmp_path / "ddp", port, "0", family),
+        "zero": launch(tmp_path / "zero", port + 1, str(stage), family),
+    }
     for engine, ranks in results.items():
         for rank in ranks:
             assert len(rank["used"]) == 6, engine
             assert rank["used"] == rank["history"] == rank["logged"], engine  # used = set = logged, exactly
+            assert rank["one_lr_per_step"]  # ZeRO steps the inner optimizer once per parameter group
         assert ranks[0]["used"] == ranks[1]["used"]
-        assert [r["deepspeed"] for r in ranks] == [engine != "ddp"] * 2
-    ddp, zero = results["ddp"][0]["used"], results[f"zero{stage}"][0]["used"]
-    assert zero == pytest.approx(ddp, rel=1e-5)  # the same LR sequence as without DeepSpeed
+        assert [r["deepspeed"] for r in ranks] == [engine == "zero"] * 2
+    ddp, zero = results["ddp"][0]["used"], results["zero"][0]["used"]
+    assert zero == pytest.approx(ddp, rel=1e-6)  # the same LR sequence as without DeepSpeed
+    assert len(set(zero)) > 1
+    if family == "mlrsnet":
+        refused = results["zero"][0]["refused"]  # under the real engine, before any training
+        assert refused["meta_train"].startswith("Meta-training under DeepSpeed is not supported")
+        assert refused["scheduler_block"].startswith('The DeepSpeed config has a "scheduler" block (type WarmupLR)')
+        assert refused["plain_trainer"].startswith("MLRSNetCallback cannot drive a plain Trainer under DeepSpeed")
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_a_deepspeed_zero3_run_resumes_its_lr_sequence_exactly(tmp_path):
+    pytest.importorskip("deepspeed")
+    full = launch(tmp_path / "full", 29661, "3", "--save")[0]
+    checkpoint = tmp_path / "full" / "run" / "checkpoint-3"
+    assert (checkpoint / "scheduler.pt").is_file()  # the driver's state, next to DeepSpeed's own checkpoint
+    resumed = launch(tmp_path / "resumed", 29662, "3", "--resume", str(checkpoint))[0]
+    assert resumed["steps"] == [3, 4, 5] and resumed["used"] == full["used"][3:]
+    assert resumed["logged"][-3:] == full["logged"][3:]
