@@ -171,6 +171,7 @@ def test_deepspeed_zero_on_two_cpu_processes_uses_the_schedules_lr(stage, family
             assert rank["one_lr_per_step"]  # ZeRO steps the inner optimizer once per parameter group
         assert ranks[0]["used"] == ranks[1]["used"]
         assert [r["deepspeed"] for r in ranks] == [engine == "zero"] * 2
+        assert [r["zero_stage"] for r in ranks] == [stage if engine == "zero" else None] * 2
     ddp, zero = results["ddp"][0]["used"], results["zero"][0]["used"]
     assert zero == pytest.approx(ddp, rel=1e-6)  # the same LR sequence as without DeepSpeed
     assert len(set(zero)) > 1
@@ -191,3 +192,50 @@ def test_a_deepspeed_zero3_run_resumes_its_lr_sequence_exactly(tmp_path):
     resumed = launch(tmp_path / "resumed", 29662, "3", "--resume", str(checkpoint))[0]
     assert resumed["steps"] == [3, 4, 5] and resumed["used"] == full["used"][3:]
     assert resumed["logged"][-3:] == full["logged"][3:]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("zero_stage", [None, "3"])
+def test_the_shipped_deepspeed_config_runs_as_written(zero_stage, tmp_path):
+    """examples/accelerate/deepspeed_cpu.yaml (ZeRO-2), and with --zero_stage 3 as its comment says."""
+    pytest.importorskip("deepspeed")
+    accelerate = Path(sys.executable).with_name("accelerate")
+    config = str(REPO / "examples" / "accelerate" / "deepspeed_cpu.yaml")
+    stage = ["--zero_stage", zero_stage] if zero_stage else []
+    done = subprocess.run(
+        [str(accelerate), "launch", "--config_file", config, *stage, "--main_process_port", str(29681 + bool(stage)),
+         str(REPO / "tests" / "scripts" / "deepspeed_transfer.py"), str(tmp_path), "0"],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]  # two processes
+    for rank in ranks:
+        assert rank["deepspeed"] and rank["world_size"] == 2 and rank["zero_stage"] == int(zero_stage or 2)
+        assert len(rank["used"]) == 6
+        assert rank["used"] == rank["history"] == rank["logged"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_a_scheduler_block_in_an_accelerate_deepspeed_config_file_is_refused(tmp_path):
+    """The config-file route (no TrainingArguments.deepspeed): the Trainer's DeepSpeed plugin is read."""
+    pytest.importorskip("deepspeed")
+    ds = {
+        "zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto", "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 2}},
+    }  # fmt: skip
+    (tmp_path / "ds.json").write_text(json.dumps(ds))
+    (tmp_path / "accelerate.yaml").write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\ndeepspeed_config:\n"
+        f"  deepspeed_config_file: {tmp_path / 'ds.json'}\n  zero3_init_flag: false\n"
+        "num_machines: 1\nnum_processes: 2\nuse_cpu: true\n"
+    )
+    accelerate = Path(sys.executable).with_name("accelerate")
+    done = subprocess.run(
+        [str(accelerate), "launch", "--config_file", str(tmp_path / "accelerate.yaml"), "--main_process_port", "29691",
+         str(REPO / "tests" / "scripts" / "deepspeed_transfer.py"), str(tmp_path), "0"],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert 'ValueError: The DeepSpeed config has a "scheduler" block (type WarmupLR)' in done.stderr

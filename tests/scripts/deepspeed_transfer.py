@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny import DigitsNet, digits  # noqa: E402
 
 from mlrsnet_hf import LRController, MLRSNetCallback, MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer  # noqa: E402
+from mlrsnet_hf.engines import deepspeed_config  # noqa: E402
 
 
 def make_args(out: Path, deepspeed: dict | None, cls: type = MLRSNetConfig, **extra) -> TrainingArguments:
@@ -86,6 +87,8 @@ def main() -> None:
         "history": list(trainer.lr_scheduler.lr_history),
         "logged": [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e],
         "deepspeed": trainer.is_deepspeed_enabled,
+        "zero_stage": config["zero_optimization"]["stage"] if (config := deepspeed_config(trainer.args)) else None,
+        "world_size": trainer.accelerator.num_processes,
         "refused": refused,
     }
     (out / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(record))
