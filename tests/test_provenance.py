@@ -111,8 +111,10 @@ def test_a_plain_trainer_with_the_callback(family, schedule_dir, tmp_path):
     assert card["tags"] == ["generated_from_trainer", *tags] and card["schedule"] == reference
 
 
-def test_a_plain_trainers_push_to_hub_carries_the_tags(schedule_dir, tmp_path, monkeypatch):
-    """Trainer.push_to_hub puts model.model_tags in the card it uploads (the Hub replaced by a recorder)."""
+@pytest.mark.parametrize("trainer_class", ["MLRSNetTrainer", "Trainer"])
+def test_push_to_hub_uploads_the_tags(trainer_class, schedule_dir, tmp_path, monkeypatch):
+    """Trainer.push_to_hub puts model.model_tags in the card it uploads (the Hub replaced by a recorder);
+    MLRSNetTrainer's card has the schedule reference too."""
     import transformers.trainer
 
     uploaded = {}
@@ -123,14 +125,26 @@ def test_a_plain_trainers_push_to_hub_carries_the_tags(schedule_dir, tmp_path, m
     api = SimpleNamespace(create_repo=lambda *a, **k: SimpleNamespace(repo_id="me/out"), upload_folder=upload_folder)
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: api)
     out = tmp_path / "out"
-    callback = MLRSNetCallback(str(schedule_dir), gamma=0.01)
-    trainer = Trainer(
-        model=tiny_lm(), args=TrainingArguments(output_dir=str(out), **COMMON), train_dataset=tokens(),
-        callbacks=[callback], optimizers=(None, callback.lr_scheduler),
-    )  # fmt: skip
+    if trainer_class == "MLRSNetTrainer":
+        args = MLRSNetConfig(output_dir=str(out), **COMMON)
+        trainer = MLRSNetTrainer(model=tiny_lm(), args=args, train_dataset=tokens(), schedule=str(schedule_dir))
+    else:
+        callback = MLRSNetCallback(str(schedule_dir), gamma=0.01)
+        trainer = Trainer(
+            model=tiny_lm(), args=TrainingArguments(output_dir=str(out), **COMMON), train_dataset=tokens(),
+            callbacks=[callback], optimizers=(None, callback.lr_scheduler),
+        )  # fmt: skip
     trainer.train()
     trainer.push_to_hub()
     assert uploaded["card"]["tags"] == [*MLRSNET_TAGS, "generated_from_trainer"]
+    if trainer_class == "MLRSNetTrainer":
+        assert uploaded["card"]["schedule"] == {
+            "model_type": "mlrsnet_schedule",
+            "mode": "transfer",
+            "path": str(schedule_dir),
+        }
+    else:  # transformers writes a new card in push_to_hub: the reference needs callback.update_model_card + upload
+        assert "schedule" not in uploaded["card"]
 
 
 def test_a_hub_schedule_is_referenced_by_repo_id_and_commit(schedule_dir, tmp_path):
