@@ -10,8 +10,11 @@ came from::
       mode: transfer                  # or meta-train (learned online during this run)
       repo_id: org/name               # a Hub repo; or path: the local directory it was loaded from
       revision: 0123abcd...           # the commit loaded (Hub repos only)
+      saved_to: {repo_id: org/learned, revision: ...}   # MLRSNetTrainer.push_schedule_to_hub / save_schedule
 
-A schedule built in code has no ``repo_id`` or ``path``: nothing to point to until it is saved.
+A schedule built in code has no ``repo_id`` or ``path``: nothing to point to until it is saved. After
+meta-training, ``saved_to`` is where :class:`~mlrsnet_hf.MLRSNetTrainer` wrote the learned schedule (when the card is
+made after ``save_schedule`` or ``push_schedule_to_hub``).
 """
 
 from __future__ import annotations
@@ -35,11 +38,14 @@ def model_tags(schedule: Any) -> list[str]:
     return [*LIBRARY_TAGS, family]
 
 
-def schedule_reference(schedule: Any, meta_train: bool = False) -> dict[str, Any]:
+def schedule_reference(
+    schedule: Any, meta_train: bool = False, saved_to: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Where ``schedule`` came from, for the ``schedule:`` metadata of a trained model's card.
 
     ``repo_id`` and ``revision`` (the commit loaded, when known) for a Hub repo, ``path`` for a local directory,
-    neither for a schedule built in code. ``mode`` is ``"meta-train"`` when the run learned it online.
+    neither for a schedule built in code. ``mode`` is ``"meta-train"`` when the run learned it online; ``saved_to``
+    (``{"path"}`` or ``{"repo_id", "revision"}``) is where the run's schedule was written, if it was.
     """
     reference: dict[str, Any] = {
         "model_type": getattr(schedule, "model_type", type(schedule).__name__),
@@ -52,6 +58,8 @@ def schedule_reference(schedule: Any, meta_train: bool = False) -> dict[str, Any
         else:
             reference["repo_id"] = str(source)
             reference["revision"] = getattr(schedule, "revision", None)
+    if saved_to:
+        reference["saved_to"] = dict(saved_to)
     return reference
 
 
@@ -65,7 +73,9 @@ def add_model_tags(model: nn.Module, schedule: Any) -> None:
         model.add_model_tags(model_tags(schedule))
 
 
-def update_model_card(path: str | Path, schedule: Any, meta_train: bool = False) -> ModelCard:
+def update_model_card(
+    path: str | Path, schedule: Any, meta_train: bool = False, saved_to: dict[str, Any] | None = None
+) -> ModelCard:
     """Add the tags and the ``schedule:`` reference to the model card at ``path`` (a ``README.md`` or its directory).
 
     The card is the one ``Trainer.create_model_card`` wrote; its other metadata and text are kept.
@@ -77,7 +87,7 @@ def update_model_card(path: str | Path, schedule: Any, meta_train: bool = False)
     existing = card.data.tags or []
     existing = [existing] if isinstance(existing, str) else list(existing)
     card.data.tags = existing + [t for t in model_tags(schedule) if t not in existing]
-    card.data.schedule = schedule_reference(schedule, meta_train)
+    card.data.schedule = schedule_reference(schedule, meta_train, saved_to)
     card.save(path)
     logger.info("Model card %s: schedule %s", path, card.data.schedule)
     return card

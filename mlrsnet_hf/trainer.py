@@ -104,6 +104,7 @@ class MLRSNetTrainer(Trainer):
         self.schedule = schedule
         self.meta_dataset = meta_dataset
         self.mlrsnet_callback = callback
+        self.saved_schedule: dict[str, Any] | None = None  # where save_schedule / push_schedule_to_hub wrote it
         self.add_callback(callback)
         if self.is_deepspeed_enabled:
             check_deepspeed_scheduler(deepspeed_config(self.args))
@@ -214,7 +215,9 @@ class MLRSNetTrainer(Trainer):
             tasks=tasks, dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args,
         )  # fmt: skip
         if self.is_world_process_zero():
-            update_model_card(self.args.output_dir, self.schedule, meta_train=self.args.meta_train)
+            update_model_card(
+                self.args.output_dir, self.schedule, meta_train=self.args.meta_train, saved_to=self.saved_schedule
+            )
 
     def meta_training_record(self) -> dict[str, Any]:
         """What this run trained: dataset, model, epochs, optimizer, final metrics (for config.json and the card)."""
@@ -327,11 +330,14 @@ class MLRSNetTrainer(Trainer):
             self._schedule_to_publish(meta_training, trajectory).save_pretrained(
                 save_directory, model_card_kwargs={"lr_history": list(self.mlrsnet_callback.lr_scheduler.lr_history)}
             )
+            self.saved_schedule = {"path": str(save_directory)}
 
     def push_schedule_to_hub(
         self, repo_id: str, meta_training: dict[str, Any] | None = None, trajectory: bool | None = None, **kwargs: Any
     ) -> str:
         """Upload what ``save_schedule`` writes to ``repo_id`` (``kwargs`` as for ``MLRSNetSchedule.push_to_hub``)."""
-        return self._schedule_to_publish(meta_training, trajectory).push_to_hub(
+        commit = self._schedule_to_publish(meta_training, trajectory).push_to_hub(
             repo_id, model_card_kwargs={"lr_history": list(self.mlrsnet_callback.lr_scheduler.lr_history)}, **kwargs
         )
+        self.saved_schedule = {"repo_id": repo_id, "revision": getattr(commit, "oid", None)}
+        return commit

@@ -68,6 +68,31 @@ def test_a_meta_trained_schedule_built_in_code_has_no_source(tmp_path):
     assert card["schedule"] == {"model_type": "mlrsnet_schedule", "mode": "meta-train"}  # nothing to point to
 
 
+def test_a_meta_trained_schedule_is_referenced_where_the_trainer_saved_it(schedule_dir, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoUrl
+
+    out = tmp_path / "out"
+    args = MLRSNetConfig(output_dir=str(out), meta_train=True, meta_update_interval=2, gamma=0.01, **COMMON)
+    data = tokens()
+    trainer = MLRSNetTrainer(
+        model=tiny_lm(), args=args, train_dataset=data[:24], meta_dataset=data[24:], schedule=str(schedule_dir)
+    )
+    trainer.train()
+    trainer.save_schedule(tmp_path / "learned")
+    trainer.create_model_card()
+    assert metadata(out)["schedule"] == {
+        "model_type": "mlrsnet_schedule", "mode": "meta-train", "path": str(schedule_dir),  # where it started
+        "saved_to": {"path": str(tmp_path / "learned")},
+    }  # fmt: skip
+    commit = SimpleNamespace(oid="fedcba9876543210fedcba9876543210fedcba98")
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: commit)
+    trainer.push_schedule_to_hub("org/learned")
+    trainer.create_model_card()
+    assert metadata(out)["schedule"]["saved_to"] == {"repo_id": "org/learned", "revision": commit.oid}
+
+
 def test_an_lr_controller_is_referenced_with_its_family(tmp_path):
     LRController(decision_interval=2, probe_size=8).save_pretrained(tmp_path / "controller")
     out = tmp_path / "out"
