@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 from transformers.utils import find_labels
 
 from .driver import LRDriver, MLRSNetDriver
-from .engines import check_deepspeed_scheduler, deepspeed_config
+from .engines import check_deepspeed_config, deepspeed_config
 from .hub import load_any_schedule
 from .lr_controller import LRController
 from .lr_controller_driver import LRControllerDriver
@@ -97,7 +97,7 @@ class MLRSNetCallback(TrainerCallback):
         config = deepspeed_config(args)
         if config is None:
             return
-        check_deepspeed_scheduler(config)
+        check_deepspeed_config(config)
         if not self.lr_before_backward:
             raise ValueError(
                 "MLRSNetCallback cannot drive a plain Trainer under DeepSpeed: DeepSpeed takes the optimizer step "

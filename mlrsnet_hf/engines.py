@@ -22,15 +22,27 @@ def deepspeed_config(args: Any) -> dict[str, Any] | None:
     return None if plugin is None else plugin.deepspeed_config
 
 
-def check_deepspeed_scheduler(config: dict[str, Any]) -> None:
-    """Refuse a DeepSpeed config with a ``"scheduler"`` block: DeepSpeed's scheduler would replace the learned one."""
-    if "scheduler" in config:
-        kind = config["scheduler"].get("type", "?") if isinstance(config["scheduler"], dict) else "?"
-        raise ValueError(
-            f'The DeepSpeed config has a "scheduler" block (type {kind}): DeepSpeed would step its own scheduler '
-            'and transformers would not use the learned schedule. Remove the "scheduler" block (the learned '
-            'schedule sets the LR; an "optimizer" block is fine).'
-        )
+def check_deepspeed_config(config: dict[str, Any]) -> None:
+    """Refuse a DeepSpeed config with a ``"scheduler"`` or an ``"optimizer"`` block.
+
+    A ``"scheduler"`` block replaces the learned schedule. With an ``"optimizer"`` block, transformers lets DeepSpeed
+    build the optimizer and hands the Trainer's scheduler to the engine, which steps and checkpoints it itself.
+    """
+    for block, consequence in (
+        ("scheduler", "DeepSpeed would step its own scheduler and transformers would not use the learned schedule"),
+        (
+            "optimizer",
+            "transformers would let DeepSpeed build the optimizer and hand the learned schedule to the engine, which "
+            "steps and checkpoints it itself; the learned schedule supports the Trainer's optimizer only "
+            "(TrainingArguments optim=..., learning_rate=...)",
+        ),
+    ):
+        if block in config:
+            kind = config[block].get("type", "?") if isinstance(config[block], dict) else "?"
+            raise ValueError(
+                f'The "{block}" block of the DeepSpeed config (type {kind}) is not supported: {consequence}. Remove '
+                f'the "{block}" block: the learned schedule sets the LR of the Trainer\'s optimizer.'
+            )
 
 
 def check_deepspeed_meta_training(meta_train: bool) -> None:

@@ -14,7 +14,7 @@ from transformers import Trainer
 from .callback import MLRSNetCallback
 from .config import MLRSNetConfig
 from .driver import LRDriver
-from .engines import check_deepspeed_meta_training, check_deepspeed_scheduler, deepspeed_config
+from .engines import check_deepspeed_config, check_deepspeed_meta_training, deepspeed_config
 from .hub import load_any_schedule
 from .lr_controller import LRController
 from .meta_training import MetaLearner
@@ -42,7 +42,8 @@ class MLRSNetTrainer(Trainer):
 
     Under DeepSpeed (ZeRO 1-3), which steps the optimizer inside the last micro-batch's backward, the LR of each
     step is set between that micro-batch's forward (its loss completes the step's loss) and its backward
-    (:meth:`compute_loss`); a DeepSpeed ``"scheduler"`` block and meta-training are refused (:mod:`mlrsnet_hf.engines`).
+    (:meth:`compute_loss`); a DeepSpeed ``"scheduler"`` or ``"optimizer"`` block and meta-training are refused
+    (:mod:`mlrsnet_hf.engines`).
 
     The trained model's card (``create_model_card``, ``push_to_hub``) carries the library's tags and a ``schedule:``
     reference to the schedule used (:mod:`mlrsnet_hf.provenance`).
@@ -107,7 +108,7 @@ class MLRSNetTrainer(Trainer):
         self.saved_schedule: dict[str, Any] | None = None  # where save_schedule / push_schedule_to_hub wrote it
         self.add_callback(callback)
         if self.is_deepspeed_enabled:
-            check_deepspeed_scheduler(deepspeed_config(self.args))
+            check_deepspeed_config(deepspeed_config(self.args))
             check_deepspeed_meta_training(args.meta_train)
             callback.lr_before_backward = True  # DeepSpeed steps inside backward: compute_loss sets the LR
         add_model_tags(self.model, schedule)  # as TRL does: push_to_hub puts model.model_tags in the card

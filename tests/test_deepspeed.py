@@ -19,7 +19,7 @@ from tiny import DigitsNet, digits
 from transformers import TrainerCallback, TrainerControl, TrainerState
 
 from mlrsnet_hf import LRController, MLRSNetCallback, MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
-from mlrsnet_hf.engines import check_deepspeed_meta_training, check_deepspeed_scheduler, deepspeed_config
+from mlrsnet_hf.engines import check_deepspeed_config, check_deepspeed_meta_training, deepspeed_config
 
 
 def deepspeed_args(config: dict) -> SimpleNamespace:
@@ -35,11 +35,14 @@ def schedule() -> MLRSNetSchedule:
 
 @pytest.mark.parametrize("event", ["on_init_end", "on_train_begin"])
 @pytest.mark.parametrize("in_trainer", [False, True])
-def test_a_deepspeed_scheduler_block_is_refused(event, in_trainer):
+@pytest.mark.parametrize(("block", "kind"), [("scheduler", "WarmupLR"), ("optimizer", "AdamW")])
+def test_a_deepspeed_scheduler_or_optimizer_block_is_refused(event, in_trainer, block, kind):
     callback = MLRSNetCallback(schedule())
     callback.lr_before_backward = in_trainer  # as MLRSNetTrainer sets it under DeepSpeed
-    args = deepspeed_args({"zero_optimization": {"stage": 2}, "scheduler": {"type": "WarmupLR", "params": {}}})
-    with pytest.raises(ValueError, match=r'DeepSpeed config has a "scheduler" block \(type WarmupLR\)'):
+    args = deepspeed_args({"zero_optimization": {"stage": 2}, block: {"type": kind, "params": {}}})
+    with pytest.raises(
+        ValueError, match=rf'The "{block}" block of the DeepSpeed config \(type {kind}\) is not supported.*Remove the'
+    ):
         getattr(callback, event)(args, TrainerState(), TrainerControl(), lr_scheduler=callback.lr_scheduler)
 
 
@@ -58,7 +61,7 @@ def test_the_checks_read_a_real_hf_deepspeed_config():
     config = HfTrainerDeepSpeedConfig({"zero_optimization": {"stage": 1}, "scheduler": {"type": "WarmupLR"}})
     found = deepspeed_config(SimpleNamespace(hf_deepspeed_config=config))
     with pytest.raises(ValueError, match="scheduler"):
-        check_deepspeed_scheduler(found)
+        check_deepspeed_config(found)
     assert deepspeed_config(SimpleNamespace()) is None  # no DeepSpeed: nothing to check
     with pytest.raises(ValueError, match="Meta-training under DeepSpeed is not supported"):
         check_deepspeed_meta_training(True)
@@ -178,7 +181,8 @@ def test_deepspeed_zero_on_two_cpu_processes_uses_the_schedules_lr(stage, family
     if family == "mlrsnet":
         refused = results["zero"][0]["refused"]  # under the real engine, before any training
         assert refused["meta_train"].startswith("Meta-training under DeepSpeed is not supported")
-        assert refused["scheduler_block"].startswith('The DeepSpeed config has a "scheduler" block (type WarmupLR)')
+        assert refused["scheduler_block"].startswith('The "scheduler" block of the DeepSpeed config (type WarmupLR)')
+        assert refused["optimizer_block"].startswith('The "optimizer" block of the DeepSpeed config (type SGD)')
         assert refused["plain_trainer"].startswith("MLRSNetCallback cannot drive a plain Trainer under DeepSpeed")
 
 
@@ -238,4 +242,4 @@ def test_a_scheduler_block_in_an_accelerate_deepspeed_config_file_is_refused(tmp
         capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert done.returncode != 0
-    assert 'ValueError: The DeepSpeed config has a "scheduler" block (type WarmupLR)' in done.stderr
+    assert 'ValueError: The "scheduler" block of the DeepSpeed config (type WarmupLR)' in done.stderr

@@ -43,6 +43,10 @@ def refusals(out: Path, deepspeed: dict) -> dict[str, str]:
             model=DigitsNet(), args=make_args(out, {**deepspeed, "scheduler": {"type": "WarmupLR"}}, gamma=0.1),
             train_dataset=digits(64), schedule=MLRSNetSchedule(hidden_size=4),
         ),
+        "optimizer_block": lambda: MLRSNetTrainer(
+            model=DigitsNet(), args=make_args(out, {**deepspeed, "optimizer": {"type": "SGD"}}, gamma=0.1),
+            train_dataset=digits(64), schedule=MLRSNetSchedule(hidden_size=4),
+        ),
         "plain_trainer": lambda: Trainer(
             model=DigitsNet(), args=make_args(out, deepspeed, cls=TrainingArguments), train_dataset=digits(64),
             callbacks=[callback], optimizers=(None, callback.lr_scheduler),
