@@ -18,10 +18,12 @@ from transformers import TrainerCallback
 from transformers.utils import find_labels
 
 from .driver import LRDriver, MLRSNetDriver
+from .engines import check_deepspeed_config, deepspeed_config
 from .hub import load_any_schedule
 from .lr_controller import LRController
 from .lr_controller_driver import LRControllerDriver
 from .options import ScheduleOptions
+from .provenance import add_model_tags, update_model_card
 from .schedule import MLRSNetSchedule
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,10 @@ class MLRSNetCallback(TrainerCallback):
     optimizer, callback.lr_scheduler)``); any other scheduler is refused. It sets the LR of every optimizer step,
     which the Trainer logs as ``learning_rate``, and its state goes into each checkpoint's ``scheduler.pt``, so
     ``resume_from_checkpoint`` continues the LR sequence (and meta-training) exactly.
+
+    DeepSpeed is refused: it steps the optimizer inside the last micro-batch's backward, before
+    ``on_pre_optimizer_step``, and transformers' DeepSpeed setup replaces the scheduler given to a plain ``Trainer``
+    (use :class:`~mlrsnet_hf.MLRSNetTrainer`, which sets the LR before that backward; see :mod:`mlrsnet_hf.engines`).
 
     Args:
         schedule: an :class:`~mlrsnet_hf.MLRSNetSchedule` or :class:`~mlrsnet_hf.LRController`, or the directory or
@@ -84,6 +90,21 @@ class MLRSNetCallback(TrainerCallback):
                 f"schedule must be an MLRSNetSchedule, an LRController or a path/repo id, got {type(schedule).__name__}."
             )
         self.schedule = schedule
+        # Set by MLRSNetTrainer under DeepSpeed: it sets the LR itself before the last micro-batch's backward.
+        self.lr_before_backward = False
+
+    def _check_engine(self, args: Any) -> None:
+        config = deepspeed_config(args)
+        if config is None:
+            return
+        check_deepspeed_config(config)
+        if not self.lr_before_backward:
+            raise ValueError(
+                "MLRSNetCallback cannot drive a plain Trainer under DeepSpeed: DeepSpeed takes the optimizer step "
+                "inside the backward pass of the last micro-batch, before on_pre_optimizer_step (the LR would arrive "
+                "one step late), and transformers' DeepSpeed setup replaces the scheduler passed in optimizers=. Use "
+                "MLRSNetTrainer, which sets the LR of each step before that backward pass."
+            )
 
     def _check_scheduler(self, lr_scheduler: Any) -> None:
         if lr_scheduler is not self.lr_scheduler:
@@ -95,9 +116,11 @@ class MLRSNetCallback(TrainerCallback):
             )
 
     def on_init_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        self._check_engine(args)
         self._check_scheduler(lr_scheduler)
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        self._check_engine(args)
         self._check_scheduler(lr_scheduler)
         driver = self.lr_scheduler
         if state.global_step > 0 and driver._restored is None:
@@ -114,9 +137,19 @@ class MLRSNetCallback(TrainerCallback):
             if unused:  # as the Trainer does with the training set
                 driver.held_out = dataset.remove_columns(unused)
         driver.start(model, optimizer, args, state.max_steps, kwargs.get("train_dataloader"))
+        add_model_tags(model, self.schedule)  # Trainer.push_to_hub and model.push_to_hub put them in the card
+
+    def update_model_card(self, output_dir: str | Path) -> None:
+        """Add the library's tags and the ``schedule:`` reference to the card ``trainer.create_model_card()`` wrote.
+
+        A plain ``Trainer`` builds its card from its arguments alone, so call this after ``create_model_card``
+        (``push_to_hub`` writes a new card: upload the folder yourself, or use MLRSNetTrainer, whose card has both).
+        """
+        update_model_card(output_dir, self.schedule, meta_train=self.lr_scheduler.options.meta_train)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.lr_scheduler.prepare_step(state.global_step)
+        if not self.lr_before_backward:
+            self.lr_scheduler.prepare_step(state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.lr_scheduler.finish()

@@ -308,4 +308,14 @@ def load_schedule(cls: type, model_id: str, overrides: dict[str, Any], **downloa
     schedule.load_state_dict(weights, strict=True)
     schedule.eval()
     schedule.name_or_path = model_id
+    schedule.revision = (
+        None if os.path.isdir(model_id) else loaded_revision(config_path, download_kwargs.get("revision"))
+    )
     return schedule
+
+
+def loaded_revision(config_path: Path, requested: str | None) -> str | None:
+    """The commit a Hub file was downloaded from (its HF cache snapshot directory), else the revision asked for."""
+    if config_path.parent.parent.name == "snapshots":
+        return config_path.parent.name
+    return requested

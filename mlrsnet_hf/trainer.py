@@ -14,10 +14,12 @@ from transformers import Trainer
 from .callback import MLRSNetCallback
 from .config import MLRSNetConfig
 from .driver import LRDriver
+from .engines import check_deepspeed_config, check_deepspeed_meta_training, deepspeed_config
 from .hub import load_any_schedule
 from .lr_controller import LRController
 from .meta_training import MetaLearner
 from .options import ScheduleOptions
+from .provenance import add_model_tags, model_tags, update_model_card
 from .schedule import MLRSNetSchedule
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,14 @@ class MLRSNetTrainer(Trainer):
     schedule repo recording what it was trained on. After meta-training they write, by default, a
     *trajectory* schedule: one stage per network recorded at ``args.snapshot_fractions`` of the run
     (``trainer.snapshots``), played in equal parts of a later run, as the released recipe does.
+
+    Under DeepSpeed (ZeRO 1-3), which steps the optimizer inside the last micro-batch's backward, the LR of each
+    step is set between that micro-batch's forward (its loss completes the step's loss) and its backward
+    (:meth:`compute_loss`); a DeepSpeed ``"scheduler"`` or ``"optimizer"`` block and meta-training are refused
+    (:mod:`mlrsnet_hf.engines`).
+
+    The trained model's card (``create_model_card``, ``push_to_hub``) carries the library's tags and a ``schedule:``
+    reference to the schedule used (:mod:`mlrsnet_hf.provenance`).
     """
 
     def __init__(
@@ -95,7 +105,13 @@ class MLRSNetTrainer(Trainer):
         self.schedule = schedule
         self.meta_dataset = meta_dataset
         self.mlrsnet_callback = callback
+        self.saved_schedule: dict[str, Any] | None = None  # where save_schedule / push_schedule_to_hub wrote it
         self.add_callback(callback)
+        if self.is_deepspeed_enabled:
+            check_deepspeed_config(deepspeed_config(self.args))
+            check_deepspeed_meta_training(args.meta_train)
+            callback.lr_before_backward = True  # DeepSpeed steps inside backward: compute_loss sets the LR
+        add_model_tags(self.model, schedule)  # as TRL does: push_to_hub puts model.model_tags in the card
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> LRDriver:
         """The schedule's driver is the ``lr_scheduler``; the held-out set is prepared as the Trainer prepares its data."""
@@ -110,6 +126,31 @@ class MLRSNetTrainer(Trainer):
             driver.label_names = self.label_names
             self.lr_scheduler = driver
         return self.lr_scheduler
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """``Trainer.compute_loss``; under DeepSpeed, after the last micro-batch's forward, the LR of this step is set.
+
+        DeepSpeed takes the optimizer step inside that micro-batch's backward (``accelerator.backward``), so the LR
+        cannot wait for ``on_pre_optimizer_step``. The step's loss is complete here: the forward has just run.
+        """
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        callback = self.mlrsnet_callback
+        if (
+            callback.lr_before_backward
+            and model.training
+            and torch.is_grad_enabled()
+            and self.accelerator.sync_gradients
+        ):
+            callback.lr_scheduler.prepare_step(self.state.global_step)
+        return result
 
     @property
     def meta_learner(self) -> MetaLearner | None:
@@ -155,6 +196,30 @@ class MLRSNetTrainer(Trainer):
         super().log(logs, start_time)
 
     # ------------------------------------------------------- outputs
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """``Trainer.create_model_card``, with the library's tags and the ``schedule:`` reference in the metadata."""
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        tags += [t for t in model_tags(self.schedule) if t not in tags]
+        super().create_model_card(
+            language=language, license=license, tags=tags, model_name=model_name, finetuned_from=finetuned_from,
+            tasks=tasks, dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args,
+        )  # fmt: skip
+        if self.is_world_process_zero():
+            update_model_card(
+                self.args.output_dir, self.schedule, meta_train=self.args.meta_train, saved_to=self.saved_schedule
+            )
+
     def meta_training_record(self) -> dict[str, Any]:
         """What this run trained: dataset, model, epochs, optimizer, final metrics (for config.json and the card)."""
         model = self.accelerator.unwrap_model(self.model)
@@ -266,11 +331,14 @@ class MLRSNetTrainer(Trainer):
             self._schedule_to_publish(meta_training, trajectory).save_pretrained(
                 save_directory, model_card_kwargs={"lr_history": list(self.mlrsnet_callback.lr_scheduler.lr_history)}
             )
+            self.saved_schedule = {"path": str(save_directory)}
 
     def push_schedule_to_hub(
         self, repo_id: str, meta_training: dict[str, Any] | None = None, trajectory: bool | None = None, **kwargs: Any
     ) -> str:
         """Upload what ``save_schedule`` writes to ``repo_id`` (``kwargs`` as for ``MLRSNetSchedule.push_to_hub``)."""
-        return self._schedule_to_publish(meta_training, trajectory).push_to_hub(
+        commit = self._schedule_to_publish(meta_training, trajectory).push_to_hub(
             repo_id, model_card_kwargs={"lr_history": list(self.mlrsnet_callback.lr_scheduler.lr_history)}, **kwargs
         )
+        self.saved_schedule = {"repo_id": repo_id, "revision": getattr(commit, "oid", None)}
+        return commit

@@ -1,0 +1,93 @@
+"""Provenance of a model trained with a learned schedule: the tags and the ``schedule:`` reference of its model card.
+
+A model trained by :class:`~mlrsnet_hf.MLRSNetTrainer` or a ``Trainer`` with :class:`~mlrsnet_hf.MLRSNetCallback`
+carries the library's tags (``model.add_model_tags``, as TRL does) and, in its card's metadata, where the schedule
+came from::
+
+    tags: [mlrsnet_hf, learned-lr-schedule, mlrsnet, ...]
+    schedule:
+      model_type: mlrsnet_schedule    # the schedule family (or lr_controller)
+      mode: transfer                  # or meta-train (learned online during this run)
+      repo_id: org/name               # a Hub repo; or path: the local directory it was loaded from
+      revision: 0123abcd...           # the commit loaded (Hub repos only)
+      saved_to: {repo_id: org/learned, revision: ...}   # MLRSNetTrainer.push_schedule_to_hub / save_schedule
+
+A schedule built in code has no ``repo_id`` or ``path``: nothing to point to until it is saved. After
+meta-training, ``saved_to`` is where :class:`~mlrsnet_hf.MLRSNetTrainer` wrote the learned schedule (when the card is
+made after ``save_schedule`` or ``push_schedule_to_hub``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+LIBRARY_TAGS = ["mlrsnet_hf", "learned-lr-schedule"]
+CARD_NAME = "README.md"
+
+
+def model_tags(schedule: Any) -> list[str]:
+    """The tags of a model trained with ``schedule``: the library's and the schedule family's own."""
+    family = "lr-controller" if getattr(schedule, "model_type", None) == "lr_controller" else "mlrsnet"
+    return [*LIBRARY_TAGS, family]
+
+
+def schedule_reference(
+    schedule: Any, meta_train: bool = False, saved_to: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Where ``schedule`` came from, for the ``schedule:`` metadata of a trained model's card.
+
+    ``repo_id`` and ``revision`` (the commit loaded, when known) for a Hub repo, ``path`` for a local directory,
+    neither for a schedule built in code. ``mode`` is ``"meta-train"`` when the run learned it online; ``saved_to``
+    (``{"path"}`` or ``{"repo_id", "revision"}``) is where the run's schedule was written, if it was.
+    """
+    reference: dict[str, Any] = {
+        "model_type": getattr(schedule, "model_type", type(schedule).__name__),
+        "mode": "meta-train" if meta_train else "transfer",
+    }
+    source = getattr(schedule, "name_or_path", None)
+    if source is not None:
+        if Path(source).expanduser().is_dir():
+            reference["path"] = str(source)
+        else:
+            reference["repo_id"] = str(source)
+            reference["revision"] = getattr(schedule, "revision", None)
+    if saved_to:
+        reference["saved_to"] = dict(saved_to)
+    return reference
+
+
+def add_model_tags(model: nn.Module, schedule: Any) -> None:
+    """Tag ``model`` (a transformers ``PreTrainedModel``; other modules have no tags) with :func:`model_tags`.
+
+    ``Trainer.push_to_hub`` and ``model.push_to_hub`` put ``model.model_tags`` in the card.
+    """
+    model = getattr(model, "module", model)
+    if hasattr(model, "add_model_tags"):
+        model.add_model_tags(model_tags(schedule))
+
+
+def update_model_card(
+    path: str | Path, schedule: Any, meta_train: bool = False, saved_to: dict[str, Any] | None = None
+) -> ModelCard:
+    """Add the tags and the ``schedule:`` reference to the model card at ``path`` (a ``README.md`` or its directory).
+
+    The card is the one ``Trainer.create_model_card`` wrote; its other metadata and text are kept.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CARD_NAME
+    card = ModelCard.load(path)
+    existing = card.data.tags or []
+    existing = [existing] if isinstance(existing, str) else list(existing)
+    card.data.tags = existing + [t for t in model_tags(schedule) if t not in existing]
+    card.data.schedule = schedule_reference(schedule, meta_train, saved_to)
+    card.save(path)
+    logger.info("Model card %s: schedule %s", path, card.data.schedule)
+    return card
