@@ -14,6 +14,8 @@ $(STAMP): setup.py pyproject.toml
 	# torch first and pinned: any other spec (or letting a dependency pull it in) downloads a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# DeepSpeed, for its tests on CPU processes: --no-deps keeps torch as it is; its one op is built at first use.
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-deps deepspeed==0.19.8 einops hjson msgpack ninja py-cpuinfo
 	touch $(STAMP)
 
 venv: $(STAMP)
