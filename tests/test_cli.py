@@ -82,3 +82,43 @@ def test_demo_reduced_budget(tmp_path):
     assert (tmp_path / "results.png").is_file()
     if (SHARED / "official" / "mlr_snet_1.pth").is_file():
         assert MLRSNetSchedule.from_pretrained(tmp_path / "official-schedule").num_stages == 3
+
+
+def test_plot_an_lr_controller_in_the_range_of_its_training_losses(tmp_path, capsys):
+    from mlrsnet_hf import LRController
+    from mlrsnet_hf.plotting import controller_loss_curve
+
+    run = {"episode_steps": 50, "initial_lrs": [1e-3, 1e-2], "train_loss_range": [9.2, 7.1]}
+    LRController(decision_interval=10, training_run=run).save_pretrained(tmp_path / "c")
+    assert main(["plot", str(tmp_path / "c"), "--out", str(tmp_path / "c.png")]) == 0
+    assert f"wrote {tmp_path / 'c.png'}: 50 steps" in capsys.readouterr().out
+    with Image.open(tmp_path / "c.png") as img:
+        assert img.format == "PNG"
+    losses = controller_loss_curve(LRController.from_pretrained(tmp_path / "c"), 50)
+    assert losses[0] == pytest.approx(9.2) and losses[-1] == pytest.approx(7.1, abs=0.01)  # text-LM range, not 2.3 -> 0
+    # --base-lr is the controller's initial LR (decisions change it by at most 5 %); --num-classes means nothing to it.
+    assert main(["plot", str(tmp_path / "c"), "--out", str(tmp_path / "d.png"), "--base-lr", "0.05"]) == 0
+    first = float(capsys.readouterr().out.split("LR from ")[1].split()[0])
+    assert 0.05 / 1.06 < first < 0.05 * 1.06
+    assert main(["plot", str(tmp_path / "c"), "--out", str(tmp_path / "e.png"), "--num-classes", "10"]) == 1
+    assert "--num-classes is for an MLR-SNet schedule" in capsys.readouterr().err
+
+
+def test_plot_base_lr_only_where_the_gamma_rule_uses_it(tmp_path, capsys):
+    MLRSNetSchedule(gamma=0.5).save_pretrained(tmp_path / "fixed")
+    assert main(["plot", str(tmp_path / "fixed"), "--out", str(tmp_path / "a.png"), "--base-lr", "0.1"]) == 1
+    err = capsys.readouterr().err
+    assert "--base-lr is used only by gamma='relative'" in err and "0.5" in err
+    assert not (tmp_path / "a.png").exists()
+    MLRSNetSchedule(gamma="relative", relative_max_scale=2.0).save_pretrained(tmp_path / "rel")
+    assert main(["plot", str(tmp_path / "rel"), "--out", str(tmp_path / "b.png"), "--base-lr", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert float(out.split("LR from ")[1].split()[0]) == pytest.approx(0.1)  # the first step uses learning_rate
+    assert float(out.split("max ")[1].rstrip(")\n")) <= 0.2 + 1e-9
+
+
+def test_plot_out_without_extension_reports_the_file_written(tmp_path, capsys):
+    MLRSNetSchedule(gamma=0.5).save_pretrained(tmp_path / "s")
+    assert main(["plot", str(tmp_path / "s"), "--out", str(tmp_path / "noext")]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'noext.png'}: ")
+    assert (tmp_path / "noext.png").is_file() and not (tmp_path / "noext").exists()
