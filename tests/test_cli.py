@@ -95,7 +95,9 @@ def test_plot_an_lr_controller_in_the_range_of_its_training_losses(tmp_path, cap
     with Image.open(tmp_path / "c.png") as img:
         assert img.format == "PNG"
     losses = controller_loss_curve(LRController.from_pretrained(tmp_path / "c"), 50)
-    assert losses[0] == pytest.approx(9.2) and losses[-1] == pytest.approx(7.1, abs=0.01)  # text-LM range, not 2.3 -> 0
+    assert losses[0] == pytest.approx(9.2) and losses[-1] == pytest.approx(
+        7.1, abs=0.01
+    )  # text-LM range, not 2.3 -> 0
     # --base-lr is the controller's initial LR (decisions change it by at most 5 %); --num-classes means nothing to it.
     assert main(["plot", str(tmp_path / "c"), "--out", str(tmp_path / "d.png"), "--base-lr", "0.05"]) == 0
     first = float(capsys.readouterr().out.split("LR from ")[1].split()[0])
