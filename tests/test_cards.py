@@ -82,3 +82,11 @@ def test_released_weights_are_not_relicensed_and_the_best_epoch_is_labelled(offi
     (accuracy,) = card.data.eval_results
     assert accuracy.metric_value == pytest.approx(0.9236) and accuracy.dataset_split == "test"  # the last epoch's
     assert "| best_epoch_test_accuracy | 0.9437 (epoch 90 of 200; the results are the last epoch's) |" in text
+
+
+def test_presets_record_the_split_their_results_come_from():
+    from mlrsnet_hf.experiments.tasks import TaskArguments, eval_split_name
+
+    assert eval_split_name(TaskArguments(task="cifar10-resnet18")) == "test"
+    assert eval_split_name(TaskArguments(task="ptb-lstm2", test_split="test[50%:]")) == "test[50%:]"
+    assert eval_split_name(TaskArguments(task="cifar10-resnet18", max_eval_samples=40)) == "test (first 40 examples)"
