@@ -127,23 +127,39 @@ def plot_lr_curve(lrs: Sequence[float], path: str | Path, title: str = "LR used 
     fig.savefig(path, dpi=110)
 
 
-def plot_training_curves(log_history: list[dict], path: str | Path) -> None:
-    """Training loss and every evaluation metric against the optimizer step, from ``trainer.state.log_history``."""
+def plot_training_curves(
+    log_history: list[dict], path: str | Path, title: str = "Training curves", eval_split: str = "evaluation"
+) -> Figure:
+    """Losses and every evaluation metric against the optimizer step, from ``trainer.state.log_history``.
+
+    One panel for the losses (training loss, and the loss on ``eval_split``), then one per other evaluation
+    metric. An evaluation repeated at the same step (a final ``evaluate()`` after the last periodic one) is
+    one point. Returns the figure written.
+    """
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
     evals = sorted({k for h in log_history for k in h if k.startswith("eval_") and k not in _EVAL_BOOKKEEPING})
-    fig = Figure(figsize=(7, 2.5 * (1 + len(evals))))
-    axes = fig.subplots(1 + len(evals), 1, sharex=True, squeeze=False)
-    axes = axes[:, 0]
+    metrics = [k for k in evals if k != "eval_loss"]
+    fig = Figure(figsize=(7, 2.2 * (1 + len(metrics)) + 0.6), layout="constrained")
+    axes = fig.subplots(1 + len(metrics), 1, sharex=True, squeeze=False)[:, 0]
     if train:
-        axes[0].plot(*zip(*train, strict=True), color="tab:gray")
-    axes[0].set_ylabel("training loss")
-    for ax, key in zip(axes[1:], evals, strict=True):
-        points = [(h["step"], h[key]) for h in log_history if key in h]
-        ax.plot(*zip(*points, strict=True), marker="o", color="tab:green")
-        ax.set_ylabel(key.removeprefix("eval_"))
+        axes[0].plot(*zip(*train, strict=True), color="tab:gray", label="training loss")
+    if "eval_loss" in evals:
+        axes[0].plot(*zip(*_by_step(log_history, "eval_loss"), strict=True), marker="o", color="tab:green",
+                     label=f"{eval_split} loss")  # fmt: skip
+    axes[0].set_ylabel("loss")
+    axes[0].legend(fontsize=8)
+    for ax, key in zip(axes[1:], metrics, strict=True):
+        ax.plot(*zip(*_by_step(log_history, key), strict=True), marker="o", color="tab:green")
+        ax.set_ylabel(f"{eval_split} {key.removeprefix('eval_')}")
     axes[-1].set_xlabel("optimizer step")
-    fig.tight_layout()
+    fig.suptitle(title)
     fig.savefig(path, dpi=110)
+    return fig
+
+
+def _by_step(log_history: list[dict], key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of ``key`` in the log history, the last value of a step kept, in step order."""
+    return sorted({h["step"]: h[key] for h in log_history if key in h and "step" in h}.items())
 
 
 _EVAL_BOOKKEEPING = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}

@@ -236,7 +236,11 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
         record["learning_rates"] = trainer.lr_scheduler.lr_history
         (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         plot_lr_curve(trainer.lr_scheduler.lr_history, out / "lr_curve.png")
-        plot_training_curves(trainer.state.log_history, out / "training_curves.png")
+        what = "meta-training MLR-SNet" if meta_train else f"transfer of {training.schedule}"
+        plot_training_curves(
+            trainer.state.log_history, out / "training_curves.png", title=f"{task_args.task}: {what}",
+            eval_split=eval_split_name(task_args),
+        )  # fmt: skip
     if meta_train:
         record = {
             "dataset": task_args.record_dataset or task.dataset_id,
