@@ -14,11 +14,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .hub import ScheduleFileError, load_any_schedule
+from .hub import ScheduleFileError, load_any_schedule, significant
 from .lr_controller import LRController
 from .official import convert_official
 from .plotting import plot_controller_response, plot_lr_response
 from .schedule import MLRSNetSchedule
+from .schedule_card import recorded_fields
 from .version import __version__
 
 
@@ -47,8 +48,12 @@ def describe(schedule: MLRSNetSchedule, name: str) -> str:
         f"  parameters: {sum(p.numel() for p in schedule.parameters())}",
     ]
     if schedule.meta_training:
-        lines.append("  meta-trained on:")
-        lines += [f"    {key}: {value}" for key, value in schedule.meta_training.items()]
+        lines.append("  meta-trained on:")  # what its card shows: only what the run used, rounded
+        lines += [f"    {key}: {value}" for key, value in recorded_fields(schedule).items()]
+        results = significant(schedule.meta_training.get("results") or {})
+        if results:
+            split = schedule.meta_training.get("eval_split", "split not recorded")
+            lines.append(f"  results ({split}): " + ", ".join(f"{k}={v}" for k, v in results.items()))
     else:
         lines.append("  meta-trained on: not recorded")
     return "\n".join(lines)

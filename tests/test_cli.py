@@ -25,6 +25,7 @@ def test_convert_info_plot(official_dir, tmp_path, capsys):
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "stages: 3" in info and "gamma rule: auto" in info and "dataset: uoft-cs/cifar10" in info
+    assert "results (test): accuracy=0.9236" in info and "license_note" not in info
 
     losses = tmp_path / "losses.txt"
     losses.write_text("\n".join(str(x) for x in torch.linspace(2.3, 0.1, 90).tolist()))
@@ -73,12 +74,20 @@ def test_demo_reduced_budget(tmp_path):
         runs = results[name]["runs"]
         assert {"constant (best lr 0.1)", "cosine (best lr 0.1)"} <= set(runs)
         assert all(0 <= r["final"] <= 1 for r in runs.values())
+    baseline = results["digits-mlp (architecture transfer)"]["runs"]["cosine (best lr 0.1)"]
+    assert 0 <= baseline["validation"] <= 1 and baseline["lr"] == 0.1 and not baseline["interior"]  # a 1-point grid
+    assert len(baseline["lrs"]) == 30 and baseline["lrs"][0] == pytest.approx(0.1) and baseline["lrs"][-1] < 0.01
     assert "MLR-SNet (transferred)" in results["digits-mlp (architecture transfer)"]["runs"]
     transferred = results["digits-mlp (architecture transfer)"]["runs"]["MLR-SNet (transferred)"]
     assert len(transferred["lrs"]) == 30 and len(set(transferred["lrs"])) > 1
     if (SHARED / "data" / "ptb" / "ptb.valid.txt").is_file():
         assert results["ptb-lstm (modality transfer)"]["metric"] == "perplexity"
-    assert "| digits-mlp (architecture transfer) | MLR-SNet (transferred) |" in (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text()
+    assert "| digits-mlp (architecture transfer) | MLR-SNet (transferred) |" in table
+    assert (
+        "the best metric on the validation split" in table
+        and "| digits-cnn (meta-train task) | constant | 0.1 |" in table
+    )
     assert (tmp_path / "results.png").is_file()
     if (SHARED / "official" / "mlr_snet_1.pth").is_file():
         assert MLRSNetSchedule.from_pretrained(tmp_path / "official-schedule").num_stages == 3
