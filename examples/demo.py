@@ -10,8 +10,10 @@
 2. Transfer it, with no tuning (the paper's gamma: no LR rule won on those splits), to (a) another architecture (an MLP on digits) and (b) another modality
    (a word-level LSTM on the real Penn Treebank text in ../shared/data/ptb, when present).
 3. Train the same tasks with hand-designed schedules (constant, cosine, linear decay), each with the best
-   LR of a small grid, chosen on the test metric (which favours the baselines).
-4. Print a comparison table and write results.json, results.md and plots to the output folder.
+   LR of a grid, chosen on the validation split (the held-out meta set; ties broken by validation loss);
+   the grids are wide enough that every chosen LR lies inside its grid, not at an end.
+4. Print a comparison table and write results.json, results.md and plots (the test metric and the LR of
+   every step, for every schedule) to the output folder.
 When the released checkpoints are present (../shared/official), they are also converted to a schedule repo.
 """
 
@@ -28,13 +30,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from transformers import Trainer, TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, convert_official  # noqa: E402
 from mlrsnet_hf.experiments.data import digits_splits, ptb_small_splits  # noqa: E402
 from mlrsnet_hf.experiments.language_models import lstm_lm  # noqa: E402
 from mlrsnet_hf.experiments.metrics import accuracy_metrics, perplexity_metrics  # noqa: E402
 from mlrsnet_hf.experiments.vision_models import DigitsCNN, DigitsMLP  # noqa: E402
+from mlrsnet_hf.plotting import format_lr_axis  # noqa: E402
 
 logger = logging.getLogger("demo")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -53,30 +56,61 @@ def curve(trainer: Trainer, key: str) -> list[tuple[int, float]]:
     return [(h["step"], h[key]) for h in trainer.state.log_history if key in h]
 
 
+class LRRecorder(TrainerCallback):
+    """The LR of every optimizer step of a plain ``Trainer`` run (what its LR scheduler sets before the step)."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_step_begin(self, args, state, control, lr_scheduler=None, **kwargs) -> None:
+        self.lrs.append(float(lr_scheduler.get_last_lr()[0]))
+
+
 def run_baselines(task: dict, out: Path, grid: list[float], schedules: list[str], args: dict, key: str, best) -> dict:
-    """Every hand-designed schedule with each LR of the grid; the best LR per schedule (on the test metric)."""
+    """Every hand-designed schedule with each LR of the grid; per schedule, the LR best on the validation split.
+
+    ``key`` is the metric (``eval_accuracy``/``eval_perplexity``), ``best`` ``max`` or ``min`` of it; ties are
+    broken by the lower validation loss. The test metric of every run is recorded but plays no part in the choice.
+    """
     results = {}
+    metric = key.removeprefix("eval_")
+    sign = 1 if best is max else -1
     for kind in schedules:
         runs = []
         for lr in grid:
             torch.manual_seed(args["seed"])
+            recorder = LRRecorder()
             trainer = Trainer(
                 model=task["model"](), args=TrainingArguments(**{**args, "output_dir": str(out / f"{kind}-{lr}")},
                 learning_rate=lr, lr_scheduler_type=kind, max_grad_norm=task.get("clip", 1.0)),
                 train_dataset=task["train"], eval_dataset=task["test"], compute_metrics=task["metrics"][0],
-                preprocess_logits_for_metrics=task["metrics"][1],
+                preprocess_logits_for_metrics=task["metrics"][1], callbacks=[recorder],
             )  # fmt: skip
             trainer.train()
-            final = curve(trainer, key)[-1][1]
-            runs.append((final, lr, curve(trainer, key)))
-            logger.info("%s %s lr=%g: %s %.4f", task["name"], kind, lr, key, final)
-        final, lr, points = best(runs, key=lambda r: r[0])
-        results[f"{kind} (best lr {lr:g})"] = {
-            "final": final,
-            "curve": points,
-            "grid": {str(r[1]): r[0] for r in runs},
+            val = trainer.evaluate(task["val"], metric_key_prefix="val")
+            points = curve(trainer, key)
+            runs.append({"lr": lr, "validation": val[f"val_{metric}"], "val_loss": val["val_loss"],
+                         "final": points[-1][1], "curve": points, "lrs": recorder.lrs})  # fmt: skip
+            logger.info(
+                "%s %s lr=%g: validation %s %.4f (loss %.4f), test %.4f",
+                task["name"], kind, lr, metric, runs[-1]["validation"], val["val_loss"], runs[-1]["final"],
+            )  # fmt: skip
+        chosen = max(runs, key=lambda r: (finite_or_worst(sign * r["validation"]), finite_or_worst(-r["val_loss"])))
+        results[f"{kind} (best lr {chosen['lr']:g})"] = {
+            "final": chosen["final"],
+            "validation": chosen["validation"],
+            "lr": chosen["lr"],
+            "interior": len(grid) > 2 and grid[0] < chosen["lr"] < grid[-1],
+            "curve": chosen["curve"],
+            "lrs": chosen["lrs"],
+            "grid": {str(r["lr"]): {"validation": r["validation"], "test": r["final"]} for r in runs},
         }
     return results
+
+
+def finite_or_worst(score: float) -> float:
+    """A score to maximise, a diverged run's (NaN / inf) counted as the worst."""
+    return score if math.isfinite(score) else -math.inf
 
 
 def run_mlrsnet(task, out, schedule, args, key, meta_dataset=None, **mlrsnet) -> tuple[dict, MLRSNetTrainer]:
@@ -96,24 +130,46 @@ def run_mlrsnet(task, out, schedule, args, key, meta_dataset=None, **mlrsnet) ->
 
 
 def plot(results: dict, path: Path) -> None:
+    """Per task: the test metric against the step (top) and the LR of every step (bottom), for every schedule."""
     tasks = list(results)
     fig, axes = plt.subplots(2, len(tasks), figsize=(6 * len(tasks), 7), squeeze=False)
     for col, name in enumerate(tasks):
         task = results[name]
+        all_lrs = []
         for label, r in task["runs"].items():
             axes[0, col].plot(*zip(*r["curve"], strict=True), marker=".", label=label)
-            if "lrs" in r:
-                axes[1, col].plot(r["lrs"], label=label)
+            axes[1, col].plot(range(1, len(r["lrs"]) + 1), r["lrs"], label=label)
+            all_lrs += r["lrs"]
         axes[0, col].set_title(f"{name}: test {task['metric']}")
         axes[0, col].set_xlabel("optimizer step")
         axes[0, col].legend(fontsize=7)
-        axes[1, col].set_title(f"{name}: MLR-SNet learning rate")
+        axes[1, col].set_title(f"{name}: learning rate of every step")
         axes[1, col].set_xlabel("optimizer step")
-        axes[1, col].set_yscale("log")
+        format_lr_axis(axes[1, col], all_lrs)
         axes[1, col].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def selection_notes(results: dict, grids: dict[str, list[float]]) -> str:
+    """How the baselines' LRs were chosen, and whether each chosen LR lies inside its grid."""
+    lines = [
+        "Baselines: each hand-designed schedule trained with every LR of its task's grid; the LR kept is the one with",
+        "the best metric on the validation split (the held-out meta set, which the test set never overlaps; ties",
+        "broken by validation loss). The test metric plays no part in the choice. MLR-SNet got no tuning.",
+        "",
+        "| task | schedule | LR grid | chosen LR | validation | inside the grid |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, task in results.items():
+        for label, r in task["runs"].items():
+            if "grid" in r:
+                grid = " / ".join(f"{lr:g}" for lr in grids[name])
+                inside = "yes" if r["interior"] else "no: at an end of the grid"
+                kind = label.split(" (")[0]
+                lines.append(f"| {name} | {kind} | {grid} | {r['lr']:g} | {r['validation']:.4g} | {inside} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -140,11 +196,14 @@ def main() -> None:
     image_args = common_args(out / "runs", args.steps, 64, args.seed, image_eval)
     acc = accuracy_metrics()
     schedules = ["constant", "cosine"] if args.quick else ["constant", "cosine", "linear"]
-    image_grid = [0.1] if args.quick else [0.03, 0.1, 0.3]
+    # Wide enough that every chosen LR lies inside its grid (results.md says where each one fell).
+    image_grid = [0.1] if args.quick else [0.1, 0.3, 1.0, 3.0, 10.0]
+    text_grid = [20.0] if args.quick else [20.0, 40.0, 80.0, 160.0, 320.0]
     results: dict = {}
 
     # 1. Meta-train on the CNN (gamma 1: the paper's image setting).
-    cnn = {"name": "digits-cnn", "model": DigitsCNN, "train": digits["train"], "test": digits["test"], "metrics": acc}
+    cnn = {"name": "digits-cnn", "model": DigitsCNN, "train": digits["train"], "val": digits["meta"], "test": digits["test"],
+           "metrics": acc}  # fmt: skip
     logger.info("== 1. meta-training MLR-SNet on digits / CNN (%d steps)", args.steps)
     torch.manual_seed(args.seed)
     schedule = MLRSNetSchedule(num_stages=1, gamma=1.0)
@@ -152,7 +211,9 @@ def main() -> None:
         cnn, out / "runs" / "meta-train", schedule, image_args, "eval_accuracy", meta_dataset=digits["meta"],
         meta_train=True, meta_update_interval=10, meta_learning_rate=1e-3, num_classes=10,
     )  # fmt: skip
-    trainer.save_schedule(out / "schedule", meta_training={"dataset": "sklearn/digits", "model": "DigitsCNN"})
+    trainer.save_schedule(
+        out / "schedule", meta_training={"dataset": "sklearn/digits", "model": "DigitsCNN", "eval_split": "test"}
+    )
     learned_schedule = MLRSNetSchedule.from_pretrained(out / "schedule")
     results["digits-cnn (meta-train task)"] = {
         "metric": "accuracy",
@@ -160,7 +221,8 @@ def main() -> None:
     }
 
     # 2a. Transfer to another architecture, no tuning.
-    mlp = {"name": "digits-mlp", "model": DigitsMLP, "train": digits["train"], "test": digits["test"], "metrics": acc}
+    mlp = {"name": "digits-mlp", "model": DigitsMLP, "train": digits["train"], "val": digits["meta"], "test": digits["test"],
+           "metrics": acc}  # fmt: skip
     logger.info("== 2a. transfer to digits / MLP")
     transferred, _ = run_mlrsnet(
         mlp, out / "runs" / "transfer-mlp", learned_schedule, image_args, "eval_accuracy", num_classes=10
@@ -189,7 +251,7 @@ def main() -> None:
         n_test = min(len(chunks["test"]), 20 * 40)
         lm = {
             "name": "ptb-lstm", "model": lambda: lstm_lm(len(vocab), hidden_size=128, dropout=0.3),
-            "train": chunks["train"], "test": torch.utils.data.Subset(chunks["test"], range(n_test)),
+            "train": chunks["train"], "val": chunks["meta"], "test": torch.utils.data.Subset(chunks["test"], range(n_test)),
             "metrics": perplexity_metrics(), "clip": 0.25,
         }  # fmt: skip
         logger.info("== 2b. transfer to Penn Treebank / LSTM (image -> text)")
@@ -198,17 +260,7 @@ def main() -> None:
             gamma="40", input_normalization="log_num_classes",
         )  # fmt: skip
         runs = {"MLR-SNet (transferred from images)": text}
-        runs.update(
-            run_baselines(
-                lm,
-                out / "runs" / "ptb",
-                [20.0] if args.quick else [5.0, 20.0, 40.0],
-                schedules,
-                text_args,
-                "eval_perplexity",
-                min,
-            )
-        )
+        runs.update(run_baselines(lm, out / "runs" / "ptb", text_grid, schedules, text_args, "eval_perplexity", min))
         results["ptb-lstm (modality transfer)"] = {"metric": "perplexity", "runs": runs}
     else:
         logger.info("== 2b. skipped: no Penn Treebank text in %s", ptb)
@@ -219,13 +271,23 @@ def main() -> None:
         for label, r in task["runs"].items():
             lines.append(f"| {name} | {label} | {task['metric']} {r['final']:.4g} |")
     table = "\n".join(lines)
+    grids = {name: text_grid if name.startswith("ptb") else image_grid for name in results}
     (out / "results.md").write_text(
-        f"# Demo results ({args.steps} image steps, {args.text_steps} text steps, seed {args.seed})\n\n{table}\n"
+        f"# Demo results ({args.steps} image steps, {args.text_steps} text steps, seed {args.seed})\n\n{table}\n\n"
+        f"{selection_notes(results, grids)}\n"
     )
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     plot(results, out / "results.png")
     print("\n" + table)
     print(f"\nSchedule repo: {out / 'schedule'}; results: {out / 'results.md'}, {out / 'results.png'}")
+    at_an_end = [
+        f"{name}: {label}"
+        for name, t in results.items()
+        for label, r in t["runs"].items()
+        if r.get("interior") is False
+    ]
+    if at_an_end and not args.quick:
+        logger.warning("Chosen LRs at an end of their grid (widen it): %s", "; ".join(at_an_end))
     if any(not math.isfinite(r["final"]) for t in results.values() for r in t["runs"].values()):
         logger.warning("Some runs diverged (non-finite metric): see results.json.")
 

@@ -2,7 +2,7 @@
 
 mlrsnet convert-official mlr_snet_1.pth mlr_snet_100.pth mlr_snet_200.pth --out DIR
 mlrsnet info SCHEDULE                       # a local directory or a Hub repo id
-mlrsnet plot SCHEDULE --out lr.png [--losses FILE] [--num-classes C] [--base-lr LR]
+mlrsnet plot SCHEDULE --out lr.png [--losses FILE] [--num-classes C] [--base-lr LR]   # either family
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .hub import ScheduleFileError, load_any_schedule
+from .hub import ScheduleFileError, load_any_schedule, significant
 from .lr_controller import LRController
 from .official import convert_official
-from .plotting import plot_lr_response
+from .plotting import plot_controller_response, plot_lr_response
 from .schedule import MLRSNetSchedule
+from .schedule_card import recorded_fields
 from .version import __version__
 
 
@@ -47,8 +48,12 @@ def describe(schedule: MLRSNetSchedule, name: str) -> str:
         f"  parameters: {sum(p.numel() for p in schedule.parameters())}",
     ]
     if schedule.meta_training:
-        lines.append("  meta-trained on:")
-        lines += [f"    {key}: {value}" for key, value in schedule.meta_training.items()]
+        lines.append("  meta-trained on:")  # what its card shows: only what the run used, rounded
+        lines += [f"    {key}: {value}" for key, value in recorded_fields(schedule).items()]
+        results = significant(schedule.meta_training.get("results") or {})
+        if results:
+            split = schedule.meta_training.get("eval_split", "split not recorded")
+            lines.append(f"  results ({split}): " + ", ".join(f"{k}={v}" for k, v in results.items()))
     else:
         lines.append("  meta-trained on: not recorded")
     return "\n".join(lines)
@@ -76,11 +81,23 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    schedule = MLRSNetSchedule.from_pretrained(args.schedule)
+    schedule = load_any_schedule(args.schedule)
     losses = read_losses(args.losses) if args.losses else None
-    lrs = plot_lr_response(schedule, args.out, losses=losses, num_classes=args.num_classes, base_lr=args.base_lr)
+    out = args.out if args.out.suffix else args.out.with_suffix(".png")  # what matplotlib writes for a bare name
+    if isinstance(schedule, LRController):
+        if args.num_classes is not None:
+            raise ValueError("--num-classes is for an MLR-SNet schedule's gamma='auto'; an LR controller takes none.")
+        initial = [args.base_lr] if args.base_lr is not None else None
+        lrs = plot_controller_response(schedule, out, losses=losses, initial_lrs=initial)
+    else:
+        if args.base_lr is not None and not schedule.uses_base_lr:
+            raise ValueError(
+                f"--base-lr is used only by gamma='relative' or 'range_test'; this schedule's gamma is "
+                f"{schedule.gamma!r}, so its LRs do not depend on it."
+            )
+        lrs = plot_lr_response(schedule, out, losses=losses, num_classes=args.num_classes, base_lr=args.base_lr)
     print(
-        f"wrote {args.out}: {len(lrs)} steps, LR from {lrs[0]:.4g} to {lrs[-1]:.4g} (min {min(lrs):.4g}, max {max(lrs):.4g})"
+        f"wrote {out}: {len(lrs)} steps, LR from {lrs[0]:.4g} to {lrs[-1]:.4g} (min {min(lrs):.4g}, max {max(lrs):.4g})"
     )
 
 
@@ -104,12 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("schedule", help="a schedule directory or Hub repo id")
     p.set_defaults(func=_info)
 
-    p = sub.add_parser("plot", help="plot a schedule's LR response to a loss curve")
+    p = sub.add_parser("plot", help="plot a schedule's (MLR-SNet or LR controller) LR response to a loss curve")
     p.add_argument("schedule", help="a schedule directory or Hub repo id")
-    p.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    p.add_argument("--out", required=True, type=Path, help="image file to write (.png added to a name without one)")
     p.add_argument("--losses", help="loss curve: JSON list or one number per line (default: a typical curve)")
     p.add_argument("--num-classes", type=int, help="C for gamma='auto' (default: the meta-training task's, else 10)")
-    p.add_argument("--base-lr", type=float, help="learning_rate for gamma='relative' (default 1)")
+    p.add_argument(
+        "--base-lr", type=float,
+        help="learning_rate for gamma='relative'/'range_test' (default 1); an LR controller's initial LR "
+        "(default: those it was trained from); an error for any other gamma",
+    )  # fmt: skip
     p.set_defaults(func=_plot)
     return parser
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
@@ -53,6 +54,7 @@ __all__ = [
     "register_schedule_type",
     "registered_schedule_types",
     "resolve_file",
+    "significant",
     "write_schedule_repo",
 ]
 
@@ -176,6 +178,17 @@ class ScheduleRepoMixin:
 
 
 # ------------------------------------------------------------------ model card
+def significant(value: Any, digits: int = 4) -> Any:
+    """``value`` with every float (also inside lists and dicts) rounded to ``digits`` significant digits."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else value
+    if isinstance(value, (list, tuple)):
+        return [significant(v, digits) for v in value]
+    if isinstance(value, dict):
+        return {k: significant(v, digits) for k, v in value.items()}
+    return value
+
+
 def card_from_template(
     schedule: Any, template_name: str, card_data: dict[str, Any] | None = None, **template_kwargs: Any
 ) -> ModelCard:

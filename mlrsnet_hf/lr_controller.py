@@ -20,7 +20,7 @@ import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
-from .hub import ScheduleRepoMixin, card_from_template, register_schedule_type
+from .hub import ScheduleRepoMixin, card_from_template, register_schedule_type, significant
 from .version import __version__
 
 FEATURES = (
@@ -262,12 +262,16 @@ class LRController(
 
 
 def render_controller_card(controller: LRController, **template_kwargs: Any) -> ModelCard:
-    """The model card of an LR controller: the class's Hub metadata (tags, license, paper), datasets, the template."""
+    """The model card of an LR controller: the class's Hub metadata (tags, license, paper), datasets, the template.
+
+    The training record's floats are shown to 4 significant digits.
+    """
     run = controller.training_run
     card_data = {
         "datasets": [run["dataset"]] if run.get("dataset") else None,
         "model_name": template_kwargs.pop("model_name", None) or run.get("name") or "lr-controller",
     }
     return card_from_template(
-        controller, "lr_controller.md", card_data, config=controller.config, training_run=run, **template_kwargs
-    )
+        controller, "lr_controller.md", card_data, config=controller.config, training_run=significant(run),
+        **template_kwargs,
+    )  # fmt: skip

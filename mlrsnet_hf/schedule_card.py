@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard
 
-from .hub import ScheduleRepoMixin, card_from_template
+from .hub import ScheduleRepoMixin, card_from_template, significant
 
 if TYPE_CHECKING:
     from .schedule import MLRSNetSchedule
@@ -39,11 +39,38 @@ class MLRSNetScheduleRepo(ScheduleRepoMixin):
         return render_model_card(self, **kwargs)
 
 
+# Fields of a meta-training record that the card shows elsewhere (metadata, results) or not as table rows.
+_NOT_ROWS = ("results", "license", "license_name", "license_link", "license_note")
+
+
+def recorded_fields(schedule: MLRSNetSchedule) -> dict[str, Any]:
+    """The meta-training record as the card shows it: floats to 4 significant digits, only what the run used.
+
+    ``learning_rate`` is shown only when the gamma rule scales from it (``"relative"``): under a fixed,
+    ``"auto"`` or ``"range_test"`` gamma the schedule sets every LR and ``TrainingArguments.learning_rate``
+    (5e-05 by default) plays no part. ``weight_decay`` is shown only when the optimizer applied one (> 0).
+    """
+    fields = {}
+    for key, value in schedule.meta_training.items():
+        if key in _NOT_ROWS:
+            continue
+        if key == "learning_rate" and schedule.gamma != "relative":
+            continue
+        if key == "weight_decay" and not value:
+            continue
+        fields[key] = significant(value)
+    return fields
+
+
 def render_model_card(schedule: MLRSNetSchedule, **template_kwargs: Any) -> ModelCard:
-    """The model card: the class's Hub metadata (``library_name``, tags, license), datasets, ``model-index``."""
+    """The model card: the class's Hub metadata (``library_name``, tags, license), datasets, ``model-index``.
+
+    Results are rounded to 4 significant digits and carry the split they were measured on (``eval_split``
+    of the record). A record with its own ``license`` (released third-party weights) overrides this library's.
+    """
     meta = schedule.meta_training
     datasets = [meta["dataset"]] if meta.get("dataset") else None
-    results = meta.get("results") or {}
+    results = significant(dict(meta.get("results") or {}))
     model_name = template_kwargs.pop("model_name", None) or meta.get("name") or "mlrsnet-schedule"
     eval_results = (
         [
@@ -51,6 +78,7 @@ def render_model_card(schedule: MLRSNetSchedule, **template_kwargs: Any) -> Mode
                 task_type=meta.get("task_type", "image-classification"),
                 dataset_type=meta["dataset"],
                 dataset_name=meta.get("dataset_name", meta["dataset"]),
+                dataset_split=meta.get("eval_split"),
                 metric_type=metric,
                 metric_value=float(value),
             )
@@ -65,6 +93,9 @@ def render_model_card(schedule: MLRSNetSchedule, **template_kwargs: Any) -> Mode
         "model_name": model_name,
         "eval_results": eval_results,
     }
+    for key in ("license", "license_name", "license_link"):
+        if meta.get(key):
+            card_data[key] = meta[key]
     return card_from_template(
         schedule,
         CARD_TEMPLATE,
@@ -72,6 +103,7 @@ def render_model_card(schedule: MLRSNetSchedule, **template_kwargs: Any) -> Mode
         config=schedule.config,
         stages=stage_rows(schedule),
         meta_training=meta,
+        recorded=recorded_fields(schedule),
         results=results,
         **template_kwargs,
     )

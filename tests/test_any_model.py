@@ -44,7 +44,7 @@ def test_gpt2_meta_trains_with_adamw(gpt2_dir, tmp_path):
     run = subprocess.run(
         [sys.executable, str(REPO / "examples" / "finetune_any_model.py"), "--model_name_or_path", str(model_dir),
          "--dataset", "text", "--data_files", f"train={data / 'train.txt'}", f"test={data / 'test.txt'}",
-         "--text_column", "text", "--meta_split", "test", "--eval_split", "test", "--block_size", "32",
+         "--text_column", "text", "--meta_split", "test[:50%]", "--eval_split", "test[50%:]", "--block_size", "32",
          "--meta_train", "true", "--meta_update_interval", "2", "--max_steps", "6", "--per_device_train_batch_size", "8",
          "--logging_steps", "1", "--learning_rate", "1e-3", "--output_dir", str(out), "--use_cpu", "--disable_tqdm", "true",
          "--save_strategy", "no"],
@@ -59,3 +59,19 @@ def test_gpt2_meta_trains_with_adamw(gpt2_dir, tmp_path):
     assert (out / "model.safetensors").is_file()
     metrics = json.loads((out / "eval_results.json").read_text())
     assert 1 < metrics["eval_perplexity"] < 3 * vocab_size  # about chance level after 6 steps, and finite
+
+
+@pytest.mark.parametrize(
+    ("meta", "evaluation"), [("test", "test"), ("test[:60%]", "test[50%:]"), ("validation", "validation[90%:]")]
+)
+def test_overlapping_meta_and_eval_splits_are_refused(meta, evaluation, tmp_path):
+    """The schedule would learn from the evaluation data: refused at once, before any model or data is loaded."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "finetune_any_model.py"), "--model_name_or_path",
+         str(tmp_path / "no-model-needed"), "--meta_split", meta, "--eval_split", evaluation, "--meta_train", "true",
+         "--output_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "error: The evaluation and meta splits overlap" in run.stderr
+    assert not (tmp_path / "out").exists()

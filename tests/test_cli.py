@@ -25,6 +25,7 @@ def test_convert_info_plot(official_dir, tmp_path, capsys):
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "stages: 3" in info and "gamma rule: auto" in info and "dataset: uoft-cs/cifar10" in info
+    assert "results (test): accuracy=0.9236" in info and "license_note" not in info
 
     losses = tmp_path / "losses.txt"
     losses.write_text("\n".join(str(x) for x in torch.linspace(2.3, 0.1, 90).tolist()))
@@ -73,12 +74,62 @@ def test_demo_reduced_budget(tmp_path):
         runs = results[name]["runs"]
         assert {"constant (best lr 0.1)", "cosine (best lr 0.1)"} <= set(runs)
         assert all(0 <= r["final"] <= 1 for r in runs.values())
+    baseline = results["digits-mlp (architecture transfer)"]["runs"]["cosine (best lr 0.1)"]
+    assert 0 <= baseline["validation"] <= 1 and baseline["lr"] == 0.1 and not baseline["interior"]  # a 1-point grid
+    assert len(baseline["lrs"]) == 30 and baseline["lrs"][0] == pytest.approx(0.1) and baseline["lrs"][-1] < 0.01
     assert "MLR-SNet (transferred)" in results["digits-mlp (architecture transfer)"]["runs"]
     transferred = results["digits-mlp (architecture transfer)"]["runs"]["MLR-SNet (transferred)"]
     assert len(transferred["lrs"]) == 30 and len(set(transferred["lrs"])) > 1
     if (SHARED / "data" / "ptb" / "ptb.valid.txt").is_file():
         assert results["ptb-lstm (modality transfer)"]["metric"] == "perplexity"
-    assert "| digits-mlp (architecture transfer) | MLR-SNet (transferred) |" in (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text()
+    assert "| digits-mlp (architecture transfer) | MLR-SNet (transferred) |" in table
+    assert (
+        "the best metric on the validation split" in table
+        and "| digits-cnn (meta-train task) | constant | 0.1 |" in table
+    )
     assert (tmp_path / "results.png").is_file()
     if (SHARED / "official" / "mlr_snet_1.pth").is_file():
         assert MLRSNetSchedule.from_pretrained(tmp_path / "official-schedule").num_stages == 3
+
+
+def test_plot_an_lr_controller_in_the_range_of_its_training_losses(tmp_path, capsys):
+    from mlrsnet_hf import LRController
+    from mlrsnet_hf.plotting import controller_loss_curve
+
+    run = {"episode_steps": 50, "initial_lrs": [1e-3, 1e-2], "train_loss_range": [9.2, 7.1]}
+    LRController(decision_interval=10, training_run=run).save_pretrained(tmp_path / "c")
+    assert main(["plot", str(tmp_path / "c"), "--out", str(tmp_path / "c.png")]) == 0
+    assert f"wrote {tmp_path / 'c.png'}: 50 steps" in capsys.readouterr().out
+    with Image.open(tmp_path / "c.png") as img:
+        assert img.format == "PNG"
+    losses = controller_loss_curve(LRController.from_pretrained(tmp_path / "c"), 50)
+    assert losses[0] == pytest.approx(9.2) and losses[-1] == pytest.approx(
+        7.1, abs=0.01
+    )  # text-LM range, not 2.3 -> 0
+    # --base-lr is the controller's initial LR (decisions change it by at most 5 %); --num-classes means nothing to it.
+    assert main(["plot", str(tmp_path / "c"), "--out", str(tmp_path / "d.png"), "--base-lr", "0.05"]) == 0
+    first = float(capsys.readouterr().out.split("LR from ")[1].split()[0])
+    assert 0.05 / 1.06 < first < 0.05 * 1.06
+    assert main(["plot", str(tmp_path / "c"), "--out", str(tmp_path / "e.png"), "--num-classes", "10"]) == 1
+    assert "--num-classes is for an MLR-SNet schedule" in capsys.readouterr().err
+
+
+def test_plot_base_lr_only_where_the_gamma_rule_uses_it(tmp_path, capsys):
+    MLRSNetSchedule(gamma=0.5).save_pretrained(tmp_path / "fixed")
+    assert main(["plot", str(tmp_path / "fixed"), "--out", str(tmp_path / "a.png"), "--base-lr", "0.1"]) == 1
+    err = capsys.readouterr().err
+    assert "--base-lr is used only by gamma='relative'" in err and "0.5" in err
+    assert not (tmp_path / "a.png").exists()
+    MLRSNetSchedule(gamma="relative", relative_max_scale=2.0).save_pretrained(tmp_path / "rel")
+    assert main(["plot", str(tmp_path / "rel"), "--out", str(tmp_path / "b.png"), "--base-lr", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert float(out.split("LR from ")[1].split()[0]) == pytest.approx(0.1)  # the first step uses learning_rate
+    assert float(out.split("max ")[1].rstrip(")\n")) <= 0.2 + 1e-9
+
+
+def test_plot_out_without_extension_reports_the_file_written(tmp_path, capsys):
+    MLRSNetSchedule(gamma=0.5).save_pretrained(tmp_path / "s")
+    assert main(["plot", str(tmp_path / "s"), "--out", str(tmp_path / "noext")]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'noext.png'}: ")
+    assert (tmp_path / "noext.png").is_file() and not (tmp_path / "noext").exists()

@@ -122,3 +122,22 @@ def test_short_ppo_run_changes_the_policy_and_exports_it(action_space, tmp_path)
         torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
     features = torch.tensor([2.0, 2.1, 0.01, 1e-4, 0.0, 0.01, 0.01], dtype=torch.float64)
     assert loaded.decide(features, 0.01) == controller.decide(features, 0.01)
+
+
+def test_training_shows_progress_and_records_the_loss_range(caplog, capsys):
+    """A tqdm bar over the decisions and one INFO line per finished episode; the card's loss range recorded."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="mlrsnet_hf.experiments.controller_env"):
+        controller, _ = train_controller(
+            lambda: make_env(episode_steps=20), total_timesteps=6, n_steps=6, batch_size=3, n_epochs=1, seed=0
+        )
+    episodes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("episode ")]
+    assert len(episodes) == 3 and episodes[0].startswith("episode 1 finished after 2 decisions: return ")
+    assert "6/6" in capsys.readouterr().err  # the bar reached its end
+    first, last = controller.training_run["train_loss_range"]
+    assert 1.0 < first < 2.5 and 0 < last < first  # digits: from about ln 10 down
+    quiet_controller, _ = train_controller(
+        lambda: make_env(episode_steps=20), total_timesteps=2, n_steps=2, batch_size=2, n_epochs=1, progress=False
+    )
+    assert "decision" not in capsys.readouterr().err

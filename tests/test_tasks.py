@@ -43,7 +43,7 @@ def test_meta_train_example_then_transfer_to_text(tmp_path):
     assert schedule.meta_training["dataset"] == "uoft-cs/cifar10" and schedule.meta_training["num_classes"] == 10
     # The default artifact is the trajectory: the networks after steps 1, 2 and 4 of the 4-step run, in thirds.
     assert schedule.num_stages == 3 and schedule.meta_training["snapshots"]["steps"] == [1, 2, 4]
-    assert schedule.meta_training["meta_horizon"] == 2
+    assert schedule.meta_training["meta_horizon"] == 2 and schedule.meta_training["eval_split"] == "test"
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["eval_accuracy"] <= 1 and len(metrics["learning_rates"]) == 4
     assert len(set(metrics["learning_rates"])) > 1

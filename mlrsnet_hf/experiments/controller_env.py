@@ -11,6 +11,7 @@ trained actor and the frozen observation statistics are exported as an :class:`L
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
+from tqdm.auto import tqdm
 
 from ..lr_controller import FEATURES, LRController, next_lr, observe
 from ..lr_controller_driver import probe_batch
@@ -27,6 +29,8 @@ try:
     import gymnasium as gym
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("Training an LR controller needs the [ppo] extra: pip install 'mlrsnet_hf[ppo]'.") from e
+
+logger = logging.getLogger(__name__)
 
 
 class LRControlEnv(gym.Env):
@@ -70,6 +74,8 @@ class LRControlEnv(gym.Env):
             gym.spaces.Discrete(3) if action_space == "discrete" else gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
         )
         self.model: nn.Module | None = None
+        # (first, last) training loss (means over a decision interval) of the last episode that ran to its end
+        self.completed_loss_range: tuple[float, float] | None = None
 
     # ------------------------------------------------------------------ episode
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -88,6 +94,7 @@ class LRControlEnv(gym.Env):
         self.batches: Iterator[dict[str, torch.Tensor]] = itertools.chain.from_iterable(itertools.repeat(loader))
         self.probe = probe_batch(self.val_dataset, self.val_batch_size, self.collate_fn)  # as in the Trainer
         self.step_count = 0
+        self.episode_losses: list[float] = []
         first = next(self.batches)
         self.batches = itertools.chain([first], self.batches)
         with torch.no_grad():  # the first step's training loss, as the Trainer glue observes at step 0
@@ -113,6 +120,7 @@ class LRControlEnv(gym.Env):
             losses.append(float(loss.detach()))
             self.step_count += 1
         train_loss = float(np.mean(losses))
+        self.episode_losses.append(train_loss)
         self.features, self.probs = observe(self.model, self.probe, train_loss, self.lr, self.probs)
         val_loss = float(self.features[1])
         diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
@@ -120,6 +128,8 @@ class LRControlEnv(gym.Env):
         reward = -val_loss if not diverged else -100.0
         observation = np.nan_to_num(self.features.numpy(), nan=0.0, posinf=1e6, neginf=-1e6).astype(np.float32)
         terminated = diverged or self.step_count >= self.episode_steps
+        if terminated and not diverged:
+            self.completed_loss_range = (self.episode_losses[0], self.episode_losses[-1])
         return observation, reward, terminated, False, {"lr": self.lr, "val_loss": val_loss, "train_loss": train_loss}
 
 
@@ -131,13 +141,16 @@ def train_controller(
     batch_size: int = 50,
     learning_rate: float = 3e-4,
     n_envs: int = 1,
+    progress: bool = True,
     **ppo_kwargs: Any,
 ) -> tuple[LRController, Any]:
     """Train a controller with PPO on ``make_env()`` environments; returns ``(controller, sb3_model)``.
 
     Observations and rewards are normalised by running means (``VecNormalize``); the actor and the critic
     are MLPs with two hidden layers of 32 (tanh). The exported controller carries the actor's weights and
-    the final observation statistics.
+    the final observation statistics, and records the training loss range of the last complete episode
+    (``train_loss_range``: what its card's picture feeds it). ``progress``: a tqdm bar over the decisions
+    (one per ``decision_interval`` child steps) and one INFO log line per finished episode.
     """
     try:
         from stable_baselines3 import PPO
@@ -153,11 +166,40 @@ def train_controller(
         "MlpPolicy", env, n_steps=n_steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
         policy_kwargs=policy_kwargs, device="cpu", verbose=0, **ppo_kwargs,
     )  # fmt: skip
-    agent.learn(total_timesteps=total_timesteps)
-    controller = export_controller(
-        agent, env, probe, training_run={"total_timesteps": total_timesteps, "seed": seed, "algorithm": "PPO"}
-    )
+    agent.learn(total_timesteps=total_timesteps, callback=progress_callback(total_timesteps, disable=not progress))
+    training_run: dict[str, Any] = {"total_timesteps": total_timesteps, "seed": seed, "algorithm": "PPO"}
+    ranges = [r for r in env.get_attr("completed_loss_range") if r is not None]
+    if ranges:
+        training_run["train_loss_range"] = [round(float(v), 4) for v in ranges[0]]
+    controller = export_controller(agent, env, probe, training_run=training_run)
     return controller, agent
+
+
+def progress_callback(total_timesteps: int, disable: bool = False) -> Any:
+    """A stable-baselines3 callback: a tqdm bar over the decisions, and an INFO line per finished episode."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Progress(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.bar = tqdm(total=total_timesteps, desc="PPO decisions", unit="decision", disable=disable)
+            self.episodes = 0
+
+        def _on_step(self) -> bool:
+            self.bar.update(min(self.training_env.num_envs, max(total_timesteps - self.bar.n, 0)))
+            for info in self.locals.get("infos", []):
+                if "episode" in info:  # the Monitor wrapper's summary, at the end of an episode
+                    self.episodes += 1
+                    if not disable:
+                        logger.info(
+                            "episode %d finished after %d decisions: return %.4g, final LR %.3g, validation loss %.4g",
+                            self.episodes, info["episode"]["l"], info["episode"]["r"], info["lr"], info["val_loss"],
+                        )  # fmt: skip
+            return True
+
+        def _on_training_end(self) -> None:
+            self.bar.close()
+
+    return Progress()
 
 
 def export_controller(agent: Any, env: Any, probe: LRControlEnv, training_run: dict[str, Any]) -> LRController:

@@ -279,18 +279,10 @@ def load_ptb_lm(
     loss input is the loss divided by ``ln(len(vocabulary))`` (``input_normalization="log_num_classes"``).
     """
     sentences = load_ptb(dataset, **load_kwargs)
-    ranges = {
-        role: split_range(spec) for role, spec in (("train", train_split), ("meta", meta_split), ("test", test_split))
-    }
+    ranges = disjoint_splits({"train": train_split, "meta": meta_split, "test": test_split})
     for role, (name, _, _) in ranges.items():
         if name not in sentences:
             raise ValueError(f"PTB split {name!r} ({role}) not found (have {sorted(sentences)}).")
-    for (a, (name_a, start_a, end_a)), (b, (name_b, start_b, end_b)) in itertools.combinations(ranges.items(), 2):
-        if name_a == name_b and max(start_a, start_b) < min(end_a, end_b):
-            raise ValueError(
-                f"The {a} and {b} splits overlap ({name_a} [{start_a:g}, {end_a:g}) and [{start_b:g}, {end_b:g})): "
-                "give disjoint splits, e.g. 'validation[:90%]' and 'validation[90%:]'."
-            )
     vocabulary = build_vocabulary(*(sentences[s] for s in ("train", "validation", "test") if s in sentences))
 
     def part(role: str) -> list[str]:
@@ -306,9 +298,24 @@ def load_ptb_lm(
     return chunks, vocabulary
 
 
+def disjoint_splits(specs: dict[str, str]) -> dict[str, tuple[str, float, float]]:
+    """Each role's split (``{"train": "validation[:90%]", ...}``) as :func:`split_range`; overlapping ones refused.
+
+    Raises ``ValueError`` naming the two roles when two parts of the same split share examples.
+    """
+    ranges = {role: split_range(spec) for role, spec in specs.items()}
+    for (a, (name_a, start_a, end_a)), (b, (name_b, start_b, end_b)) in itertools.combinations(ranges.items(), 2):
+        if name_a == name_b and max(start_a, start_b) < min(end_a, end_b):
+            raise ValueError(
+                f"The {a} and {b} splits overlap ({name_a} [{start_a:g}, {end_a:g}) and [{start_b:g}, {end_b:g})): "
+                "give disjoint splits, e.g. 'validation[:90%]' and 'validation[90%:]'."
+            )
+    return ranges
+
+
 def split_range(spec: str) -> tuple[str, float, float]:
     """``"validation"`` -> ``("validation", 0, 1)``; ``"validation[:90%]"`` -> ``("validation", 0, 0.9)`` (``datasets``' slice syntax, in %)."""
-    match = re.fullmatch(r"(\w+)(?:\[(\d*)%?:(\d*)%?\])?", spec)
+    match = re.fullmatch(r"(\w+)(?:\[(?:(\d+)%)?:(?:(\d+)%)?\])?", spec)
     if match is None:
         raise ValueError(
             f"Cannot read the split {spec!r}: expected a name, optionally sliced like 'validation[:90%]'."

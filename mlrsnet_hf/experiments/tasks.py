@@ -236,19 +236,31 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
         record["learning_rates"] = trainer.lr_scheduler.lr_history
         (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         plot_lr_curve(trainer.lr_scheduler.lr_history, out / "lr_curve.png")
-        plot_training_curves(trainer.state.log_history, out / "training_curves.png")
+        what = "meta-training MLR-SNet" if meta_train else f"transfer of {training.schedule}"
+        plot_training_curves(
+            trainer.state.log_history, out / "training_curves.png", title=f"{task_args.task}: {what}",
+            eval_split=eval_split_name(task_args),
+        )  # fmt: skip
     if meta_train:
         record = {
             "dataset": task_args.record_dataset or task.dataset_id,
             "task": task_args.task,
             "model": preset.model,
             "num_classes": task.num_classes,
+            "eval_split": eval_split_name(task_args),  # the results' split, on the card
             **(task.corruption or {}),
         }
         trainer.save_schedule(out, meta_training=record)
         if trainer.is_world_process_zero():
             trainer.save_model(str(out / "model"))
     return metrics
+
+
+def eval_split_name(args: TaskArguments) -> str:
+    """The split the run's results are measured on: PTB's ``--test_split``, the images' test split; truncated
+    by ``--max_eval_samples``, e.g. ``"test (first 40 examples)"``."""
+    name = args.test_split if PRESETS[args.task].dataset == "ptb" else "test"
+    return name if args.max_eval_samples is None else f"{name} (first {args.max_eval_samples} examples)"
 
 
 def run_baseline(argv: Sequence[str], lr_scheduler_type: str = "cosine") -> dict[str, Any]:
