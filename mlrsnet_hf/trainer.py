@@ -229,8 +229,6 @@ class MLRSNetTrainer(Trainer):
             "epochs": round(float(self.state.epoch or 0), 3),
             "max_steps": self.state.max_steps,
             "optimizer": type(optimizer).__name__ if optimizer is not None else self.args.optim,
-            "learning_rate": self.args.learning_rate,
-            "weight_decay": self.args.weight_decay,
             "per_device_train_batch_size": self.args.per_device_train_batch_size,
             "meta_update_interval": self.args.meta_update_interval,
             "meta_horizon": self.args.meta_horizon,
@@ -239,6 +237,12 @@ class MLRSNetTrainer(Trainer):
             "meta_weight_decay": self.args.meta_weight_decay,
             "num_classes": self.schedule.num_classes,
         }
+        # Only what played a part: learning_rate is the scale of gamma="relative" only (else the schedule sets every
+        # LR), weight_decay only when the optimizer applied one.
+        if getattr(self.schedule, "gamma", None) == "relative":
+            record["learning_rate"] = self.args.learning_rate
+        if self.args.weight_decay:
+            record["weight_decay"] = self.args.weight_decay
         dataset = getattr(self.train_dataset, "info", None)
         if dataset is not None and getattr(dataset, "dataset_name", None):
             record["dataset"] = dataset.dataset_name

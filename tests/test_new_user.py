@@ -132,3 +132,21 @@ def test_version_override_blame_and_convert_official_errors(tmp_path, capsys):
     assert main(["convert-official", str(tmp_path / "mlr_snet_1.pth"), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "not a released MLR-SNet checkpoint" in err and "weights_only" not in err
+
+
+def test_the_record_keeps_only_the_settings_the_run_used(tmp_path):
+    """learning_rate is recorded only when gamma scales from it; weight_decay only when it was applied."""
+    data = digits(200)
+    for name, gamma, weight_decay in (("fixed", 0.1, 0.0), ("relative", "relative", 5e-4)):
+        args = config(
+            tmp_path / name, meta_train=True, meta_update_interval=2, max_steps=4, snapshot_fractions=[],
+            gamma=gamma, weight_decay=weight_decay,
+        )  # fmt: skip
+        trainer = MLRSNetTrainer(model=DigitsNet(), args=args, train_dataset=data[:150], meta_dataset=data[150:])
+        trainer.train()
+        trainer.save_schedule(tmp_path / name / "schedule")
+        record = MLRSNetSchedule.from_pretrained(tmp_path / name / "schedule").meta_training
+        if name == "fixed":
+            assert "learning_rate" not in record and "weight_decay" not in record
+        else:
+            assert record["learning_rate"] == args.learning_rate and record["weight_decay"] == 5e-4

@@ -57,7 +57,7 @@ class LSTMForLanguageModeling(PreTrainedModel):
     The loss is the mean cross-entropy per token, or the token sum divided by ``num_items_in_batch``
     when the Trainer passes it (exact averaging under gradient accumulation). The carried state lives in
     non-persistent buffers: it is reset when the batch size or the train/eval mode changes, and
-    forwards through ``torch.func.functional_call`` (the meta batches of meta-training) leave it alone.
+    forwards on cloned buffers (the meta batches of meta-training) leave it alone.
     With several processes set ``ddp_broadcast_buffers=False`` so each rank keeps its own streams' state.
     """
 
