@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DS_STAMP := $(VENV)/.installed-deepspeed
 DEMO_DIR ?= demo_output
 
 .PHONY: venv demo test test-slow lint format clean
@@ -14,9 +15,13 @@ $(STAMP): setup.py pyproject.toml
 	# torch first and pinned: any other spec (or letting a dependency pull it in) downloads a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
-	# DeepSpeed, for its tests on CPU processes: --no-deps keeps torch as it is; its one op is built at first use.
-	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-deps deepspeed==0.19.8 einops hjson msgpack ninja py-cpuinfo
 	touch $(STAMP)
+
+# DeepSpeed, for the tests that run it on CPU processes (not needed to train: `make demo` leaves it out). --no-deps
+# keeps torch as it is; its one op is built with ninja at first use.
+$(DS_STAMP): $(STAMP)
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-deps deepspeed==0.19.8 einops hjson msgpack ninja py-cpuinfo
+	touch $(DS_STAMP)
 
 venv: $(STAMP)
 
@@ -27,10 +32,10 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+test: lint $(DS_STAMP)
 	$(PY) -m pytest
 
-test-slow: venv
+test-slow: venv $(DS_STAMP)
 	$(PY) -m pytest -m slow
 
 format: venv
