@@ -44,6 +44,20 @@ def accelerate_launch(
     )
 
 
+def hf_cache_snapshot(
+    repo: Path, cache: Path, repo_id: str, commit: str = "0123456789abcdef0123456789abcdef01234567"
+) -> str:
+    """Lay ``repo``'s files out as `hf download <repo_id>` leaves them in the HF cache ``cache``; returns the commit."""
+    cached = cache / f"models--{repo_id.replace('/', '--')}"
+    (cached / "refs").mkdir(parents=True)
+    (cached / "refs" / "main").write_text(commit)
+    snapshot = cached / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for path in repo.iterdir():
+        (snapshot / path.name).write_bytes(path.read_bytes())
+    return commit
+
+
 @pytest.fixture
 def schedule_dir(tmp_path: Path) -> Path:
     """A three-stage schedule repo (fixed gamma 0.4) with perturbed, seeded weights."""

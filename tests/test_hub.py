@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import hf_cache_snapshot
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 from safetensors.torch import load_file
@@ -226,14 +227,7 @@ except ScheduleFileError as e:
 
 def test_offline_loading_from_the_hf_cache(repo, tmp_path):
     # The HF cache layout that `hf download org/mlrsnet-digits` leaves behind.
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    cached = tmp_path / "hub" / "models--org--mlrsnet-digits"
-    (cached / "refs").mkdir(parents=True)
-    (cached / "refs" / "main").write_text(commit)
-    snapshot = cached / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for path in repo.iterdir():
-        (snapshot / path.name).write_bytes(path.read_bytes())
+    hf_cache_snapshot(repo, tmp_path / "hub", "org/mlrsnet-digits")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import hf_cache_snapshot
 from huggingface_hub import ModelCard
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
@@ -174,14 +175,7 @@ def test_push_to_hub_uploads_the_tags(trainer_class, schedule_dir, tmp_path, mon
 
 def test_a_hub_schedule_is_referenced_by_repo_id_and_commit(schedule_dir, tmp_path):
     # The HF cache layout that `hf download org/schedule` leaves behind, loaded without the network.
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    cached = tmp_path / "hub" / "models--org--schedule"
-    (cached / "refs").mkdir(parents=True)
-    (cached / "refs" / "main").write_text(commit)
-    snapshot = cached / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for path in schedule_dir.iterdir():
-        (snapshot / path.name).write_bytes(path.read_bytes())
+    commit = hf_cache_snapshot(schedule_dir, tmp_path / "hub", "org/schedule")
     schedule = MLRSNetSchedule.from_pretrained("org/schedule", cache_dir=tmp_path / "hub", local_files_only=True)
     assert schedule_reference(schedule) == {
         "model_type": "mlrsnet_schedule", "mode": "transfer", "repo_id": "org/schedule", "revision": commit,
