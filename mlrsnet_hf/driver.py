@@ -30,7 +30,7 @@ from .loss_meter import LossMeter
 from .lr_range_test import RangeTestResult, lr_range_test
 from .measurements import average_training_loss, ordered_batches
 from .meta_gradient import is_sharded
-from .meta_training import MetaLearner
+from .meta_training import MetaLearner, trainable_parameters
 from .options import ScheduleOptions
 from .schedule import MLRSNetSchedule
 
@@ -277,7 +277,7 @@ class MLRSNetDriver(LRDriver):
             )
             gamma = "relative"
         schedule.configure(gamma, options.input_normalization, options.relative_max_scale)
-        if schedule.gamma == "range_test" and is_sharded([p for p in self.model.parameters() if p.requires_grad]):
+        if schedule.gamma == "range_test" and is_sharded(trainable_parameters(self.model)):
             raise ValueError(
                 "gamma='range_test' runs its range test on a copy of the model, and a sharded (FSDP2) model has no "
                 "whole copy on one process: run the range test without sharding (`mlrsnet_hf.lr_range_test`) and pass "
