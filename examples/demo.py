@@ -198,7 +198,7 @@ def main() -> None:
     schedules = ["constant", "cosine"] if args.quick else ["constant", "cosine", "linear"]
     # Wide enough that every chosen LR lies inside its grid (results.md says where each one fell).
     image_grid = [0.1] if args.quick else [0.1, 0.3, 1.0, 3.0, 10.0]
-    text_grid = [20.0] if args.quick else [20.0, 40.0, 80.0, 160.0, 320.0]
+    text_grid = [20.0] if args.quick else [10.0, 20.0, 40.0, 80.0, 160.0, 320.0]
     results: dict = {}
 
     # 1. Meta-train on the CNN (gamma 1: the paper's image setting).
