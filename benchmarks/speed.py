@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import platform
 import resource
@@ -30,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -237,16 +239,19 @@ class WideMLP(nn.Module):
         return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
 
 
-def worker_overhead(steps: int, warmup: int, repeats: int) -> dict:
+def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0) -> dict:
     """Per-step overhead of transfer mode over Trainer + cosine, one thread, interleaved, in one process.
 
     Two models: a linear classifier (64 -> 10, batch 8; the Trainer's own cost dominates) and a 2-layer GPT-2
-    (32 wide, 8 x 32 tokens). Transfer mode runs with plain SGD/AdamW (the LR handed over as a number: one host
-    read per step) and with fused AdamW (the LR stays a device tensor: none).
+    (32 wide, 8 x 32 tokens). Transfer mode runs with plain SGD/AdamW (the LR handed over as a number) and with
+    fused AdamW (the LR a tensor); with plain SGD/AdamW also with the NumPy step instead of the compiled one
+    (``transfer-numpy``; the same when numba is not installed).
+
+    ``parts=1``: where the linear classifier's overhead goes instead (:data:`PARTS`), as medians of single steps.
     """
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
-    from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
+    from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, cpu_kernel
     from mlrsnet_hf.device_step import DeviceStep
 
     torch.set_num_threads(1)
@@ -283,6 +288,42 @@ def worker_overhead(steps: int, warmup: int, repeats: int) -> dict:
             return Linear()
         return GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=32, n_embd=32, n_layer=2, n_head=2))
 
+    def timed_step(fn, own: list[float]):
+        def step(self, loss):
+            start = time.perf_counter()
+            lr = fn(self, loss)
+            own.append(time.perf_counter() - start)
+            return lr
+
+        return step
+
+    def constant_step(self, loss):  # the route without the network: the last LR, nothing computed
+        if not self._active:
+            self._begin()
+        self._taken += 1
+        self._finite += 1
+        return self._last_lr
+
+    state = np.zeros((2, 1, 50), np.float32)
+    spare = np.empty_like(state)
+    network = MLRSNetSchedule().stages[0]
+    weights, inner = cpu_kernel.packed_weights(network)
+
+    class InCallback(TrainerCallback):  # work of a known kind where the schedule's step runs
+        def __init__(self, what: str, own: list[float]) -> None:
+            self.what, self.own = what, own
+
+        def on_pre_optimizer_step(self, args, state_, control, **kwargs):
+            start = time.perf_counter()
+            if self.what == "spin":
+                while time.perf_counter() < start + 16e-6:
+                    pass
+            elif cpu_kernel.AVAILABLE:
+                cpu_kernel.kernel()(2.0, 1.0, 1.0, 1.0, state, spare, weights, 1, 50, inner)
+            else:
+                network.numpy_forward(2.0, state[0], state[1])
+            self.own.append(time.perf_counter() - start)
+
     def run(kind: str, mode: str) -> float:
         optim = "adamw_torch_fused" if mode.endswith("fused") else {"linear": "sgd", "gpt2": "adamw_torch"}[kind]
         common = dict(
@@ -291,21 +332,47 @@ def worker_overhead(steps: int, warmup: int, repeats: int) -> dict:
             optim=optim, learning_rate=0.1 if optim == "sgd" else 1e-3, dataloader_num_workers=0,
             logging_nan_inf_filter=False,
         )  # fmt: skip
-        clock = Clock()
+        clock, own = Clock(), []
+        DeviceStep.compiled_on_cpu = mode != "transfer-numpy"
         if mode.startswith("builtin"):
             args = TrainingArguments(lr_scheduler_type="cosine", **common)
-            trainer = Trainer(model=model(kind), args=args, train_dataset=data(kind), callbacks=[clock])
+            callbacks = [clock] + ([InCallback(mode.partition("+")[2], own)] if "+" in mode else [])
+            trainer = Trainer(model=model(kind), args=args, train_dataset=data(kind), callbacks=callbacks)
         else:
-            schedule = MLRSNetSchedule(num_stages=3, gamma="relative")
+            hidden = 10 if mode == "transfer-hidden10" else 50
+            schedule = MLRSNetSchedule(num_stages=3, gamma="relative", hidden_size=hidden)
             args = MLRSNetConfig(gamma="relative", **common)
             trainer = MLRSNetTrainer(
                 model=model(kind), args=args, train_dataset=data(kind), schedule=schedule, callbacks=[clock]
             )
-        trainer.train()
+        step = DeviceStep.step
+        DeviceStep.step = timed_step(constant_step if mode == "transfer-constant" else step, own) if parts else step
+        try:
+            trainer.train()
+        finally:
+            DeviceStep.step = step
         timed = clock.times[warmup - 1 :]
+        if parts:  # medians of single steps (whole-run means move with GC pauses and drift)
+            deltas = [b - a for a, b in itertools.pairwise(timed)]
+            return statistics.median(deltas) * 1e6, statistics.median(own[warmup:]) * 1e6 if own else 0.0
         return (timed[-1] - timed[0]) / (len(timed) - 1) * 1e6  # us per step
 
-    modes = ("builtin", "transfer", "builtin-fused", "transfer-fused")
+    if parts:
+        samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in PARTS}
+        for _ in range(repeats):
+            for mode in PARTS:
+                samples[mode].append(run("linear", mode))
+        us = {mode: statistics.median(t for t, _ in v) for mode, v in samples.items()}
+        return {
+            mode: {
+                "us_per_step": us[mode],
+                "extra_us": us[mode] - us["builtin"],
+                "own_us": statistics.median(o for _, o in v),
+            }
+            for mode, v in samples.items()
+        }
+
+    modes = ("builtin", "transfer", "transfer-numpy", "builtin-fused", "transfer-fused")
     result: dict = {}
     for kind in ("linear", "gpt2"):
         times: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -313,7 +380,11 @@ def worker_overhead(steps: int, warmup: int, repeats: int) -> dict:
             for mode in modes:
                 times[mode].append(run(kind, mode))
         us = {mode: statistics.median(v) for mode, v in times.items()}
-        base = {"transfer": "builtin", "transfer-fused": "builtin-fused"}  # the same optimizer, cosine
+        base = {
+            "transfer": "builtin",
+            "transfer-numpy": "builtin",
+            "transfer-fused": "builtin-fused",
+        }  # same optimizer
         result[kind] = {
             "us_per_step": us,
             "overhead_us": {mode: us[mode] - us[b] for mode, b in base.items()},
@@ -325,7 +396,6 @@ def worker_overhead(steps: int, warmup: int, repeats: int) -> dict:
     schedule.start()
     schedule.enter_stage(0)
     schedule.step(2.0)
-    device = DeviceStep(schedule)
     loss = torch.tensor(2.0)
 
     def per_call(fn, n: int = 2000) -> float:
@@ -336,10 +406,21 @@ def worker_overhead(steps: int, warmup: int, repeats: int) -> dict:
             fn()
         return (time.perf_counter() - start) / n * 1e6
 
+    def device_step(compiled: bool) -> float:
+        DeviceStep.compiled_on_cpu = compiled
+        device = DeviceStep(schedule)
+        result = statistics.median(per_call(lambda: device.step(loss)) for _ in range(5))
+        device.sync()
+        return result
+
     result["schedule_step_us"] = {
         "host (MLRSNetSchedule.step)": statistics.median(per_call(lambda: schedule.step(2.0)) for _ in range(5)),
-        "device (DeviceStep.step)": statistics.median(per_call(lambda: device.step(loss)) for _ in range(5)),
+        "DeviceStep.step, NumPy": device_step(False),
+        f"DeviceStep.step, compiled{'' if cpu_kernel.AVAILABLE else ' (numba not installed: NumPy)'}": device_step(
+            True
+        ),
     }
+    DeviceStep.compiled_on_cpu = True
     return result
 
 
@@ -361,7 +442,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
     parser.add_argument(
-        "--only", choices=["overhead"], help="run only this section (written to speed_<device>_overhead.*)"
+        "--only",
+        choices=["overhead", "parts"],
+        help="run only this section (written to speed_<device>_<section>.*): the transfer overhead, or where it goes",
     )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -392,6 +475,10 @@ def main() -> None:
         "meta_step": {},
     }
     overhead = ["overhead", "20", "5", "1"] if args.quick else ["overhead", "400", "50", str(max(7, args.repeats))]
+    if args.only == "parts":
+        results["parts"] = run_worker([*overhead, "1"])
+        write_results(args, results, "_parts")
+        return
     results["overhead"] = run_worker(overhead)  # CPU, one thread (see worker_overhead)
     if args.only == "overhead":
         write_results(args, results, "_overhead")
@@ -451,6 +538,31 @@ def write_results(args: argparse.Namespace, results: dict, suffix: str = "") -> 
     print(to_markdown(results))
 
 
+PARTS = ("builtin", "builtin+spin", "builtin+compiled", "transfer-constant", "transfer", "transfer-hidden10")
+PART_NAMES = {
+    "builtin": "Trainer + cosine",
+    "builtin+spin": "Trainer + cosine, a callback that spins 16 us before each optimizer step",
+    "builtin+compiled": "Trainer + cosine, a callback that runs the compiled LSTM step (result unused)",
+    "transfer-constant": "MLRSNetTrainer, transfer, the step replaced by a constant LR (route, loss hook, no network)",
+    "transfer": "MLRSNetTrainer, transfer (compiled step)",
+    "transfer-hidden10": "MLRSNetTrainer, transfer, a network of hidden size 10 instead of 50",
+}
+
+
+def parts_markdown(p: dict) -> list[str]:
+    lines = [
+        "## Where the overhead goes (linear classifier, batch 8, SGD; CPU, 1 thread; medians of single steps)",
+        "",
+        "| configuration | us/step | extra over Trainer + cosine | own time of the added work in the loop |",
+        "|---|---|---|---|",
+    ]
+    for mode in PARTS:
+        r = p[mode]
+        own = f"{r['own_us']:.1f} us" if mode != "builtin" else ""
+        lines.append(f"| {PART_NAMES[mode]} | {r['us_per_step']:.0f} | {r['extra_us']:+.0f} us | {own} |")
+    return [*lines, ""]
+
+
 def overhead_markdown(o: dict) -> list[str]:
     names = {"linear": "linear classifier, batch 8", "gpt2": "GPT-2, 2 layers x 32, 8 x 32 tokens"}
     lines = [
@@ -461,11 +573,15 @@ def overhead_markdown(o: dict) -> list[str]:
     ]
     for kind in ("linear", "gpt2"):
         us, extra, ratio = o[kind]["us_per_step"], o[kind]["overhead_us"], o[kind]["steps_per_s_ratio"]
-        for mode, base in (("transfer", "builtin"), ("transfer-fused", "builtin-fused")):
+        for mode, base in (
+            ("transfer", "builtin"),
+            ("transfer-numpy", "builtin"),
+            ("transfer-fused", "builtin-fused"),
+        ):
             optim = (
                 "fused AdamW (LR a device tensor)"
                 if base.endswith("fused")
-                else ("SGD" if kind == "linear" else "AdamW")
+                else ("SGD" if kind == "linear" else "AdamW") + (", NumPy step" if mode.endswith("numpy") else "")
             )
             lines.append(
                 f"| {names[kind]} | {optim} | {us[base]:.0f} | {us[mode]:.0f} | {extra[mode]:+.0f} us | "
@@ -478,6 +594,8 @@ def overhead_markdown(o: dict) -> list[str]:
 
 def to_markdown(r: dict) -> str:
     lines = overhead_markdown(r["overhead"]) if "overhead" in r else []
+    if "parts" in r:
+        lines = parts_markdown(r["parts"])
     if not r["train"]:
         return "\n".join([f"# Per-step overhead ({r['machine']}; torch {r['torch']})", "", *lines])
     lines += [

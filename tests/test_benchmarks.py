@@ -28,6 +28,36 @@ def test_speed_benchmark_quick(tmp_path):
     ratios = results["ratios"]
     assert ratios["cnn_transfer_overhead_per_step"] < 0.1  # the LSTM step is tiny next to a training step
     assert "| transfer |" in (tmp_path / "speed_cpu_quick.md").read_text()
+    overhead = results["overhead"]["linear"]["steps_per_s_ratio"]
+    assert set(overhead) == {"transfer", "transfer-numpy", "transfer-fused"}
+
+
+@pytest.mark.slow
+def test_speed_benchmark_parts_quick(tmp_path):
+    """Where the transfer overhead goes: every configuration measured, the added work's own time recorded."""
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "speed.py"),
+        "--quick",
+        "--only",
+        "parts",
+        "--out",
+        str(tmp_path),
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    parts = json.loads((tmp_path / "speed_cpu_quick_parts.json").read_text())["parts"]
+    assert list(parts) == [
+        "builtin",
+        "builtin+spin",
+        "builtin+compiled",
+        "transfer-constant",
+        "transfer",
+        "transfer-hidden10",
+    ]
+    assert parts["builtin"]["extra_us"] == 0 and parts["builtin"]["own_us"] == 0
+    assert parts["builtin+spin"]["own_us"] >= 16  # the callback spins 16 us
+    assert all(parts[m]["own_us"] > 0 for m in ("builtin+compiled", "transfer", "transfer-hidden10"))
 
 
 @pytest.mark.slow

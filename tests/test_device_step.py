@@ -1,4 +1,5 @@
-"""DeviceStep: the fast transfer step (NumPy on a CPU, fused tensors on an accelerator) follows the schedule's rule."""
+"""DeviceStep: the fast transfer step (compiled or NumPy on a CPU, fused tensors on an accelerator) follows the
+schedule's rule."""
 
 import copy
 import math
@@ -6,8 +7,11 @@ import math
 import pytest
 import torch
 
-from mlrsnet_hf import MLRSNetSchedule
+from mlrsnet_hf import MLRSNetSchedule, cpu_kernel
 from mlrsnet_hf.device_step import DeviceStep
+
+needs_numba = pytest.mark.skipif(not cpu_kernel.AVAILABLE, reason="numba is not installed (pip install .[fast])")
+PATHS = [pytest.param("compiled", marks=needs_numba), "numpy", "tensor"]
 
 LOSSES = [2.3, 2.1, math.nan, 1.9, 1.7, math.inf, 1.5, 1.2, 1.1, 0.9]
 
@@ -25,13 +29,14 @@ def started(gamma, dtype=torch.float32, **kwargs):
     return schedule
 
 
-@pytest.mark.parametrize("numpy", [True, False])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(
     "gamma, kwargs",
     [(0.5, {}), ("relative", {"relative_max_scale": 1.05}), (0.2, {"input_normalization": "log_num_classes"})],
 )
-def test_fast_steps_follow_the_schedule(monkeypatch, numpy, gamma, kwargs):
-    monkeypatch.setattr(DeviceStep, "numpy_on_cpu", numpy)
+def test_fast_steps_follow_the_schedule(monkeypatch, path, gamma, kwargs):
+    monkeypatch.setattr(DeviceStep, "numpy_on_cpu", path != "tensor")
+    monkeypatch.setattr(DeviceStep, "compiled_on_cpu", path == "compiled")
     host = started(gamma, **kwargs)
     fast = copy.deepcopy(host)
     stepper = DeviceStep(fast)
@@ -49,6 +54,8 @@ def test_fast_steps_follow_the_schedule(monkeypatch, numpy, gamma, kwargs):
     )
     # after a sync the schedule's own step carries on from the synced state
     assert fast.step(0.8) == pytest.approx(host.step(0.8), rel=1e-6)
+    # and a second run of fast steps starts from it
+    assert float(stepper.step(torch.tensor(0.7))) == pytest.approx(host.step(0.7), rel=1e-6)
 
 
 def test_the_numpy_path_is_used_only_for_float32_on_the_cpu():
@@ -57,3 +64,36 @@ def test_the_numpy_path_is_used_only_for_float32_on_the_cpu():
     assert isinstance(stepper.step(torch.tensor(2.0)), float)
     double = started(0.5, dtype=torch.float64)
     assert isinstance(DeviceStep(double).step(torch.tensor(2.0, dtype=torch.float64)), torch.Tensor)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_weights_that_give_a_non_finite_lr_keep_the_last_lr_and_state(monkeypatch, path):
+    monkeypatch.setattr(DeviceStep, "numpy_on_cpu", path != "tensor")
+    monkeypatch.setattr(DeviceStep, "compiled_on_cpu", path == "compiled")
+    schedule = started(0.5)
+    stepper = DeviceStep(schedule)
+    first = float(stepper.step(torch.tensor(2.0)))
+    with torch.no_grad():  # one NaN weight of the first layer: a relu must not hide it
+        schedule.stages[0].cells[0].fc_i2h[0].weight[0, 0] = math.nan
+    stepper.sync()
+    state = schedule.state
+    got = [float(stepper.step(torch.tensor(loss))) for loss in (1.9, 1.8)]
+    assert got == [first, first]
+    stepper.sync()
+    assert schedule.num_skipped == 2 and schedule.last_lr == first
+    assert torch.equal(schedule.state.h, state.h) and torch.equal(schedule.state.c, state.c)
+
+
+def test_a_kernel_that_does_not_compile_falls_back_to_numpy(monkeypatch, caplog):
+    def fails():
+        raise RuntimeError("no LLVM here")
+
+    monkeypatch.setattr(cpu_kernel, "AVAILABLE", True)
+    monkeypatch.setattr(cpu_kernel, "_compile", fails)
+    monkeypatch.setattr(cpu_kernel, "_kernel", None)
+    host = started(0.5)
+    stepper = DeviceStep(copy.deepcopy(host))
+    with caplog.at_level("WARNING", logger="mlrsnet_hf.cpu_kernel"):
+        got = [stepper.step(torch.tensor(loss)) for loss in (2.0, 1.5)]
+    assert "no LLVM here" in caplog.text and stepper._compiled_state is None
+    assert got == pytest.approx([host.step(2.0), host.step(1.5)], rel=1e-6)
