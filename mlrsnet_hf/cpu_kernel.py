@@ -1,9 +1,9 @@
 """A transferred schedule's whole step on a CPU as one compiled call (numba), when numba is installed.
 
 The LSTM cell(s), the head, ``gamma * p``, the cap and the finite check run in one call, on weights packed into one
-array. Inside a training loop every call costs several times what it costs in a tight loop (the Trainer's work
-between two steps has evicted its code and data from the core's caches), so one call beats NumPy's ~15: in a
-Trainer step, about 20 us against 70 (6 us against 20 in a tight loop; ``benchmarks/speed.py``).
+array. Inside a training loop every call costs several times what it costs in a tight loop (by all appearances its
+code and data are cold again after the Trainer's own work), so one call beats NumPy's ~15: 5 us
+against 21 in a tight loop, 12-18 us inside a Trainer step (``benchmarks/speed.py --only overhead`` / ``parts``).
 
 ``pip install mlrsnet_hf[fast]`` installs numba; without it :class:`~mlrsnet_hf.device_step.DeviceStep` uses its
 NumPy step (the same rule in float32, up to the order of sums). The first call compiles the kernel (about a second
