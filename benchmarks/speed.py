@@ -239,8 +239,8 @@ class WideMLP(nn.Module):
         return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
 
 
-def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0) -> dict:
-    """Per-step overhead of transfer mode over Trainer + cosine, one thread, interleaved, in one process.
+def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda: int = 0) -> dict:
+    """Per-step overhead of transfer mode over Trainer + cosine, one CPU thread, interleaved, in one process.
 
     Two models: a linear classifier (64 -> 10, batch 8; the Trainer's own cost dominates) and a 2-layer GPT-2
     (32 wide, 8 x 32 tokens). Transfer mode runs with plain SGD/AdamW (the LR handed over as a number) and with
@@ -248,6 +248,8 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0) -> di
     (``transfer-numpy``; the same when numba is not installed).
 
     ``parts=1``: where the linear classifier's overhead goes instead (:data:`PARTS`), as medians of single steps.
+    ``cuda=1``: the models train on the GPU (no NumPy rows; the device is synchronised only at the first and last
+    timed steps, so the host can run ahead of the GPU as in a real run).
     """
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
@@ -261,6 +263,8 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0) -> di
             self.times: list[float] = []
 
         def on_step_end(self, args, state, control, **kwargs):
+            if cuda and state.global_step in (warmup, steps + warmup):  # the ends of the timed span only
+                torch.cuda.synchronize()
             self.times.append(time.perf_counter())
 
     class Linear(nn.Module):
@@ -328,7 +332,7 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0) -> di
         optim = "adamw_torch_fused" if mode.endswith("fused") else {"linear": "sgd", "gpt2": "adamw_torch"}[kind]
         common = dict(
             output_dir="/tmp/mlrsnet_overhead", max_steps=steps + warmup, per_device_train_batch_size=8,
-            report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10**9, use_cpu=True, seed=0,
+            report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10**9, use_cpu=not cuda, seed=0,
             optim=optim, learning_rate=0.1 if optim == "sgd" else 1e-3, dataloader_num_workers=0,
             logging_nan_inf_filter=False,
         )  # fmt: skip
@@ -372,8 +376,8 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0) -> di
             for mode, v in samples.items()
         }
 
-    modes = ("builtin", "transfer", "transfer-numpy", "builtin-fused", "transfer-fused")
-    result: dict = {}
+    modes = ("builtin", "transfer", *(() if cuda else ("transfer-numpy",)), "builtin-fused", "transfer-fused")
+    result: dict = {"device": "cuda" if cuda else "cpu"}
     for kind in ("linear", "gpt2"):
         times: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(repeats):  # interleaved: drift hits every mode alike
@@ -385,6 +389,7 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0) -> di
             "transfer-numpy": "builtin",
             "transfer-fused": "builtin-fused",
         }  # same optimizer
+        base = {mode: b for mode, b in base.items() if mode in modes}
         result[kind] = {
             "us_per_step": us,
             "overhead_us": {mode: us[mode] - us[b] for mode, b in base.items()},
@@ -392,34 +397,39 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0) -> di
         }
 
     # The schedule's own step: the module forward with host reads vs the fused device step.
-    schedule = MLRSNetSchedule(num_stages=1, gamma=1.0)
+    device = "cuda" if cuda else "cpu"
+    schedule = MLRSNetSchedule(num_stages=1, gamma=1.0).to(device)
     schedule.start()
     schedule.enter_stage(0)
     schedule.step(2.0)
-    loss = torch.tensor(2.0)
+    loss = torch.tensor(2.0, device=device)
 
     def per_call(fn, n: int = 2000) -> float:
         for _ in range(50):
             fn()
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(n):
             fn()
+        if cuda:
+            torch.cuda.synchronize()
         return (time.perf_counter() - start) / n * 1e6
 
     def device_step(compiled: bool) -> float:
         DeviceStep.compiled_on_cpu = compiled
-        device = DeviceStep(schedule)
-        result = statistics.median(per_call(lambda: device.step(loss)) for _ in range(5))
-        device.sync()
+        stepper = DeviceStep(schedule)
+        result = statistics.median(per_call(lambda: stepper.step(loss)) for _ in range(5))
+        stepper.sync()
         return result
 
-    result["schedule_step_us"] = {
-        "host (MLRSNetSchedule.step)": statistics.median(per_call(lambda: schedule.step(2.0)) for _ in range(5)),
-        "DeviceStep.step, NumPy": device_step(False),
-        f"DeviceStep.step, compiled{'' if cpu_kernel.AVAILABLE else ' (numba not installed: NumPy)'}": device_step(
-            True
-        ),
-    }
+    host = statistics.median(per_call(lambda: schedule.step(2.0)) for _ in range(5))
+    result["schedule_step_us"] = {"host (MLRSNetSchedule.step)": host}
+    if cuda:
+        result["schedule_step_us"]["DeviceStep.step, on the GPU"] = device_step(False)
+    else:
+        compiled = f"DeviceStep.step, compiled{'' if cpu_kernel.AVAILABLE else ' (numba not installed: NumPy)'}"
+        result["schedule_step_us"].update({"DeviceStep.step, NumPy": device_step(False), compiled: device_step(True)})
     DeviceStep.compiled_on_cpu = True
     return result
 
@@ -476,10 +486,10 @@ def main() -> None:
     }
     overhead = ["overhead", "20", "5", "1"] if args.quick else ["overhead", "400", "50", str(max(7, args.repeats))]
     if args.only == "parts":
-        results["parts"] = run_worker([*overhead, "1"])
+        results["parts"] = run_worker([*overhead, "1", "0"])
         write_results(args, results, "_parts")
         return
-    results["overhead"] = run_worker(overhead)  # CPU, one thread (see worker_overhead)
+    results["overhead"] = run_worker([*overhead, "0", str(int(args.device == "cuda"))])  # see worker_overhead
     if args.only == "overhead":
         write_results(args, results, "_overhead")
         return
@@ -565,8 +575,9 @@ def parts_markdown(p: dict) -> list[str]:
 
 def overhead_markdown(o: dict) -> list[str]:
     names = {"linear": "linear classifier, batch 8", "gpt2": "GPT-2, 2 layers x 32, 8 x 32 tokens"}
+    where = "GPU, 1 CPU thread" if o.get("device") == "cuda" else "CPU, 1 thread"
     lines = [
-        "## Per-step overhead of transfer mode (CPU, 1 thread, interleaved, median)",
+        f"## Per-step overhead of transfer mode ({where}, interleaved, median)",
         "",
         "| model | optimizer | Trainer + cosine (us/step) | MLRSNetTrainer, transfer | overhead | steps/s ratio |",
         "|---|---|---|---|---|---|",
@@ -578,6 +589,8 @@ def overhead_markdown(o: dict) -> list[str]:
             ("transfer-numpy", "builtin"),
             ("transfer-fused", "builtin-fused"),
         ):
+            if mode not in us:  # no NumPy step on a GPU
+                continue
             optim = (
                 "fused AdamW (LR a device tensor)"
                 if base.endswith("fused")
