@@ -43,23 +43,28 @@ class MLRSNetScheduleRepo(ScheduleRepoMixin):
 _NOT_ROWS = ("results", "license", "license_name", "license_link", "license_note")
 
 
-def recorded_fields(schedule: MLRSNetSchedule) -> dict[str, Any]:
-    """The meta-training record as the card shows it: floats to 4 significant digits, only what the run used.
+def played_a_part(key: str, value: Any, gamma: Any) -> bool:
+    """Whether a training setting of a meta-training record played a part in the run.
 
-    ``learning_rate`` is shown only when the gamma rule scales from it (``"relative"``): under a fixed,
-    ``"auto"`` or ``"range_test"`` gamma the schedule sets every LR and ``TrainingArguments.learning_rate``
-    (5e-05 by default) plays no part. ``weight_decay`` is shown only when the optimizer applied one (> 0).
+    ``learning_rate`` only when the gamma rule scales from it (``"relative"``): under a fixed, ``"auto"`` or
+    ``"range_test"`` gamma the schedule sets every LR and ``TrainingArguments.learning_rate`` (5e-05 by default)
+    plays no part. ``weight_decay`` only when the optimizer applied one (> 0). Every other field did.
     """
-    fields = {}
-    for key, value in schedule.meta_training.items():
-        if key in _NOT_ROWS:
-            continue
-        if key == "learning_rate" and schedule.gamma != "relative":
-            continue
-        if key == "weight_decay" and not value:
-            continue
-        fields[key] = significant(value)
-    return fields
+    if key == "learning_rate":
+        return gamma == "relative"
+    if key == "weight_decay":
+        return bool(value)
+    return True
+
+
+def recorded_fields(schedule: MLRSNetSchedule) -> dict[str, Any]:
+    """The meta-training record as the card shows it: floats to 4 significant digits, only what the run used
+    (:func:`played_a_part`; records written before that rule may still hold the other fields)."""
+    return {
+        key: significant(value)
+        for key, value in schedule.meta_training.items()
+        if key not in _NOT_ROWS and played_a_part(key, value, schedule.gamma)
+    }
 
 
 def render_model_card(schedule: MLRSNetSchedule, **template_kwargs: Any) -> ModelCard:

@@ -21,6 +21,7 @@ from .meta_training import MetaLearner
 from .options import ScheduleOptions
 from .provenance import add_model_tags, model_tags, update_model_card
 from .schedule import MLRSNetSchedule
+from .schedule_card import played_a_part
 
 logger = logging.getLogger(__name__)
 
@@ -237,12 +238,10 @@ class MLRSNetTrainer(Trainer):
             "meta_weight_decay": self.args.meta_weight_decay,
             "num_classes": self.schedule.num_classes,
         }
-        # Only what played a part: learning_rate is the scale of gamma="relative" only (else the schedule sets every
-        # LR), weight_decay only when the optimizer applied one.
-        if getattr(self.schedule, "gamma", None) == "relative":
-            record["learning_rate"] = self.args.learning_rate
-        if self.args.weight_decay:
-            record["weight_decay"] = self.args.weight_decay
+        for key in ("learning_rate", "weight_decay"):  # only when they played a part (as the card shows them)
+            value = getattr(self.args, key)
+            if played_a_part(key, value, getattr(self.schedule, "gamma", None)):
+                record[key] = value
         dataset = getattr(self.train_dataset, "info", None)
         if dataset is not None and getattr(dataset, "dataset_name", None):
             record["dataset"] = dataset.dataset_name

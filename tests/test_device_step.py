@@ -13,6 +13,13 @@ from mlrsnet_hf.device_step import DeviceStep
 needs_numba = pytest.mark.skipif(not cpu_kernel.AVAILABLE, reason="numba is not installed (pip install .[fast])")
 PATHS = [pytest.param("compiled", marks=needs_numba), "numpy", "tensor"]
 
+
+def use_path(monkeypatch, path):
+    """Make DeviceStep take one of its CPU paths: the compiled kernel, NumPy, or the accelerator's tensor step."""
+    monkeypatch.setattr(DeviceStep, "numpy_on_cpu", path != "tensor")
+    monkeypatch.setattr(DeviceStep, "compiled_on_cpu", path == "compiled")
+
+
 LOSSES = [2.3, 2.1, math.nan, 1.9, 1.7, math.inf, 1.5, 1.2, 1.1, 0.9]
 
 
@@ -35,8 +42,7 @@ def started(gamma, dtype=torch.float32, **kwargs):
     [(0.5, {}), ("relative", {"relative_max_scale": 1.05}), (0.2, {"input_normalization": "log_num_classes"})],
 )
 def test_fast_steps_follow_the_schedule(monkeypatch, path, gamma, kwargs):
-    monkeypatch.setattr(DeviceStep, "numpy_on_cpu", path != "tensor")
-    monkeypatch.setattr(DeviceStep, "compiled_on_cpu", path == "compiled")
+    use_path(monkeypatch, path)
     host = started(gamma, **kwargs)
     fast = copy.deepcopy(host)
     stepper = DeviceStep(fast)
@@ -68,8 +74,7 @@ def test_the_numpy_path_is_used_only_for_float32_on_the_cpu():
 
 @pytest.mark.parametrize("path", PATHS)
 def test_weights_that_give_a_non_finite_lr_keep_the_last_lr_and_state(monkeypatch, path):
-    monkeypatch.setattr(DeviceStep, "numpy_on_cpu", path != "tensor")
-    monkeypatch.setattr(DeviceStep, "compiled_on_cpu", path == "compiled")
+    use_path(monkeypatch, path)
     schedule = started(0.5)
     stepper = DeviceStep(schedule)
     first = float(stepper.step(torch.tensor(2.0)))
