@@ -8,7 +8,9 @@ or LR keeps the LSTM state and the last LR, and is counted):
 
 * on an accelerator, the step stays on the device: the loss is a device tensor, the network runs its fused
   no-grad step (:meth:`MLRSNet.fast_forward <mlrsnet_hf.MLRSNet.fast_forward>`), the LR comes out as a 0-d
-  float64 tensor and the guard is a ``torch.where``: nothing is read on the host;
+  tensor (float32 for an optimizer whose kernel reads a float32 LR, see ``lr_dtype``) and the guard is a ``torch.where``: nothing is read on the host. On CUDA the step is captured
+  once per stage as a CUDA graph (at the stage entry, which may synchronise) and replayed: three launches per
+  step instead of ~25;
 * on a CPU, where reading a loss costs nothing, the whole step is one compiled call when numba is installed
   (:mod:`mlrsnet_hf.cpu_kernel`), else the network steps in NumPy
   (:meth:`MLRSNet.numpy_forward <mlrsnet_hf.MLRSNet.numpy_forward>`, a few times faster than tensor
@@ -26,6 +28,7 @@ import math
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import cpu_kernel
 from .network import MLRSNetState
@@ -34,20 +37,116 @@ from .schedule import MLRSNetSchedule
 logger = logging.getLogger(__name__)
 
 
+class _TensorStep:
+    """The accelerator step on fixed buffers: one network's step, runnable eagerly or replayed as a CUDA graph.
+
+    Everything the step reads or writes lives in the buffers below, so on CUDA the ~25 small operations are
+    captured once (:meth:`capture`, at a step that may synchronise) and each step is then a copy of the loss, one
+    graph replay and a copy of the LR: three launches instead of ~25.
+    """
+
+    def __init__(self, network: nn.Module, lr_dtype: torch.dtype) -> None:
+        ref = network.head.weight
+        num_layers, hidden = len(network.cells), network.hidden_size
+        self.network, self.fused, self.graph = network, network.fused_weights(), None
+        self.loss, self.divisor, self.gamma = (torch.zeros((), dtype=ref.dtype, device=ref.device) for _ in range(3))
+        self.cap, self.last_lr = (torch.zeros((), dtype=lr_dtype, device=ref.device) for _ in range(2))
+        self.finite = torch.zeros((), dtype=torch.int64, device=ref.device)
+        self.h, self.c = (torch.zeros(num_layers, hidden, dtype=ref.dtype, device=ref.device) for _ in range(2))
+
+    def current(self) -> bool:
+        """Whether the network's weights are still the ones these buffers (and the graph) were made for."""
+        return self.network.fused_weights() is self.fused
+
+    def load(self, gamma: float, divisor: float, cap: float, last_lr: float, state: MLRSNetState) -> None:
+        """Set the values that stay fixed until the next sync, and the state to start from (no host read)."""
+        if self.cap.dtype == torch.float32 and math.isfinite(cap):  # rounded down: the cap holds in float32 too
+            rounded = np.float32(cap)
+            if float(rounded) > cap:  # (compared in float64: NumPy would compare in float32)
+                rounded = np.nextafter(rounded, np.float32(0))
+            cap = float(rounded)
+        self.gamma.fill_(gamma)
+        self.divisor.fill_(divisor)
+        self.cap.fill_(cap)
+        self.last_lr.fill_(last_lr)
+        self.finite.zero_()
+        self.h.copy_(state.h)
+        self.c.copy_(state.c)
+
+    def run(self) -> None:
+        """One step on the buffers: ``lr = min(gamma * p, cap)``; a non-finite loss or LR keeps the state and LR."""
+        x = self.loss / self.divisor
+        p, state = self.network.fast_forward(x, MLRSNetState(self.h, self.c))
+        lr = torch.minimum((p * self.gamma).to(self.cap.dtype), self.cap)  # the float32 product, as step() has it
+        ok = torch.isfinite(lr * x)
+        self.last_lr.copy_(torch.where(ok, lr, self.last_lr))
+        self.h.copy_(torch.where(ok, state.h, self.h))
+        self.c.copy_(torch.where(ok, state.c, self.c))
+        self.finite.add_(ok)
+
+    def step(self, loss: torch.Tensor) -> torch.Tensor:
+        self.loss.copy_(loss.detach().reshape(()))
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.run()
+        return self.last_lr.clone()  # the buffer changes at the next step; the optimizer and history keep this one
+
+    def capture(self) -> None:
+        """Record :meth:`run` as a CUDA graph (synchronises the device: call it where a host read is allowed)."""
+        kept = [t.clone() for t in (self.last_lr, self.finite, self.h, self.c)]
+        device = self.h.device
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side), torch.autocast(device.type, enabled=False):
+            for _ in range(2):  # warm-up off the capture (lazy library initialisation), as torch.cuda.graph asks
+                self.run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.autocast(device.type, enabled=False):
+            self.run()
+        for t, saved in zip((self.last_lr, self.finite, self.h, self.c), kept, strict=True):
+            t.copy_(saved)  # undo the warm-up
+        self.graph = graph
+
+
 class DeviceStep:
     """Steps ``schedule`` fast between stage entries; the schedule's host values are up to date after :meth:`sync`."""
 
     numpy_on_cpu = True  # False: take the accelerator path on a CPU too (the tests check it there)
     compiled_on_cpu = True  # False: the NumPy step even when numba is installed
+    graphed_on_cuda = True  # False: the tensor step runs eagerly on CUDA too
 
-    def __init__(self, schedule: MLRSNetSchedule) -> None:
+    def __init__(self, schedule: MLRSNetSchedule, lr_dtype: torch.dtype = torch.float64) -> None:
         self.schedule = schedule
+        self.lr_dtype = lr_dtype  # of the LR on an accelerator: what the optimizer's kernel reads
         self._active = False  # steps taken since the last sync
         self._taken = 0
-        self._finite: torch.Tensor | int = 0  # steps with a finite loss and LR since the last sync
-        self._last_lr: torch.Tensor | float | None = None
+        self._finite = 0  # CPU paths: steps with a finite loss and LR since the last sync
+        self._last_lr: float | None = None
         self._numpy_state: tuple[np.ndarray, np.ndarray] | None = None
         self._compiled_state: tuple[np.ndarray, np.ndarray] | None = None  # (h, c) stacked, and a spare buffer
+        self._tensor_steps: dict[nn.Module, _TensorStep] = {}  # per stage network (each its own CUDA graph)
+        self._tensor_step: _TensorStep | None = None  # the one in use since the last sync
+        self._graph_failed = False
+
+    def prepare(self) -> None:
+        """Make the current stage's step ready where the host may wait (a stage entry): on CUDA, capture its graph."""
+        network = self.schedule.stages[self.schedule.stage]
+        if network.head.weight.device.type == "cuda":
+            self._tensor_step_of(network)
+
+    def _tensor_step_of(self, network: nn.Module) -> _TensorStep:
+        steps = self._tensor_steps.get(network)
+        if steps is None or not steps.current():
+            steps = self._tensor_steps[network] = _TensorStep(network, self.lr_dtype)
+        if steps.graph is None and self.graphed_on_cuda and not self._graph_failed and steps.h.is_cuda:
+            try:
+                steps.capture()
+            except Exception as error:  # noqa: BLE001 - any capture failure: run the same step eagerly
+                self._graph_failed = True
+                logger.warning("Could not capture the schedule's step as a CUDA graph (%s): it runs eagerly.", error)
+        return steps
 
     def ready(self) -> bool:
         """Whether the next step can run here: a stage entered, its gamma known, a last LR to fall back to."""
@@ -61,6 +160,8 @@ class DeviceStep:
         self._network = schedule.stages[schedule.stage]
         self._gamma, self._max_lr = schedule.current_gamma, schedule.max_lr
         self._log_c = math.log(schedule.num_classes) if schedule.input_normalization != "none" else None
+        self._divisor = self._log_c if self._log_c is not None else 1.0
+        self._cap = self._max_lr if self._max_lr is not None else math.inf
         weight = self._network.head.weight
         self._numpy = self.numpy_on_cpu and weight.device.type == "cpu" and weight.dtype == torch.float32
         if self._numpy:
@@ -71,18 +172,15 @@ class DeviceStep:
                 self._compiled_state = stacked, np.empty_like(stacked)
                 # fixed until the next sync: looked up once, not at every step (each lookup costs in a training loop)
                 self._weights, self._inner = cpu_kernel.packed_weights(self._network)
-                self._divisor = self._log_c if self._log_c is not None else 1.0
-                self._cap = self._max_lr if self._max_lr is not None else math.inf
             else:
                 self._numpy_state = state.h.numpy().copy(), state.c.numpy().copy()
         else:
-            device = state.h.device
-            self._last_lr = torch.tensor(schedule.last_lr, dtype=torch.float64, device=device)
-            self._finite = torch.zeros((), dtype=torch.int64, device=device)
+            self._tensor_step = self._tensor_step_of(self._network)
+            self._tensor_step.load(self._gamma, self._divisor, self._cap, schedule.last_lr, state)
         self._active, self._taken = True, 0
 
     def step(self, loss: torch.Tensor) -> torch.Tensor | float:
-        """The LR for a step with training loss ``loss``: a 0-d float64 device tensor, or a float on a CPU."""
+        """The LR for a step with training loss ``loss``: a 0-d device tensor of ``lr_dtype``, or a float on a CPU."""
         if not self._active:
             self._begin()
         self._taken += 1
@@ -90,20 +188,7 @@ class DeviceStep:
             return self._compiled_step(loss.item())
         if self._numpy:
             return self._numpy_step(loss.item())
-        loss = loss.detach()
-        if self._log_c is not None:
-            loss = loss / self._log_c
-        old = self.schedule.state
-        p, state = self._network.fast_forward(loss, old)
-        lr = (p * self._gamma).double()  # the float32 product, as step() reads it with .item()
-        if self._max_lr is not None:
-            lr = lr.clamp(max=self._max_lr)
-        ok = torch.isfinite(lr * loss)  # float64: finite exactly when both are
-        lr = torch.where(ok, lr, self._last_lr)
-        self.schedule.state = MLRSNetState(torch.where(ok, state.h, old.h), torch.where(ok, state.c, old.c))
-        self._finite.add_(ok)
-        self._last_lr = lr
-        return lr
+        return self._tensor_step.step(loss)
 
     def _compiled_step(self, loss: float) -> float:
         state, spare = self._compiled_state
@@ -143,7 +228,9 @@ class DeviceStep:
                 h, c = (torch.from_numpy(a) for a in self._numpy_state)
             schedule.state = MLRSNetState(h, c)
         else:
-            last_lr, finite = self._last_lr.item(), int(self._finite.item())
+            steps, self._tensor_step = self._tensor_step, None
+            last_lr, finite = steps.last_lr.item(), int(steps.finite.item())
+            schedule.state = MLRSNetState(steps.h.clone(), steps.c.clone())
         skipped = self._taken - finite
         schedule.last_lr = last_lr
         schedule.num_steps += finite

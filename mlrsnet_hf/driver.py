@@ -69,6 +69,22 @@ def takes_tensor_lr(optimizer: torch.optim.Optimizer) -> bool:
     return False
 
 
+def tensor_lr_dtype(optimizer: torch.optim.Optimizer) -> torch.dtype | None:
+    """The dtype of the device LR that ``optimizer`` applies without a host read, or None where it needs a number.
+
+    Where :func:`takes_tensor_lr`: the kernels compute in float32 for float32, bf16 and fp16 parameters and read a
+    float32 LR (PyTorch 2.11's fused Adam refuses a float64 one), in float64 for float64 parameters. An optimizer
+    that mixes float64 parameters with others gets numbers.
+    """
+    if not takes_tensor_lr(optimizer):
+        return None
+    inner = getattr(optimizer, "optimizer", optimizer)
+    double = {p.dtype == torch.float64 for group in inner.param_groups for p in group["params"]}
+    if len(double) > 1:
+        return None
+    return torch.float64 if double == {True} else torch.float32
+
+
 class LRDriver:
     """What every learned schedule needs as the Trainer's ``lr_scheduler``: the loss of each step, the LR bookkeeping.
 
@@ -178,7 +194,8 @@ class LRDriver:
         self.average_tokens_across_devices = args.average_tokens_across_devices
         self.num_training_steps = num_training_steps
         self.train_dataloader = train_dataloader
-        self.tensor_lr = takes_tensor_lr(optimizer)
+        self.lr_dtype = tensor_lr_dtype(optimizer)
+        self.tensor_lr = self.lr_dtype is not None
         self.seed = args.seed
         self.per_device_batch_size = args.per_device_train_batch_size
         restored, self._restored = self._restored, None
@@ -199,7 +216,7 @@ class LRDriver:
         """Set the LR of optimizer step ``step`` (0-based global step) from its training loss.
 
         The loss stays on the device; the LR is written as a device tensor when the optimizer takes one
-        without a sync (:func:`takes_tensor_lr`), else as a number.
+        without a sync (:func:`tensor_lr_dtype`), else as a number.
         """
         if self._pending_step is not None:  # the last step was not taken (skipped by the Trainer)
             self._skipped(self._pending_step)
@@ -212,7 +229,8 @@ class LRDriver:
                 self.sync()
         else:
             self.lr_history.append(lr)
-        self.last_lrs = [lr * (initial / reference) for initial in self.initial_lrs]
+        # (a group at the reference LR gets the LR itself: no operation, the same number)
+        self.last_lrs = [lr if initial == reference else lr * (initial / reference) for initial in self.initial_lrs]
         for group, value in zip(self.optimizer.param_groups, self.last_lrs, strict=True):
             group["lr"] = value
         self._pending_step = step
@@ -292,7 +310,7 @@ class MLRSNetDriver(LRDriver):
         self.range_test, self.last_step = None, None
         self._stage_firsts = set(schedule.stage_boundaries(self.num_training_steps))
         schedule.to(self.device)  # the schedule steps where the loss is: no copy to the host
-        self.device_step = None if options.meta_train else DeviceStep(schedule)
+        self.device_step = None if options.meta_train else DeviceStep(schedule, self.lr_dtype or torch.float64)
         schedule.start(num_classes=num_classes, base_lr=self.base_lr if schedule.gamma == "relative" else None)
         self.meta = None
         if options.meta_train:
@@ -345,6 +363,8 @@ class MLRSNetDriver(LRDriver):
         )
         if self.meta is not None:
             self.meta.before_step(step, self.model, self.last_step)
+        if self.device_step is not None:
+            self.device_step.prepare()  # here, where the host waits anyway: on CUDA, capture the next steps' graph
         return schedule.last_lr, reference  # last_lr: the exact float (capped if capped)
 
     def _after_step(self, step: int) -> None:

@@ -8,28 +8,40 @@ import pytest
 import torch
 
 from mlrsnet_hf import MLRSNetSchedule, cpu_kernel
-from mlrsnet_hf.device_step import DeviceStep
+from mlrsnet_hf.device_step import DeviceStep, _TensorStep
 
 needs_numba = pytest.mark.skipif(not cpu_kernel.AVAILABLE, reason="numba is not installed (pip install .[fast])")
-PATHS = [pytest.param("compiled", marks=needs_numba), "numpy", "tensor"]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+PATHS = [
+    pytest.param("compiled", marks=needs_numba), "numpy", "tensor",
+    pytest.param("cuda-graph", marks=needs_cuda), pytest.param("cuda-eager", marks=needs_cuda),
+]  # fmt: skip
 
 
 def use_path(monkeypatch, path):
-    """Make DeviceStep take one of its CPU paths: the compiled kernel, NumPy, or the accelerator's tensor step."""
-    monkeypatch.setattr(DeviceStep, "numpy_on_cpu", path != "tensor")
+    """Make DeviceStep take one of its paths: on a CPU the compiled kernel, NumPy, or the accelerator's tensor step;
+    on a GPU the tensor step replayed as a CUDA graph or run eagerly. Returns the device the schedule goes to."""
+    monkeypatch.setattr(DeviceStep, "numpy_on_cpu", path in ("compiled", "numpy"))
     monkeypatch.setattr(DeviceStep, "compiled_on_cpu", path == "compiled")
+    monkeypatch.setattr(DeviceStep, "graphed_on_cuda", path == "cuda-graph")
+    return "cuda" if path.startswith("cuda") else "cpu"
+
+
+def graphed(stepper):
+    return any(steps.graph is not None for steps in stepper._tensor_steps.values())
 
 
 LOSSES = [2.3, 2.1, math.nan, 1.9, 1.7, math.inf, 1.5, 1.2, 1.1, 0.9]
 
 
-def started(gamma, dtype=torch.float32, **kwargs):
+def started(gamma, dtype=torch.float32, device="cpu", **kwargs):
     torch.manual_seed(0)
     schedule = MLRSNetSchedule(hidden_size=16, num_layers=2, gate_layout="ifog_shifted", gamma=gamma, **kwargs)
     schedule.to(dtype)
     with torch.no_grad():
         for p in schedule.parameters():
             p.add_(torch.randn_like(p) * 0.3)
+    schedule.to(device)
     schedule.start(num_classes=10, base_lr=0.1 if gamma == "relative" else None)
     schedule.enter_stage(0)
     schedule.step(2.5)  # the first step (a stage entry) is the schedule's own
@@ -42,12 +54,14 @@ def started(gamma, dtype=torch.float32, **kwargs):
     [(0.5, {}), ("relative", {"relative_max_scale": 1.05}), (0.2, {"input_normalization": "log_num_classes"})],
 )
 def test_fast_steps_follow_the_schedule(monkeypatch, path, gamma, kwargs):
-    use_path(monkeypatch, path)
+    device = use_path(monkeypatch, path)
     host = started(gamma, **kwargs)
-    fast = copy.deepcopy(host)
+    fast = started(gamma, device=device, **kwargs)
     stepper = DeviceStep(fast)
+    stepper.prepare()  # what the driver does at a stage entry (captures the CUDA graph)
     expected = [host.step(loss) for loss in LOSSES]
-    got = [float(stepper.step(torch.tensor(loss))) for loss in LOSSES]
+    got = [float(stepper.step(torch.tensor(loss, device=device))) for loss in LOSSES]
+    assert graphed(stepper) == (path == "cuda-graph")
     assert got == pytest.approx(expected, rel=1e-6)
     assert got[2] == got[1] and got[5] == got[4]  # a non-finite loss keeps the last LR
     if gamma == "relative":
@@ -55,13 +69,13 @@ def test_fast_steps_follow_the_schedule(monkeypatch, path, gamma, kwargs):
     stepper.sync()
     assert (fast.num_steps, fast.num_skipped) == (host.num_steps, host.num_skipped) == (9, 2)
     assert fast.last_lr == got[-1]
-    assert torch.allclose(fast.state.h, host.state.h, atol=1e-6) and torch.allclose(
-        fast.state.c, host.state.c, atol=1e-6
+    assert torch.allclose(fast.state.h.cpu(), host.state.h, atol=1e-6) and torch.allclose(
+        fast.state.c.cpu(), host.state.c, atol=1e-6
     )
     # after a sync the schedule's own step carries on from the synced state
     assert fast.step(0.8) == pytest.approx(host.step(0.8), rel=1e-6)
     # and a second run of fast steps starts from it
-    assert float(stepper.step(torch.tensor(0.7))) == pytest.approx(host.step(0.7), rel=1e-6)
+    assert float(stepper.step(torch.tensor(0.7, device=device))) == pytest.approx(host.step(0.7), rel=1e-6)
 
 
 def test_the_numpy_path_is_used_only_for_float32_on_the_cpu():
@@ -74,16 +88,17 @@ def test_the_numpy_path_is_used_only_for_float32_on_the_cpu():
 
 @pytest.mark.parametrize("path", PATHS)
 def test_weights_that_give_a_non_finite_lr_keep_the_last_lr_and_state(monkeypatch, path):
-    use_path(monkeypatch, path)
-    schedule = started(0.5)
+    device = use_path(monkeypatch, path)
+    schedule = started(0.5, device=device)
     stepper = DeviceStep(schedule)
-    first = float(stepper.step(torch.tensor(2.0)))
+    first = float(stepper.step(torch.tensor(2.0, device=device)))
     with torch.no_grad():  # one NaN weight of the first layer: a relu must not hide it
         schedule.stages[0].cells[0].fc_i2h[0].weight[0, 0] = math.nan
     stepper.sync()
     state = schedule.state
-    got = [float(stepper.step(torch.tensor(loss))) for loss in (1.9, 1.8)]
+    got = [float(stepper.step(torch.tensor(loss, device=device))) for loss in (1.9, 1.8)]
     assert got == [first, first]
+    assert graphed(stepper) == (path == "cuda-graph")  # captured again for the new weights
     stepper.sync()
     assert schedule.num_skipped == 2 and schedule.last_lr == first
     assert torch.equal(schedule.state.h, state.h) and torch.equal(schedule.state.c, state.c)
@@ -102,3 +117,33 @@ def test_a_kernel_that_does_not_compile_falls_back_to_numpy(monkeypatch, caplog)
         got = [stepper.step(torch.tensor(loss)) for loss in (2.0, 1.5)]
     assert "no LLVM here" in caplog.text and stepper._compiled_state is None
     assert got == pytest.approx([host.step(2.0), host.step(1.5)], rel=1e-6)
+
+
+@needs_cuda
+def test_a_step_that_does_not_capture_runs_eagerly(monkeypatch, caplog):
+    def fails(self):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(_TensorStep, "capture", fails)
+    host, fast = started(0.5), started(0.5, device="cuda")
+    stepper = DeviceStep(fast)
+    with caplog.at_level("WARNING", logger="mlrsnet_hf.device_step"):
+        stepper.prepare()
+        got = [float(stepper.step(torch.tensor(loss, device="cuda"))) for loss in (2.0, 1.5)]
+    assert "it runs eagerly" in caplog.text and not graphed(stepper)
+    assert got == pytest.approx([host.step(2.0), host.step(1.5)], rel=1e-6)
+
+
+@pytest.mark.parametrize("path", ["tensor", pytest.param("cuda-graph", marks=needs_cuda)])
+def test_a_float32_lr_for_kernels_that_read_one_keeps_the_cap(monkeypatch, path):
+    """Fused optimizers read a float32 LR for float32 parameters: the LR is made in float32, capped exactly."""
+    device = use_path(monkeypatch, path)
+    host = started("relative", relative_max_scale=1.0001)
+    stepper = DeviceStep(started("relative", device=device, relative_max_scale=1.0001), lr_dtype=torch.float32)
+    stepper.prepare()
+    expected = [host.step(loss) for loss in LOSSES]
+    got = [stepper.step(torch.tensor(loss, device=device)) for loss in LOSSES]
+    assert all(lr.dtype == torch.float32 for lr in got)
+    assert [float(lr) for lr in got] == pytest.approx(expected, rel=1e-6)
+    assert max(float(lr) for lr in got) <= host.max_lr  # the cap rounded down, not to nearest
+    assert sum(float(lr) == 0.1000099927186966 for lr in got) >= 3  # capped: the float32 below 0.1 * 1.0001
