@@ -329,15 +329,18 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
             self.own.append(time.perf_counter() - start)
 
     def run(kind: str, mode: str) -> float:
-        optim = "adamw_torch_fused" if mode.endswith("fused") else {"linear": "sgd", "gpt2": "adamw_torch"}[kind]
+        optim = "adamw_torch_fused" if "fused" in mode else {"linear": "sgd", "gpt2": "adamw_torch"}[kind]
         common = dict(
             output_dir="/tmp/mlrsnet_overhead", max_steps=steps + warmup, per_device_train_batch_size=8,
             report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10**9, use_cpu=not cuda, seed=0,
             optim=optim, learning_rate=0.1 if optim == "sgd" else 1e-3, dataloader_num_workers=0,
             logging_nan_inf_filter=False,
         )  # fmt: skip
+        if cuda:  # batches copied without blocking (the Trainer's default copy synchronises at every step)
+            common.update(dataloader_pin_memory=True, accelerator_config={"non_blocking": True})
         clock, own = Clock(), []
         DeviceStep.compiled_on_cpu = mode != "transfer-numpy"
+        DeviceStep.graphed_on_cuda = mode != "transfer-fused-eager"
         if mode.startswith("builtin"):
             args = TrainingArguments(lr_scheduler_type="cosine", **common)
             callbacks = [clock] + ([InCallback(mode.partition("+")[2], own)] if "+" in mode else [])
@@ -377,6 +380,7 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
         }
 
     modes = ("builtin", "transfer", *(() if cuda else ("transfer-numpy",)), "builtin-fused", "transfer-fused")
+    modes += ("transfer-fused-eager",) if cuda else ()  # the device step without its CUDA graph
     result: dict = {"device": "cuda" if cuda else "cpu"}
     for kind in ("linear", "gpt2"):
         times: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -388,6 +392,7 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
             "transfer": "builtin",
             "transfer-numpy": "builtin",
             "transfer-fused": "builtin-fused",
+            "transfer-fused-eager": "builtin-fused",
         }  # same optimizer
         base = {mode: b for mode, b in base.items() if mode in modes}
         result[kind] = {
@@ -416,17 +421,20 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / n * 1e6
 
-    def device_step(compiled: bool) -> float:
-        DeviceStep.compiled_on_cpu = compiled
+    def device_step(compiled: bool, graphed: bool = True) -> float:
+        DeviceStep.compiled_on_cpu, DeviceStep.graphed_on_cuda = compiled, graphed
         stepper = DeviceStep(schedule)
+        stepper.prepare()  # as at a stage entry: on CUDA, capture the step's graph
         result = statistics.median(per_call(lambda: stepper.step(loss)) for _ in range(5))
         stepper.sync()
+        DeviceStep.graphed_on_cuda = True
         return result
 
     host = statistics.median(per_call(lambda: schedule.step(2.0)) for _ in range(5))
     result["schedule_step_us"] = {"host (MLRSNetSchedule.step)": host}
     if cuda:
-        result["schedule_step_us"]["DeviceStep.step, on the GPU"] = device_step(False)
+        result["schedule_step_us"]["DeviceStep.step, on the GPU, CUDA graph"] = device_step(False)
+        result["schedule_step_us"]["DeviceStep.step, on the GPU, eager"] = device_step(False, graphed=False)
     else:
         compiled = f"DeviceStep.step, compiled{'' if cpu_kernel.AVAILABLE else ' (numba not installed: NumPy)'}"
         result["schedule_step_us"].update({"DeviceStep.step, NumPy": device_step(False), compiled: device_step(True)})
@@ -449,12 +457,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few steps, one repeat (smoke test)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="interleaved rounds (default: 3 for training, 7 for the overhead)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
     parser.add_argument(
         "--only",
-        choices=["overhead", "parts"],
-        help="run only this section (written to speed_<device>_<section>.*): the transfer overhead, or where it goes",
+        choices=["overhead", "parts", "meta"],
+        help="run only this section (written to speed_<device>_<section>.*): the transfer overhead, where it goes, "
+        "or the meta-step micro-benchmark",
     )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -472,7 +483,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    steps, warmup, batch, repeats = (12, 3, 16, 1) if args.quick else (300, 20, 64, args.repeats)
+    steps, warmup, batch, repeats = (12, 3, 16, 1) if args.quick else (300, 20, 64, args.repeats or 3)
     flags = ["--device", args.device] + (["--bf16"] if args.bf16 else [])
     results: dict = {
         "device": args.device,
@@ -484,10 +495,14 @@ def main() -> None:
         "train": {},
         "meta_step": {},
     }
-    overhead = ["overhead", "20", "5", "1"] if args.quick else ["overhead", "400", "50", str(max(7, args.repeats))]
+    overhead = ["overhead", "20", "5", "1"] if args.quick else ["overhead", "400", "50", str(args.repeats or 7)]
     if args.only == "parts":
         results["parts"] = run_worker([*overhead, "1", "0"])
         write_results(args, results, "_parts")
+        return
+    if args.only == "meta":
+        meta_steps(args, results, batch, flags)
+        write_results(args, results, "_meta")
         return
     results["overhead"] = run_worker([*overhead, "0", str(int(args.device == "cuda"))])  # see worker_overhead
     if args.only == "overhead":
@@ -509,17 +524,25 @@ def main() -> None:
             results["train"][mode]["range_test_seconds"] = statistics.median(
                 r["range_test_seconds"] for r in runs[mode]
             )
+    meta_steps(args, results, batch, flags)
+    base = results["train"]["builtin"]["steps_per_s"]
+    transfer = results["train"]["transfer"]["steps_per_s"]
+    ratios = {f"{mode}_vs_builtin": results["train"][mode]["steps_per_s"] / base for mode in modes[1:]}
+    # Every step of meta-1 is a meta step: its extra time per step over transfer, in plain steps.
+    ratios["meta_step_extra_cost_in_plain_steps"] = transfer / results["train"]["meta-1"]["steps_per_s"] - 1
+    results["ratios"] = {**ratios, **results["ratios"]}
+    write_results(args, results)
+
+
+def meta_steps(args: argparse.Namespace, results: dict, batch: int, flags: list[str]) -> None:
+    """The meta-step micro-benchmark (plain step, ours, the released implementation's) and its ratios."""
     for model in ("cnn", "wide_mlp"):
         for mode in ("plain", "ours", "released"):
             reps = "5" if args.quick else "30"
             results["meta_step"][f"{model}/{mode}"] = run_worker(
                 ["meta", mode, reps, str(batch), str(int(model == "wide_mlp")), *flags]
             )
-    base = results["train"]["builtin"]["steps_per_s"]
-    transfer = results["train"]["transfer"]["steps_per_s"]
-    ratios = {f"{mode}_vs_builtin": results["train"][mode]["steps_per_s"] / base for mode in modes[1:]}
-    # Every step of meta-1 is a meta step: its extra time per step over transfer, in plain steps.
-    ratios["meta_step_extra_cost_in_plain_steps"] = transfer / results["train"]["meta-1"]["steps_per_s"] - 1
+    ratios = results.setdefault("ratios", {})
     for model in ("cnn", "wide_mlp"):
         m = results["meta_step"]
         plain, ours, released = (m[f"{model}/{k}"] for k in ("plain", "ours", "released"))
@@ -534,9 +557,6 @@ def main() -> None:
         ratios[f"{model}_meta_step_extra_in_plain_steps"] = (
             c["lstm_meta_step_with_adam"] + c["snapshot_w_t"] + c["meta_forward_backward"]
         ) / plain["ms"]
-    results["ratios"] = ratios
-
-    write_results(args, results)
 
 
 def write_results(args: argparse.Namespace, results: dict, suffix: str = "") -> None:
@@ -588,11 +608,12 @@ def overhead_markdown(o: dict) -> list[str]:
             ("transfer", "builtin"),
             ("transfer-numpy", "builtin"),
             ("transfer-fused", "builtin-fused"),
+            ("transfer-fused-eager", "builtin-fused"),
         ):
-            if mode not in us:  # no NumPy step on a GPU
+            if mode not in us:  # no NumPy step on a GPU, no CUDA graph on a CPU
                 continue
             optim = (
-                "fused AdamW (LR a device tensor)"
+                "fused AdamW (LR a device tensor)" + (", step without CUDA graph" if mode.endswith("eager") else "")
                 if base.endswith("fused")
                 else ("SGD" if kind == "linear" else "AdamW") + (", NumPy step" if mode.endswith("numpy") else "")
             )
@@ -609,15 +630,18 @@ def to_markdown(r: dict) -> str:
     lines = overhead_markdown(r["overhead"]) if "overhead" in r else []
     if "parts" in r:
         lines = parts_markdown(r["parts"])
-    if not r["train"]:
+    if not r["train"] and not r["meta_step"]:
         return "\n".join([f"# Per-step overhead ({r['machine']}; torch {r['torch']})", "", *lines])
     lines += [
         f"# Speed and memory ({r['device']}{', bf16' if r['bf16'] else ''}; {r['machine']}; torch {r['torch']})",
         "",
-        "| configuration | steps/s, median (min-max) | vs Trainer + cosine | peak memory (MiB) |",
-        "|---|---|---|---|",
     ]
-    base = r["train"]["builtin"]["steps_per_s"]
+    if r["train"]:
+        lines += [
+            "| configuration | steps/s, median (min-max) | vs Trainer + cosine | peak memory (MiB) |",
+            "|---|---|---|---|",
+        ]
+    base = r["train"]["builtin"]["steps_per_s"] if r["train"] else 1.0
     for mode, v in r["train"].items():
         lo, hi = v["spread"]
         lines.append(
@@ -628,7 +652,11 @@ def to_markdown(r: dict) -> str:
             lines.append(
                 f"\n`{mode}`: the LR range test (60 steps on a copy) took {v['range_test_seconds']:.2f} s once."
             )
-    lines += ["", "| one step on one batch | ms | vs plain | peak memory (MiB) |", "|---|---|---|---|"]
+    lines += [
+        *([""] if r["train"] else []),
+        "| one step on one batch | ms | vs plain | peak memory (MiB) |",
+        "|---|---|---|---|",
+    ]
     for key, v in r["meta_step"].items():
         plain = r["meta_step"][key.split("/")[0] + "/plain"]
         lines.append(f"| {key} | {v['ms']:.1f} | {v['ms'] / plain['ms']:.2f}x | {v['peak_mb']:.0f} |")
