@@ -42,14 +42,19 @@ class _TensorStep:
 
     Everything the step reads or writes lives in the buffers below, so on CUDA the ~25 small operations are
     captured once (:meth:`capture`, at a step that may synchronise) and each step is then a copy of the loss, one
-    graph replay and a copy of the LR: three launches instead of ~25.
+    graph replay and a copy of the LR: three launches instead of ~25. The loss, ``ln C`` and gamma are applied as
+    :meth:`MLRSNetSchedule.step <mlrsnet_hf.MLRSNetSchedule.step>` applies them (the division in float64, gamma
+    in the precision of the network's multiplication), whatever the network's dtype.
     """
 
     def __init__(self, network: nn.Module, lr_dtype: torch.dtype) -> None:
         ref = network.head.weight
         num_layers, hidden = len(network.cells), network.hidden_size
         self.network, self.fused, self.graph = network, network.fused_weights(), None
-        self.loss, self.divisor, self.gamma = (torch.zeros((), dtype=ref.dtype, device=ref.device) for _ in range(3))
+        self.loss, self.divisor = (torch.zeros((), dtype=torch.float64, device=ref.device) for _ in range(2))
+        # a Python float times a tensor is computed in float32 for float32/bf16/fp16 tensors, in float64 for float64
+        scalar = torch.float64 if ref.dtype == torch.float64 else torch.float32
+        self.gamma = torch.zeros((), dtype=scalar, device=ref.device)
         self.cap, self.last_lr = (torch.zeros((), dtype=lr_dtype, device=ref.device) for _ in range(2))
         self.finite = torch.zeros((), dtype=torch.int64, device=ref.device)
         self.h, self.c = (torch.zeros(num_layers, hidden, dtype=ref.dtype, device=ref.device) for _ in range(2))
@@ -65,6 +70,7 @@ class _TensorStep:
             if float(rounded) > cap:  # (compared in float64: NumPy would compare in float32)
                 rounded = np.nextafter(rounded, np.float32(0))
             cap = float(rounded)
+            last_lr = min(float(np.float32(last_lr)), cap)
         self.gamma.fill_(gamma)
         self.divisor.fill_(divisor)
         self.cap.fill_(cap)
@@ -75,10 +81,10 @@ class _TensorStep:
 
     def run(self) -> None:
         """One step on the buffers: ``lr = min(gamma * p, cap)``; a non-finite loss or LR keeps the state and LR."""
-        x = self.loss / self.divisor
-        p, state = self.network.fast_forward(x, MLRSNetState(self.h, self.c))
-        lr = torch.minimum((p * self.gamma).to(self.cap.dtype), self.cap)  # the float32 product, as step() has it
-        ok = torch.isfinite(lr * x)
+        p, state = self.network.fast_forward(self.loss / self.divisor, MLRSNetState(self.h, self.c))
+        lr = (p.to(self.gamma.dtype) * self.gamma).to(p.dtype)  # gamma * p as step() has it, then capped
+        lr = torch.minimum(lr.to(self.cap.dtype), self.cap)
+        ok = torch.isfinite(self.loss) & torch.isfinite(lr)
         self.last_lr.copy_(torch.where(ok, lr, self.last_lr))
         self.h.copy_(torch.where(ok, state.h, self.h))
         self.c.copy_(torch.where(ok, state.c, self.c))
@@ -88,25 +94,37 @@ class _TensorStep:
         self.loss.copy_(loss.detach().reshape(()))
         if self.graph is not None:
             self.graph.replay()
+        elif torch.is_autocast_enabled(self.h.device.type):
+            with torch.autocast(self.h.device.type, enabled=False):  # the network's own precision, as captured
+                self.run()
         else:
             self.run()
         return self.last_lr.clone()  # the buffer changes at the next step; the optimizer and history keep this one
 
     def capture(self) -> None:
-        """Record :meth:`run` as a CUDA graph (synchronises the device: call it where a host read is allowed)."""
+        """Record :meth:`run` as a CUDA graph on the buffers' GPU.
+
+        ``torch.cuda.graph`` synchronises the device and empties the caching allocators: call this where a host
+        read is allowed (a stage entry). The capture is thread-local, so that CUDA calls of other threads (the
+        DataLoader's pin-memory thread) cannot break it; if it fails, the stream in use before is restored.
+        """
         kept = [t.clone() for t in (self.last_lr, self.finite, self.h, self.c)]
-        device = self.h.device
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), torch.autocast(device.type, enabled=False):
-            for _ in range(2):  # warm-up off the capture (lazy library initialisation), as torch.cuda.graph asks
-                self.run()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.autocast(device.type, enabled=False):
-            self.run()
-        for t, saved in zip((self.last_lr, self.finite, self.h, self.c), kept, strict=True):
-            t.copy_(saved)  # undo the warm-up
+        with torch.cuda.device(self.h.device), torch.autocast("cuda", enabled=False):
+            current = torch.cuda.current_stream()
+            side = torch.cuda.Stream()
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up off the capture (lazy library initialisation), as torch.cuda.graph asks
+                    self.run()
+            current.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
+                    self.run()
+            finally:
+                torch.cuda.set_stream(current)  # a capture that fails at its end leaves its own stream current
+            for t, saved in zip((self.last_lr, self.finite, self.h, self.c), kept, strict=True):
+                t.copy_(saved)  # undo the warm-up
         self.graph = graph
 
 
@@ -216,7 +234,7 @@ class DeviceStep:
         return lr
 
     def sync(self) -> None:
-        """Fold the steps taken here into the schedule's host values (one read of the device)."""
+        """Fold the steps taken here into the schedule's host values (two reads of the device: the LR, the count)."""
         if not self._active:
             return
         schedule = self.schedule

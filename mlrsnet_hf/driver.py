@@ -72,17 +72,16 @@ def takes_tensor_lr(optimizer: torch.optim.Optimizer) -> bool:
 def tensor_lr_dtype(optimizer: torch.optim.Optimizer) -> torch.dtype | None:
     """The dtype of the device LR that ``optimizer`` applies without a host read, or None where it needs a number.
 
-    Where :func:`takes_tensor_lr`: the kernels compute in float32 for float32, bf16 and fp16 parameters and read a
-    float32 LR (PyTorch 2.11's fused Adam refuses a float64 one), in float64 for float64 parameters. An optimizer
-    that mixes float64 parameters with others gets numbers.
+    Where :func:`takes_tensor_lr`: the fused CUDA kernels read a float32 LR whatever the parameters' dtype
+    (PyTorch 2.11's fused Adam refuses a float64 one); capturable Adam/AdamW computes with the LR in the
+    parameters' dtype, so it gets float64 only when every parameter is float64.
     """
     if not takes_tensor_lr(optimizer):
         return None
     inner = getattr(optimizer, "optimizer", optimizer)
-    double = {p.dtype == torch.float64 for group in inner.param_groups for p in group["params"]}
-    if len(double) > 1:
-        return None
-    return torch.float64 if double == {True} else torch.float32
+    groups = inner.param_groups
+    double = all(p.dtype == torch.float64 for group in groups for p in group["params"])
+    return torch.float64 if double and not any(group.get("fused") for group in groups) else torch.float32
 
 
 class LRDriver:
@@ -325,6 +324,8 @@ class MLRSNetDriver(LRDriver):
             self.meta.start(self.optimizer, self.num_training_steps)
         if restored is not None:
             schedule.load_state_dict(restored["schedule"])
+            if self.device_step is not None and schedule.stage >= 0:
+                self.device_step.prepare()  # a resumed run steps fast from its first step: capture before it
             if self.meta is not None:
                 if restored.get("meta") is None:
                     raise ValueError(

@@ -28,7 +28,10 @@ def use_path(monkeypatch, path):
 
 
 def graphed(stepper):
-    return any(steps.graph is not None for steps in stepper._tensor_steps.values())
+    """Whether the current stage's step is a CUDA graph made for the network's current weights."""
+    network = stepper.schedule.stages[stepper.schedule.stage]
+    steps = stepper._tensor_steps.get(network)
+    return steps is not None and steps.graph is not None and steps.current()
 
 
 LOSSES = [2.3, 2.1, math.nan, 1.9, 1.7, math.inf, 1.5, 1.2, 1.1, 0.9]
@@ -147,3 +150,47 @@ def test_a_float32_lr_for_kernels_that_read_one_keeps_the_cap(monkeypatch, path)
     assert [float(lr) for lr in got] == pytest.approx(expected, rel=1e-6)
     assert max(float(lr) for lr in got) <= host.max_lr  # the cap rounded down, not to nearest
     assert sum(float(lr) == 0.1000099927186966 for lr in got) >= 3  # capped: the float32 below 0.1 * 1.0001
+
+
+@pytest.mark.parametrize("path", ["tensor", pytest.param("cuda-graph", marks=needs_cuda)])
+def test_the_device_step_applies_loss_and_gamma_as_the_schedule_does(monkeypatch, path):
+    """A bf16 network's LR equals the host step's (gamma not rounded to bf16 first); a huge finite loss that the
+    host step takes is not counted as non-finite in float32; a skipped step keeps a last LR under the cap."""
+    device = use_path(monkeypatch, path)
+    kwargs = dict(dtype=torch.bfloat16, input_normalization="log_num_classes")
+    host, fast = started(0.3, **kwargs), started(0.3, device=device, **kwargs)
+    stepper = DeviceStep(fast, lr_dtype=torch.float32)
+    stepper.prepare()
+    losses = (2.0, 1.7, 1.3)
+    assert [float(stepper.step(torch.tensor(x, device=device))) for x in losses] == [host.step(x) for x in losses]
+
+    host, fast = started(10.0), started(10.0, device=device)
+    stepper = DeviceStep(fast, lr_dtype=torch.float32)
+    assert float(stepper.step(torch.tensor(1e38, device=device))) == pytest.approx(host.step(1e38), rel=1e-6)
+    stepper.sync()
+    assert fast.num_skipped == host.num_skipped == 0
+
+    fast = started("relative", device=device, relative_max_scale=1.0001)
+    fast.last_lr = fast.max_lr  # what a capped host step hands out
+    stepper = DeviceStep(fast, lr_dtype=torch.float32)
+    assert float(stepper.step(torch.tensor(math.nan, device=device))) <= fast.max_lr
+
+
+@needs_cuda
+def test_a_capture_that_fails_inside_restores_the_stream_and_runs_eagerly(monkeypatch, caplog):
+    run = _TensorStep.run
+
+    def syncs_while_capturing(self):
+        run(self)
+        if torch.cuda.is_current_stream_capturing():
+            self.loss.item()  # a host read: not allowed in a capture
+
+    monkeypatch.setattr(_TensorStep, "run", syncs_while_capturing)
+    host, fast = started(0.5), started(0.5, device="cuda")
+    stepper, before = DeviceStep(fast), torch.cuda.current_stream()
+    with caplog.at_level("WARNING", logger="mlrsnet_hf.device_step"):
+        stepper.prepare()
+    assert "it runs eagerly" in caplog.text and not graphed(stepper)
+    assert torch.cuda.current_stream() == before
+    got = [float(stepper.step(torch.tensor(loss, device="cuda"))) for loss in (2.0, 1.5)]
+    assert got == pytest.approx([host.step(2.0), host.step(1.5)], rel=1e-6)

@@ -193,3 +193,22 @@ def test_no_device_synchronisation_between_stage_entries_on_a_gpu(tmp_path, monk
     used = [float(lrs[0]) for lrs in recorder.lrs]
     assert trainer.lr_scheduler.lr_history == used
     assert logged_lrs(trainer) == [used[3], used[7], used[11]]
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "capturable"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_tensor_lr_has_the_dtype_the_optimizer_reads(fused, dtype):
+    """Fused kernels read a float32 LR whatever the parameters' dtype; capturable Adam computes in theirs."""
+    from mlrsnet_hf.driver import tensor_lr_dtype
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    params = [torch.nn.Parameter(torch.ones(3, dtype=dtype, device=device))]
+    flags = {"fused": True} if fused else {"capturable": True}
+    optimizer = torch.optim.AdamW(params, lr=1e-3, **flags)
+    lr_dtype = tensor_lr_dtype(optimizer)
+    assert lr_dtype == (torch.float64 if dtype == torch.float64 and not fused else torch.float32)
+    if device == "cuda":  # the kernel takes it (on a CPU a plain number is handed over anyway)
+        optimizer.param_groups[0]["lr"] = torch.tensor(1e-3, dtype=lr_dtype, device=device)
+        params[0].grad = torch.ones_like(params[0])
+        optimizer.step()
+        assert torch.all(params[0] < 1)
