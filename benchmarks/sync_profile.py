@@ -59,21 +59,34 @@ def profile(config: str, out_dir: Path) -> dict:
         """Starts the profiler after the first steps (the stage entry captures its graph) and marks each step."""
 
         def __init__(self) -> None:
-            self.range = None
+            self.range, self.profiling = None, False
 
-        def on_step_begin(self, args, state, control, **kwargs):
+        def close(self) -> None:
             if self.range is not None:
                 self.range.__exit__(None, None, None)
+                self.range = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.close()
             if state.global_step == FIRST_PROFILED:
                 profiler.__enter__()
+                self.profiling = True
             if state.global_step >= FIRST_PROFILED:
                 self.range = torch.profiler.record_function(f"optimizer_step_{state.global_step}")
                 self.range.__enter__()
 
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self.close()  # the last step's range ends with its own logging, before the run's final summary
+
         def on_train_end(self, args, state, control, **kwargs):
+            self.close()
             torch.cuda.synchronize()
-            self.range.__exit__(None, None, None)
-            profiler.__exit__(None, None, None)
+            self.stop()
+
+        def stop(self) -> None:
+            if self.profiling:
+                profiler.__exit__(None, None, None)
+                self.profiling = False
 
     g = torch.Generator().manual_seed(0)
     data = [
@@ -111,8 +124,12 @@ def profile(config: str, out_dir: Path) -> dict:
             model=model, args=MLRSNetConfig(gamma="relative", **common), train_dataset=data, schedule=schedule,
             callbacks=[steps], optimizers=optimizers,
         )  # fmt: skip
-    trainer.train()
-    DeviceStep.graphed_on_cuda = True
+    try:
+        trainer.train()
+    finally:  # a failed configuration leaves neither the profiler running nor the graph switched off
+        steps.close()
+        steps.stop()
+        DeviceStep.graphed_on_cuda = True
 
     events = list(profiler.events())
     ranges = {}
