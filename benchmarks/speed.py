@@ -239,6 +239,18 @@ class WideMLP(nn.Module):
         return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
 
 
+class LinearClassifier(nn.Module):
+    """64 -> 10, for steps where the Trainer's own cost dominates (the overhead benchmarks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.fc(x)
+        return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
+
+
 def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda: int = 0) -> dict:
     """Per-step overhead of transfer mode over Trainer + cosine, one CPU thread, interleaved, in one process.
 
@@ -267,15 +279,6 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
                 torch.cuda.synchronize()
             self.times.append(time.perf_counter())
 
-    class Linear(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(64, 10)
-
-        def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-            logits = self.fc(x)
-            return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
-
     def data(kind: str) -> list[dict[str, torch.Tensor]]:
         g = torch.Generator().manual_seed(0)
         n = 8 * (steps + warmup)
@@ -289,7 +292,7 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
     def model(kind: str) -> nn.Module:
         torch.manual_seed(0)
         if kind == "linear":
-            return Linear()
+            return LinearClassifier()
         return GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=32, n_embd=32, n_layer=2, n_head=2))
 
     def timed_step(fn, own: list[float]):

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
+from speed import LinearClassifier  # the same model as the overhead benchmark's
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
@@ -34,16 +34,6 @@ CONFIGS = {
     "transfer-foreach": "MLRSNetTrainer, transfer, AdamW (foreach: takes the LR as a number)",
     "callback": "Trainer + MLRSNetCallback, fused AdamW",
 }
-
-
-class Linear(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.fc(x)
-        return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
 
 
 def profile(config: str, out_dir: Path) -> dict:
@@ -100,7 +90,7 @@ def profile(config: str, out_dir: Path) -> dict:
         accelerator_config={"non_blocking": True}, bf16=config == "transfer-bf16",
     )  # fmt: skip
     torch.manual_seed(0)
-    model, steps = Linear(), Steps()
+    model, steps = LinearClassifier(), Steps()
     schedule = MLRSNetSchedule(num_stages=1, gamma="relative")
     DeviceStep.graphed_on_cuda = config != "transfer-eager"
     if config == "builtin":
