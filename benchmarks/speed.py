@@ -250,6 +250,21 @@ class LinearClassifier(nn.Module):
         logits = self.fc(x)
         return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
 
+    @staticmethod
+    def examples(n: int) -> list[dict[str, torch.Tensor]]:
+        """``n`` synthetic examples (seeded: the same in every run)."""
+        g = torch.Generator().manual_seed(0)
+        return [{"x": torch.randn(64, generator=g), "labels": torch.randint(0, 10, (), generator=g)} for _ in range(n)]
+
+
+# Each transfer configuration of the overhead table, and the Trainer + cosine run with the same optimizer.
+OVERHEAD_BASES = {
+    "transfer": "builtin",
+    "transfer-numpy": "builtin",
+    "transfer-fused": "builtin-fused",
+    "transfer-fused-eager": "builtin-fused",
+}
+
 
 def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda: int = 0) -> dict:
     """Per-step overhead of transfer mode over Trainer + cosine, one CPU thread, interleaved, in one process.
@@ -280,13 +295,10 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
             self.times.append(time.perf_counter())
 
     def data(kind: str) -> list[dict[str, torch.Tensor]]:
-        g = torch.Generator().manual_seed(0)
         n = 8 * (steps + warmup)
         if kind == "linear":
-            return [
-                {"x": torch.randn(64, generator=g), "labels": torch.randint(0, 10, (), generator=g)} for _ in range(n)
-            ]
-        ids = torch.randint(0, 256, (n, 32), generator=g)
+            return LinearClassifier.examples(n)
+        ids = torch.randint(0, 256, (n, 32), generator=torch.Generator().manual_seed(0))
         return [{"input_ids": row, "labels": row} for row in ids]
 
     def model(kind: str) -> nn.Module:
@@ -391,13 +403,7 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
             for mode in modes:
                 times[mode].append(run(kind, mode))
         us = {mode: statistics.median(v) for mode, v in times.items()}
-        base = {
-            "transfer": "builtin",
-            "transfer-numpy": "builtin",
-            "transfer-fused": "builtin-fused",
-            "transfer-fused-eager": "builtin-fused",
-        }  # same optimizer
-        base = {mode: b for mode, b in base.items() if mode in modes}
+        base = {mode: b for mode, b in OVERHEAD_BASES.items() if mode in modes}
         result[kind] = {
             "us_per_step": us,
             "overhead_us": {mode: us[mode] - us[b] for mode, b in base.items()},
@@ -607,12 +613,7 @@ def overhead_markdown(o: dict) -> list[str]:
     ]
     for kind in ("linear", "gpt2"):
         us, extra, ratio = o[kind]["us_per_step"], o[kind]["overhead_us"], o[kind]["steps_per_s_ratio"]
-        for mode, base in (
-            ("transfer", "builtin"),
-            ("transfer-numpy", "builtin"),
-            ("transfer-fused", "builtin-fused"),
-            ("transfer-fused-eager", "builtin-fused"),
-        ):
+        for mode, base in OVERHEAD_BASES.items():
             if mode not in us:  # no NumPy step on a GPU, no CUDA graph on a CPU
                 continue
             optim = (

@@ -78,10 +78,7 @@ def profile(config: str, out_dir: Path) -> dict:
                 profiler.__exit__(None, None, None)
                 self.profiling = False
 
-    g = torch.Generator().manual_seed(0)
-    data = [
-        {"x": torch.randn(64, generator=g), "labels": torch.randint(0, 10, (), generator=g)} for _ in range(8 * STEPS)
-    ]
+    data = LinearClassifier.examples(8 * STEPS)
     optim = "adamw_torch" if config == "transfer-foreach" else "adamw_torch_fused"
     common = dict(
         output_dir=str(out_dir / config), max_steps=STEPS, per_device_train_batch_size=8, report_to="none",
