@@ -1,6 +1,6 @@
 """The main job (`make demo`): learn a schedule, transfer it with no tuning, compare with tuned baselines.
 
-    python examples/demo.py --output_dir demo_output            # ~5 minutes on 2 CPU cores, offline
+    python examples/demo.py --output_dir demo_output            # ~20 minutes on 2 CPU cores, offline
     python examples/demo.py --output_dir out --steps 40 --quick # the test suite's reduced budget
 
 1. Meta-train an MLR-SNet schedule online on a small CNN on scikit-learn's bundled digits (real 8x8
