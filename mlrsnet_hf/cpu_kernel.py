@@ -1,13 +1,16 @@
 """A transferred schedule's whole step on a CPU as one compiled call (numba), when numba is installed.
 
-The LSTM cell(s), the head, ``gamma * p``, the cap and the finite check run in one call, on weights packed into one
-array. Inside a training loop every call costs several times what it costs in a tight loop (by all appearances its
-code and data are cold again after the Trainer's own work), so one call beats NumPy's ~15: 5 us
-against 21 in a tight loop, 12-18 us inside a Trainer step (``benchmarks/speed.py --only overhead`` / ``parts``).
+The LSTM cell(s), the head, ``gamma * p``, the cap, the finite check and the step's bookkeeping (the new state, the
+count of finite steps, the last LR) run in one call, on weights packed into one array, with five arguments.
+Inside a training loop every call costs several times what it costs in a tight loop (by all appearances its code
+and data are cold again after the Trainer's own work), so one call beats NumPy's ~15: 3.4 us against 22 in a
+tight loop, about 10 us inside a Trainer step (``benchmarks/speed.py --only overhead`` / ``parts``). The tanh
+of the gates is a rational function (Eigen's float tanh, within 6 ulp), which the compiler vectorises: libm's
+tanh, called 250 times a step, took about 5 of those 10 us.
 
 ``pip install mlrsnet_hf[fast]`` installs numba; without it :class:`~mlrsnet_hf.device_step.DeviceStep` uses its
-NumPy step (the same rule in float32, up to the order of sums). The first call compiles the kernel (about a second
-once, then about 0.2 s from numba's cache on disk)."""
+NumPy step (the same rule in float32, up to the order of sums and the tanh's last bits). The first call compiles
+the kernel (about a second once, then about 0.2 s from numba's cache on disk)."""
 
 from __future__ import annotations
 
@@ -27,19 +30,40 @@ _kernel = None
 def _compile():
     import numba
 
-    # Compiled now, for the one signature used (C-contiguous float32 arrays), so that a failure shows here.
+    # Compiled now, for the one signature used (C-contiguous arrays), so that a failure shows here.
     # reassoc/contract only: the sums may be vectorised, but NaN and inf keep their meaning (the finite check).
-    signature = (
-        "float64(float64, float64, float64, float64, "
-        "float32[:, :, ::1], float32[:, :, ::1], float32[::1], int64, int64, int64)"
-    )
+    signature = "float64(float64, float64[::1], float32[:, :, :, ::1], int64[::1], float32[::1])"
+    fastmath = {"reassoc", "contract"}
 
-    @numba.njit(signature, cache=True, fastmath={"reassoc", "contract"})
-    def step(loss, divisor, gamma, max_lr, state, new_state, weights, num_layers, hidden, inner):  # pragma: no cover
-        """``lr`` of one step and the new ``(h, c)`` in ``new_state``; NaN (state untouched) when not finite."""
+    @numba.njit(inline="always", fastmath=fastmath)
+    def tanh(x):  # pragma: no cover
+        """float32 tanh as Eigen's rational function: vectorisable, within 6 ulp of tanh; NaN stays NaN."""
+        if x == x:
+            x = min(max(x, np.float32(-7.90531110763549805)), np.float32(7.90531110763549805))
+        x2 = x * x
+        p = np.float32(-2.76076847742355e-16)
+        p = p * x2 + np.float32(2.00018790482477e-13)
+        p = p * x2 + np.float32(-8.60467152213735e-11)
+        p = p * x2 + np.float32(5.12229709037114e-08)
+        p = p * x2 + np.float32(1.48572235717979e-05)
+        p = p * x2 + np.float32(6.37261928875436e-04)
+        p = p * x2 + np.float32(4.89352455891786e-03)
+        q = np.float32(1.19825839466702e-06)
+        q = q * x2 + np.float32(1.18534705686654e-04)
+        q = q * x2 + np.float32(2.26843463243900e-03)
+        q = q * x2 + np.float32(4.89352518554385e-03)
+        return x * p / q
+
+    @numba.njit(signature, cache=True, fastmath=fastmath)
+    def step(loss, scalars, states, counters, weights):  # pragma: no cover
+        """One step; see :func:`kernel`."""
+        divisor, gamma, cap, last_lr = scalars[0], scalars[1], scalars[2], scalars[3]
         x0 = np.float32(loss / divisor)
         if not math.isfinite(x0):
-            return math.nan
+            return last_lr
+        state, new_state = states[counters[0]], states[1 - counters[0]]
+        num_layers, hidden = state.shape[1], state.shape[2]
+        inner = 2 * (hidden // 2)  # both branches' first layers, side by side (_fuse_cell)
         z = np.empty(inner, np.float32)
         gates = np.empty(4 * hidden, np.float32)
         offset = 0
@@ -70,44 +94,51 @@ def _compile():
                 acc = b2[r]
                 for j in range(inner):
                     acc += w2[row + j] * z[j]
-                gates[r] = np.tanh(acc)  # sigmoid rows were halved: sigmoid(2t) = (tanh(t) + 1) / 2
+                gates[r] = tanh(acc)  # sigmoid rows were halved: sigmoid(2t) = (tanh(t) + 1) / 2
             for j in range(hidden):
                 i = gates[j] * np.float32(0.5) + np.float32(0.5)
                 f = gates[hidden + j] * np.float32(0.5) + np.float32(0.5)
                 o = gates[2 * hidden + j] * np.float32(0.5) + np.float32(0.5)
                 c = f * state[1, k, j] + i * gates[3 * hidden + j]
                 new_state[1, k, j] = c
-                new_state[0, k, j] = o * np.tanh(c)
+                new_state[0, k, j] = o * tanh(c)
         acc = weights[offset + hidden]  # the head's (halved) bias
         for j in range(hidden):
             acc += weights[offset + j] * new_state[0, num_layers - 1, j]
         p = np.float32(0.5 * math.tanh(acc) + 0.5)
         lr = float(np.float32(gamma) * p)  # the float32 product, as the tensor step computes it
         if not math.isfinite(lr):
-            return math.nan
-        return min(lr, max_lr)
+            return last_lr
+        lr = min(lr, cap)
+        scalars[3] = lr
+        counters[0] = 1 - counters[0]
+        counters[1] += 1
+        return lr
 
     return step
 
 
-def packed_weights(network) -> tuple[np.ndarray, int]:
-    """The network's :meth:`~mlrsnet_hf.MLRSNet.numpy_weights` in one float32 array, and the width of its cells'
-    first layers (``inner``)."""
+def packed_weights(network) -> np.ndarray:
+    """The network's :meth:`~mlrsnet_hf.MLRSNet.numpy_weights` in one float32 array (cached on the network)."""
     cells, head_weight, head_bias = network.numpy_weights()
     if network.__dict__.get("_packed_of") is not cells:
         parts = [a.reshape(-1) for cell in cells for a in cell] + [head_weight, np.float32([head_bias])]
         network.__dict__["_packed"] = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
         network.__dict__["_packed_of"] = cells
-    return network.__dict__["_packed"], cells[0][0].shape[0]
+    return network.__dict__["_packed"]
 
 
 def kernel():
-    """The compiled step (None when numba is not installed or could not compile it), ``kernel(loss, divisor, gamma, max_lr, state, new_state, weights, num_layers, hidden_size,
-    inner)`` (``weights, inner = packed_weights(network)``; compiled at the first call, then cached by numba).
+    """The compiled step (None when numba is not installed or could not compile it); compiled at the first call,
+    then cached by numba.
 
-    Returns the LR of one step, ``min(float32(gamma) * p, max_lr)``, for the input ``loss / divisor``; the new state
-    (``h`` and ``c`` stacked, shape ``(2, num_layers, hidden_size)``, float32) is written into ``new_state``. NaN
-    when the loss or the LR is not finite (``new_state`` is then not to be used).
+    ``kernel(loss, scalars, states, counters, weights) -> lr`` takes one step of the network whose
+    ``weights = packed_weights(network)``, for the input ``loss / divisor``, and returns the LR,
+    ``min(float32(gamma) * p, cap)``. ``scalars`` (float64) is ``[divisor, gamma, cap, last_lr]``; ``states``
+    (float32, shape ``(2, 2, num_layers, hidden_size)``) holds two ``(h, c)`` stacks and ``counters`` (int64)
+    ``[index of the current stack in states, finite steps]``. A step with a finite loss and LR writes the new state
+    into the other stack, makes it current, counts itself and stores its LR as ``last_lr``; any other step
+    returns ``last_lr`` and changes nothing.
     """
     global _kernel
     if _kernel is None:

@@ -143,7 +143,7 @@ class DeviceStep:
         self._finite = 0  # CPU paths: steps with a finite loss and LR since the last sync
         self._last_lr: float | None = None
         self._numpy_state: tuple[np.ndarray, np.ndarray] | None = None
-        self._compiled_state: tuple[np.ndarray, np.ndarray] | None = None  # (h, c) stacked, and a spare buffer
+        self._compiled: tuple[np.ndarray, ...] | None = None  # the kernel's arrays after its loss (cpu_kernel.kernel)
         self._tensor_steps: dict[nn.Module, _TensorStep] = {}  # per stage network (each its own CUDA graph)
         self._tensor_step: _TensorStep | None = None  # the one in use since the last sync
         self._graph_failed = False
@@ -185,11 +185,13 @@ class DeviceStep:
         if self._numpy:
             self._last_lr, self._finite = schedule.last_lr, 0
             self._kernel = cpu_kernel.kernel() if self.compiled_on_cpu else None
-            if self._kernel is not None:
-                stacked = torch.stack((state.h, state.c)).numpy().copy()
-                self._compiled_state = stacked, np.empty_like(stacked)
-                # fixed until the next sync: looked up once, not at every step (each lookup costs in a training loop)
-                self._weights, self._inner = cpu_kernel.packed_weights(self._network)
+            if self._kernel is not None:  # its arrays; the weights are fixed until the next sync: looked up once
+                states = np.empty((2, 2, *state.h.shape), np.float32)
+                states[0] = torch.stack((state.h, state.c)).numpy()
+                self._compiled = (
+                    np.array([self._divisor, self._gamma, self._cap, schedule.last_lr]), states, np.zeros(2, np.int64),
+                    cpu_kernel.packed_weights(self._network),
+                )  # fmt: skip
             else:
                 self._numpy_state = state.h.numpy().copy(), state.c.numpy().copy()
         else:
@@ -202,22 +204,11 @@ class DeviceStep:
         if not self._active:
             self._begin()
         self._taken += 1
-        if self._compiled_state is not None:
-            return self._compiled_step(loss.item())
+        if self._compiled is not None:
+            return self._kernel(loss.item(), *self._compiled)
         if self._numpy:
             return self._numpy_step(loss.item())
         return self._tensor_step.step(loss)
-
-    def _compiled_step(self, loss: float) -> float:
-        state, spare = self._compiled_state
-        lr = self._kernel(
-            loss, self._divisor, self._gamma, self._cap, state, spare, self._weights, *state.shape[1:], self._inner
-        )
-        if lr != lr:  # NaN: the loss or the LR was not finite
-            return self._last_lr
-        self._compiled_state, self._last_lr = (spare, state), lr
-        self._finite += 1
-        return lr
 
     def _numpy_step(self, loss: float) -> float:
         x = loss / self._log_c if self._log_c is not None else loss
@@ -238,12 +229,14 @@ class DeviceStep:
         if not self._active:
             return
         schedule = self.schedule
-        if self._numpy:
+        if self._compiled is not None:
+            scalars, states, counters, _ = self._compiled
+            last_lr, finite = float(scalars[3]), int(counters[1])
+            h, c = torch.from_numpy(states[counters[0]].copy()).unbind()
+            schedule.state = MLRSNetState(h, c)
+        elif self._numpy:
             last_lr, finite = self._last_lr, self._finite
-            if self._compiled_state is not None:
-                h, c = torch.from_numpy(self._compiled_state[0].copy()).unbind()
-            else:
-                h, c = (torch.from_numpy(a) for a in self._numpy_state)
+            h, c = (torch.from_numpy(a) for a in self._numpy_state)
             schedule.state = MLRSNetState(h, c)
         else:
             steps, self._tensor_step = self._tensor_step, None
@@ -259,4 +252,4 @@ class DeviceStep:
                 "last LR (now %g).", skipped, self._taken, last_lr,
             )  # fmt: skip
         self._active, self._taken, self._last_lr = False, 0, None
-        self._numpy_state = self._compiled_state = None
+        self._numpy_state = self._compiled = None
