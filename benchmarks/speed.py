@@ -323,10 +323,10 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
         self._finite += 1
         return self._last_lr
 
-    state = np.zeros((2, 1, 50), np.float32)
-    spare = np.empty_like(state)
     network = MLRSNetSchedule().stages[0]
-    weights, inner = cpu_kernel.packed_weights(network)
+    kernel_arrays = (np.array([1.0, 1.0, 1.0, 1.0]), np.zeros((2, 2, 1, 50), np.float32), np.zeros(2, np.int64))
+    kernel_arrays += (cpu_kernel.packed_weights(network),)
+    state = np.zeros((2, 1, 50), np.float32)
 
     class InCallback(TrainerCallback):  # work of a known kind where the schedule's step runs
         def __init__(self, what: str, own: list[float]) -> None:
@@ -338,7 +338,7 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
                 while time.perf_counter() < start + 16e-6:
                     pass
             elif cpu_kernel.AVAILABLE:
-                cpu_kernel.kernel()(2.0, 1.0, 1.0, 1.0, state, spare, weights, 1, 50, inner)
+                cpu_kernel.kernel()(2.0, *kernel_arrays)
             else:
                 network.numpy_forward(2.0, state[0], state[1])
             self.own.append(time.perf_counter() - start)
@@ -582,7 +582,7 @@ PART_NAMES = {
     "builtin": "Trainer + cosine",
     "builtin+spin": "Trainer + cosine, a callback that spins 16 us before each optimizer step",
     "builtin+compiled": "Trainer + cosine, a callback that runs the compiled LSTM step (result unused)",
-    "transfer-constant": "MLRSNetTrainer, transfer, the step replaced by a constant LR (route, loss hook, no network)",
+    "transfer-constant": "MLRSNetTrainer, transfer, the step replaced by a constant LR (the route: loss from compute_loss, callback, driver; no network)",
     "transfer": "MLRSNetTrainer, transfer (compiled step)",
     "transfer-hidden10": "MLRSNetTrainer, transfer, a network of hidden size 10 instead of 50",
 }

@@ -115,6 +115,8 @@ class LRDriver:
         self._pending_lrs: list[torch.Tensor] = []  # device LRs not yet in lr_history (read at the next sync)
         self._restored: dict[str, Any] | None = None
         self._pending_step: int | None = None
+        # False: the trainer hands each forward's output to meter.record (MLRSNetTrainer.compute_loss)
+        self.loss_from_forward_hook = True
 
     # ------------------------------------------------ the Trainer's side
     def step(self) -> None:
@@ -209,7 +211,7 @@ class LRDriver:
             self.initial_lrs = list(restored["initial_lrs"])
         else:
             self.last_epoch = 0
-        self.meter.attach(model)
+        self.meter.attach(model, hook=self.loss_from_forward_hook)
 
     def prepare_step(self, step: int) -> None:
         """Set the LR of optimizer step ``step`` (0-based global step) from its training loss.

@@ -1,7 +1,9 @@
 """``LossMeter``: the training loss of each optimizer step, read from the model's own output.
 
 A forward hook on the model records the loss of every training-mode forward with gradients (not those
-inside :meth:`LossMeter.paused`, e.g. meta batches). :meth:`LossMeter.step_loss` averages the step's
+inside :meth:`LossMeter.paused`, e.g. meta batches); :class:`~mlrsnet_hf.MLRSNetTrainer` hands each output to
+:meth:`LossMeter.record` from its ``compute_loss`` instead (a forward hook slows every call of the model).
+:meth:`LossMeter.step_loss` averages the step's
 gradient-accumulation micro-batches and then the processes (token-normalised losses, when the Trainer
 passes ``num_items_in_batch``, are summed the way the Trainer sums them).
 """
@@ -31,12 +33,14 @@ class LossMeter:
         self._paused = False
         self._num_processes = 1
 
-    def attach(self, model: nn.Module) -> None:
-        """Start reading the model's training losses (anything left from an interrupted run is dropped)."""
+    def attach(self, model: nn.Module, hook: bool = True) -> None:
+        """Start reading the model's training losses (anything left from an interrupted run is dropped); with
+        ``hook=False`` the caller hands them over (:meth:`record`)."""
         self.detach()
         self._loss_sum, self._num_losses, self._partial = None, 0, False
         self._num_processes = PartialState().num_processes
-        self._hook = model.register_forward_hook(self._record, with_kwargs=True)
+        if hook:
+            self._hook = model.register_forward_hook(self._record, with_kwargs=True)
 
     def detach(self) -> None:
         if self._hook is not None:
@@ -53,7 +57,13 @@ class LossMeter:
             self._paused = was
 
     def _record(self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
-        if self._paused or not module.training or not torch.is_grad_enabled():
+        if module.training:
+            self.record(output, partial=kwargs.get("num_items_in_batch") is not None)
+
+    def record(self, output: Any, partial: bool) -> None:
+        """Record the loss in a training-mode forward's ``output`` (unless paused or without gradients);
+        ``partial``: the model was given ``num_items_in_batch`` (its loss is a part of the step's sum)."""
+        if self._paused or not torch.is_grad_enabled():
             return
         loss = model_loss(output)
         if loss is None:
@@ -65,7 +75,7 @@ class LossMeter:
             loss = loss.mean()
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         self._num_losses += 1
-        self._partial = kwargs.get("num_items_in_batch") is not None
+        self._partial = partial
 
     def step_loss(self, average_tokens_across_devices: bool = True) -> torch.Tensor:
         """The training loss of this optimizer step, averaged over micro-batches and processes; resets the meter.

@@ -113,6 +113,11 @@ class MLRSNetTrainer(Trainer):
             check_deepspeed_meta_training(args.meta_train)
             callback.lr_before_backward = True  # DeepSpeed steps inside backward: compute_loss sets the LR
         add_model_tags(self.model, schedule)  # as TRL does: push_to_hub puts model.model_tags in the card
+        # compute_loss hands the model's outputs to the loss meter (a forward hook would slow every call of the
+        # model), unless a subclass computes the loss its own way or DeepSpeed splits sequences: then a hook reads it.
+        parallel = getattr(self.accelerator, "parallelism_config", None)
+        if type(self).compute_loss is MLRSNetTrainer.compute_loss and not getattr(parallel, "sp_enabled", False):
+            callback.lr_scheduler.loss_from_forward_hook = False
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> LRDriver:
         """The schedule's driver is the ``lr_scheduler``; the held-out set is prepared as the Trainer prepares its data."""
@@ -135,22 +140,29 @@ class MLRSNetTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """``Trainer.compute_loss``; under DeepSpeed, after the last micro-batch's forward, the LR of this step is set.
+        """``Trainer.compute_loss``; the model's loss of a training forward goes to the schedule's loss meter, and
+        under DeepSpeed, after the last micro-batch's forward, the LR of this step is set.
 
         DeepSpeed takes the optimizer step inside that micro-batch's backward (``accelerator.backward``), so the LR
         cannot wait for ``on_pre_optimizer_step``. The step's loss is complete here: the forward has just run.
         """
-        result = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
         callback = self.mlrsnet_callback
+        driver = callback.lr_scheduler
+        if driver.loss_from_forward_hook:
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        else:
+            result = super().compute_loss(model, inputs, True, num_items_in_batch)
+            if model.training:  # what the hook would record: the model's own loss, and whether it is a part of a sum
+                partial = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+                driver.meter.record(result[1], partial=partial)
+            result = result if return_outputs else result[0]
         if (
             callback.lr_before_backward
             and model.training
             and torch.is_grad_enabled()
             and self.accelerator.sync_gradients
         ):
-            callback.lr_scheduler.prepare_step(self.state.global_step)
+            driver.prepare_step(self.state.global_step)
         return result
 
     @property

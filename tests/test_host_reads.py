@@ -180,7 +180,7 @@ def test_no_device_synchronisation_between_stage_entries_on_a_gpu(tmp_path, monk
 
     monkeypatch.setattr(MLRSNetDriver, "prepare_step", guarded(MLRSNetDriver.prepare_step, lambda self, step: step))
     monkeypatch.setattr(MLRSNetDriver, "step", guarded(MLRSNetDriver.step, lambda self: None))
-    monkeypatch.setattr(LossMeter, "_record", guarded(LossMeter._record, lambda self, *a: None))
+    monkeypatch.setattr(LossMeter, "record", guarded(LossMeter.record, lambda self, *a: None))
     recorder = Recorder()
     args = MLRSNetConfig(
         output_dir=str(tmp_path), **{**COMMON, "use_cpu": False}, gamma="relative", optim="adamw_torch_fused"

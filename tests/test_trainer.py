@@ -101,6 +101,37 @@ def test_callback_gives_a_plain_trainer_the_same_lr_sequence(schedule_dir, tmp_p
     assert logged == [lrs[0] for lrs in rec_b.lrs]  # the plain Trainer's logs are true too
 
 
+class OwnLoss(MLRSNetTrainer):
+    """A subclass that computes the loss its own way, without Trainer.compute_loss (here the model's loss)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+
+def test_the_loss_is_read_in_compute_loss_or_by_a_hook_when_a_subclass_computes_it(schedule_dir, tmp_path):
+    """MLRSNetTrainer reads the loss in compute_loss (a forward hook slows every call of the model); a subclass with
+    its own compute_loss gets the hook, and the same LRs."""
+
+    class Hooks(TrainerCallback):
+        def __init__(self):
+            self.counts = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.counts.append(len(model._forward_hooks))
+
+    runs = {}
+    for cls in (MLRSNetTrainer, OwnLoss):
+        torch.manual_seed(0)
+        recorder, hooks, model = Recorder(), Hooks(), DigitsNet()
+        args = config(tmp_path / cls.__name__, schedule=str(schedule_dir))
+        cls(model=model, args=args, train_dataset=digits(600), callbacks=[recorder, hooks]).train()
+        runs[cls] = recorder.lrs, hooks.counts, len(model._forward_hooks)
+    assert runs[MLRSNetTrainer][1:] == ([0] * 9, 0)
+    assert runs[OwnLoss][1:] == ([1] * 9, 0)  # removed at the end of training
+    assert runs[OwnLoss][0] == runs[MLRSNetTrainer][0] and len({lrs[0] for lrs in runs[OwnLoss][0]}) > 3
+
+
 def test_callback_options_and_path(schedule_dir, tmp_path):
     callback = MLRSNetCallback(str(schedule_dir), gamma=0.1)
     assert callback.schedule.name_or_path == str(schedule_dir)
