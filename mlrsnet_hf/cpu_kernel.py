@@ -121,6 +121,8 @@ def _compile():
 def packed_weights(network) -> np.ndarray:
     """The network's :meth:`~mlrsnet_hf.MLRSNet.numpy_weights` in one float32 array (cached on the network)."""
     cells, head_weight, head_bias = network.numpy_weights()
+    if cells[0][0].shape[0] != 2 * (network.hidden_size // 2):  # the kernel derives the layout from hidden_size
+        raise ValueError(f"The compiled step expects cells of inner width {network.hidden_size // 2} per branch.")
     if network.__dict__.get("_packed_of") is not cells:
         parts = [a.reshape(-1) for cell in cells for a in cell] + [head_weight, np.float32([head_bias])]
         network.__dict__["_packed"] = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
