@@ -324,9 +324,8 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
         return self._last_lr
 
     network = MLRSNetSchedule().stages[0]
-    kernel_arrays = (np.array([1.0, 1.0, 1.0, 1.0]), np.zeros((2, 2, 1, 50), np.float32), np.zeros(2, np.int64))
-    kernel_arrays += (cpu_kernel.packed_weights(network),)
     state = np.zeros((2, 1, 50), np.float32)
+    kernel_arrays = cpu_kernel.arrays(network, state[0], state[1], 1.0, 1.0, 1.0, 1.0)
 
     class InCallback(TrainerCallback):  # work of a known kind where the schedule's step runs
         def __init__(self, what: str, own: list[float]) -> None:
@@ -354,7 +353,7 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
         if cuda:  # batches copied without blocking (the Trainer's default copy synchronises at every step)
             common.update(dataloader_pin_memory=True, accelerator_config={"non_blocking": True})
         clock, own = Clock(), []
-        DeviceStep.compiled_on_cpu = mode != "transfer-numpy"
+        DeviceStep.compiled_on_cpu = mode not in ("transfer-numpy", "transfer-constant")  # constant: NumPy bookkeeping
         DeviceStep.graphed_on_cuda = mode != "transfer-fused-eager"
         if mode.startswith("builtin"):
             args = TrainingArguments(lr_scheduler_type="cosine", **common)

@@ -130,11 +130,21 @@ def packed_weights(network) -> np.ndarray:
     return network.__dict__["_packed"]
 
 
+def arrays(
+    network, h: np.ndarray, c: np.ndarray, divisor: float, gamma: float, cap: float, last_lr: float
+) -> tuple[np.ndarray, ...]:
+    """:func:`kernel`'s arguments after the loss, ``(scalars, states, counters, weights)``, for steps of ``network``
+    from the state ``(h, c)`` (each of shape ``(num_layers, hidden_size)``); the kernel updates them in place."""
+    states = np.empty((2, 2, *h.shape), np.float32)
+    states[0, 0], states[0, 1] = h, c
+    return np.array([divisor, gamma, cap, last_lr]), states, np.zeros(2, np.int64), packed_weights(network)
+
+
 def kernel():
     """The compiled step (None when numba is not installed or could not compile it); compiled at the first call,
     then cached by numba.
 
-    ``kernel(loss, scalars, states, counters, weights) -> lr`` takes one step of the network whose
+    ``kernel(loss, scalars, states, counters, weights) -> lr`` (the arrays made by :func:`arrays`) takes one step of the network whose
     ``weights = packed_weights(network)``, for the input ``loss / divisor``, and returns the LR,
     ``min(float32(gamma) * p, cap)``. ``scalars`` (float64) is ``[divisor, gamma, cap, last_lr]``; ``states``
     (float32, shape ``(2, 2, num_layers, hidden_size)``) holds two ``(h, c)`` stacks and ``counters`` (int64)

@@ -140,7 +140,7 @@ class DeviceStep:
         self.lr_dtype = lr_dtype  # of the LR on an accelerator: what the optimizer's kernel reads
         self._active = False  # steps taken since the last sync
         self._taken = 0
-        self._finite = 0  # CPU paths: steps with a finite loss and LR since the last sync
+        self._finite = 0  # NumPy step: steps with a finite loss and LR since the last sync (the kernel counts its own)
         self._last_lr: float | None = None
         self._numpy_state: tuple[np.ndarray, np.ndarray] | None = None
         self._compiled: tuple[np.ndarray, ...] | None = None  # the kernel's arrays after its loss (cpu_kernel.kernel)
@@ -183,16 +183,14 @@ class DeviceStep:
         weight = self._network.head.weight
         self._numpy = self.numpy_on_cpu and weight.device.type == "cpu" and weight.dtype == torch.float32
         if self._numpy:
-            self._last_lr, self._finite = schedule.last_lr, 0
             self._kernel = cpu_kernel.kernel() if self.compiled_on_cpu else None
             if self._kernel is not None:  # its arrays; the weights are fixed until the next sync: looked up once
-                states = np.empty((2, 2, *state.h.shape), np.float32)
-                states[0] = torch.stack((state.h, state.c)).numpy()
-                self._compiled = (
-                    np.array([self._divisor, self._gamma, self._cap, schedule.last_lr]), states, np.zeros(2, np.int64),
-                    cpu_kernel.packed_weights(self._network),
+                self._compiled = cpu_kernel.arrays(
+                    self._network, state.h.numpy(), state.c.numpy(), self._divisor, self._gamma, self._cap,
+                    schedule.last_lr,
                 )  # fmt: skip
             else:
+                self._last_lr, self._finite = schedule.last_lr, 0
                 self._numpy_state = state.h.numpy().copy(), state.c.numpy().copy()
         else:
             self._tensor_step = self._tensor_step_of(self._network)
