@@ -15,6 +15,7 @@ import torch
 from accelerate.state import PartialState
 from accelerate.utils import reduce, send_to_device
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from .meta_gradient import MetaBatches, is_sharded, lr_derivatives, meta_loss, step_delta
 from .network import MLRSNetState
@@ -76,6 +77,9 @@ class MetaLearner:
         self.num_updates = 0  # meta updates taken (skipped non-finite ones not counted)
         self._horizon: list[dict[str, Any]] = []  # the steps of the current horizon (inputs, LR, w_s - w_{s+1})
         self._before: list[torch.Tensor] | None = None  # w_t of the step in progress
+        # w_t buffers whose horizon is spent, refilled in place at the next one: on a CPU a fresh parameter-sized
+        # allocation at every meta update costs its page faults again (about half the time of the copy)
+        self._spare: list[list[torch.Tensor]] = []
 
     def start(self, optimizer: torch.optim.Optimizer, num_training_steps: int) -> None:
         """Check the optimizer and fix the snapshot steps of a run of ``num_training_steps`` steps."""
@@ -99,15 +103,40 @@ class MetaLearner:
 
     def before_step(self, step: int, model: nn.Module, inputs: dict[str, Any] | None) -> None:
         """Keep ``w_t`` when step ``step``'s LR is in the horizon (``inputs``: what rebuilds its LR; None: skipped)."""
+        self._release(self._before)
         self._before = None
         if inputs is not None and self.in_horizon(step):
-            self._before = [p.detach().clone() for p in trainable_parameters(model)]
+            self._before = self._snapshot(trainable_parameters(model))
             self._inputs = inputs
+
+    def _snapshot(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``w_t``: copied into a spare buffer of the same layout when one is kept, else into a new one."""
+        while self._spare:
+            buffers = self._spare.pop()
+            if len(buffers) == len(params) and all(
+                isinstance(b, DTensor) == isinstance(p, DTensor)
+                and b.shape == p.shape
+                and b.dtype == p.dtype
+                and b.device == p.device
+                for b, p in zip(buffers, params, strict=True)
+            ):
+                for b, p in zip(buffers, params, strict=True):
+                    b.copy_(p.detach())
+                return buffers
+        return [p.detach().clone() for p in params]
+
+    def _release(self, buffers: list[torch.Tensor] | None) -> None:
+        """Keep a spent ``w_t`` buffer for the next horizon (at most ``meta_horizon`` of them)."""
+        if buffers is not None and len(self._spare) < self.options.meta_horizon:
+            self._spare.append(buffers)
 
     def skipped(self, step: int) -> None:
         """Optimizer step ``step`` was not taken (e.g. an fp16 overflow): nothing to learn from it."""
+        self._release(self._before)
         self._before = None
         if self.is_meta_step(step):
+            for entry in self._horizon:
+                self._release(entry["delta"])
             self._horizon = []
 
     def after_step(self, step: int, model: nn.Module, lr: float, device: torch.device, meter: Any) -> None:
@@ -119,6 +148,8 @@ class MetaLearner:
                 "stage": inputs["stage"], "h": inputs["state"].h, "c": inputs["state"].c, "loss": inputs["loss"],
                 "lr": lr, "delta": step_delta(before, trainable_parameters(model)),
             })  # fmt: skip
+        else:
+            self._release(before)
         if self.is_meta_step(step):
             horizon, self._horizon = self._horizon, []
             if horizon:
@@ -137,7 +168,7 @@ class MetaLearner:
         loss = meta_loss(model, send_to_device(self.batches.next(), device))
         dlrs = lr_derivatives(loss, params, [e["delta"] for e in horizon], [e["lr"] for e in horizon])
         for entry in horizon:
-            del entry["delta"]
+            self._release(entry.pop("delta"))
         mean_loss = loss.detach().float()
         if PartialState().num_processes > 1:
             # the same hypergradient, hence the same theta, on every rank (shards: already summed over processes)
@@ -160,8 +191,8 @@ class MetaLearner:
         self.losses.append(mean_loss.item())
 
     def finish(self) -> None:
-        """Drop what a final, partial horizon left (unused deltas)."""
-        self._horizon, self._before = [], None
+        """Drop what a final, partial horizon left (unused deltas) and the spare buffers."""
+        self._horizon, self._before, self._spare = [], None, []
 
     def state_dict(self) -> dict[str, Any]:
         """Meta optimizer, meta-data position, the current horizon's steps (deltas on the CPU) and the snapshots."""
@@ -173,8 +204,8 @@ class MetaLearner:
         return {
             "optimizer": self.optimizer.state_dict(),
             "batches": self.batches.state_dict(),
-            # on the CPU: a resume may run on other devices (the deltas go back to theirs when used)
-            "horizon": [{**e, "delta": [d.cpu() for d in e["delta"]]} for e in horizon],
+            # copies on the CPU: a resume may run on other devices, and the buffers are refilled after the meta update
+            "horizon": [{**e, "delta": [d.to("cpu", copy=True) for d in e["delta"]]} for e in horizon],
             "horizon_steps": len(self._horizon),
             "snapshots": [dict(snapshot) for snapshot in self.snapshots],
             "num_updates": self.num_updates,

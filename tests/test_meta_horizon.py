@@ -100,3 +100,47 @@ def test_non_finite_meta_loss_skips_the_meta_update(tmp_path, caplog):
     for k, v in trainer.schedule.state_dict().items():
         if not k.endswith("_extra_state"):
             assert torch.equal(v, initial[k]), k
+
+
+def test_w_t_buffers_are_kept_between_meta_updates_and_change_nothing(tmp_path, monkeypatch):
+    """At most ``meta_horizon`` parameter-sized buffers over a whole run, refilled in place: the same LRs and theta."""
+    from mlrsnet_hf.meta_training import MetaLearner
+
+    torch.manual_seed(0)
+    data = digits(96, dtype=torch.float64)
+    model0, schedule0 = DigitsNet(hidden=16).double(), MLRSNetSchedule(hidden_size=8, gamma=0.5).double()
+    snapshot = MetaLearner._snapshot
+    storages: list[set[int]] = []
+
+    def recorded(self, params):
+        buffers = snapshot(self, params)
+        storages[-1].add(tuple(b.data_ptr() for b in buffers))
+        return buffers
+
+    monkeypatch.setattr(MetaLearner, "_snapshot", recorded)
+
+    def train(keep: bool):
+        if not keep:
+            monkeypatch.setattr(MetaLearner, "_release", lambda self, buffers: None)
+        storages.append(set())
+        args = MLRSNetConfig(
+            output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=16, meta_batch_size=16,
+            meta_train=True, meta_update_interval=3, meta_horizon=2, report_to="none", save_strategy="no",
+            disable_tqdm=True, use_cpu=True, num_classes=10,
+        )  # fmt: skip
+        trainer = MLRSNetTrainer(
+            model=copy.deepcopy(model0), args=args, train_dataset=data[:64], meta_dataset=data[64:],
+            schedule=copy.deepcopy(schedule0),
+        )  # fmt: skip
+        trainer.train()
+        assert trainer.lr_scheduler.meta.num_updates == 4
+        return trainer.lr_scheduler.lr_history, trainer.schedule.state_dict()
+
+    kept_lrs, kept_theta = train(keep=True)
+    fresh_lrs, fresh_theta = train(keep=False)
+    assert len(kept_lrs) == 12 and kept_lrs == fresh_lrs
+    for key, value in fresh_theta.items():
+        if not key.endswith("_extra_state"):
+            assert torch.equal(kept_theta[key], value), key
+    # 8 snapshots (2 per meta update), in 2 buffers; fresh buffers otherwise (the allocator may reuse addresses)
+    assert len(storages[0]) == 2
