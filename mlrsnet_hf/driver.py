@@ -310,8 +310,15 @@ class MLRSNetDriver(LRDriver):
             )
         self.range_test, self.last_step = None, None
         self._stage_firsts = set(schedule.stage_boundaries(self.num_training_steps))
-        schedule.to(self.device)  # the schedule steps where the loss is: no copy to the host
-        self.device_step = None if options.meta_train else DeviceStep(schedule, self.lr_dtype or torch.float64)
+        if options.meta_train:
+            # Meta-training reads every step's loss on the host (its LR graph is rebuilt from it), so the schedule
+            # steps there: on a GPU its ~25 tiny kernels per step, and the hundreds of its meta step (LSTM backward,
+            # Adam), would each be a launch; the hypergradient comes from the device as one number per horizon step.
+            schedule.to("cpu")
+            self.device_step = None
+        else:
+            schedule.to(self.device)  # the schedule steps where the loss is: no copy to the host
+            self.device_step = DeviceStep(schedule, self.lr_dtype or torch.float64)
         schedule.start(num_classes=num_classes, base_lr=self.base_lr if schedule.gamma == "relative" else None)
         self.meta = None
         if options.meta_train:

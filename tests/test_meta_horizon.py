@@ -144,3 +144,30 @@ def test_w_t_buffers_are_kept_between_meta_updates_and_change_nothing(tmp_path, 
             assert torch.equal(kept_theta[key], value), key
     # 8 snapshots (2 per meta update), in 2 buffers; fresh buffers otherwise (the allocator may reuse addresses)
     assert len(storages[0]) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="where the schedule steps matters only next to a GPU")
+def test_meta_training_next_to_a_gpu_steps_the_schedule_on_the_host_as_a_cpu_run_does(tmp_path):
+    """The model on the GPU, the schedule and its meta step on the host: the LRs and theta of the same run on a CPU."""
+    runs = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        data = digits(96, dtype=torch.float64)
+        model, schedule = DigitsNet(hidden=16).double(), MLRSNetSchedule(hidden_size=8, gamma=0.5).double()
+        args = MLRSNetConfig(
+            output_dir=str(tmp_path / device), max_steps=8, per_device_train_batch_size=16, meta_batch_size=16,
+            meta_train=True, meta_update_interval=2, meta_horizon=2, report_to="none", save_strategy="no",
+            disable_tqdm=True, use_cpu=device == "cpu", num_classes=10,
+        )  # fmt: skip
+        trainer = MLRSNetTrainer(
+            model=model, args=args, train_dataset=data[:64], meta_dataset=data[64:], schedule=schedule
+        )
+        trainer.train()
+        assert next(trainer.model.parameters()).device.type == device
+        assert {p.device.type for p in trainer.schedule.parameters()} == {"cpu"}
+        assert trainer.lr_scheduler.meta.num_updates == 4
+        runs[device] = (torch.tensor(trainer.lr_scheduler.lr_history), trainer.schedule.state_dict())
+    torch.testing.assert_close(runs["cuda"][0], runs["cpu"][0], rtol=1e-9, atol=0)
+    for key, value in runs["cpu"][1].items():
+        if not key.endswith("_extra_state"):
+            torch.testing.assert_close(runs["cuda"][1][key], value, rtol=1e-9, atol=1e-12, msg=key)
