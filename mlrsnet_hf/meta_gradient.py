@@ -124,12 +124,18 @@ def lr_derivatives(
         grads = [None if p.grad is None else local(p.grad) for p in params]
         out = []
         for delta, lr in zip(deltas, lrs, strict=True):
-            dot = torch.zeros((), dtype=torch.float64, device=meta_loss_value.device)
+            # one kernel per parameter (each is a launch on a GPU), the conversions only where needed
+            dots = []
             for g, d in zip(grads, delta, strict=True):
                 if g is not None:
                     d = local(d)
-                    dot += torch.dot(g.reshape(-1).to(d.dtype), d.reshape(-1).to(g.device)).double()
-            out.append(-dot / lr)
+                    g = g if g.dtype == d.dtype else g.to(d.dtype)
+                    d = d if d.device == g.device else d.to(g.device)
+                    dots.append(torch.dot(g.reshape(-1), d.reshape(-1)))
+            if len({x.dtype for x in dots}) > 1:
+                dots = [x.double() for x in dots]
+            dot = torch.stack(dots).double().sum() if dots else torch.zeros((), dtype=torch.float64)
+            out.append(-dot.to(meta_loss_value.device) / lr)
         out = torch.stack(out)
         if sharded:
             groups = {id(group): group for p in params for group in _shard_groups(p)}
@@ -189,12 +195,17 @@ class MetaBatches:
         self.world_size = world_size
         self.epoch = 0
         self.index = 0
+        self._epoch_indices: tuple[int, list[int]] | None = None
 
     def _indices(self) -> list[int]:
-        perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        per_round = self.batch_size * self.world_size  # every process gets the same number of full batches
-        perm = perm[: len(perm) - len(perm) % per_round]
-        return perm[self.rank :: self.world_size].tolist()
+        """This process's indices of the current epoch (computed once per epoch)."""
+        if self._epoch_indices is None or self._epoch_indices[0] != self.epoch:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            perm = torch.randperm(len(self.dataset), generator=generator)
+            per_round = self.batch_size * self.world_size  # every process gets the same number of full batches
+            perm = perm[: len(perm) - len(perm) % per_round]
+            self._epoch_indices = (self.epoch, perm[self.rank :: self.world_size].tolist())
+        return self._epoch_indices[1]
 
     def next(self) -> Any:
         indices = self._indices()
