@@ -10,8 +10,9 @@ images; speed does not depend on the pixel values), after warm-up steps, as the 
 The meta-step micro-benchmark compares, on one batch:
 
 * ``plain``: forward, backward and SGD step;
-* ``ours``: a plain step plus our meta step (snapshot of ``w_t``, one forward/backward of the meta
-  batch at ``w_{t+1}``, a dot product, the LSTM backward);
+* ``ours``: a plain step plus the library's meta step (``MetaLearner``, as the Trainer calls it, every step:
+  ``w_t`` copied into its kept buffer, one forward/backward of the meta batch at ``w_{t+1}``, a dot product,
+  the LSTM backward and Adam, on the host where the driver puts the schedule);
 * ``released``: a plain step plus a meta step in the style of the released implementation (rebuild the
   model, recompute the training gradient with ``create_graph=True``, virtual step, meta loss,
   backward through the training graph).
@@ -126,24 +127,32 @@ def worker_train(mode: str, steps: int, warmup: int, device: str, bf16: bool, ba
 
 def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: bool) -> dict:
     from mlrsnet_hf import MLRSNetSchedule
-    from mlrsnet_hf.meta_gradient import lr_derivative, meta_loss
+    from mlrsnet_hf.loss_meter import LossMeter
+    from mlrsnet_hf.meta_gradient import meta_loss
+    from mlrsnet_hf.meta_training import MetaLearner
+    from mlrsnet_hf.options import ScheduleOptions
 
     torch.manual_seed(0)
     model = (WideMLP() if wide else SmallCNN()).to(device)
+    # Where MLRSNetDriver puts it: with meta-training the schedule steps on the host, whatever the model's device.
     schedule = MLRSNetSchedule(gamma=0.1)
     schedule.start()
     schedule.enter_stage(0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=5e-4)
     params = list(model.parameters())
 
-    def batch_of(seed: int) -> dict[str, torch.Tensor]:
+    def examples(seed: int) -> list[dict[str, torch.Tensor]]:
         data = synthetic(batch, seed)
-        out = {"x": torch.stack([d["x"] for d in data]), "labels": torch.stack([d["labels"] for d in data])}
-        if wide:
-            out["x"] = out["x"].flatten(1)
-        return {k: v.to(device) for k, v in out.items()}
+        return [{**d, "x": d["x"].flatten()} for d in data] if wide else data
 
-    train, meta = batch_of(0), batch_of(1)
+    train = {k: v.to(device) for k, v in torch.utils.data.default_collate(examples(0)).items()}
+    learner = MetaLearner(
+        schedule, ScheduleOptions(meta_train=True, meta_update_interval=1), examples(1),
+        torch.utils.data.default_collate, batch,
+    )  # fmt: skip
+    learner.start(optimizer, num_training_steps=10**6)
+    meter = LossMeter()
+    steps = itertools.count()
 
     def plain_step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
@@ -151,20 +160,19 @@ def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: boo
         loss.backward()
         return loss
 
-    def once() -> None:
+    def once(mode: str = mode) -> None:
         loss = plain_step()
         if mode == "plain":
             schedule.step(loss.item())
             optimizer.step()
-        elif mode == "ours":
-            lr = schedule.step(loss.item(), differentiable=True)
+        elif mode == "ours":  # the library's meta step (MetaLearner, as MLRSNetDriver calls it), every step
+            step, value, state = next(steps), loss.item(), schedule.state
+            lr = schedule.step(value)
+            learner.before_step(step, model, {"stage": schedule.stage, "state": state, "loss": value})
             for group in optimizer.param_groups:
-                group["lr"] = lr.item()
-            before = [p.detach().clone() for p in params]
+                group["lr"] = lr
             optimizer.step()
-            for p in params:
-                p.grad = None
-            lr.backward(lr_derivative(meta_loss(model, meta), params, before, lr.item()))
+            learner.after_step(step, model, lr, torch.device(device), meter)
         else:  # released style
             copy_ = copy.deepcopy(model)
             names = [n for n, _ in copy_.named_parameters()]
@@ -173,6 +181,7 @@ def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: boo
             lr = schedule.step(loss.item(), differentiable=True)
             virtual = {n: w[n] - lr * (g + 5e-4 * w[n]) for n, g in zip(names, grads, strict=True)}
             virtual.update({n: b.clone() for n, b in copy_.named_buffers()})
+            meta = {k: v.to(device) for k, v in torch.utils.data.default_collate(examples(1)).items()}
             functional_call(copy_, virtual, args=(), kwargs=meta)["loss"].backward(inputs=list(schedule.parameters()))
             for group in optimizer.param_groups:
                 group["lr"] = lr.item()
@@ -189,21 +198,30 @@ def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: boo
         "peak_mb": peak_memory_mb(device),
         "param_mb": sum(p.numel() * p.element_size() for p in params) / 2**20,
     }
-    if mode == "plain":  # the pieces our Trainer adds to a step, timed directly
-        meta_optimizer = torch.optim.Adam(schedule.parameters(), lr=1e-3)
+    if mode == "ours":  # plain and meta steps alternated in one process: machine drift hits both alike
+        times: dict[str, list[float]] = {"plain": [], "ours": []}
+        for _ in range(repeats):
+            for kind in times:
+                times[kind].append(timed(lambda kind=kind: once(kind), 1, device, warmup=0))
+        result["interleaved_ms"] = {kind: statistics.median(t) for kind, t in times.items()}
+    if mode == "plain":  # the pieces a meta step adds, timed directly
 
         def lstm_meta() -> None:
             schedule.step(1.0, differentiable=True).backward(torch.tensor(0.1))
-            meta_optimizer.step()
-            meta_optimizer.zero_grad(set_to_none=True)
+            learner.optimizer.step()
+            learner.optimizer.zero_grad(set_to_none=True)
+
+        def snapshot() -> None:  # w_t into the buffer kept from the last meta update
+            learner._release(learner._snapshot(params))
 
         def meta_forward_backward() -> None:
             torch.autograd.grad(meta_loss(model, meta), params)
 
+        meta = {k: v.to(device) for k, v in torch.utils.data.default_collate(examples(1)).items()}
         result["components_ms"] = {
             "lstm_step": timed(lambda: schedule.step(1.0), repeats * 10, device),
             "lstm_meta_step_with_adam": timed(lstm_meta, repeats * 10, device),
-            "snapshot_w_t": timed(lambda: [p.detach().clone() for p in params], repeats, device),
+            "snapshot_w_t": timed(snapshot, repeats, device),
             "meta_forward_backward": timed(meta_forward_backward, repeats, device),
         }
     return result
@@ -565,6 +583,8 @@ def meta_steps(args: argparse.Namespace, results: dict, batch: int, flags: list[
         ratios[f"{model}_meta_step_extra_in_plain_steps"] = (
             c["lstm_meta_step_with_adam"] + c["snapshot_w_t"] + c["meta_forward_backward"]
         ) / plain["ms"]
+        both = ours["interleaved_ms"]  # whole steps, alternated in one process
+        ratios[f"{model}_meta_step_extra_in_plain_steps_end_to_end"] = both["ours"] / both["plain"] - 1
 
 
 def write_results(args: argparse.Namespace, results: dict, suffix: str = "") -> None:
@@ -668,6 +688,11 @@ def to_markdown(r: dict) -> str:
     for model in ("cnn", "wide_mlp"):
         c = r["meta_step"][f"{model}/plain"]["components_ms"]
         lines.append(f"| {model} | " + " | ".join(f"{v:.2f}" for v in c.values()) + " |")
+    lines += ["", "| plain and meta steps alternated in one process (ms, median) | plain | with a meta step |"]
+    lines += ["|---|---|---|"]
+    for model in ("cnn", "wide_mlp"):
+        both = r["meta_step"][f"{model}/ours"]["interleaved_ms"]
+        lines.append(f"| {model} | {both['plain']:.1f} | {both['ours']:.1f} |")
     lines += ["", "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in r["ratios"].items()]
     return "\n".join(lines) + "\n"

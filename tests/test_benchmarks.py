@@ -27,6 +27,7 @@ def test_speed_benchmark_quick(tmp_path):
     }
     ratios = results["ratios"]
     assert ratios["cnn_transfer_overhead_per_step"] < 0.1  # the LSTM step is tiny next to a training step
+    assert all(ratios[f"{m}_meta_step_extra_in_plain_steps_end_to_end"] > 0 for m in ("cnn", "wide_mlp"))
     assert "| transfer |" in (tmp_path / "speed_cpu_quick.md").read_text()
     overhead = results["overhead"]["linear"]["steps_per_s_ratio"]
     assert set(overhead) == {"transfer", "transfer-numpy", "transfer-fused"}
