@@ -6,7 +6,8 @@
 #
 # In order of importance, each part time-boxed so that one stuck part leaves the others their time:
 #   1. the GPU tests: DeviceStep's CUDA-graph and eager steps follow the schedule, a failed capture runs eagerly,
-#      no synchronising call between stage entries (torch.cuda.set_sync_debug_mode("error"));
+#      no synchronising call between stage entries (torch.cuda.set_sync_debug_mode("error")), meta-training with the
+#      model on the GPU and the schedule on the host gives the CPU run's LRs and theta;
 #   2. benchmarks/sync_profile.py: device synchronisations per optimizer step, from a profile;
 #   3. benchmarks/speed.py --only overhead: transfer mode vs Trainer + cosine, us per step and steps/s ratio;
 #   4. benchmarks/speed.py --only meta: the meta step's cost in plain steps, and its memory;
@@ -33,7 +34,8 @@ part() {  # part SECONDS NAME COMMAND...
 part 30 environment bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; $py -c \
 'import torch, transformers, accelerate; print(torch.__version__, torch.version.cuda, transformers.__version__, \
 accelerate.__version__, torch.cuda.get_device_name())'"
-part 150 tests $py -m pytest -q -p no:cacheprovider -rs tests/test_device_step.py tests/test_host_reads.py
+part 150 tests $py -m pytest -q -p no:cacheprovider -rs tests/test_device_step.py tests/test_host_reads.py \
+    tests/test_meta_horizon.py::test_meta_training_next_to_a_gpu_steps_the_schedule_on_the_host_as_a_cpu_run_does
 part 150 sync-profile $py benchmarks/sync_profile.py --out "$out"
 part 240 overhead $py benchmarks/speed.py --device cuda --only overhead --repeats "${OVERHEAD_REPEATS:-7}" \
     --out "$out"
