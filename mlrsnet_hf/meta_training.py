@@ -175,8 +175,10 @@ class MetaLearner:
             mean_loss = reduce(mean_loss, reduction="mean")
             if not is_sharded(params):
                 dlrs = reduce(dlrs, reduction="mean")
-        if not (torch.isfinite(dlrs).all() and torch.isfinite(mean_loss)):
-            logger.warning("Non-finite meta loss or meta-gradient (%s): skipping this meta update.", mean_loss.item())
+        values = torch.cat([dlrs, mean_loss.double().reshape(1)]).cpu()  # one read of the device per update
+        dlrs, mean_loss = values[:-1], float(values[-1])
+        if not torch.isfinite(values).all():
+            logger.warning("Non-finite meta loss or meta-gradient (%s): skipping this meta update.", mean_loss)
             return
         self.optimizer.zero_grad(set_to_none=True)
         lrs = torch.stack(
@@ -188,7 +190,7 @@ class MetaLearner:
         }
         self.optimizer.step()
         self.num_updates += 1
-        self.losses.append(mean_loss.item())
+        self.losses.append(mean_loss)
 
     def finish(self) -> None:
         """Drop what a final, partial horizon left (unused deltas) and the spare buffers."""
