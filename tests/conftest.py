@@ -21,21 +21,25 @@ TWO_PROCESSES = ("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "
                  "--dynamo_backend", "no")  # fmt: skip
 
 
+def free_port() -> int:
+    """A TCP port the OS reports free now: each launch its own rendezvous (a fixed port may still be held)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def accelerate_launch(
     script: str, *args: str, launch: Sequence[str] = TWO_PROCESSES, timeout: int = 600
 ) -> subprocess.CompletedProcess:
     """``accelerate launch <launch> tests/scripts/<script> <args>``: one thread per process, on a free port (so that
     test runs side by side do not meet on one rendezvous)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [
         str(accelerate),
         "launch",
         *launch,
         "--main_process_port",
-        str(port),
+        str(free_port()),
         str(REPO / "tests" / "scripts" / script),
         *args,
     ]

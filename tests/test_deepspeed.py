@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, free_port
 from tiny import DigitsNet, digits
 from transformers import TrainerCallback, TrainerControl, TrainerState
 
@@ -141,14 +141,14 @@ def test_under_a_deepspeed_like_backward_each_step_uses_its_own_lr(family, tmp_p
     assert late_used[0] == 0.1 and late_used[1:] == late_history[:-1]
 
 
-def launch(out: Path, port: int, *script_args: str) -> dict:
+def launch(out: Path, *script_args: str) -> dict:
     """tests/scripts/deepspeed_transfer.py on 2 CPU processes; what rank 0 and rank 1 recorded."""
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     out.mkdir()
     done = subprocess.run(
         [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
          str(REPO / "tests" / "scripts" / "deepspeed_transfer.py"), str(out), *script_args],
         capture_output=True, text=True, timeout=900, env=env,
     )  # fmt: skip
@@ -162,10 +162,9 @@ def launch(out: Path, port: int, *script_args: str) -> dict:
 def test_deepspeed_zero_on_two_cpu_processes_uses_the_schedules_lr(stage, family, tmp_path):
     """The real engine: 2 CPU processes (gloo), ZeRO ``stage``; compared with the same run under DDP."""
     pytest.importorskip("deepspeed")
-    port = 29531 + stage * 10 + (family == "controller") * 100  # a port of its own per test
     results = {
-        "ddp": launch(tmp_path / "ddp", port, "0", family),
-        "zero": launch(tmp_path / "zero", port + 1, str(stage), family),
+        "ddp": launch(tmp_path / "ddp", "0", family),
+        "zero": launch(tmp_path / "zero", str(stage), family),
     }
     for engine, ranks in results.items():
         for rank in ranks:
@@ -190,10 +189,10 @@ def test_deepspeed_zero_on_two_cpu_processes_uses_the_schedules_lr(stage, family
 @pytest.mark.multiprocess
 def test_a_deepspeed_zero3_run_resumes_its_lr_sequence_exactly(tmp_path):
     pytest.importorskip("deepspeed")
-    full = launch(tmp_path / "full", 29661, "3", "--save")[0]
+    full = launch(tmp_path / "full", "3", "--save")[0]
     checkpoint = tmp_path / "full" / "run" / "checkpoint-3"
     assert (checkpoint / "scheduler.pt").is_file()  # the driver's state, next to DeepSpeed's own checkpoint
-    resumed = launch(tmp_path / "resumed", 29662, "3", "--resume", str(checkpoint))[0]
+    resumed = launch(tmp_path / "resumed", "3", "--resume", str(checkpoint))[0]
     assert resumed["steps"] == [3, 4, 5] and resumed["used"] == full["used"][3:]
     assert resumed["logged"][-3:] == full["logged"][3:]
 
@@ -208,7 +207,7 @@ def test_the_shipped_deepspeed_config_runs_as_written(zero_stage, tmp_path):
     config = str(REPO / "examples" / "accelerate" / "deepspeed_cpu.yaml")
     stage = ["--zero_stage", zero_stage] if zero_stage else []
     done = subprocess.run(
-        [str(accelerate), "launch", "--config_file", config, *stage, "--main_process_port", str(29681 + bool(stage)),
+        [str(accelerate), "launch", "--config_file", config, *stage, "--main_process_port", str(free_port()),
          str(REPO / "tests" / "scripts" / "deepspeed_transfer.py"), str(tmp_path), "0"],
         capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
@@ -237,7 +236,7 @@ def test_a_scheduler_block_in_an_accelerate_deepspeed_config_file_is_refused(tmp
     )
     accelerate = Path(sys.executable).with_name("accelerate")
     done = subprocess.run(
-        [str(accelerate), "launch", "--config_file", str(tmp_path / "accelerate.yaml"), "--main_process_port", "29691",
+        [str(accelerate), "launch", "--config_file", str(tmp_path / "accelerate.yaml"), "--main_process_port", str(free_port()),
          str(REPO / "tests" / "scripts" / "deepspeed_transfer.py"), str(tmp_path), "0"],
         capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
