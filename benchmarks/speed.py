@@ -145,7 +145,10 @@ def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: boo
         data = synthetic(batch, seed)
         return [{**d, "x": d["x"].flatten()} for d in data] if wide else data
 
-    train = {k: v.to(device) for k, v in torch.utils.data.default_collate(examples(0)).items()}
+    def batch_of(seed: int) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in torch.utils.data.default_collate(examples(seed)).items()}
+
+    train, meta = batch_of(0), batch_of(1)  # (the library's meta step draws its own from examples(1))
     learner = MetaLearner(
         schedule, ScheduleOptions(meta_train=True, meta_update_interval=1), examples(1),
         torch.utils.data.default_collate, batch,
@@ -181,7 +184,6 @@ def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: boo
             lr = schedule.step(loss.item(), differentiable=True)
             virtual = {n: w[n] - lr * (g + 5e-4 * w[n]) for n, g in zip(names, grads, strict=True)}
             virtual.update({n: b.clone() for n, b in copy_.named_buffers()})
-            meta = {k: v.to(device) for k, v in torch.utils.data.default_collate(examples(1)).items()}
             functional_call(copy_, virtual, args=(), kwargs=meta)["loss"].backward(inputs=list(schedule.parameters()))
             for group in optimizer.param_groups:
                 group["lr"] = lr.item()
@@ -217,7 +219,6 @@ def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: boo
         def meta_forward_backward() -> None:
             torch.autograd.grad(meta_loss(model, meta), params)
 
-        meta = {k: v.to(device) for k, v in torch.utils.data.default_collate(examples(1)).items()}
         result["components_ms"] = {
             "lstm_step": timed(lambda: schedule.step(1.0), repeats * 10, device),
             "lstm_meta_step_with_adam": timed(lstm_meta, repeats * 10, device),
