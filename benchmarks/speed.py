@@ -25,6 +25,7 @@ import copy
 import itertools
 import json
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -285,8 +286,20 @@ OVERHEAD_BASES = {
 }
 
 
+_ORDER = random.Random(0)
+
+
+def shuffled(modes: tuple[str, ...]) -> list[str]:
+    """The modes of one interleaved round in a new order (seeded: the same sequence in every run), so that no mode
+    always runs after the same one."""
+    order = list(modes)
+    _ORDER.shuffle(order)
+    return order
+
+
 def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda: int = 0) -> dict:
-    """Per-step overhead of transfer mode over Trainer + cosine, one CPU thread, interleaved, in one process.
+    """Per-step overhead of transfer mode over Trainer + cosine, one CPU thread, interleaved (each round in a new
+    order), in one process.
 
     Two models: a linear classifier (64 -> 10, batch 8; the Trainer's own cost dominates) and a 2-layer GPT-2
     (32 wide, 8 x 32 tokens). Transfer mode runs with plain SGD/AdamW (the LR handed over as a number) and with
@@ -346,6 +359,15 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
     state = np.zeros((2, 1, 50), np.float32)
     kernel_arrays = cpu_kernel.arrays(network, state[0], state[1], 1.0, 1.0, 1.0, 1.0)
 
+    weights = kernel_arrays[3]
+    bare_call = None
+    if cpu_kernel.AVAILABLE:  # a compiled call with the kernel's arguments and no float work: numba's call alone
+        import numba
+
+        bare_call = numba.njit(cpu_kernel.SIGNATURE)(
+            lambda loss, scalars, states, counters, weights: loss + scalars[0]
+        )
+
     class InCallback(TrainerCallback):  # work of a known kind where the schedule's step runs
         def __init__(self, what: str, own: list[float]) -> None:
             self.what, self.own = what, own
@@ -353,11 +375,15 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
         def on_pre_optimizer_step(self, args, state_, control, **kwargs):
             start = time.perf_counter()
             if self.what == "spin":
-                while time.perf_counter() < start + 16e-6:
+                while time.perf_counter() < start + 8e-6:
                     pass
-            elif cpu_kernel.AVAILABLE:
+            elif self.what == "call" and bare_call is not None:
+                bare_call(2.0, *kernel_arrays)
+            elif self.what == "dot":
+                np.dot(weights[:50], weights[50:100])
+            elif self.what == "compiled" and cpu_kernel.AVAILABLE:
                 cpu_kernel.kernel()(2.0, *kernel_arrays)
-            else:
+            elif self.what == "compiled":
                 network.numpy_forward(2.0, state[0], state[1])
             self.own.append(time.perf_counter() - start)
 
@@ -400,7 +426,7 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
     if parts:
         samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in PARTS}
         for _ in range(repeats):
-            for mode in PARTS:
+            for mode in shuffled(PARTS):
                 samples[mode].append(run("linear", mode))
         us = {mode: statistics.median(t for t, _ in v) for mode, v in samples.items()}
         return {
@@ -418,7 +444,7 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
     for kind in ("linear", "gpt2"):
         times: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(repeats):  # interleaved: drift hits every mode alike
-            for mode in modes:
+            for mode in shuffled(modes):
                 times[mode].append(run(kind, mode))
         us = {mode: statistics.median(v) for mode, v in times.items()}
         base = {mode: b for mode, b in OVERHEAD_BASES.items() if mode in modes}
@@ -597,10 +623,17 @@ def write_results(args: argparse.Namespace, results: dict, suffix: str = "") -> 
     print(to_markdown(results))
 
 
-PARTS = ("builtin", "builtin+spin", "builtin+compiled", "transfer-constant", "transfer", "transfer-hidden10")
+PARTS = (
+    "builtin", "builtin+noop", "builtin+spin", "builtin+call", "builtin+dot", "builtin+compiled",
+    "transfer-constant", "transfer", "transfer-hidden10",
+)  # fmt: skip
 PART_NAMES = {
     "builtin": "Trainer + cosine",
-    "builtin+spin": "Trainer + cosine, a callback that spins 16 us before each optimizer step",
+    "builtin+noop": "Trainer + cosine, a callback that does nothing before each optimizer step",
+    "builtin+spin": "Trainer + cosine, a callback that spins 8 us in Python before each optimizer step",
+    "builtin+call": "Trainer + cosine, a callback that makes a compiled call with the step's arguments and no float "
+    "work (numba's call alone)",
+    "builtin+dot": "Trainer + cosine, a callback that takes one np.dot of two 50-float vectors",
     "builtin+compiled": "Trainer + cosine, a callback that runs the compiled LSTM step (result unused)",
     "transfer-constant": "MLRSNetTrainer, transfer, the step replaced by a constant LR (the route: loss from compute_loss, callback, driver; no network)",
     "transfer": "MLRSNetTrainer, transfer (compiled step)",

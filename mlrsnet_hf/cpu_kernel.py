@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 AVAILABLE = importlib.util.find_spec("numba") is not None
 
 _kernel = None
+# The kernel's one signature: (loss, scalars, states, counters, weights) -> lr, C-contiguous arrays (see kernel()).
+SIGNATURE = "float64(float64, float64[::1], float32[:, :, :, ::1], int64[::1], float32[::1])"
 
 
 def _compile():
@@ -32,7 +34,6 @@ def _compile():
 
     # Compiled now, for the one signature used (C-contiguous arrays), so that a failure shows here.
     # reassoc/contract only: the sums may be vectorised, but NaN and inf keep their meaning (the finite check).
-    signature = "float64(float64, float64[::1], float32[:, :, :, ::1], int64[::1], float32[::1])"
     fastmath = {"reassoc", "contract"}
 
     @numba.njit(inline="always", fastmath=fastmath)
@@ -54,7 +55,7 @@ def _compile():
         q = q * x2 + np.float32(4.89352518554385e-03)
         return x * p / q
 
-    @numba.njit(signature, cache=True, fastmath=fastmath)
+    @numba.njit(SIGNATURE, cache=True, fastmath=fastmath)
     def step(loss, scalars, states, counters, weights):  # pragma: no cover
         """One step; see :func:`kernel`."""
         divisor, gamma, cap, last_lr = scalars[0], scalars[1], scalars[2], scalars[3]

@@ -50,15 +50,18 @@ def test_speed_benchmark_parts_quick(tmp_path):
     parts = json.loads((tmp_path / "speed_cpu_quick_parts.json").read_text())["parts"]
     assert list(parts) == [
         "builtin",
+        "builtin+noop",
         "builtin+spin",
+        "builtin+call",
+        "builtin+dot",
         "builtin+compiled",
         "transfer-constant",
         "transfer",
         "transfer-hidden10",
     ]
     assert parts["builtin"]["extra_us"] == 0 and parts["builtin"]["own_us"] == 0
-    assert parts["builtin+spin"]["own_us"] >= 16  # the callback spins 16 us
-    assert all(parts[m]["own_us"] > 0 for m in ("builtin+compiled", "transfer", "transfer-hidden10"))
+    assert parts["builtin+spin"]["own_us"] >= 8  # the callback spins 8 us
+    assert all(parts[m]["own_us"] > 0 for m in ("builtin+dot", "builtin+compiled", "transfer", "transfer-hidden10"))
 
 
 @pytest.mark.slow
