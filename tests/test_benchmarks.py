@@ -64,6 +64,40 @@ def test_speed_benchmark_parts_quick(tmp_path):
     assert all(parts[m]["own_us"] > 0 for m in ("builtin+dot", "builtin+compiled", "transfer", "transfer-hidden10"))
 
 
+def test_grid_ends_are_the_choices_at_an_end_of_their_grid_with_the_next_lr_past_it():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from grid_ends import grid_end_choices
+
+    def row(best, grid):
+        return {"best_lr": best, "grid_val": {str(lr): 0.5 for lr in grid}}
+
+    results = {
+        "digits-cnn": {"metric": "accuracy", "schedules": {
+            "SGD fixed": row(3.0, (0.1, 0.3, 1.0, 3.0)),  # top end
+            "SGD cosine": row(1.0, (0.1, 0.3, 1.0, 3.0)),  # inside
+            "Prodigy": {"best_lr": None, "grid_val": None},  # untuned
+        }},
+        "ptb-gpt2": {"metric": "perplexity", "schedules": {"SGD fixed": row(0.3, (0.3, 1.0, 3.0))}},  # bottom end
+    }  # fmt: skip
+    choices = grid_end_choices(results)
+    assert [(c["task"], c["label"], c["end"], c["grid_lr"], c["lr"]) for c in choices] == [
+        ("digits-cnn", "SGD fixed", "top", 3.0, 9.0),
+        ("ptb-gpt2", "SGD fixed", "bottom", 0.3, 0.09),
+    ]
+
+
+@pytest.mark.slow
+def test_grid_ends_benchmark_quick(tmp_path):
+    """Runs one LR past the first grid ends of the committed quality results and records the comparison."""
+    command = [sys.executable, str(REPO / "benchmarks" / "grid_ends.py"), "--quick", "--out", str(tmp_path)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "grid_ends_cpu_quick.json").read_text())["rows"]
+    assert len(rows) == 2 and all(r["lr"] == 3 * r["grid_lr"] and r["end"] == "top" for r in rows)
+    assert all(math.isfinite(r["grid_val"]) and isinstance(r["better"], bool) for r in rows)
+    assert "| digits-cnn | SGD fixed | 3 (top) |" in (tmp_path / "grid_ends_cpu_quick.md").read_text()
+
+
 @pytest.mark.slow
 def test_quality_benchmark_quick(tmp_path):
     """Every schedule runs on an image and a text task; LR sequences are the documented ones; reruns resume."""
