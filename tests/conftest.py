@@ -29,10 +29,14 @@ def free_port() -> int:
 
 
 def accelerate_launch(
-    script: str, *args: str, launch: Sequence[str] = TWO_PROCESSES, timeout: int = 600
+    script: str,
+    *args: str,
+    launch: Sequence[str] = TWO_PROCESSES,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """``accelerate launch <launch> tests/scripts/<script> <args>``: one thread per process, on a free port (so that
-    test runs side by side do not meet on one rendezvous)."""
+    test runs side by side do not meet on one rendezvous); ``env`` adds to the environment."""
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [
         str(accelerate),
@@ -44,8 +48,9 @@ def accelerate_launch(
         *args,
     ]
     return subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+        command, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )  # fmt: skip
 
 
 def hf_cache_snapshot(

@@ -6,15 +6,12 @@ the real engine (ZeRO 1-3, 2 CPU processes) where DeepSpeed is installed.
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, free_port
+from conftest import REPO, accelerate_launch
 from tiny import DigitsNet, digits
 from transformers import TrainerCallback, TrainerControl, TrainerState
 
@@ -143,15 +140,10 @@ def test_under_a_deepspeed_like_backward_each_step_uses_its_own_lr(family, tmp_p
 
 def launch(out: Path, *script_args: str) -> dict:
     """tests/scripts/deepspeed_transfer.py on 2 CPU processes; what rank 0 and rank 1 recorded."""
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     out.mkdir()
-    done = subprocess.run(
-        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-         str(REPO / "tests" / "scripts" / "deepspeed_transfer.py"), str(out), *script_args],
-        capture_output=True, text=True, timeout=900, env=env,
-    )  # fmt: skip
+    done = accelerate_launch(
+        "deepspeed_transfer.py", str(out), *script_args, timeout=900, env={"DS_ACCELERATOR": "cpu"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
@@ -203,14 +195,11 @@ def test_a_deepspeed_zero3_run_resumes_its_lr_sequence_exactly(tmp_path):
 def test_the_shipped_deepspeed_config_runs_as_written(zero_stage, tmp_path):
     """examples/accelerate/deepspeed_cpu.yaml (ZeRO-2), and with --zero_stage 3 as its comment says."""
     pytest.importorskip("deepspeed")
-    accelerate = Path(sys.executable).with_name("accelerate")
     config = str(REPO / "examples" / "accelerate" / "deepspeed_cpu.yaml")
     stage = ["--zero_stage", zero_stage] if zero_stage else []
-    done = subprocess.run(
-        [str(accelerate), "launch", "--config_file", config, *stage, "--main_process_port", str(free_port()),
-         str(REPO / "tests" / "scripts" / "deepspeed_transfer.py"), str(tmp_path), "0"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    done = accelerate_launch(
+        "deepspeed_transfer.py", str(tmp_path), "0", launch=["--config_file", config, *stage], timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]  # two processes
     for rank in ranks:
@@ -234,11 +223,12 @@ def test_a_scheduler_block_in_an_accelerate_deepspeed_config_file_is_refused(tmp
         f"  deepspeed_config_file: {tmp_path / 'ds.json'}\n  zero3_init_flag: false\n"
         "num_machines: 1\nnum_processes: 2\nuse_cpu: true\n"
     )
-    accelerate = Path(sys.executable).with_name("accelerate")
-    done = subprocess.run(
-        [str(accelerate), "launch", "--config_file", str(tmp_path / "accelerate.yaml"), "--main_process_port", str(free_port()),
-         str(REPO / "tests" / "scripts" / "deepspeed_transfer.py"), str(tmp_path), "0"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    done = accelerate_launch(
+        "deepspeed_transfer.py",
+        str(tmp_path),
+        "0",
+        launch=["--config_file", str(tmp_path / "accelerate.yaml")],
+        timeout=900,
+    )
     assert done.returncode != 0
     assert 'ValueError: The "scheduler" block of the DeepSpeed config (type WarmupLR)' in done.stderr
