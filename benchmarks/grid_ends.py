@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from quality import RESULTS, TASKS, job, run_all
+from quality import RESULTS, TASKS, job, run_all, score
 
 
 def grid_end_choices(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -39,12 +38,6 @@ def grid_end_choices(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "grid_lr": best, "grid_val": grid[str(row["best_lr"])], "lr": float(f"{past:.3g}"),
             })  # fmt: skip
     return choices
-
-
-def better(value: float, than: float, metric: str) -> bool:
-    if not math.isfinite(value):
-        return False
-    return value > than if metric == "accuracy" else value < than
 
 
 def to_markdown(rows: list[dict[str, Any]], source: str) -> str:
@@ -86,7 +79,12 @@ def main() -> None:
     ]
     records = run_all(jobs, args.workers, "one LR past the grid ends")
     rows = [
-        {**c, "val": r["val"], "test": r["test"], "better": better(r["val"], c["grid_val"], c["metric"])}
+        {
+            **c,
+            "val": r["val"],
+            "test": r["test"],
+            "better": score(r, c["metric"]) > score({"val": c["grid_val"]}, c["metric"]),
+        }
         for c, r in zip(choices, records, strict=True)
     ]
     (args.out / f"{name}.json").write_text(json.dumps({"source": str(args.results), "rows": rows}, indent=1))
