@@ -297,7 +297,7 @@ def shuffled(modes: tuple[str, ...]) -> list[str]:
     return order
 
 
-def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda: int = 0) -> dict:
+def worker_overhead(steps: int, warmup: int, repeats: int, cuda: int = 0) -> dict:
     """Per-step overhead of transfer mode over Trainer + cosine, one CPU thread, interleaved (each round in a new
     order), in one process.
 
@@ -306,7 +306,6 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
     fused AdamW (the LR a tensor); with plain SGD/AdamW also with the NumPy step instead of the compiled one
     (``transfer-numpy``; the same when numba is not installed).
 
-    ``parts=1``: where the linear classifier's overhead goes instead (:data:`PARTS`), as medians of single steps.
     ``cuda=1``: the models train on the GPU (no NumPy rows; the device is synchronised only at the first and last
     timed steps, so the host can run ahead of the GPU as in a real run).
     """
@@ -339,54 +338,6 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
             return LinearClassifier()
         return GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=32, n_embd=32, n_layer=2, n_head=2))
 
-    def timed_step(fn, own: list[float]):
-        def step(self, loss):
-            start = time.perf_counter()
-            lr = fn(self, loss)
-            own.append(time.perf_counter() - start)
-            return lr
-
-        return step
-
-    def constant_step(self, loss):  # the route without the network: the last LR, nothing computed
-        if not self._active:
-            self._begin()
-        self._taken += 1
-        self._finite += 1
-        return self._last_lr
-
-    network = MLRSNetSchedule().stages[0]
-    state = np.zeros((2, 1, 50), np.float32)
-    kernel_arrays = cpu_kernel.arrays(network, state[0], state[1], 1.0, 1.0, 1.0, 1.0)
-
-    weights = kernel_arrays[3]
-    bare_call = None
-    if cpu_kernel.AVAILABLE:  # a compiled call with the kernel's arguments and no float work: numba's call alone
-        import numba
-
-        bare_call = numba.njit(cpu_kernel.SIGNATURE)(
-            lambda loss, scalars, states, counters, weights: loss + scalars[0]
-        )
-
-    class InCallback(TrainerCallback):  # work of a known kind where the schedule's step runs
-        def __init__(self, what: str, own: list[float]) -> None:
-            self.what, self.own = what, own
-
-        def on_pre_optimizer_step(self, args, state_, control, **kwargs):
-            start = time.perf_counter()
-            if self.what == "spin":
-                while time.perf_counter() < start + 8e-6:
-                    pass
-            elif self.what == "call" and bare_call is not None:
-                bare_call(2.0, *kernel_arrays)
-            elif self.what == "dot":
-                np.dot(weights[:50], weights[50:100])
-            elif self.what == "compiled" and cpu_kernel.AVAILABLE:
-                cpu_kernel.kernel()(2.0, *kernel_arrays)
-            elif self.what == "compiled":
-                network.numpy_forward(2.0, state[0], state[1])
-            self.own.append(time.perf_counter() - start)
-
     def run(kind: str, mode: str) -> float:
         optim = "adamw_torch_fused" if "fused" in mode else {"linear": "sgd", "gpt2": "adamw_torch"}[kind]
         common = dict(
@@ -397,46 +348,21 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
         )  # fmt: skip
         if cuda:  # batches copied without blocking (the Trainer's default copy synchronises at every step)
             common.update(dataloader_pin_memory=True, accelerator_config={"non_blocking": True})
-        clock, own = Clock(), []
-        DeviceStep.compiled_on_cpu = mode not in ("transfer-numpy", "transfer-constant")  # constant: NumPy bookkeeping
+        clock = Clock()
+        DeviceStep.compiled_on_cpu = mode != "transfer-numpy"
         DeviceStep.graphed_on_cuda = mode != "transfer-fused-eager"
         if mode.startswith("builtin"):
             args = TrainingArguments(lr_scheduler_type="cosine", **common)
-            callbacks = [clock] + ([InCallback(mode.partition("+")[2], own)] if "+" in mode else [])
-            trainer = Trainer(model=model(kind), args=args, train_dataset=data(kind), callbacks=callbacks)
+            trainer = Trainer(model=model(kind), args=args, train_dataset=data(kind), callbacks=[clock])
         else:
-            hidden = 10 if mode == "transfer-hidden10" else 50
-            schedule = MLRSNetSchedule(num_stages=3, gamma="relative", hidden_size=hidden)
+            schedule = MLRSNetSchedule(num_stages=3, gamma="relative")
             args = MLRSNetConfig(gamma="relative", **common)
             trainer = MLRSNetTrainer(
                 model=model(kind), args=args, train_dataset=data(kind), schedule=schedule, callbacks=[clock]
             )
-        step = DeviceStep.step
-        DeviceStep.step = timed_step(constant_step if mode == "transfer-constant" else step, own) if parts else step
-        try:
-            trainer.train()
-        finally:
-            DeviceStep.step = step
+        trainer.train()
         timed = clock.times[warmup - 1 :]
-        if parts:  # medians of single steps (whole-run means move with GC pauses and drift)
-            deltas = [b - a for a, b in itertools.pairwise(timed)]
-            return statistics.median(deltas) * 1e6, statistics.median(own[warmup:]) * 1e6 if own else 0.0
         return (timed[-1] - timed[0]) / (len(timed) - 1) * 1e6  # us per step
-
-    if parts:
-        samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in PARTS}
-        for _ in range(repeats):
-            for mode in shuffled(PARTS):
-                samples[mode].append(run("linear", mode))
-        us = {mode: statistics.median(t for t, _ in v) for mode, v in samples.items()}
-        return {
-            mode: {
-                "us_per_step": us[mode],
-                "extra_us": us[mode] - us["builtin"],
-                "own_us": statistics.median(o for _, o in v),
-            }
-            for mode, v in samples.items()
-        }
 
     modes = ("builtin", "transfer", *(() if cuda else ("transfer-numpy",)), "builtin-fused", "transfer-fused")
     modes += ("transfer-fused-eager",) if cuda else ()  # the device step without its CUDA graph
@@ -495,6 +421,130 @@ def worker_overhead(steps: int, warmup: int, repeats: int, parts: int = 0, cuda:
     return result
 
 
+def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
+    """Where the linear classifier's transfer overhead goes: one ``MLRSNetTrainer`` run in transfer mode (SGD, one
+    CPU thread) whose schedule step switches between the configurations of :data:`PARTS` every ``block`` steps.
+
+    Each of ``rounds`` rounds takes every configuration once, in a new order; a block's first step is not counted
+    (it carries what the block before left behind). Within one run, drift, memory layout and the Trainer's own
+    state are the same for every configuration, so differences of a few microseconds show, which separate runs
+    (their step times differ by +-15 us from run to run) do not resolve. The baseline is the route with a
+    constant LR: everything transfer mode does (the loss read, callback, driver), the network left out.
+    """
+    from transformers import TrainerCallback
+
+    from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, cpu_kernel
+    from mlrsnet_hf.device_step import DeviceStep
+
+    torch.set_num_threads(1)
+    plan = ["transfer"] * -(-warmup // block) + [mode for _ in range(rounds) for mode in shuffled(PARTS)]
+    total = block * len(plan)
+
+    networks = {hidden: MLRSNetSchedule(hidden_size=hidden).stages[0] for hidden in (50, 10)}
+    state = {hidden: np.zeros((2, 1, hidden), np.float32) for hidden in networks}
+    arrays = {hidden: cpu_kernel.arrays(net, *state[hidden], 1.0, 1.0, 1.0, 1.0) for hidden, net in networks.items()}
+
+    def compiled(hidden: int) -> None:  # the compiled step (result unused), or NumPy's without numba
+        if cpu_kernel.AVAILABLE:
+            cpu_kernel.kernel()(2.0, *arrays[hidden])
+        else:
+            networks[hidden].numpy_forward(2.0, *state[hidden])
+
+    weights = arrays[50][3]
+    bare = None
+    if cpu_kernel.AVAILABLE:  # a compiled call with the kernel's arguments and no float work: numba's call alone
+        import numba
+
+        bare = numba.njit(cpu_kernel.SIGNATURE)(lambda loss, scalars, states, counters, weights: loss + scalars[0])
+
+    def spin() -> None:
+        end = time.perf_counter() + 8e-6
+        while time.perf_counter() < end:
+            pass
+
+    def twice() -> float:  # the second call's own time: its code and data warm
+        compiled(50)
+        start = time.perf_counter()
+        compiled(50)
+        return time.perf_counter() - start
+
+    work = {
+        "route+noop": lambda: None,
+        "route+spin": spin,
+        "route+call": (lambda: bare(2.0, *arrays[50])) if bare is not None else None,
+        "route+dot": lambda: np.dot(weights[:50], weights[50:100]),
+        "route+compiled": lambda: compiled(50),
+        "route+compiled-hidden10": lambda: compiled(10),
+    }
+    own: dict[str, list[float]] = {mode: [] for mode in PARTS}
+    mode, last_lr = plan[0], [0.0]
+    real_step = DeviceStep.step
+
+    def step(self, loss):
+        start = time.perf_counter()
+        if mode == "transfer":
+            last_lr[0] = real_step(self, loss)
+            own[mode].append(time.perf_counter() - start)
+            return last_lr[0]
+        if not self._active:
+            self._begin()
+        self._taken += 1
+        if self._compiled is not None:
+            self._compiled[2][1] += 1  # counted as the kernel counts its steps
+        else:
+            self._finite += 1
+        loss.item()
+        if mode == "route+compiled-twice":
+            own[mode].append(twice())
+        elif work.get(mode) is not None:
+            start = time.perf_counter()
+            work[mode]()
+            own[mode].append(time.perf_counter() - start)
+        return last_lr[0]
+
+    times: dict[str, list[float]] = {mode: [] for mode in PARTS}
+
+    class Switch(TrainerCallback):
+        last = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            nonlocal mode
+            mode = plan[state.global_step // block]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now, i = time.perf_counter(), state.global_step - 1
+            if i >= warmup and i % block and self.last is not None:
+                times[plan[i // block]].append(now - self.last)
+            self.last = now
+
+    common = dict(
+        output_dir="/tmp/mlrsnet_overhead", max_steps=total, per_device_train_batch_size=8, report_to="none",
+        save_strategy="no", disable_tqdm=True, logging_steps=10**9, use_cpu=True, seed=0, optim="sgd",
+        learning_rate=0.1, dataloader_num_workers=0, logging_nan_inf_filter=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    trainer = MLRSNetTrainer(
+        model=LinearClassifier(), args=MLRSNetConfig(gamma="relative", **common),
+        train_dataset=LinearClassifier.examples(8 * min(total, 2000)),  # epochs repeat past 2000 steps
+        schedule=MLRSNetSchedule(num_stages=3, gamma="relative"), callbacks=[Switch()],
+    )  # fmt: skip
+    DeviceStep.step = step
+    try:
+        trainer.train()
+    finally:
+        DeviceStep.step = real_step
+    us = {m: statistics.median(t) * 1e6 for m, t in times.items()}
+    return {
+        m: {
+            "us_per_step": us[m],
+            "extra_us": us[m] - us["route"],
+            "own_us": statistics.median(own[m]) * 1e6 if own[m] else 0.0,
+            "steps": len(times[m]),
+        }
+        for m in PARTS
+    }
+
+
 # --------------------------------------------------------------------------- driver
 def run_worker(argv: list[str]) -> dict:
     out = subprocess.run(
@@ -511,7 +561,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="interleaved rounds (default: 3 for training, 7 for the overhead)"
+        "--repeats",
+        type=int,
+        default=None,
+        help="interleaved rounds (default: 3 for training, 7 for the overhead, 500 for its parts)",
     )
     parser.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
     parser.add_argument(
@@ -527,6 +580,8 @@ def main() -> None:
         kind, mode, *rest = args.worker
         if kind == "overhead":
             result = worker_overhead(*(int(v) for v in (mode, *rest)))
+        elif kind == "parts":
+            result = worker_parts(*(int(v) for v in (mode, *rest)))
         elif kind == "train":
             steps, warmup, batch = (int(v) for v in rest)
             result = worker_train(mode, steps, warmup, args.device, args.bf16, batch)
@@ -550,14 +605,16 @@ def main() -> None:
     }
     overhead = ["overhead", "20", "5", "1"] if args.quick else ["overhead", "400", "50", str(args.repeats or 7)]
     if args.only == "parts":
-        results["parts"] = run_worker([*overhead, "1", "0"])
+        results["parts"] = run_worker(
+            ["parts", "3", "8"] if args.quick else ["parts", str(args.repeats or 500), "200"]
+        )
         write_results(args, results, "_parts")
         return
     if args.only == "meta":
         meta_steps(args, results, batch, flags)
         write_results(args, results, "_meta")
         return
-    results["overhead"] = run_worker([*overhead, "0", str(int(args.device == "cuda"))])  # see worker_overhead
+    results["overhead"] = run_worker([*overhead, str(int(args.device == "cuda"))])  # see worker_overhead
     if args.only == "overhead":
         write_results(args, results, "_overhead")
         return
@@ -624,34 +681,36 @@ def write_results(args: argparse.Namespace, results: dict, suffix: str = "") -> 
 
 
 PARTS = (
-    "builtin", "builtin+noop", "builtin+spin", "builtin+call", "builtin+dot", "builtin+compiled",
-    "transfer-constant", "transfer", "transfer-hidden10",
+    "route", "route+noop", "route+spin", "route+call", "route+dot", "route+compiled", "route+compiled-twice",
+    "route+compiled-hidden10", "transfer",
 )  # fmt: skip
 PART_NAMES = {
-    "builtin": "Trainer + cosine",
-    "builtin+noop": "Trainer + cosine, a callback that does nothing before each optimizer step",
-    "builtin+spin": "Trainer + cosine, a callback that spins 8 us in Python before each optimizer step",
-    "builtin+call": "Trainer + cosine, a callback that makes a compiled call with the step's arguments and no float "
-    "work (numba's call alone)",
-    "builtin+dot": "Trainer + cosine, a callback that takes one np.dot of two 50-float vectors",
-    "builtin+compiled": "Trainer + cosine, a callback that runs the compiled LSTM step (result unused)",
-    "transfer-constant": "MLRSNetTrainer, transfer, the step replaced by a constant LR (the route: loss from compute_loss, callback, driver; no network)",
-    "transfer": "MLRSNetTrainer, transfer (compiled step)",
-    "transfer-hidden10": "MLRSNetTrainer, transfer, a network of hidden size 10 instead of 50",
+    "route": "the route with a constant LR (loss read, callback, driver; no network): the baseline",
+    "route+noop": "+ a call of a function that does nothing",
+    "route+spin": "+ 8 us of spinning in Python",
+    "route+call": "+ a compiled (numba) call with the step's five arguments and no float work",
+    "route+dot": "+ one `np.dot` of two 50-float vectors",
+    "route+compiled": "+ the compiled LSTM step, its result unused",
+    "route+compiled-twice": "+ the compiled LSTM step twice (own time: the second call's, code and data warm)",
+    "route+compiled-hidden10": "+ the compiled step of a network of hidden size 10 instead of 50, result unused",
+    "transfer": "transfer mode as it runs (the compiled step, its LR used)",
 }
 
 
 def parts_markdown(p: dict) -> list[str]:
     lines = [
-        "## Where the overhead goes (linear classifier, batch 8, SGD; CPU, 1 thread; medians of single steps)",
+        "## Where the overhead goes (linear classifier, batch 8, SGD; CPU, 1 thread; one MLRSNetTrainer run in "
+        "transfer mode, the step's work switched every 4 steps; medians of single steps)",
         "",
-        "| configuration | us/step | extra over Trainer + cosine | own time of the added work in the loop |",
-        "|---|---|---|---|",
+        "| the schedule's step | steps | us/step | extra over the route | own time of the work in the step |",
+        "|---|---|---|---|---|",
     ]
     for mode in PARTS:
         r = p[mode]
-        own = f"{r['own_us']:.1f} us" if mode != "builtin" else ""
-        lines.append(f"| {PART_NAMES[mode]} | {r['us_per_step']:.0f} | {r['extra_us']:+.0f} us | {own} |")
+        own = f"{r['own_us']:.1f} us" if mode != "route" else ""
+        lines.append(
+            f"| {PART_NAMES[mode]} | {r['steps']} | {r['us_per_step']:.0f} | {r['extra_us']:+.1f} us | {own} |"
+        )
     return [*lines, ""]
 
 

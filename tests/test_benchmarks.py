@@ -49,19 +49,22 @@ def test_speed_benchmark_parts_quick(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     parts = json.loads((tmp_path / "speed_cpu_quick_parts.json").read_text())["parts"]
     assert list(parts) == [
-        "builtin",
-        "builtin+noop",
-        "builtin+spin",
-        "builtin+call",
-        "builtin+dot",
-        "builtin+compiled",
-        "transfer-constant",
+        "route",
+        "route+noop",
+        "route+spin",
+        "route+call",
+        "route+dot",
+        "route+compiled",
+        "route+compiled-twice",
+        "route+compiled-hidden10",
         "transfer",
-        "transfer-hidden10",
     ]
-    assert parts["builtin"]["extra_us"] == 0 and parts["builtin"]["own_us"] == 0
-    assert parts["builtin+spin"]["own_us"] >= 8  # the callback spins 8 us
-    assert all(parts[m]["own_us"] > 0 for m in ("builtin+dot", "builtin+compiled", "transfer", "transfer-hidden10"))
+    assert parts["route"]["extra_us"] == 0 and parts["route"]["own_us"] == 0
+    # 3 rounds, a 4-step block of each configuration per round, the first step of each block not counted
+    assert all(p["steps"] == 3 * 3 for p in parts.values())
+    assert parts["route+spin"]["own_us"] >= 8  # the step spins 8 us
+    worked = ("route+dot", "route+compiled", "route+compiled-twice", "route+compiled-hidden10", "transfer")
+    assert all(parts[m]["own_us"] > 0 for m in worked)
 
 
 def test_grid_ends_are_the_choices_at_an_end_of_their_grid_with_the_next_lr_past_it():
