@@ -2,11 +2,20 @@
 
 The LSTM cell(s), the head, ``gamma * p``, the cap, the finite check and the step's bookkeeping (the new state, the
 count of finite steps, the last LR) run in one call, on weights packed into one array, with five arguments.
-Inside a training loop every call costs several times what it costs in a tight loop (by all appearances its code
-and data are cold again after the Trainer's own work), so one call beats NumPy's ~15: 3.4 us against 22 in a
-tight loop, about 10 us inside a Trainer step (``benchmarks/speed.py --only overhead`` / ``parts``). The tanh
-of the gates is a rational function (Eigen's float tanh, within 6 ulp), which the compiler vectorises: libm's
-tanh, called 250 times a step, took about 5 of those 10 us.
+Inside a training loop a call costs several times what it costs in a tight loop: its code and data are cold again
+after the Trainer's own work, and what it reads pushes out what the Trainer reads next. So the step reads as
+little as it can:
+
+* the first cell's loss branch (``Linear(1, inner) -> ReLU -> Linear(inner, 4 * hidden)``) is a piecewise-linear
+  function of the loss, stored as a table of its pieces: a step reads one piece's slopes and intercepts, 400
+  floats for the released 50-wide network, instead of the branch's 5,050 weights;
+* the other branches skip the weights of units that the ReLU puts at 0.
+
+Of the released networks' 12,851 weights a step reads 3,600-5,000 (36-64 % of the state branch's units are above 0
+along a falling loss). Against reading them all, the call's own time inside a Trainer step fell from 12-15 to
+9-10 us and its cost to the step from +23-27 to +10-16 us (``benchmarks/speed.py --only parts``); in a tight loop,
+1.8 us instead of 3.0. The tanh of the gates is a rational function (Eigen's float tanh, within 6 ulp), which the
+compiler vectorises: libm's tanh, called 250 times a step, took about 5 us of the step.
 
 ``pip install mlrsnet_hf[fast]`` installs numba; without it :class:`~mlrsnet_hf.device_step.DeviceStep` uses its
 NumPy step (the same rule in float32, up to the order of sums and the tanh's last bits). The first call compiles
@@ -55,47 +64,65 @@ def _compile():
         q = q * x2 + np.float32(4.89352518554385e-03)
         return x * p / q
 
+    @numba.njit(inline="always", fastmath=fastmath)
+    def branch(gates, v, weights, offset, inner, width, skip):  # pragma: no cover
+        """``gates += W2 relu(W1 v + b1)`` for one input branch stored at ``offset`` as ``W1`` (inner x width),
+        ``b1`` and ``W2`` transposed (inner x gates): a unit's gate weights are contiguous, and with ``skip`` the
+        units at 0 are left out (their weights not read). Returns the offset after the branch."""
+        rows = gates.size
+        w1 = weights[offset : offset + inner * width]
+        b1 = weights[offset + inner * width : offset + inner * (width + 1)]
+        offset += inner * (width + 1)
+        for r in range(inner):
+            z = b1[r]
+            for j in range(width):
+                z += w1[r * width + j] * v[j]
+            z = np.float32(0) if z <= 0 else z  # relu that keeps a NaN, as np.maximum does
+            if z == 0 and skip:
+                continue
+            w2 = weights[offset + r * rows : offset + (r + 1) * rows]
+            for j in range(rows):
+                gates[j] += z * w2[j]
+        return offset + inner * rows
+
     @numba.njit(SIGNATURE, cache=True, fastmath=fastmath)
     def step(loss, scalars, states, counters, weights):  # pragma: no cover
-        """One step; see :func:`kernel`."""
+        """One step; see :func:`kernel`, and :func:`packed_weights` for the layout of ``weights``."""
         divisor, gamma, cap, last_lr = scalars[0], scalars[1], scalars[2], scalars[3]
         x0 = np.float32(loss / divisor)
         if not math.isfinite(x0):
             return last_lr
         state, new_state = states[counters[0]], states[1 - counters[0]]
         num_layers, hidden = state.shape[1], state.shape[2]
-        inner = 2 * (hidden // 2)  # both branches' first layers, side by side (_fuse_cell)
-        z = np.empty(inner, np.float32)
-        gates = np.empty(4 * hidden, np.float32)
-        offset = 0
+        inner, rows = hidden // 2, 4 * hidden
+        fast = weights[0] == 1  # all weights finite: the loss branch's table, units at 0 skipped
+        gates = np.empty(rows, np.float32)
+        x = np.empty(1, np.float32)
+        x[0] = x0
+        offset = 1
         for k in range(num_layers):
-            width = 1 if k == 0 else hidden  # the loss, or the new h of the layer below
-            columns = width + hidden
-            w1 = weights[offset : offset + inner * columns]
-            offset += inner * columns
-            b1 = weights[offset : offset + inner]
-            offset += inner
-            w2 = weights[offset : offset + 4 * hidden * inner]
-            offset += 4 * hidden * inner
-            b2 = weights[offset : offset + 4 * hidden]
-            offset += 4 * hidden
-            for r in range(inner):
-                row = r * columns
-                acc = b1[r]
-                if k == 0:
-                    acc += w1[row] * x0
-                else:
-                    for j in range(width):
-                        acc += w1[row + j] * new_state[0, k - 1, j]
-                for j in range(hidden):
-                    acc += w1[row + width + j] * state[0, k, j]
-                z[r] = np.float32(0) if acc <= 0 else acc  # relu that keeps a NaN, as np.maximum does
-            for r in range(4 * hidden):
-                row = r * inner
-                acc = b2[r]
-                for j in range(inner):
-                    acc += w2[row + j] * z[j]
-                gates[r] = tanh(acc)  # sigmoid rows were halved: sigmoid(2t) = (tanh(t) + 1) / 2
+            width = 1 if k == 0 else hidden
+            piece = 0
+            if k == 0:  # the loss branch is piecewise linear in the loss: the piece is the breakpoints below it
+                for i in range(inner):
+                    piece += weights[offset + i] < x0
+                offset += inner
+                slope = weights[offset + piece * rows : offset + (piece + 1) * rows]
+                offset += (inner + 1) * rows
+                intercept = weights[offset + piece * rows : offset + (piece + 1) * rows]
+                offset += (inner + 1) * rows
+            bias = offset + inner * (width + 1 + rows) + inner * (hidden + 1 + rows)  # the gates' bias, after both
+            if k == 0 and fast:
+                for j in range(rows):
+                    gates[j] = slope[j] * x0 + intercept[j]
+                offset += inner * (width + 1 + rows)
+            else:
+                for j in range(rows):
+                    gates[j] = weights[bias + j]
+                offset = branch(gates, x if k == 0 else new_state[0, k - 1], weights, offset, inner, width, fast)
+            offset = branch(gates, state[0, k], weights, offset, inner, hidden, fast) + rows
+            for j in range(rows):
+                gates[j] = tanh(gates[j])  # sigmoid rows were halved: sigmoid(2t) = (tanh(t) + 1) / 2
             for j in range(hidden):
                 i = gates[j] * np.float32(0.5) + np.float32(0.5)
                 f = gates[hidden + j] * np.float32(0.5) + np.float32(0.5)
@@ -119,14 +146,52 @@ def _compile():
     return step
 
 
+def _loss_branch_table(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, bias: np.ndarray) -> list[np.ndarray]:
+    """The first cell's loss branch, ``W2 relu(w1 x + b1) + bias`` for a scalar ``x``, as the piecewise-linear
+    function it is: the sorted breakpoints ``-b1 / w1`` (inf for a unit whose ``w1`` is 0) and, for each of the
+    ``inner + 1`` pieces, the slope and intercept of every gate (summed in float64, then rounded). A step reads one
+    piece (``2 * 4 * hidden`` floats) instead of the branch's ``inner * (4 * hidden + 2)`` weights."""
+    a, b, w = w1.astype(np.float64), b1.astype(np.float64), w2.astype(np.float64)  # w: (inner, gates)
+    inner = a.size
+    with np.errstate(divide="ignore", invalid="ignore"):
+        breaks = np.where(a != 0, -b / np.where(a != 0, a, 1.0), np.inf)
+    rank = np.empty(inner, np.int64)
+    rank[np.argsort(breaks, kind="stable")] = np.arange(inner)
+    slopes, intercepts = np.empty((inner + 1, w.shape[1])), np.empty((inner + 1, w.shape[1]))
+    for piece in range(inner + 1):  # x above the first `piece` breakpoints and below the others
+        active = np.where(a > 0, rank < piece, np.where(a < 0, rank >= piece, b > 0))
+        slopes[piece] = a[active] @ w[active]
+        intercepts[piece] = b[active] @ w[active] + bias
+    return [np.sort(breaks), slopes, intercepts]
+
+
 def packed_weights(network) -> np.ndarray:
-    """The network's :meth:`~mlrsnet_hf.MLRSNet.numpy_weights` in one float32 array (cached on the network)."""
+    """The network's :meth:`~mlrsnet_hf.MLRSNet.numpy_weights` in one float32 array, laid out for the kernel
+    (cached on the network).
+
+    ``[fast]``, then per cell (the first one's loss-branch table first, see :func:`_loss_branch_table`) each input
+    branch as ``W1, b1, W2^T`` and the gates' bias, then the head's weight and bias. ``fast`` is 1 when every weight
+    is finite; otherwise 0, and the kernel computes every unit densely (no table, no skipped units), so that a
+    non-finite weight gives a non-finite LR, as in the other paths (``0 * inf`` is NaN).
+    """
     cells, head_weight, head_bias = network.numpy_weights()
-    if cells[0][0].shape[0] != 2 * (network.hidden_size // 2):  # the kernel derives the layout from hidden_size
-        raise ValueError(f"The compiled step expects cells of inner width {network.hidden_size // 2} per branch.")
+    inner, width = network.hidden_size // 2, 1
+    if cells[0][0].shape[0] != 2 * inner:  # the kernel derives the layout from hidden_size
+        raise ValueError(f"The compiled step expects cells of inner width {inner} per branch.")
     if network.__dict__.get("_packed_of") is not cells:
-        parts = [a.reshape(-1) for cell in cells for a in cell] + [head_weight, np.float32([head_bias])]
-        network.__dict__["_packed"] = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+        fast = all(np.isfinite(a).all() for cell in cells for a in cell) and np.isfinite(head_weight).all()
+        fast = fast and math.isfinite(head_bias)
+        parts = [np.float32([1.0 if fast else 0.0])]
+        for k, (w1, b1, w2, b2) in enumerate(cells):
+            loss_branch = w1[:inner, :width], b1[:inner], w2[:, :inner].T
+            state_branch = w1[inner:, width:], b1[inner:], w2[:, inner:].T
+            if k == 0:
+                table = _loss_branch_table(loss_branch[0][:, 0], loss_branch[1], loss_branch[2], b2) if fast else None
+                parts += table or [np.zeros(inner), np.zeros((inner + 1) * b2.size), np.zeros((inner + 1) * b2.size)]
+            parts += [*loss_branch, *state_branch, b2]
+            width = network.hidden_size
+        parts += [head_weight, np.float32([head_bias])]
+        network.__dict__["_packed"] = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in parts])
         network.__dict__["_packed_of"] = cells
     return network.__dict__["_packed"]
 

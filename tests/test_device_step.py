@@ -4,6 +4,7 @@ schedule's rule."""
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,13 +91,19 @@ def test_the_numpy_path_is_used_only_for_float32_on_the_cpu():
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_weights_that_give_a_non_finite_lr_keep_the_last_lr_and_state(monkeypatch, path):
+@pytest.mark.parametrize("weight", ["fc_i2h.0.weight", "fc_h2h.2.weight", "fc_i2h.2.bias"])
+def test_weights_that_give_a_non_finite_lr_keep_the_last_lr_and_state(monkeypatch, path, weight):
+    """One NaN weight anywhere in the cell makes every LR non-finite: a relu at 0 must not hide it, nor must the
+    compiled step's table of the loss branch or its skipping of units at 0."""
     device = use_path(monkeypatch, path)
     schedule = started(0.5, device=device)
+    cell = schedule.stages[0].cells[0]
+    with torch.no_grad():
+        cell.fc_h2h[0].bias[0] = -1e3  # the state branch's unit 0 stays at 0: its weights are multiplied by 0
     stepper = DeviceStep(schedule)
     first = float(stepper.step(torch.tensor(2.0, device=device)))
-    with torch.no_grad():  # one NaN weight of the first layer: a relu must not hide it
-        schedule.stages[0].cells[0].fc_i2h[0].weight[0, 0] = math.nan
+    with torch.no_grad():
+        cell.get_parameter(weight).view(-1)[0] = math.nan  # for fc_h2h.2.weight: unit 0's weight into gate 0
     stepper.sync()
     state = schedule.state
     got = [float(stepper.step(torch.tensor(loss, device=device))) for loss in (1.9, 1.8)]
@@ -120,6 +127,49 @@ def test_a_kernel_that_does_not_compile_falls_back_to_numpy(monkeypatch, caplog)
         got = [stepper.step(torch.tensor(loss)) for loss in (2.0, 1.5)]
     assert "no LLVM here" in caplog.text and stepper._compiled is None
     assert got == pytest.approx([host.step(2.0), host.step(1.5)], rel=1e-6)
+
+
+def test_the_loss_branch_table_is_the_branch_as_a_function_of_the_loss():
+    """The compiled step reads the first cell's loss branch, ``W2 relu(w1 x + b1) + bias``, from a table of its
+    linear pieces: at the breakpoints, between them and far out it is the branch."""
+    rng = np.random.default_rng(0)
+    w1, b1, w2, bias = rng.normal(size=12), rng.normal(size=12), rng.normal(size=(12, 40)), rng.normal(size=40)
+    w1[3] = 0.0  # a unit that does not read the loss: on (b1 > 0) or off everywhere
+    b1[3] = 0.5
+    breaks, slopes, intercepts = cpu_kernel._loss_branch_table(w1, b1, w2, bias)
+    assert np.all(np.diff(breaks) >= 0) and breaks[-1] == np.inf
+    for x in [*breaks[:-1], *rng.normal(scale=3, size=50), -1e6, 1e6]:
+        piece = int(np.sum(breaks < x))
+        branch = np.maximum(w1 * x + b1, 0) @ w2 + bias
+        assert slopes[piece] * x + intercepts[piece] == pytest.approx(branch, rel=1e-9, abs=1e-9)
+
+
+@needs_numba
+def test_the_compiled_step_is_the_numpy_step_over_a_long_run():
+    """The compiled step (the loss branch as a table, units at 0 skipped) follows NumPy's dense step over 2000 steps
+    of a 50-wide network with losses of every size, including 0 and the loss branch's breakpoints."""
+    torch.manual_seed(0)
+    network = MLRSNetSchedule(hidden_size=50).stages[0]
+    with torch.no_grad():
+        for p in network.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    breaks = cpu_kernel._loss_branch_table(*(a.astype(np.float64) for a in _loss_branch(network)))[0]
+    rng = np.random.default_rng(0)
+    losses = [*rng.uniform(-3, 10, size=1900), *breaks[np.isfinite(breaks)], 0.0, 1e-30, 1e30]
+    h, c = np.zeros((2, 1, 50), np.float32)
+    args = cpu_kernel.arrays(network, h, c, 1.0, 1.0, math.inf, 0.0)
+    worst = 0.0
+    for loss in losses:
+        p, h, c = network.numpy_forward(loss, h, c)
+        lr = cpu_kernel.kernel()(loss, *args)
+        worst = max(worst, abs(lr - float(np.float32(p))) / float(np.float32(p)))
+    assert worst < 2e-6
+
+
+def _loss_branch(network):
+    """The first cell's loss branch as the compiled step's table takes it: (w1, b1, W2^T, gates' bias)."""
+    (w1, b1, w2, b2), inner = network.numpy_weights()[0][0], network.hidden_size // 2
+    return w1[:inner, 0], b1[:inner], w2[:, :inner].T, b2
 
 
 @needs_cuda
