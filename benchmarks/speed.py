@@ -688,7 +688,7 @@ PART_NAMES = {
     "route": "the route with a constant LR (loss read, callback, driver; no network): the baseline",
     "route+noop": "+ a call of a function that does nothing",
     "route+spin": "+ 8 us of spinning in Python",
-    "route+call": "+ a compiled (numba) call with the step's five arguments and no float work",
+    "route+call": "+ a compiled (numba) call through numba's dispatcher, the step's five arguments, no float work",
     "route+dot": "+ one `np.dot` of two 50-float vectors",
     "route+compiled": "+ the compiled LSTM step, its result unused",
     "route+compiled-twice": "+ the compiled LSTM step twice (own time: the second call's, code and data warm)",

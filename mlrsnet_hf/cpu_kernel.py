@@ -217,13 +217,19 @@ def kernel():
     ``[index of the current stack in states, finite steps]``. A step with a finite loss and LR writes the new state
     into the other stack, makes it current, counts itself and stores its LR as ``last_lr``; any other step
     returns ``last_lr`` and changes nothing.
+
+    It is the compiled function's own entry point, not numba's dispatcher, which matches the arguments' types at
+    every call (about 3 us of a Trainer step's cost, ``benchmarks/speed.py --only parts``). The entry point does not
+    check them: pass only the arrays of :func:`arrays`, which have the one compiled signature, :data:`SIGNATURE`.
     """
     global _kernel
     if _kernel is None:
         _kernel = False
         if AVAILABLE:
             try:
-                _kernel = _compile()
+                dispatcher = _compile()
+                compiled = dispatcher.overloads.get(dispatcher.signatures[0])
+                _kernel = getattr(compiled, "entry_point", None) or dispatcher
             except Exception as error:  # e.g. a numba that does not support this platform or NumPy
                 logger.warning("The compiled LR-schedule step is not available (%s): using the NumPy step.", error)
     return _kernel or None
