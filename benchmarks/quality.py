@@ -3,7 +3,7 @@
     python benchmarks/quality.py                       # full run, writes benchmarks/results/quality_cpu.{json,md,png}
     python benchmarks/quality.py --quick --out /tmp/q  # a few steps per run (the smoke test)
     python benchmarks/quality.py --tasks digits-cnn ptb-lstm --seeds 5 --workers 2
-    # rerun all but the PPO rows (20 min), carrying those over from the previous results:
+    # rerun all but the PPO rows (about 35 min), carrying those over from the previous results:
     python benchmarks/quality.py --reuse benchmarks/results/quality_cpu.json \
         --skip "PPO controller trained" "PPO controller transferred" "PPO controller training"
 

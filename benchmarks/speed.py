@@ -244,7 +244,7 @@ def timed(fn, repeats: int, device: str, warmup: int = 2) -> float:
 
 
 class WideMLP(nn.Module):
-    """Parameter-heavy (about 21M parameters) so that a parameter-sized buffer shows in peak memory."""
+    """Parameter-heavy (about 23M parameters) so that a parameter-sized buffer shows in peak memory."""
 
     def __init__(self, width: int = 2048, depth: int = 5) -> None:
         super().__init__()
