@@ -13,8 +13,8 @@ little as it can:
 
 Of the released networks' 12,851 weights a step reads 3,600-5,000 (36-64 % of the state branch's units are above 0
 along a falling loss). Against reading them all, the call's own time inside a Trainer step fell from 12-15 to
-9-10 us and its cost to the step from +23-27 to +10-16 us (``benchmarks/speed.py --only parts``); in a tight loop,
-1.8 us instead of 3.0. The tanh of the gates is a rational function (Eigen's float tanh, within 6 ulp), which the
+9-10 us and its cost to the step from +23-30 to +10-16 us (``benchmarks/speed.py --only parts``); in a tight
+loop, 1.8 us instead of 3.0. The tanh of the gates is a rational function (Eigen's float tanh, within 6 ulp), which the
 compiler vectorises: libm's tanh, called 250 times a step, took about 5 us of the step.
 
 ``pip install mlrsnet_hf[fast]`` installs numba; without it :class:`~mlrsnet_hf.device_step.DeviceStep` uses its
