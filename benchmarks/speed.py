@@ -3,6 +3,8 @@
     python benchmarks/speed.py            # full run, writes benchmarks/results/speed_<device>.{json,md}
     python benchmarks/speed.py --quick    # a few steps, for the smoke test
     python benchmarks/speed.py --device cuda --bf16   # on a GPU
+    python benchmarks/speed.py --only overhead --repeats 11   # transfer mode's per-step overhead, two models
+    python benchmarks/speed.py --only parts   # where it goes: one run whose schedule step changes every 4 steps
 
 Every configuration runs in a fresh subprocess (clean peak memory: peak RSS on CPU, ``max_memory_allocated``
 on CUDA). Training throughput is measured with the real Trainer loop on a small CNN (synthetic 32x32
