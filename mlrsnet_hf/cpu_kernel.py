@@ -14,8 +14,8 @@ little as it can:
 Of the released networks' 12,851 weights a step reads 3,600-5,000 (36-64 % of the state branch's units are above 0
 along a falling loss). Against reading them all, the call's own time inside a Trainer step fell from 12-15 to
 9-10 us and its cost to the step from +23-30 to +10-16 us (``benchmarks/speed.py --only parts``); in a tight
-loop, 1.8 us instead of 3.0. The tanh of the gates is a rational function (Eigen's float tanh, within 6 ulp), which the
-compiler vectorises: libm's tanh, called 250 times a step, took about 5 us of the step.
+loop, 1.8 us instead of 3.0. The tanh of the gates is a rational function (Eigen's float tanh, within 6 ulp),
+which the compiler vectorises: libm's tanh, called 250 times a step, took about 5 us of the step.
 
 ``pip install mlrsnet_hf[fast]`` installs numba; without it :class:`~mlrsnet_hf.device_step.DeviceStep` uses its
 NumPy step (the same rule in float32, up to the order of sums and the tanh's last bits). The first call compiles
@@ -96,8 +96,8 @@ def _compile():
         num_layers, hidden = state.shape[1], state.shape[2]
         inner, rows = hidden // 2, 4 * hidden
         fast = weights[0] == 1  # all weights finite: the loss branch's table, units at 0 skipped
-        gates = np.empty(rows, np.float32)
-        x = np.empty(1, np.float32)
+        buffer = np.empty(rows + 1, np.float32)  # one allocation: the gates, and the loss as a vector (dense path)
+        gates, x = buffer[:rows], buffer[rows:]
         x[0] = x0
         offset = 1
         for k in range(num_layers):

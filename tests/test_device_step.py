@@ -153,7 +153,7 @@ def test_the_compiled_step_is_the_numpy_step_over_a_long_run():
     with torch.no_grad():
         for p in network.parameters():
             p.add_(torch.randn_like(p) * 0.3)
-    breaks = cpu_kernel._loss_branch_table(*(a.astype(np.float64) for a in _loss_branch(network)))[0]
+    breaks = cpu_kernel.packed_weights(network)[1 : 1 + 50 // 2]  # the table's breakpoints, after `fast`
     rng = np.random.default_rng(0)
     losses = [*rng.uniform(-3, 10, size=1900), *breaks[np.isfinite(breaks)], 0.0, 1e-30, 1e30]
     h, c = np.zeros((2, 1, 50), np.float32)
@@ -164,12 +164,6 @@ def test_the_compiled_step_is_the_numpy_step_over_a_long_run():
         lr = cpu_kernel.kernel()(loss, *args)
         worst = max(worst, abs(lr - float(np.float32(p))) / float(np.float32(p)))
     assert worst < 2e-6
-
-
-def _loss_branch(network):
-    """The first cell's loss branch as the compiled step's table takes it: (w1, b1, W2^T, gates' bias)."""
-    (w1, b1, w2, b2), inner = network.numpy_weights()[0][0], network.hidden_size // 2
-    return w1[:inner, 0], b1[:inner], w2[:, :inner].T, b2
 
 
 @needs_cuda
