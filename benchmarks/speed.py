@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 import json
 import platform
@@ -364,22 +365,35 @@ def worker_overhead(steps: int, warmup: int, repeats: int, cuda: int = 0) -> dic
             )
         trainer.train()
         timed = clock.times[warmup - 1 :]
-        return (timed[-1] - timed[0]) / (len(timed) - 1) * 1e6  # us per step
+        steps_us = [(b - a) * 1e6 for a, b in itertools.pairwise(timed)]
+        return statistics.fmean(steps_us), statistics.median(steps_us)  # the run's mean step, its median step
 
     modes = ("builtin", "transfer", *(() if cuda else ("transfer-numpy",)), "builtin-fused", "transfer-fused")
     modes += ("transfer-fused-eager",) if cuda else ()  # the device step without its CUDA graph
     result: dict = {"device": "cuda" if cuda else "cpu"}
     for kind in ("linear", "gpt2"):
-        times: dict[str, list[float]] = {mode: [] for mode in modes}
+        means: dict[str, list[float]] = {mode: [] for mode in modes}
+        medians: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(repeats):  # interleaved: drift hits every mode alike
             for mode in shuffled(modes):
-                times[mode].append(run(kind, mode))
-        us = {mode: statistics.median(v) for mode, v in times.items()}
+                mean, median = run(kind, mode)
+                means[mode].append(mean)
+                medians[mode].append(median)
+        us = {mode: statistics.median(v) for mode, v in means.items()}
+        step_us = {mode: statistics.median(v) for mode, v in medians.items()}
         base = {mode: b for mode, b in OVERHEAD_BASES.items() if mode in modes}
         result[kind] = {
-            "us_per_step": us,
+            "us_per_step": us,  # per mode: the median over rounds of the run's mean step (its steps/s)
             "overhead_us": {mode: us[mode] - us[b] for mode, b in base.items()},
             "steps_per_s_ratio": {mode: us[b] / us[mode] for mode, b in base.items()},
+            # each round's own ratio (the two runs next to each other in time), sorted: its spread
+            "round_ratios": {
+                mode: sorted(b / m for b, m in zip(means[b], means[mode], strict=True)) for mode, b in base.items()
+            },
+            # the median single step: a step's typical cost, without the pauses that hit a run now and then
+            "median_step_us": step_us,
+            "median_step_overhead_us": {mode: step_us[mode] - step_us[b] for mode, b in base.items()},
+            "median_step_ratio": {mode: step_us[b] / step_us[mode] for mode, b in base.items()},
         }
 
     # The schedule's own step: the module forward with host reads vs the fused device step.
@@ -432,8 +446,13 @@ def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
     state are the same for every configuration, so differences of a few microseconds show, which separate runs
     (their step times differ by +-15 us from run to run) do not resolve. The baseline is the route with a
     constant LR: everything transfer mode does (the loss read, callback, driver), the network left out.
+
+    ``cosine`` emulates ``Trainer`` + cosine in the same run, the reference of the overhead target: in its blocks
+    the Trainer steps a cosine ``LambdaLR`` on the same optimizer instead of the driver, our callback is out of the
+    callback list and ``Trainer.compute_loss`` runs instead of ours (no loss capture). What stays is
+    MLRSNetTrainer's ``_get_learning_rate``, one call that hands the question to ``Trainer``'s.
     """
-    from transformers import TrainerCallback
+    from transformers import Trainer, TrainerCallback, get_cosine_schedule_with_warmup
 
     from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, cpu_kernel
     from mlrsnet_hf.device_step import DeviceStep
@@ -482,8 +501,11 @@ def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
     mode, last_lr = plan[0], [0.0]
     real_step = DeviceStep.step
 
+    calls = dict.fromkeys(PARTS, 0)  # the schedule's steps taken in each configuration's blocks
+
     def step(self, loss):
         start = time.perf_counter()
+        calls[mode] += 1
         if mode == "transfer":
             last_lr[0] = real_step(self, loss)
             own[mode].append(time.perf_counter() - start)
@@ -505,19 +527,42 @@ def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
         return last_lr[0]
 
     times: dict[str, list[float]] = {mode: [] for mode in PARTS}
+    trainer: MLRSNetTrainer | None = None
+    ours: dict = {}  # what a cosine block swaps out: our scheduler (the driver) and callback list
 
     class Switch(TrainerCallback):
         last = None
 
+        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+            with_ours = list(trainer.callback_handler.callbacks)
+            cosine = get_cosine_schedule_with_warmup(optimizer, 0, args.max_steps)
+            without = [c for c in with_ours if c is not trainer.mlrsnet_callback]
+            ours.update(driver=lr_scheduler, cosine=cosine, with_ours=with_ours, without=without)
+
         def on_step_begin(self, args, state, control, **kwargs):
             nonlocal mode
-            mode = plan[state.global_step // block]
+            before, mode = mode, plan[state.global_step // block]
+            if (mode == "cosine") != (before == "cosine"):
+                self.route(cosine=mode == "cosine")
+
+        @staticmethod
+        def route(cosine: bool) -> None:
+            """The Trainer's own route (cosine), or ours back."""
+            trainer.lr_scheduler = ours["cosine" if cosine else "driver"]
+            # a new list object: the loop of the event under way goes on over the old one
+            trainer.callback_handler.callbacks = ours["without" if cosine else "with_ours"]
+            if cosine:
+                trainer.compute_loss = functools.partial(Trainer.compute_loss, trainer)
+            else:
+                del trainer.compute_loss
 
         def on_step_end(self, args, state, control, **kwargs):
             now, i = time.perf_counter(), state.global_step - 1
             if i >= warmup and i % block and self.last is not None:
                 times[plan[i // block]].append(now - self.last)
             self.last = now
+            if state.global_step == total and mode == "cosine":  # our route ends the run (the driver's finish)
+                self.route(cosine=False)
 
     common = dict(
         output_dir="/tmp/mlrsnet_overhead", max_steps=total, per_device_train_batch_size=8, report_to="none",
@@ -536,14 +581,21 @@ def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
     finally:
         DeviceStep.step = real_step
     us = {m: statistics.median(t) * 1e6 for m, t in times.items()}
-    return {
+    configurations = {
         m: {
             "us_per_step": us[m],
             "extra_us": us[m] - us["route"],
             "own_us": statistics.median(own[m]) * 1e6 if own[m] else 0.0,
             "steps": len(times[m]),
+            "schedule_steps": calls[m],
         }
         for m in PARTS
+    }
+    over = us["transfer"] - us["cosine"]
+    return {
+        "configurations": configurations,
+        "transfer_over_cosine_us": over,
+        "ratio_to_cosine": us["cosine"] / us["transfer"],
     }
 
 
@@ -683,10 +735,11 @@ def write_results(args: argparse.Namespace, results: dict, suffix: str = "") -> 
 
 
 PARTS = (
-    "route", "route+noop", "route+spin", "route+call", "route+dot", "route+compiled", "route+compiled-twice",
+    "cosine", "route", "route+noop", "route+spin", "route+call", "route+dot", "route+compiled", "route+compiled-twice",
     "route+compiled-hidden10", "transfer",
 )  # fmt: skip
 PART_NAMES = {
+    "cosine": "Trainer + cosine, emulated in this run (a cosine LambdaLR, without our callback and loss capture)",
     "route": "the route with a constant LR (loss read, callback, driver; no network): the baseline",
     "route+noop": "+ a call of a function that does nothing",
     "route+spin": "+ 8 us of spinning in Python",
@@ -708,11 +761,16 @@ def parts_markdown(p: dict) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for mode in PARTS:
-        r = p[mode]
-        own = f"{r['own_us']:.1f} us" if mode != "route" else ""
+        r = p["configurations"][mode]
+        own = f"{r['own_us']:.1f} us" if mode.startswith("route+") or mode == "transfer" else ""
         lines.append(
             f"| {PART_NAMES[mode]} | {r['steps']} | {r['us_per_step']:.0f} | {r['extra_us']:+.1f} us | {own} |"
         )
+    lines += [
+        "",
+        f"Transfer mode over Trainer + cosine: {p['transfer_over_cosine_us']:+.1f} us per step, a steps/s ratio of "
+        f"{p['ratio_to_cosine']:.3f}x at this run's cosine step of {p['configurations']['cosine']['us_per_step']:.0f} us.",
+    ]
     return [*lines, ""]
 
 
@@ -722,11 +780,18 @@ def overhead_markdown(o: dict) -> list[str]:
     lines = [
         f"## Per-step overhead of transfer mode ({where}, interleaved, median)",
         "",
-        "| model | optimizer | Trainer + cosine (us/step) | MLRSNetTrainer, transfer | overhead | steps/s ratio |",
-        "|---|---|---|---|---|---|",
+        "Whole runs: the median over rounds of each run's mean step (steps/s), and the quartiles of the rounds' own "
+        "ratios. Single steps: the median over rounds of each run's median step.",
+        "",
+        "| model | optimizer | Trainer + cosine (us/step) | MLRSNetTrainer, transfer | overhead | steps/s ratio "
+        "| ratio per round (quartiles) | median step: overhead | median step: ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind in ("linear", "gpt2"):
         us, extra, ratio = o[kind]["us_per_step"], o[kind]["overhead_us"], o[kind]["steps_per_s_ratio"]
+        rounds, step_extra, step_ratio = (
+            o[kind][k] for k in ("round_ratios", "median_step_overhead_us", "median_step_ratio")
+        )
         for mode, base in OVERHEAD_BASES.items():
             if mode not in us:  # no NumPy step on a GPU, no CUDA graph on a CPU
                 continue
@@ -735,9 +800,12 @@ def overhead_markdown(o: dict) -> list[str]:
                 if base.endswith("fused")
                 else ("SGD" if kind == "linear" else "AdamW") + (", NumPy step" if mode.endswith("numpy") else "")
             )
+            quartiles = (
+                "{:.3f}-{:.3f}x".format(*statistics.quantiles(rounds[mode], n=4)[::2]) if len(rounds[mode]) > 1 else ""
+            )
             lines.append(
                 f"| {names[kind]} | {optim} | {us[base]:.0f} | {us[mode]:.0f} | {extra[mode]:+.0f} us | "
-                f"{ratio[mode]:.3f}x |"
+                f"{ratio[mode]:.3f}x | {quartiles} | {step_extra[mode]:+.0f} us | {step_ratio[mode]:.3f}x |"
             )
     step = o["schedule_step_us"]
     lines += ["", "The schedule's own step: " + ", ".join(f"{k}: {v:.1f} us" for k, v in step.items()) + ".", ""]

@@ -29,8 +29,11 @@ def test_speed_benchmark_quick(tmp_path):
     assert ratios["cnn_transfer_overhead_per_step"] < 0.1  # the LSTM step is tiny next to a training step
     assert all(ratios[f"{m}_meta_step_extra_in_plain_steps_end_to_end"] > 0 for m in ("cnn", "wide_mlp"))
     assert "| transfer |" in (tmp_path / "speed_cpu_quick.md").read_text()
-    overhead = results["overhead"]["linear"]["steps_per_s_ratio"]
-    assert set(overhead) == {"transfer", "transfer-numpy", "transfer-fused"}
+    overhead = results["overhead"]["linear"]
+    assert set(overhead["steps_per_s_ratio"]) == {"transfer", "transfer-numpy", "transfer-fused"}
+    assert set(overhead["median_step_ratio"]) == set(overhead["steps_per_s_ratio"])
+    assert all(len(r) == 1 for r in overhead["round_ratios"].values())  # one round in --quick
+    assert overhead["round_ratios"]["transfer"][0] == pytest.approx(overhead["steps_per_s_ratio"]["transfer"])
 
 
 @pytest.mark.slow
@@ -47,8 +50,10 @@ def test_speed_benchmark_parts_quick(tmp_path):
     ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    parts = json.loads((tmp_path / "speed_cpu_quick_parts.json").read_text())["parts"]
+    results = json.loads((tmp_path / "speed_cpu_quick_parts.json").read_text())["parts"]
+    parts = results["configurations"]
     assert list(parts) == [
+        "cosine",
         "route",
         "route+noop",
         "route+spin",
@@ -62,6 +67,15 @@ def test_speed_benchmark_parts_quick(tmp_path):
     assert parts["route"]["extra_us"] == 0 and parts["route"]["own_us"] == 0
     # 3 rounds, a 4-step block of each configuration per round, the first step of each block not counted
     assert all(p["steps"] == 3 * 3 for p in parts.values())
+    # The emulated Trainer + cosine takes our route out: no schedule step in its blocks. Elsewhere one per step
+    # (3 rounds of 4-step blocks, and 8 warm-up steps of transfer), but at the stage entries (at most 3), which
+    # step the schedule itself.
+    assert parts["cosine"]["schedule_steps"] == 0 and parts["cosine"]["own_us"] == 0
+    expected = 3 * 4 * (len(parts) - 1) + 8
+    assert 0 <= expected - sum(p["schedule_steps"] for p in parts.values()) <= 3
+    assert results["ratio_to_cosine"] == pytest.approx(
+        parts["cosine"]["us_per_step"] / parts["transfer"]["us_per_step"]
+    )
     assert parts["route+spin"]["own_us"] >= 8  # the step spins 8 us
     worked = ("route+dot", "route+compiled", "route+compiled-twice", "route+compiled-hidden10", "transfer")
     assert all(parts[m]["own_us"] > 0 for m in worked)
