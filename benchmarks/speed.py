@@ -450,7 +450,8 @@ def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
     ``cosine`` emulates ``Trainer`` + cosine in the same run, the reference of the overhead target: in its blocks
     the Trainer steps a cosine ``LambdaLR`` on the same optimizer instead of the driver, our callback is out of the
     callback list and ``Trainer.compute_loss`` runs instead of ours (no loss capture). What stays is
-    MLRSNetTrainer's ``_get_learning_rate``, one call that hands the question to ``Trainer``'s.
+    MLRSNetTrainer's ``_get_learning_rate``, one call that hands the question to ``Trainer``'s. ``cosine+callback``
+    is the same with our callback back in the list (the cost of its events' dispatch), setting no LR.
     """
     from transformers import Trainer, TrainerCallback, get_cosine_schedule_with_warmup
 
@@ -542,27 +543,31 @@ def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
         def on_step_begin(self, args, state, control, **kwargs):
             nonlocal mode
             before, mode = mode, plan[state.global_step // block]
-            if (mode == "cosine") != (before == "cosine"):
-                self.route(cosine=mode == "cosine")
+            if mode != before:
+                self.route(cosine=mode.startswith("cosine"), callback=mode != "cosine")
 
         @staticmethod
-        def route(cosine: bool) -> None:
-            """The Trainer's own route (cosine), or ours back."""
+        def route(cosine: bool, callback: bool) -> None:
+            """The Trainer's own route (cosine) with or without our callback in the list, or ours."""
             trainer.lr_scheduler = ours["cosine" if cosine else "driver"]
             # a new list object: the loop of the event under way goes on over the old one
-            trainer.callback_handler.callbacks = ours["without" if cosine else "with_ours"]
+            trainer.callback_handler.callbacks = ours["with_ours" if callback else "without"]
+            if cosine and callback:  # in the list, its events dispatched, but it sets no LR
+                trainer.mlrsnet_callback.on_pre_optimizer_step = lambda *args, **kwargs: None
+            else:
+                trainer.mlrsnet_callback.__dict__.pop("on_pre_optimizer_step", None)
             if cosine:
                 trainer.compute_loss = functools.partial(Trainer.compute_loss, trainer)
             else:
-                del trainer.compute_loss
+                trainer.__dict__.pop("compute_loss", None)
 
         def on_step_end(self, args, state, control, **kwargs):
             now, i = time.perf_counter(), state.global_step - 1
             if i >= warmup and i % block and self.last is not None:
                 times[plan[i // block]].append(now - self.last)
             self.last = now
-            if state.global_step == total and mode == "cosine":  # our route ends the run (the driver's finish)
-                self.route(cosine=False)
+            if state.global_step == total and mode.startswith("cosine"):  # ours ends the run (the driver's finish)
+                self.route(cosine=False, callback=True)
 
     common = dict(
         output_dir="/tmp/mlrsnet_overhead", max_steps=total, per_device_train_batch_size=8, report_to="none",
@@ -735,11 +740,12 @@ def write_results(args: argparse.Namespace, results: dict, suffix: str = "") -> 
 
 
 PARTS = (
-    "cosine", "route", "route+noop", "route+spin", "route+call", "route+dot", "route+compiled", "route+compiled-twice",
+    "cosine", "cosine+callback", "route", "route+noop", "route+spin", "route+call", "route+dot", "route+compiled", "route+compiled-twice",
     "route+compiled-hidden10", "transfer",
 )  # fmt: skip
 PART_NAMES = {
     "cosine": "Trainer + cosine, emulated in this run (a cosine LambdaLR, without our callback and loss capture)",
+    "cosine+callback": "the same with our callback in the callback list, its events dispatched (it sets no LR)",
     "route": "the route with a constant LR (loss read, callback, driver; no network): the baseline",
     "route+noop": "+ a call of a function that does nothing",
     "route+spin": "+ 8 us of spinning in Python",

@@ -54,6 +54,7 @@ def test_speed_benchmark_parts_quick(tmp_path):
     parts = results["configurations"]
     assert list(parts) == [
         "cosine",
+        "cosine+callback",
         "route",
         "route+noop",
         "route+spin",
@@ -67,11 +68,11 @@ def test_speed_benchmark_parts_quick(tmp_path):
     assert parts["route"]["extra_us"] == 0 and parts["route"]["own_us"] == 0
     # 3 rounds, a 4-step block of each configuration per round, the first step of each block not counted
     assert all(p["steps"] == 3 * 3 for p in parts.values())
-    # The emulated Trainer + cosine takes our route out: no schedule step in its blocks. Elsewhere one per step
-    # (3 rounds of 4-step blocks, and 8 warm-up steps of transfer), but at the stage entries (at most 3), which
-    # step the schedule itself.
-    assert parts["cosine"]["schedule_steps"] == 0 and parts["cosine"]["own_us"] == 0
-    expected = 3 * 4 * (len(parts) - 1) + 8
+    # The emulated Trainer + cosine (with or without our callback's events) takes our route out: no schedule step
+    # in its blocks. Elsewhere one per step (3 rounds of 4-step blocks, and 8 warm-up steps of transfer), but at the
+    # stage entries (at most 3), which step the schedule itself.
+    assert all(parts[m]["schedule_steps"] == 0 == parts[m]["own_us"] for m in ("cosine", "cosine+callback"))
+    expected = 3 * 4 * (len(parts) - 2) + 8
     assert 0 <= expected - sum(p["schedule_steps"] for p in parts.values()) <= 3
     assert results["ratio_to_cosine"] == pytest.approx(
         parts["cosine"]["us_per_step"] / parts["transfer"]["us_per_step"]
