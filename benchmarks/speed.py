@@ -388,7 +388,7 @@ def worker_overhead(steps: int, warmup: int, repeats: int, cuda: int = 0) -> dic
             "steps_per_s_ratio": {mode: us[b] / us[mode] for mode, b in base.items()},
             # each round's own ratio (the two runs next to each other in time), sorted: its spread
             "round_ratios": {
-                mode: sorted(b / m for b, m in zip(means[b], means[mode], strict=True)) for mode, b in base.items()
+                mode: sorted(x / y for x, y in zip(means[b], means[mode], strict=True)) for mode, b in base.items()
             },
             # the median single step: a step's typical cost, without the pauses that hit a run now and then
             "median_step_us": step_us,
@@ -505,8 +505,8 @@ def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
     calls = dict.fromkeys(PARTS, 0)  # the schedule's steps taken in each configuration's blocks
 
     def step(self, loss):
-        start = time.perf_counter()
         calls[mode] += 1
+        start = time.perf_counter()
         if mode == "transfer":
             last_lr[0] = real_step(self, loss)
             own[mode].append(time.perf_counter() - start)
