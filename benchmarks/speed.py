@@ -464,20 +464,23 @@ def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
 
     networks = {hidden: MLRSNetSchedule(hidden_size=hidden).stages[0] for hidden in (50, 10)}
     state = {hidden: np.zeros((2, 1, hidden), np.float32) for hidden in networks}
-    arrays = {hidden: cpu_kernel.arrays(net, *state[hidden], 1.0, 1.0, 1.0, 1.0) for hidden, net in networks.items()}
+    arrays = {
+        hidden: cpu_kernel.KernelArgs(net, *state[hidden], 1.0, 1.0, 1.0, 1.0) for hidden, net in networks.items()
+    }
 
     def compiled(hidden: int) -> None:  # the compiled step (result unused), or NumPy's without numba
         if cpu_kernel.AVAILABLE:
-            cpu_kernel.kernel()(2.0, *arrays[hidden])
+            cpu_kernel.kernel()(2.0, arrays[hidden].address)
         else:
             networks[hidden].numpy_forward(2.0, *state[hidden])
 
-    weights = arrays[50][3]
+    weights = arrays[50].weights
     bare = None
-    if cpu_kernel.AVAILABLE:  # a compiled call with the kernel's arguments and no float work: numba's call alone
+    if cpu_kernel.AVAILABLE:  # a compiled call as the kernel's (its entry point, two numbers), no float work
         import numba
 
-        bare = numba.njit(cpu_kernel.SIGNATURE)(lambda loss, scalars, states, counters, weights: loss + scalars[0])
+        bare = numba.njit(cpu_kernel.SIGNATURE)(lambda loss, address: loss + address)
+        bare = bare.overloads[bare.signatures[0]].entry_point
 
     def spin() -> None:
         end = time.perf_counter() + 8e-6
@@ -493,7 +496,7 @@ def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
     work = {
         "route+noop": lambda: None,
         "route+spin": spin,
-        "route+call": (lambda: bare(2.0, *arrays[50])) if bare is not None else None,
+        "route+call": (lambda: bare(2.0, arrays[50].address)) if bare is not None else None,
         "route+dot": lambda: np.dot(weights[:50], weights[50:100]),
         "route+compiled": lambda: compiled(50),
         "route+compiled-hidden10": lambda: compiled(10),
@@ -515,7 +518,7 @@ def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
             self._begin()
         self._taken += 1
         if self._compiled is not None:
-            self._compiled[2][1] += 1  # counted as the kernel counts its steps
+            self._compiled.counters[1] += 1  # counted as the kernel counts its steps
         else:
             self._finite += 1
         loss.item()
@@ -749,7 +752,7 @@ PART_NAMES = {
     "route": "the route with a constant LR (loss read, callback, driver; no network): the baseline",
     "route+noop": "+ a call of a function that does nothing",
     "route+spin": "+ 8 us of spinning in Python",
-    "route+call": "+ a compiled (numba) call through numba's dispatcher, the step's five arguments, no float work",
+    "route+call": "+ a compiled (numba) call as the step's (its entry point, the loss and an address), no float work",
     "route+dot": "+ one `np.dot` of two 50-float vectors",
     "route+compiled": "+ the compiled LSTM step, its result unused",
     "route+compiled-twice": "+ the compiled LSTM step twice (own time: the second call's, code and data warm)",

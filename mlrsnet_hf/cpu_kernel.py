@@ -1,7 +1,8 @@
 """A transferred schedule's whole step on a CPU as one compiled call (numba), when numba is installed.
 
 The LSTM cell(s), the head, ``gamma * p``, the cap, the finite check and the step's bookkeeping (the new state, the
-count of finite steps, the last LR) run in one call, on weights packed into one array, with five arguments.
+count of finite steps, the last LR) run in one call, on weights packed into one array, with two arguments: the
+loss and the address of a table of the step's arrays (:class:`KernelArgs`).
 Inside a training loop a call costs several times what it costs in a tight loop: its code and data are cold again
 after the Trainer's own work, and what it reads pushes out what the Trainer reads next. So the step reads as
 little as it can:
@@ -19,7 +20,7 @@ which the compiler vectorises: libm's tanh, called 250 times a step, took about 
 
 ``pip install mlrsnet_hf[fast]`` installs numba; without it :class:`~mlrsnet_hf.device_step.DeviceStep` uses its
 NumPy step (the same rule in float32, up to the order of sums and the tanh's last bits). The first call compiles
-the kernel (about a second once, then about 0.2 s from numba's cache on disk)."""
+the kernel (seconds, once per installation); later processes load it from numba's cache on disk."""
 
 from __future__ import annotations
 
@@ -34,16 +35,34 @@ logger = logging.getLogger(__name__)
 AVAILABLE = importlib.util.find_spec("numba") is not None
 
 _kernel = None
-# The kernel's one signature: (loss, scalars, states, counters, weights) -> lr, C-contiguous arrays (see kernel()).
-SIGNATURE = "float64(float64, float64[::1], float32[:, :, :, ::1], int64[::1], float32[::1])"
+# The kernel's one signature: (loss, address of the arrays' table) -> lr (see kernel() and KernelArgs).
+SIGNATURE = "float64(float64, int64)"
+
+
+# The kernel's helpers (set by _compile). Module globals, not closure cells: numba's cache key hashes what a closure
+# holds, and a jitted function pickles differently in every process, so the kernel would be compiled in each one.
+_at = _tanh = _branch = _run = None
 
 
 def _compile():
+    global _at, _tanh, _branch, _run
     import numba
+    from numba import types
+    from numba.extending import intrinsic
 
-    # Compiled now, for the one signature used (C-contiguous arrays), so that a failure shows here.
+    # Compiled now, for the one signature used, so that a failure shows here.
     # reassoc/contract only: the sums may be vectorised, but NaN and inf keep their meaning (the finite check).
     fastmath = {"reassoc", "contract"}
+
+    @intrinsic
+    def at(typingctx, address, dtype):  # pragma: no cover
+        """A pointer to ``dtype`` values at the integer ``address`` (an array's ``ctypes.data``)."""
+        pointer = types.CPointer(dtype.dtype)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+        return pointer(address, dtype), codegen
 
     @numba.njit(inline="always", fastmath=fastmath)
     def tanh(x):  # pragma: no cover
@@ -85,8 +104,10 @@ def _compile():
                 gates[j] += z * w2[j]
         return offset + inner * rows
 
-    @numba.njit(SIGNATURE, cache=True, fastmath=fastmath)
-    def step(loss, scalars, states, counters, weights):  # pragma: no cover
+    _at, _tanh, _branch = at, tanh, branch
+
+    @numba.njit(inline="always", fastmath=fastmath)
+    def run(loss, scalars, states, counters, weights, buffer):  # pragma: no cover
         """One step; see :func:`kernel`, and :func:`packed_weights` for the layout of ``weights``."""
         divisor, gamma, cap, last_lr = scalars[0], scalars[1], scalars[2], scalars[3]
         x0 = np.float32(loss / divisor)
@@ -96,8 +117,7 @@ def _compile():
         num_layers, hidden = state.shape[1], state.shape[2]
         inner, rows = hidden // 2, 4 * hidden
         fast = weights[0] == 1  # all weights finite: the loss branch's table, units at 0 skipped
-        buffer = np.empty(rows + 1, np.float32)  # one allocation: the gates, and the loss as a vector (dense path)
-        gates, x = buffer[:rows], buffer[rows:]
+        gates, x = buffer[:rows], buffer[rows:]  # the gates, and the loss as a vector (dense path)
         x[0] = x0
         offset = 1
         for k in range(num_layers):
@@ -119,17 +139,17 @@ def _compile():
             else:
                 for j in range(rows):
                     gates[j] = weights[bias + j]
-                offset = branch(gates, x if k == 0 else new_state[0, k - 1], weights, offset, inner, width, fast)
-            offset = branch(gates, state[0, k], weights, offset, inner, hidden, fast) + rows
+                offset = _branch(gates, x if k == 0 else new_state[0, k - 1], weights, offset, inner, width, fast)
+            offset = _branch(gates, state[0, k], weights, offset, inner, hidden, fast) + rows
             for j in range(rows):
-                gates[j] = tanh(gates[j])  # sigmoid rows were halved: sigmoid(2t) = (tanh(t) + 1) / 2
+                gates[j] = _tanh(gates[j])  # sigmoid rows were halved: sigmoid(2t) = (tanh(t) + 1) / 2
             for j in range(hidden):
                 i = gates[j] * np.float32(0.5) + np.float32(0.5)
                 f = gates[hidden + j] * np.float32(0.5) + np.float32(0.5)
                 o = gates[2 * hidden + j] * np.float32(0.5) + np.float32(0.5)
                 c = f * state[1, k, j] + i * gates[3 * hidden + j]
                 new_state[1, k, j] = c
-                new_state[0, k, j] = o * tanh(c)
+                new_state[0, k, j] = o * _tanh(c)
         acc = weights[offset + hidden]  # the head's (halved) bias
         for j in range(hidden):
             acc += weights[offset + j] * new_state[0, num_layers - 1, j]
@@ -142,6 +162,22 @@ def _compile():
         counters[0] = 1 - counters[0]
         counters[1] += 1
         return lr
+
+    _run = run
+
+    @numba.njit(SIGNATURE, cache=True, fastmath=fastmath)
+    def step(loss, address):  # pragma: no cover
+        """:func:`run` on the arrays whose addresses and sizes are in the table at ``address`` (see KernelArgs)."""
+        table = numba.carray(_at(address, numba.int64), 8)
+        num_layers, hidden = table[5], table[6]
+        return _run(
+            loss,
+            numba.carray(_at(table[0], numba.float64), 4),
+            numba.carray(_at(table[1], numba.float32), (2, 2, num_layers, hidden)),
+            numba.carray(_at(table[2], numba.int64), 2),
+            numba.carray(_at(table[3], numba.float32), table[7]),
+            numba.carray(_at(table[4], numba.float32), 4 * hidden + 1),
+        )
 
     return step
 
@@ -196,31 +232,50 @@ def packed_weights(network) -> np.ndarray:
     return network.__dict__["_packed"]
 
 
-def arrays(
-    network, h: np.ndarray, c: np.ndarray, divisor: float, gamma: float, cap: float, last_lr: float
-) -> tuple[np.ndarray, ...]:
-    """:func:`kernel`'s arguments after the loss, ``(scalars, states, counters, weights)``, for steps of ``network``
-    from the state ``(h, c)`` (each of shape ``(num_layers, hidden_size)``); the kernel updates them in place."""
-    states = np.empty((2, 2, *h.shape), np.float32)
-    states[0, 0], states[0, 1] = h, c
-    return np.array([divisor, gamma, cap, last_lr]), states, np.zeros(2, np.int64), packed_weights(network)
+class KernelArgs:
+    """What :func:`kernel` reads and updates for steps of ``network`` from the state ``(h, c)`` (each of shape
+    ``(num_layers, hidden_size)``), and ``address``, its one argument besides the loss.
+
+    The kernel takes the address of ``table`` (the addresses of the arrays below and their sizes), not the arrays:
+    numba's conversion of four arrays at each call cost more than the step's float work in a tight loop. This
+    object keeps the arrays alive; the kernel must not be called with its address after it is gone.
+    """
+
+    def __init__(
+        self, network, h: np.ndarray, c: np.ndarray, divisor: float, gamma: float, cap: float, last_lr: float
+    ) -> None:
+        num_layers, hidden = h.shape
+        self.scalars = np.array([divisor, gamma, cap, last_lr])
+        self.states = np.empty((2, 2, num_layers, hidden), np.float32)
+        self.states[0, 0], self.states[0, 1] = h, c
+        self.counters = np.zeros(2, np.int64)
+        self.weights = packed_weights(network)
+        self.scratch = np.empty(4 * hidden + 1, np.float32)
+        arrays = self.scalars, self.states, self.counters, self.weights, self.scratch
+        self.table = np.array([*(a.ctypes.data for a in arrays), num_layers, hidden, self.weights.size], np.int64)
+        self.address = self.table.ctypes.data
+
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the current ``(h, c)``."""
+        current = self.states[self.counters[0]]
+        return current[0].copy(), current[1].copy()
 
 
 def kernel():
     """The compiled step (None when numba is not installed or could not compile it); compiled at the first call,
-    then cached by numba.
+    then loaded from numba's cache on disk.
 
-    ``kernel(loss, scalars, states, counters, weights) -> lr`` (the arrays made by :func:`arrays`) takes one step of the network whose
+    ``kernel(loss, args.address) -> lr``, for a :class:`KernelArgs` ``args``, takes one step of the network whose
     ``weights = packed_weights(network)``, for the input ``loss / divisor``, and returns the LR,
-    ``min(float32(gamma) * p, cap)``. ``scalars`` (float64) is ``[divisor, gamma, cap, last_lr]``; ``states``
-    (float32, shape ``(2, 2, num_layers, hidden_size)``) holds two ``(h, c)`` stacks and ``counters`` (int64)
-    ``[index of the current stack in states, finite steps]``. A step with a finite loss and LR writes the new state
-    into the other stack, makes it current, counts itself and stores its LR as ``last_lr``; any other step
-    returns ``last_lr`` and changes nothing.
+    ``min(float32(gamma) * p, cap)``. ``args.scalars`` (float64) is ``[divisor, gamma, cap, last_lr]``;
+    ``args.states`` (float32, shape ``(2, 2, num_layers, hidden_size)``) holds two ``(h, c)`` stacks and
+    ``args.counters`` (int64) ``[index of the current stack in states, finite steps]``. A step with a finite loss
+    and LR writes the new state into the other stack, makes it current, counts itself and stores its LR as
+    ``last_lr``; any other step returns ``last_lr`` and changes nothing.
 
     It is the compiled function's own entry point, not numba's dispatcher, which matches the arguments' types at
-    every call (about 3 us of a Trainer step's cost, ``benchmarks/speed.py --only parts``). The entry point does not
-    check them: pass only the arrays of :func:`arrays`, which have the one compiled signature, :data:`SIGNATURE`.
+    every call (about 3 us of a Trainer step's cost, ``benchmarks/speed.py --only parts``). Nothing is checked:
+    pass only a float and the address of a :class:`KernelArgs` that is still alive.
     """
     global _kernel
     if _kernel is None:

@@ -143,7 +143,8 @@ class DeviceStep:
         self._finite = 0  # NumPy step: steps with a finite loss and LR since the last sync (the kernel counts its own)
         self._last_lr: float | None = None
         self._numpy_state: tuple[np.ndarray, np.ndarray] | None = None
-        self._compiled: tuple[np.ndarray, ...] | None = None  # the kernel's arrays after its loss (cpu_kernel.kernel)
+        self._compiled: cpu_kernel.KernelArgs | None = None  # what the compiled step reads and updates
+        self._address = 0  # the kernel's argument besides the loss: self._compiled.address
         self._tensor_steps: dict[nn.Module, _TensorStep] = {}  # per stage network (each its own CUDA graph)
         self._tensor_step: _TensorStep | None = None  # the one in use since the last sync
         self._graph_failed = False
@@ -185,10 +186,11 @@ class DeviceStep:
         if self._numpy:
             self._kernel = cpu_kernel.kernel() if self.compiled_on_cpu else None
             if self._kernel is not None:  # its arrays; the weights are fixed until the next sync: looked up once
-                self._compiled = cpu_kernel.arrays(
+                self._compiled = cpu_kernel.KernelArgs(
                     self._network, state.h.numpy(), state.c.numpy(), self._divisor, self._gamma, self._cap,
                     schedule.last_lr,
                 )  # fmt: skip
+                self._address = self._compiled.address
             else:
                 self._last_lr, self._finite = schedule.last_lr, 0
                 self._numpy_state = state.h.numpy().copy(), state.c.numpy().copy()
@@ -203,7 +205,7 @@ class DeviceStep:
             self._begin()
         self._taken += 1
         if self._compiled is not None:
-            return self._kernel(loss.item(), *self._compiled)
+            return self._kernel(loss.item(), self._address)
         if self._numpy:
             return self._numpy_step(loss.item())
         return self._tensor_step.step(loss)
@@ -228,10 +230,9 @@ class DeviceStep:
             return
         schedule = self.schedule
         if self._compiled is not None:
-            scalars, states, counters, _ = self._compiled
-            last_lr, finite = float(scalars[3]), int(counters[1])
-            h, c = torch.from_numpy(states[counters[0]].copy()).unbind()
-            schedule.state = MLRSNetState(h, c)
+            compiled = self._compiled
+            last_lr, finite = float(compiled.scalars[3]), int(compiled.counters[1])
+            schedule.state = MLRSNetState(*(torch.from_numpy(a) for a in compiled.state()))
         elif self._numpy:
             last_lr, finite = self._last_lr, self._finite
             h, c = (torch.from_numpy(a) for a in self._numpy_state)
@@ -251,3 +252,4 @@ class DeviceStep:
             )  # fmt: skip
         self._active, self._taken, self._last_lr = False, 0, None
         self._numpy_state = self._compiled = None
+        self._address = 0

@@ -3,6 +3,9 @@ schedule's rule."""
 
 import copy
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -157,13 +160,31 @@ def test_the_compiled_step_is_the_numpy_step_over_a_long_run():
     rng = np.random.default_rng(0)
     losses = [*rng.uniform(-3, 10, size=1900), *breaks[np.isfinite(breaks)], 0.0, 1e-30, 1e30]
     h, c = np.zeros((2, 1, 50), np.float32)
-    args = cpu_kernel.arrays(network, h, c, 1.0, 1.0, math.inf, 0.0)
+    args = cpu_kernel.KernelArgs(network, h, c, 1.0, 1.0, math.inf, 0.0)
     worst = 0.0
     for loss in losses:
         p, h, c = network.numpy_forward(loss, h, c)
-        lr = cpu_kernel.kernel()(loss, *args)
+        lr = cpu_kernel.kernel()(loss, args.address)
         worst = max(worst, abs(lr - float(np.float32(p))) / float(np.float32(p)))
     assert worst < 2e-6
+
+
+@needs_numba
+def test_the_compiled_step_is_compiled_once_then_loaded_from_numbas_cache(tmp_path):
+    """A second process loads the kernel from numba's cache on disk: it compiles nothing and writes no new entry.
+    (A kernel whose helpers sit in its closure got a new cache key in every process: each one compiled it for
+    seconds and added a file to the cache.)"""
+    load = (
+        "import importlib.util, sys; spec = importlib.util.spec_from_file_location('cpu_kernel', sys.argv[1]); "
+        "module = sys.modules['cpu_kernel'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
+        "assert module.kernel() is not None"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    entries = []
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", load, cpu_kernel.__file__], env=env, check=True)
+        entries.append(sorted(p.name for p in tmp_path.rglob("*") if p.is_file()))
+    assert entries[0] == entries[1] and len([name for name in entries[0] if name.endswith(".nbc")]) == 1
 
 
 @needs_cuda
