@@ -450,13 +450,17 @@ def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
     ``cosine`` emulates ``Trainer`` + cosine in the same run, the reference of the overhead target: in its blocks
     the Trainer steps a cosine ``LambdaLR`` on the same optimizer instead of the driver, our callback is out of the
     callback list and ``Trainer.compute_loss`` runs instead of ours (no loss capture). What stays is
-    MLRSNetTrainer's ``_get_learning_rate``, one call that hands the question to ``Trainer``'s. ``cosine+callback``
-    is the same with our callback back in the list (the cost of its events' dispatch), setting no LR.
+    MLRSNetTrainer's ``_get_learning_rate``, one call that hands the question to ``Trainer``'s. ``cosine+handler``
+    is the same with our callback called by MLRSNetTrainer's handler at its three events, as in transfer mode
+    (setting no LR); ``cosine+listed`` with our callback in the callback list instead, called at every event, as
+    MLRSNetTrainer called it before its handler.
     """
     from transformers import Trainer, TrainerCallback, get_cosine_schedule_with_warmup
+    from transformers.trainer_callback import CallbackHandler
 
     from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, cpu_kernel
     from mlrsnet_hf.device_step import DeviceStep
+    from mlrsnet_hf.trainer import ScheduleCallbackHandler
 
     torch.set_num_threads(1)
     plan = ["transfer"] * -(-warmup // block) + [mode for _ in range(rounds) for mode in shuffled(PARTS)]
@@ -538,24 +542,28 @@ def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
         last = None
 
         def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
-            with_ours = list(trainer.callback_handler.callbacks)
+            listed = list(trainer.callback_handler.callbacks)  # our callback is not in it: our handler calls it
             cosine = get_cosine_schedule_with_warmup(optimizer, 0, args.max_steps)
-            without = [c for c in with_ours if c is not trainer.mlrsnet_callback]
-            ours.update(driver=lr_scheduler, cosine=cosine, with_ours=with_ours, without=without)
+            ours.update(
+                driver=lr_scheduler, cosine=cosine, listed=listed, with_ours=[*listed, trainer.mlrsnet_callback]
+            )
 
         def on_step_begin(self, args, state, control, **kwargs):
             nonlocal mode
             before, mode = mode, plan[state.global_step // block]
             if mode != before:
-                self.route(cosine=mode.startswith("cosine"), callback=mode != "cosine")
+                self.route(mode)
 
         @staticmethod
-        def route(cosine: bool, callback: bool) -> None:
-            """The Trainer's own route (cosine) with or without our callback in the list, or ours."""
+        def route(mode: str) -> None:
+            """The Trainer's own route (cosine), with our callback called by our handler or listed, or ours."""
+            cosine = mode.startswith("cosine")
             trainer.lr_scheduler = ours["cosine" if cosine else "driver"]
             # a new list object: the loop of the event under way goes on over the old one
-            trainer.callback_handler.callbacks = ours["with_ours" if callback else "without"]
-            if cosine and callback:  # in the list, its events dispatched, but it sets no LR
+            trainer.callback_handler.callbacks = ours["with_ours" if mode == "cosine+listed" else "listed"]
+            handled = mode == "cosine+handler" or not cosine
+            trainer.callback_handler.__class__ = ScheduleCallbackHandler if handled else CallbackHandler
+            if cosine and mode != "cosine":  # its events dispatched, but it sets no LR
                 trainer.mlrsnet_callback.on_pre_optimizer_step = lambda *args, **kwargs: None
             else:
                 trainer.mlrsnet_callback.__dict__.pop("on_pre_optimizer_step", None)
@@ -570,7 +578,7 @@ def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
                 times[plan[i // block]].append(now - self.last)
             self.last = now
             if state.global_step == total and mode.startswith("cosine"):  # ours ends the run (the driver's finish)
-                self.route(cosine=False, callback=True)
+                self.route("transfer")
 
     common = dict(
         output_dir="/tmp/mlrsnet_overhead", max_steps=total, per_device_train_batch_size=8, report_to="none",
@@ -743,12 +751,13 @@ def write_results(args: argparse.Namespace, results: dict, suffix: str = "") -> 
 
 
 PARTS = (
-    "cosine", "cosine+callback", "route", "route+noop", "route+spin", "route+call", "route+dot", "route+compiled", "route+compiled-twice",
+    "cosine", "cosine+handler", "cosine+listed", "route", "route+noop", "route+spin", "route+call", "route+dot", "route+compiled", "route+compiled-twice",
     "route+compiled-hidden10", "transfer",
 )  # fmt: skip
 PART_NAMES = {
     "cosine": "Trainer + cosine, emulated in this run (a cosine LambdaLR, without our callback and loss capture)",
-    "cosine+callback": "the same with our callback in the callback list, its events dispatched (it sets no LR)",
+    "cosine+handler": "the same with our callback called by our handler at its three events (it sets no LR)",
+    "cosine+listed": "the same with our callback in the callback list instead, called at every event (no LR)",
     "route": "the route with a constant LR (loss read, callback, driver; no network): the baseline",
     "route+noop": "+ a call of a function that does nothing",
     "route+spin": "+ 8 us of spinning in Python",

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_callback import CallbackHandler
 
 from .callback import MLRSNetCallback
 from .config import MLRSNetConfig
@@ -24,6 +25,41 @@ from .schedule import MLRSNetSchedule
 from .schedule_card import played_a_part
 
 logger = logging.getLogger(__name__)
+
+
+class ScheduleCallbackHandler(CallbackHandler):
+    """The Trainer's ``CallbackHandler``, which calls the schedule's callback itself, at the three events it acts on.
+
+    A callback in the handler's list is called at every event, four times per optimizer step with all the Trainer's
+    keyword arguments: a part of transfer mode's cost per step (``benchmarks/speed.py --only parts``). The
+    schedule's callback is not in the list; it is called after the listed ones, as the last in the list would be.
+    """
+
+    def __init__(self, schedule_callback: MLRSNetCallback, handler: CallbackHandler) -> None:
+        super().__init__(
+            handler.callbacks, handler.model, handler.processing_class, handler.optimizer, handler.lr_scheduler
+        )
+        self.schedule_callback = schedule_callback
+
+    def _call_schedule_callback(self, event: str, args: Any, state: Any, control: Any) -> Any:
+        result = getattr(self.schedule_callback, event)(
+            args, state, control, model=self.model, processing_class=self.processing_class, optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler, train_dataloader=self.train_dataloader,
+            eval_dataloader=self.eval_dataloader,
+        )  # fmt: skip
+        return control if result is None else result
+
+    def on_train_begin(self, args, state, control):
+        control = super().on_train_begin(args, state, control)
+        return self._call_schedule_callback("on_train_begin", args, state, control)
+
+    def on_pre_optimizer_step(self, args, state, control):
+        control = super().on_pre_optimizer_step(args, state, control)
+        return self._call_schedule_callback("on_pre_optimizer_step", args, state, control)
+
+    def on_train_end(self, args, state, control):
+        control = super().on_train_end(args, state, control)
+        return self._call_schedule_callback("on_train_end", args, state, control)
 
 
 class MLRSNetTrainer(Trainer):
@@ -107,7 +143,7 @@ class MLRSNetTrainer(Trainer):
         self.meta_dataset = meta_dataset
         self.mlrsnet_callback = callback
         self.saved_schedule: dict[str, Any] | None = None  # where save_schedule / push_schedule_to_hub wrote it
-        self.add_callback(callback)
+        self.callback_handler = ScheduleCallbackHandler(callback, self.callback_handler)
         if self.is_deepspeed_enabled:
             check_deepspeed_config(deepspeed_config(self.args))
             check_deepspeed_meta_training(args.meta_train)

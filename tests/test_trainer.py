@@ -101,6 +101,49 @@ def test_callback_gives_a_plain_trainer_the_same_lr_sequence(schedule_dir, tmp_p
     assert logged == [lrs[0] for lrs in rec_b.lrs]  # the plain Trainer's logs are true too
 
 
+EVENTS = [
+    "on_train_begin", "on_epoch_begin", "on_step_begin", "on_pre_optimizer_step", "on_optimizer_step", "on_step_end",
+    "on_substep_end", "on_log", "on_epoch_end", "on_train_end",
+]  # fmt: skip
+
+
+def test_the_trainer_calls_its_schedule_callback_at_the_events_it_acts_on_alone(schedule_dir, tmp_path):
+    """Listed callbacks are called at every event (four per step): the schedule's callback is called by the
+    Trainer's handler at its three events, after the listed callbacks; these still get every event."""
+    calls = []
+
+    class Listed(TrainerCallback):
+        pass
+
+    listed = Listed()
+    for event in EVENTS:
+        setattr(listed, event, lambda *args, event=event, **kwargs: calls.append(("listed", event)))
+    trainer = MLRSNetTrainer(
+        model=DigitsNet(), args=config(tmp_path, schedule=str(schedule_dir), logging_steps=3),
+        train_dataset=digits(600), callbacks=[listed],
+    )  # fmt: skip
+    ours = trainer.mlrsnet_callback
+    for event in EVENTS:
+        method = getattr(ours, event)
+        setattr(ours, event, lambda *args, event=event, method=method, **kwargs: (
+            calls.append(("ours", event)), method(*args, **kwargs))[1])  # fmt: skip
+    trainer.train()
+    assert ours not in trainer.callback_handler.callbacks
+    assert [event for who, event in calls if who == "ours"] == [
+        "on_train_begin",
+        *["on_pre_optimizer_step"] * 9,
+        "on_train_end",
+    ]
+    listed_events = [event for who, event in calls if who == "listed"]
+    assert {e: listed_events.count(e) for e in EVENTS if e.startswith("on_step") or "optimizer" in e} == {
+        "on_step_begin": 9, "on_pre_optimizer_step": 9, "on_optimizer_step": 9, "on_step_end": 9
+    }  # fmt: skip
+    steps = [who for who, event in calls if event == "on_pre_optimizer_step"]
+    assert steps == ["listed", "ours"] * 9  # after the listed callbacks, as the last one in the list was
+    assert calls[-2:] == [("listed", "on_train_end"), ("ours", "on_train_end")]
+    assert trainer.schedule.num_steps == 9  # and it set the LR of every step
+
+
 class OwnLoss(MLRSNetTrainer):
     """A subclass that computes the loss its own way, without Trainer.compute_loss (here the model's loss)."""
 
