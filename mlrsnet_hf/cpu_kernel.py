@@ -238,27 +238,43 @@ class KernelArgs:
 
     The kernel takes the address of ``table`` (the addresses of the arrays below and their sizes), not the arrays:
     numba's conversion of four arrays at each call cost more than the step's float work in a tight loop. This
-    object keeps the arrays alive; the kernel must not be called with its address after it is gone.
+    object keeps the arrays alive; the kernel must not be called with its address after it is gone. A copy
+    (``copy``, ``deepcopy``, pickle) has a table of its own arrays.
     """
 
     def __init__(
         self, network, h: np.ndarray, c: np.ndarray, divisor: float, gamma: float, cap: float, last_lr: float
     ) -> None:
-        num_layers, hidden = h.shape
         self.scalars = np.array([divisor, gamma, cap, last_lr])
-        self.states = np.empty((2, 2, num_layers, hidden), np.float32)
+        self.states = np.empty((2, 2, *h.shape), np.float32)
         self.states[0, 0], self.states[0, 1] = h, c
         self.counters = np.zeros(2, np.int64)
         self.weights = packed_weights(network)
+        self._bind()
+
+    def _bind(self) -> None:
+        num_layers, hidden = self.states.shape[2:]
         self.scratch = np.empty(4 * hidden + 1, np.float32)
         arrays = self.scalars, self.states, self.counters, self.weights, self.scratch
         self.table = np.array([*(a.ctypes.data for a in arrays), num_layers, hidden, self.weights.size], np.int64)
         self.address = self.table.ctypes.data
 
+    def __reduce__(self) -> tuple:
+        return _rebound, (self.scalars, self.states, self.counters, self.weights)
+
     def state(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the current ``(h, c)``."""
         current = self.states[self.counters[0]]
         return current[0].copy(), current[1].copy()
+
+
+def _rebound(scalars: np.ndarray, states: np.ndarray, counters: np.ndarray, weights: np.ndarray) -> KernelArgs:
+    """A copy of a :class:`KernelArgs` (its ``__reduce__``), with a table of these arrays."""
+    args = KernelArgs.__new__(KernelArgs)
+    args.scalars, args.states, args.counters = scalars, states, counters
+    args.weights = weights
+    args._bind()
+    return args
 
 
 def kernel():

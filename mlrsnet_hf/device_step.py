@@ -144,7 +144,6 @@ class DeviceStep:
         self._last_lr: float | None = None
         self._numpy_state: tuple[np.ndarray, np.ndarray] | None = None
         self._compiled: cpu_kernel.KernelArgs | None = None  # what the compiled step reads and updates
-        self._address = 0  # the kernel's argument besides the loss: self._compiled.address
         self._tensor_steps: dict[nn.Module, _TensorStep] = {}  # per stage network (each its own CUDA graph)
         self._tensor_step: _TensorStep | None = None  # the one in use since the last sync
         self._graph_failed = False
@@ -190,7 +189,6 @@ class DeviceStep:
                     self._network, state.h.numpy(), state.c.numpy(), self._divisor, self._gamma, self._cap,
                     schedule.last_lr,
                 )  # fmt: skip
-                self._address = self._compiled.address
             else:
                 self._last_lr, self._finite = schedule.last_lr, 0
                 self._numpy_state = state.h.numpy().copy(), state.c.numpy().copy()
@@ -205,7 +203,7 @@ class DeviceStep:
             self._begin()
         self._taken += 1
         if self._compiled is not None:
-            return self._kernel(loss.item(), self._address)
+            return self._kernel(loss.item(), self._compiled.address)
         if self._numpy:
             return self._numpy_step(loss.item())
         return self._tensor_step.step(loss)
@@ -252,4 +250,3 @@ class DeviceStep:
             )  # fmt: skip
         self._active, self._taken, self._last_lr = False, 0, None
         self._numpy_state = self._compiled = None
-        self._address = 0

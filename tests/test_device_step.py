@@ -4,6 +4,7 @@ schedule's rule."""
 import copy
 import math
 import os
+import pickle
 import subprocess
 import sys
 
@@ -167,6 +168,21 @@ def test_the_compiled_step_is_the_numpy_step_over_a_long_run():
         lr = cpu_kernel.kernel()(loss, args.address)
         worst = max(worst, abs(lr - float(np.float32(p))) / float(np.float32(p)))
     assert worst < 2e-6
+
+
+@needs_numba
+def test_a_copy_of_the_compiled_step_steps_on_arrays_of_its_own():
+    """The kernel takes the address of a table of its arrays: a copy made mid-run goes on from the same state on
+    arrays of its own, untouched by the original's steps."""
+    stepper = DeviceStep(started(0.5))
+    for loss in (2.3, 2.1):
+        stepper.step(torch.tensor(loss))
+    copied = copy.deepcopy(stepper)
+    expected = [stepper.step(torch.tensor(loss)) for loss in (1.9, 1.7)]
+    assert [copied.step(torch.tensor(loss)) for loss in (1.9, 1.7)] == expected
+    for args in (copied._compiled, pickle.loads(pickle.dumps(stepper._compiled))):
+        arrays = args.scalars, args.states, args.counters, args.weights, args.scratch
+        assert list(args.table[:5]) == [a.ctypes.data for a in arrays] and args.address == args.table.ctypes.data
 
 
 @needs_numba
