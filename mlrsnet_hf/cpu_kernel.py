@@ -20,7 +20,8 @@ which the compiler vectorises: libm's tanh, called 250 times a step, took about 
 
 ``pip install mlrsnet_hf[fast]`` installs numba; without it :class:`~mlrsnet_hf.device_step.DeviceStep` uses its
 NumPy step (the same rule in float32, up to the order of sums and the tanh's last bits). The first call compiles
-the kernel (seconds, once per installation); later processes load it from numba's cache on disk."""
+the kernel (seconds, once for each version of this file, numba and CPU); later processes load it from numba's
+cache on disk."""
 
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def _compile():
     @intrinsic
     def at(typingctx, address, dtype):  # pragma: no cover
         """A pointer to ``dtype`` values at the integer ``address`` (an array's ``ctypes.data``)."""
+        if not isinstance(address, types.Integer) or not isinstance(dtype, types.NumberClass):
+            return None
         pointer = types.CPointer(dtype.dtype)
 
         def codegen(context, builder, signature, args):
@@ -232,6 +235,16 @@ def packed_weights(network) -> np.ndarray:
     return network.__dict__["_packed"]
 
 
+def packed_size(num_layers: int, hidden: int) -> int:
+    """The length of :func:`packed_weights` for a network of ``num_layers`` cells of hidden size ``hidden``."""
+    inner, rows = hidden // 2, 4 * hidden
+    size = 1 + inner + 2 * (inner + 1) * rows + hidden + 1  # fast, the loss-branch table, the head
+    for k in range(num_layers):
+        width = 1 if k == 0 else hidden
+        size += inner * (width + 1 + rows) + inner * (hidden + 1 + rows) + rows
+    return size
+
+
 class KernelArgs:
     """What :func:`kernel` reads and updates for steps of ``network`` from the state ``(h, c)`` (each of shape
     ``(num_layers, hidden_size)``), and ``address``, its one argument besides the loss.
@@ -253,7 +266,18 @@ class KernelArgs:
         self._bind()
 
     def _bind(self) -> None:
+        """Check the arrays (the kernel reads them unchecked, by address) and make the table of their addresses."""
         num_layers, hidden = self.states.shape[2:]
+        expected = (
+            (self.scalars, np.float64, (4,)), (self.states, np.float32, (2, 2, num_layers, hidden)),
+            (self.counters, np.int64, (2,)), (self.weights, np.float32, (packed_size(num_layers, hidden),)),
+        )  # fmt: skip
+        for array, dtype, shape in expected:
+            if array.dtype != dtype or array.shape != shape or not array.flags.c_contiguous:
+                raise ValueError(
+                    f"The compiled step needs a C-contiguous {np.dtype(dtype).name} array of shape {shape} here, got "
+                    f"{array.dtype} {array.shape} (a network of {num_layers} cells of hidden size {hidden})."
+                )
         self.scratch = np.empty(4 * hidden + 1, np.float32)
         arrays = self.scalars, self.states, self.counters, self.weights, self.scratch
         self.table = np.array([*(a.ctypes.data for a in arrays), num_layers, hidden, self.weights.size], np.int64)

@@ -185,6 +185,19 @@ def test_a_copy_of_the_compiled_step_steps_on_arrays_of_its_own():
         assert list(args.table[:5]) == [a.ctypes.data for a in arrays] and args.address == args.table.ctypes.data
 
 
+def test_the_compiled_steps_arrays_are_checked_before_the_kernel_reads_them_by_address():
+    """A state of another shape than the network's, or arrays of another dtype or layout, are refused: the kernel
+    would read past them."""
+    two_cells = MLRSNetSchedule(hidden_size=50, num_layers=2).stages[0]
+    h = np.zeros((1, 50), np.float32)  # the state of one cell
+    with pytest.raises(ValueError, match=r"float32 array of shape \(\d+,\)"):
+        cpu_kernel.KernelArgs(two_cells, h, h, 1.0, 1.0, 1.0, 1.0)
+    args = cpu_kernel.KernelArgs(MLRSNetSchedule(hidden_size=50).stages[0], h, h, 1.0, 1.0, 1.0, 1.0)
+    args.states = np.asfortranarray(args.states)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        args._bind()
+
+
 @needs_numba
 def test_the_compiled_step_is_compiled_once_then_loaded_from_numbas_cache(tmp_path):
     """A second process loads the kernel from numba's cache on disk: it compiles nothing and writes no new entry.
@@ -199,8 +212,8 @@ def test_the_compiled_step_is_compiled_once_then_loaded_from_numbas_cache(tmp_pa
     entries = []
     for _ in range(2):
         subprocess.run([sys.executable, "-c", load, cpu_kernel.__file__], env=env, check=True)
-        entries.append(sorted(p.name for p in tmp_path.rglob("*") if p.is_file()))
-    assert entries[0] == entries[1] and len([name for name in entries[0] if name.endswith(".nbc")]) == 1
+        entries.append(sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()))
+    assert entries[0] == entries[1] and len([name for name, _ in entries[0] if name.endswith(".nbc")]) == 1
 
 
 @needs_cuda

@@ -109,7 +109,8 @@ EVENTS = [
 
 def test_the_trainer_calls_its_schedule_callback_at_the_events_it_acts_on_alone(schedule_dir, tmp_path):
     """Listed callbacks are called at every event (four per step): the schedule's callback is called by the
-    Trainer's handler at its three events, after the listed callbacks; these still get every event."""
+    Trainer's handler at its three events, where it was in the list (after the callbacks given to the Trainer,
+    before those added later); the listed ones still get every event."""
     calls = []
 
     class Listed(TrainerCallback):
@@ -122,6 +123,9 @@ def test_the_trainer_calls_its_schedule_callback_at_the_events_it_acts_on_alone(
         model=DigitsNet(), args=config(tmp_path, schedule=str(schedule_dir), logging_steps=3),
         train_dataset=digits(600), callbacks=[listed],
     )  # fmt: skip
+    late = Listed()  # added after the Trainer was made: called after ours (it may scale the LR ours sets)
+    late.on_pre_optimizer_step = lambda *args, **kwargs: calls.append(("late", "on_pre_optimizer_step"))
+    trainer.add_callback(late)
     ours = trainer.mlrsnet_callback
     for event in EVENTS:
         method = getattr(ours, event)
@@ -139,7 +143,7 @@ def test_the_trainer_calls_its_schedule_callback_at_the_events_it_acts_on_alone(
         "on_step_begin": 9, "on_pre_optimizer_step": 9, "on_optimizer_step": 9, "on_step_end": 9
     }  # fmt: skip
     steps = [who for who, event in calls if event == "on_pre_optimizer_step"]
-    assert steps == ["listed", "ours"] * 9  # after the listed callbacks, as the last one in the list was
+    assert steps == ["listed", "ours", "late"] * 9  # where it was in the list: after those given, before those added
     assert calls[-2:] == [("listed", "on_train_end"), ("ours", "on_train_end")]
     assert trainer.schedule.num_steps == 9  # and it set the LR of every step
 
