@@ -4,6 +4,7 @@
     python benchmarks/speed.py --quick    # a few steps, for the smoke test
     python benchmarks/speed.py --device cuda --bf16   # on a GPU
     python benchmarks/speed.py --only overhead --repeats 11   # transfer mode's per-step overhead, two models
+    python benchmarks/speed.py --only paired   # the same, each pair of runs taking turns on one core (CPU)
     python benchmarks/speed.py --only parts   # where it goes: one run whose schedule step changes every 4 steps
 
 Every configuration runs in a fresh subprocess (clean peak memory: peak RSS on CPU, ``max_memory_allocated``
@@ -23,10 +24,12 @@ The meta-step micro-benchmark compares, on one batch:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import itertools
 import json
+import os
 import platform
 import random
 import resource
@@ -35,11 +38,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
+
+if TYPE_CHECKING:
+    from transformers import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -300,6 +307,42 @@ def shuffled(modes: tuple[str, ...]) -> list[str]:
     return order
 
 
+def overhead_trainer(kind: str, mode: str, steps: int, cuda: int, callbacks: list) -> Trainer:
+    """The Trainer of one overhead run: ``kind`` ("linear" or "gpt2") trained ``steps`` steps in ``mode`` (a key or
+    value of :data:`OVERHEAD_BASES`), one CPU thread, no logging, saving or evaluation inside the run."""
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+    from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
+    from mlrsnet_hf.device_step import DeviceStep
+
+    torch.set_num_threads(1)
+    n = 8 * steps
+    torch.manual_seed(0)
+    if kind == "linear":
+        data, model = LinearClassifier.examples(n), LinearClassifier()
+    else:
+        ids = torch.randint(0, 256, (n, 32), generator=torch.Generator().manual_seed(0))
+        data = [{"input_ids": row, "labels": row} for row in ids]
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+    optim = "adamw_torch_fused" if "fused" in mode else {"linear": "sgd", "gpt2": "adamw_torch"}[kind]
+    common = dict(
+        output_dir="/tmp/mlrsnet_overhead", max_steps=steps, per_device_train_batch_size=8,
+        report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10**9, use_cpu=not cuda, seed=0,
+        optim=optim, learning_rate=0.1 if optim == "sgd" else 1e-3, dataloader_num_workers=0,
+        logging_nan_inf_filter=False,
+    )  # fmt: skip
+    if cuda:  # batches copied without blocking (the Trainer's default copy synchronises at every step)
+        common.update(dataloader_pin_memory=True, accelerator_config={"non_blocking": True})
+    DeviceStep.compiled_on_cpu = mode != "transfer-numpy"
+    DeviceStep.graphed_on_cuda = mode != "transfer-fused-eager"
+    if mode.startswith("builtin"):
+        args = TrainingArguments(lr_scheduler_type="cosine", **common)
+        return Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
+    schedule = MLRSNetSchedule(num_stages=3, gamma="relative")
+    args = MLRSNetConfig(gamma="relative", **common)
+    return MLRSNetTrainer(model=model, args=args, train_dataset=data, schedule=schedule, callbacks=callbacks)
+
+
 def worker_overhead(steps: int, warmup: int, repeats: int, cuda: int = 0) -> dict:
     """Per-step overhead of transfer mode over Trainer + cosine, one CPU thread, interleaved (each round in a new
     order), in one process.
@@ -312,9 +355,9 @@ def worker_overhead(steps: int, warmup: int, repeats: int, cuda: int = 0) -> dic
     ``cuda=1``: the models train on the GPU (no NumPy rows; the device is synchronised only at the first and last
     timed steps, so the host can run ahead of the GPU as in a real run).
     """
-    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+    from transformers import TrainerCallback
 
-    from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, cpu_kernel
+    from mlrsnet_hf import MLRSNetSchedule, cpu_kernel
     from mlrsnet_hf.device_step import DeviceStep
 
     torch.set_num_threads(1)
@@ -328,42 +371,9 @@ def worker_overhead(steps: int, warmup: int, repeats: int, cuda: int = 0) -> dic
                 torch.cuda.synchronize()
             self.times.append(time.perf_counter())
 
-    def data(kind: str) -> list[dict[str, torch.Tensor]]:
-        n = 8 * (steps + warmup)
-        if kind == "linear":
-            return LinearClassifier.examples(n)
-        ids = torch.randint(0, 256, (n, 32), generator=torch.Generator().manual_seed(0))
-        return [{"input_ids": row, "labels": row} for row in ids]
-
-    def model(kind: str) -> nn.Module:
-        torch.manual_seed(0)
-        if kind == "linear":
-            return LinearClassifier()
-        return GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=32, n_embd=32, n_layer=2, n_head=2))
-
     def run(kind: str, mode: str) -> float:
-        optim = "adamw_torch_fused" if "fused" in mode else {"linear": "sgd", "gpt2": "adamw_torch"}[kind]
-        common = dict(
-            output_dir="/tmp/mlrsnet_overhead", max_steps=steps + warmup, per_device_train_batch_size=8,
-            report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10**9, use_cpu=not cuda, seed=0,
-            optim=optim, learning_rate=0.1 if optim == "sgd" else 1e-3, dataloader_num_workers=0,
-            logging_nan_inf_filter=False,
-        )  # fmt: skip
-        if cuda:  # batches copied without blocking (the Trainer's default copy synchronises at every step)
-            common.update(dataloader_pin_memory=True, accelerator_config={"non_blocking": True})
         clock = Clock()
-        DeviceStep.compiled_on_cpu = mode != "transfer-numpy"
-        DeviceStep.graphed_on_cuda = mode != "transfer-fused-eager"
-        if mode.startswith("builtin"):
-            args = TrainingArguments(lr_scheduler_type="cosine", **common)
-            trainer = Trainer(model=model(kind), args=args, train_dataset=data(kind), callbacks=[clock])
-        else:
-            schedule = MLRSNetSchedule(num_stages=3, gamma="relative")
-            args = MLRSNetConfig(gamma="relative", **common)
-            trainer = MLRSNetTrainer(
-                model=model(kind), args=args, train_dataset=data(kind), schedule=schedule, callbacks=[clock]
-            )
-        trainer.train()
+        overhead_trainer(kind, mode, steps + warmup, cuda, [clock]).train()
         timed = clock.times[warmup - 1 :]
         steps_us = [(b - a) * 1e6 for a, b in itertools.pairwise(timed)]
         return statistics.fmean(steps_us), statistics.median(steps_us)  # the run's mean step, its median step
@@ -615,6 +625,116 @@ def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
     }
 
 
+def worker_side(kind: str, mode: str, steps: int, warmup: int, block: int, second: int, fds: str, cpu: int) -> dict:
+    """One side of a paired run (:func:`paired`): trains ``kind`` in ``mode`` for ``steps`` steps on CPU ``cpu``,
+    taking turns with the other side every ``block`` steps through a pipe (``fds``: "read,write").
+
+    A turn starts at ``on_step_begin`` when the token arrives and ends at ``on_step_end`` by sending it; the second
+    side hands the first its first turn at ``on_train_begin``. A step is timed from the previous ``on_step_end`` to
+    its own, so a block's first step (which holds the wait for the other side) is not counted, nor are the
+    ``warmup`` steps or the last block (the other side's end of training may run during it).
+    """
+    from transformers import TrainerCallback
+
+    read_fd, write_fd = (int(fd) for fd in fds.split(","))
+    os.sched_setaffinity(0, {cpu})
+
+    def send() -> None:
+        with contextlib.suppress(BrokenPipeError):  # the other side has finished
+            os.write(write_fd, b"x")
+
+    timed: list[tuple[int, float]] = []  # (block, microseconds) of each counted step
+    spans: list[tuple[float, float]] = []  # each turn's start and end (perf_counter: one clock for both sides)
+
+    class Baton(TrainerCallback):
+        last = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if second:
+                send()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step % block == 0:
+                if os.read(read_fd, 1) != b"x":
+                    raise RuntimeError("the other side of the paired run ended early")
+                spans.append((time.perf_counter(), 0.0))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now, g = time.perf_counter(), state.global_step
+            if self.last is not None and g > warmup and (g - 1) % block and g <= steps - block:
+                timed.append(((g - 1) // block, (now - self.last) * 1e6))
+            self.last = now
+            if g % block == 0 or g == steps:
+                spans[-1] = (spans[-1][0], time.perf_counter())
+                send()
+
+    overhead_trainer(kind, mode, steps, 0, [Baton()]).train()
+    return {"timed": timed, "spans": spans}
+
+
+def paired(kind: str, mode: str, steps: int, warmup: int, block: int, repeats: int) -> dict:
+    """Transfer ``mode`` against its Trainer + cosine (:data:`OVERHEAD_BASES`), each in its own process, both pinned
+    to one CPU and taking turns every ``block`` steps: whatever the machine does to one side's steps, it does to
+    the other's a few milliseconds later. ``repeats`` pairs of processes, the side that starts alternating.
+
+    Per pair: the steps/s ratio (Trainer + cosine's mean counted step over transfer's) and the ratio of median
+    steps; over windows of 50 turns of each side, the ratios of their mean steps (their spread within runs).
+    """
+    base, cpu = OVERHEAD_BASES[mode], max(os.sched_getaffinity(0))
+    pairs = []
+    for r in range(repeats):
+        order = (base, mode) if r % 2 == 0 else (mode, base)
+        first_read, second_write = os.pipe()
+        second_read, first_write = os.pipe()
+        fds = [(first_read, first_write), (second_read, second_write)]
+        procs = []
+        for second, (side_mode, (rfd, wfd)) in enumerate(zip(order, fds, strict=True)):
+            argv = [kind, side_mode, steps, warmup, block, second, f"{rfd},{wfd}", cpu]
+            command = [sys.executable, __file__, "--worker", "side", *map(str, argv)]
+            # (their output is a few lines: a side never waits on a full pipe while the other waits on it)
+            procs.append(
+                subprocess.Popen(
+                    command, pass_fds=(rfd, wfd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                )
+            )
+        for fd in (first_read, first_write, second_read, second_write):
+            os.close(fd)  # only the sides hold the pipes: a side that dies ends the other's wait
+        sides = {}
+        for side_mode, proc in zip(order, procs, strict=True):
+            out = proc.communicate(timeout=1800)[0]
+            if proc.returncode != 0:
+                raise RuntimeError(f"paired side {kind}/{side_mode} failed:\n{out[-3000:]}")
+            sides[side_mode] = json.loads(out.strip().splitlines()[-1])
+        pairs.append(sides)
+
+    def us(side: dict) -> list[float]:
+        return [t for _, t in side["timed"]]
+
+    ratios = [statistics.fmean(us(p[base])) / statistics.fmean(us(p[mode])) for p in pairs]
+    median_ratios = [statistics.median(us(p[base])) / statistics.median(us(p[mode])) for p in pairs]
+    windows = []
+    for p in pairs:
+        by_window: dict[int, dict[str, list[float]]] = {}
+        for side in (base, mode):
+            for b, t in p[side]["timed"]:
+                by_window.setdefault(b // 50, {base: [], mode: []})[side].append(t)
+        windows += [
+            statistics.fmean(w[base]) / statistics.fmean(w[mode]) for w in by_window.values() if all(w.values())
+        ]
+    return {
+        "base": base,
+        "us_per_step": {
+            side: statistics.median(statistics.fmean(us(p[side])) for p in pairs) for side in (base, mode)
+        },
+        "steps_per_s_ratio": statistics.median(ratios),
+        "pair_ratios": ratios,
+        "median_step_ratios": median_ratios,
+        "window_ratios": sorted(windows),
+        "counted_steps": [len(p[mode]["timed"]) for p in pairs],
+        "pairs": pairs,
+    }
+
+
 # --------------------------------------------------------------------------- driver
 def run_worker(argv: list[str]) -> dict:
     out = subprocess.run(
@@ -636,12 +756,13 @@ def main() -> None:
         default=None,
         help="interleaved rounds (default: 3 for training, 7 for the overhead, 500 for its parts)",
     )
+    parser.add_argument("--block", type=int, default=4, help="--only paired: the steps of a turn (default 4)")
     parser.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
     parser.add_argument(
         "--only",
-        choices=["overhead", "parts", "meta"],
-        help="run only this section (written to speed_<device>_<section>.*): the transfer overhead, where it goes, "
-        "or the meta-step micro-benchmark",
+        choices=["overhead", "paired", "parts", "meta"],
+        help="run only this section (written to speed_<device>_<section>.*): the transfer overhead, the same in "
+        "pairs of processes taking turns, where it goes, or the meta-step micro-benchmark",
     )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -650,6 +771,9 @@ def main() -> None:
         kind, mode, *rest = args.worker
         if kind == "overhead":
             result = worker_overhead(*(int(v) for v in (mode, *rest)))
+        elif kind == "side":
+            side_mode, *numbers, fds, cpu = rest  # (``mode`` is the model's kind here)
+            result = worker_side(mode, side_mode, *(int(v) for v in numbers), fds, int(cpu))
         elif kind == "parts":
             result = worker_parts(*(int(v) for v in (mode, *rest)))
         elif kind == "train":
@@ -674,6 +798,17 @@ def main() -> None:
         "meta_step": {},
     }
     overhead = ["overhead", "20", "5", "1"] if args.quick else ["overhead", "400", "50", str(args.repeats or 7)]
+    if args.only == "paired":
+        if args.device != "cpu":
+            parser.error("--only paired runs on the CPU (the sides take turns on one core)")
+        results["paired"] = {"block": args.block}
+        for kind, (total, warm) in {"linear": (2200, 200), "gpt2": (340, 40)}.items():
+            total, warm = (40, 8) if args.quick else (total, warm)
+            for mode in ("transfer", "transfer-numpy", "transfer-fused"):
+                pairs = paired(kind, mode, total, warm, args.block, 2 if args.quick else args.repeats or 6)
+                results["paired"].setdefault(kind, {})[mode] = {k: v for k, v in pairs.items() if k != "pairs"}
+        write_results(args, results, "_paired")
+        return
     if args.only == "parts":
         results["parts"] = run_worker(
             ["parts", "3", "8"] if args.quick else ["parts", str(args.repeats or 500), "200"]
@@ -830,8 +965,39 @@ def overhead_markdown(o: dict) -> list[str]:
     return lines
 
 
+def paired_markdown(pairs: dict) -> list[str]:
+    names = {"linear": "linear classifier, batch 8", "gpt2": "GPT-2, 2 layers x 32, 8 x 32 tokens"}
+    lines = [
+        "## Per-step overhead of transfer mode, paired (CPU, 1 thread)",
+        "",
+        "Each pair: Trainer + cosine and MLRSNetTrainer in transfer mode, each in its own process, both pinned to one "
+        f"CPU, taking turns every {pairs['block']} steps; a turn's first step, the warm-up and the last turn are not counted. "
+        "Steps/s ratio: the median over pairs of Trainer + cosine's mean counted step over transfer's; windows: "
+        "50 turns of each side.",
+        "",
+        "| model | optimizer | Trainer + cosine (us/step) | MLRSNetTrainer, transfer | overhead | steps/s ratio "
+        "| pairs' ratios (min-max) | median step: ratio (median over pairs) | windows' ratios (quartiles) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in ("linear", "gpt2"):
+        for mode, r in pairs[kind].items():
+            base = r["base"]
+            optim = "fused AdamW (LR a device tensor)" if "fused" in mode else ("SGD" if kind == "linear" else "AdamW")
+            optim += ", NumPy step" if mode.endswith("numpy") else ""
+            us, ratios, windows = r["us_per_step"], r["pair_ratios"], r["window_ratios"]
+            quartiles = "{:.3f}-{:.3f}x".format(*statistics.quantiles(windows, n=4)[::2]) if len(windows) > 1 else ""
+            lines.append(
+                f"| {names[kind]} | {optim} | {us[base]:.0f} | {us[mode]:.0f} | {us[mode] - us[base]:+.1f} us | "
+                f"{r['steps_per_s_ratio']:.3f}x | {min(ratios):.3f}-{max(ratios):.3f}x | "
+                f"{statistics.median(r['median_step_ratios']):.3f}x | {quartiles} |"
+            )
+    return [*lines, ""]
+
+
 def to_markdown(r: dict) -> str:
     lines = overhead_markdown(r["overhead"]) if "overhead" in r else []
+    if "paired" in r:
+        lines = paired_markdown(r["paired"])
     if "parts" in r:
         lines = parts_markdown(r["parts"])
     if not r["train"] and not r["meta_step"]:

@@ -1,7 +1,9 @@
 """Smoke tests of the speed and quality benchmarks' --quick modes (slow: `pytest -m slow`, `make test-slow`)."""
 
+import itertools
 import json
 import math
+import statistics
 import subprocess
 import sys
 
@@ -82,6 +84,28 @@ def test_speed_benchmark_parts_quick(tmp_path):
     assert parts["route+spin"]["own_us"] >= 8  # the step spins 8 us
     worked = ("route+dot", "route+compiled", "route+compiled-twice", "route+compiled-hidden10", "transfer")
     assert all(parts[m]["own_us"] > 0 for m in worked)
+
+
+@pytest.mark.slow
+def test_paired_overhead_runs_take_turns_every_block_and_count_only_the_steps_inside_a_turn():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import speed
+
+    r = speed.paired("linear", "transfer", steps=40, warmup=8, block=4, repeats=2)
+    assert r["base"] == "builtin"
+    for i, pair in enumerate(r["pairs"]):
+        turns = sorted((start, end, side) for side in pair for start, end in pair[side]["spans"])
+        assert len(turns) == 2 * 10  # 40 steps in turns of 4, each side
+        first = ("builtin", "transfer")[i % 2]  # the side that starts alternates
+        assert [side for *_, side in turns] == [first, ({"builtin", "transfer"} - {first}).pop()] * 10
+        assert all(a_end <= b_start for (_, a_end, _), (b_start, _, _) in itertools.pairwise(turns))  # no overlap
+        for side in pair.values():  # steps 9-36 (after the warm-up, before the last turn), less each turn's first
+            assert [b for b, _ in side["timed"]] == [b for b in range(2, 9) for _ in range(3)]
+            assert all(t > 0 for _, t in side["timed"])
+    means = [{s: statistics.fmean(t for _, t in p[s]["timed"]) for s in p} for p in r["pairs"]]
+    assert r["pair_ratios"] == pytest.approx([m["builtin"] / m["transfer"] for m in means])
+    assert r["steps_per_s_ratio"] == pytest.approx(statistics.median(r["pair_ratios"]))
+    assert r["counted_steps"] == [21, 21] and len(r["window_ratios"]) == 2  # one window of 50 turns per pair
 
 
 def test_grid_ends_are_the_choices_at_an_end_of_their_grid_with_the_next_lr_past_it():
