@@ -927,8 +927,21 @@ def parts_markdown(p: dict) -> list[str]:
     return [*lines, ""]
 
 
+OVERHEAD_MODELS = {"linear": "linear classifier, batch 8", "gpt2": "GPT-2, 2 layers x 32, 8 x 32 tokens"}
+
+
+def overhead_optimizer(kind: str, mode: str) -> str:
+    """The optimizer column of an overhead table, for a transfer ``mode`` of :data:`OVERHEAD_BASES`."""
+    if "fused" in mode:
+        return "fused AdamW (LR a device tensor)" + (", step without CUDA graph" if mode.endswith("eager") else "")
+    return ("SGD" if kind == "linear" else "AdamW") + (", NumPy step" if mode.endswith("numpy") else "")
+
+
+def quartile_range(ratios: list[float]) -> str:
+    return "{:.3f}-{:.3f}x".format(*statistics.quantiles(ratios, n=4)[::2]) if len(ratios) > 1 else ""
+
+
 def overhead_markdown(o: dict) -> list[str]:
-    names = {"linear": "linear classifier, batch 8", "gpt2": "GPT-2, 2 layers x 32, 8 x 32 tokens"}
     where = "GPU, 1 CPU thread" if o.get("device") == "cuda" else "CPU, 1 thread"
     lines = [
         f"## Per-step overhead of transfer mode ({where}, interleaved, median)",
@@ -948,17 +961,10 @@ def overhead_markdown(o: dict) -> list[str]:
         for mode, base in OVERHEAD_BASES.items():
             if mode not in us:  # no NumPy step on a GPU, no CUDA graph on a CPU
                 continue
-            optim = (
-                "fused AdamW (LR a device tensor)" + (", step without CUDA graph" if mode.endswith("eager") else "")
-                if base.endswith("fused")
-                else ("SGD" if kind == "linear" else "AdamW") + (", NumPy step" if mode.endswith("numpy") else "")
-            )
-            quartiles = (
-                "{:.3f}-{:.3f}x".format(*statistics.quantiles(rounds[mode], n=4)[::2]) if len(rounds[mode]) > 1 else ""
-            )
             lines.append(
-                f"| {names[kind]} | {optim} | {us[base]:.0f} | {us[mode]:.0f} | {extra[mode]:+.0f} us | "
-                f"{ratio[mode]:.3f}x | {quartiles} | {step_extra[mode]:+.0f} us | {step_ratio[mode]:.3f}x |"
+                f"| {OVERHEAD_MODELS[kind]} | {overhead_optimizer(kind, mode)} | {us[base]:.0f} | {us[mode]:.0f} | "
+                f"{extra[mode]:+.0f} us | {ratio[mode]:.3f}x | {quartile_range(rounds[mode])} | "
+                f"{step_extra[mode]:+.0f} us | {step_ratio[mode]:.3f}x |"
             )
     step = o["schedule_step_us"]
     lines += ["", "The schedule's own step: " + ", ".join(f"{k}: {v:.1f} us" for k, v in step.items()) + ".", ""]
@@ -966,7 +972,6 @@ def overhead_markdown(o: dict) -> list[str]:
 
 
 def paired_markdown(pairs: dict) -> list[str]:
-    names = {"linear": "linear classifier, batch 8", "gpt2": "GPT-2, 2 layers x 32, 8 x 32 tokens"}
     lines = [
         "## Per-step overhead of transfer mode, paired (CPU, 1 thread)",
         "",
@@ -981,15 +986,11 @@ def paired_markdown(pairs: dict) -> list[str]:
     ]
     for kind in ("linear", "gpt2"):
         for mode, r in pairs[kind].items():
-            base = r["base"]
-            optim = "fused AdamW (LR a device tensor)" if "fused" in mode else ("SGD" if kind == "linear" else "AdamW")
-            optim += ", NumPy step" if mode.endswith("numpy") else ""
-            us, ratios, windows = r["us_per_step"], r["pair_ratios"], r["window_ratios"]
-            quartiles = "{:.3f}-{:.3f}x".format(*statistics.quantiles(windows, n=4)[::2]) if len(windows) > 1 else ""
+            base, us, ratios = r["base"], r["us_per_step"], r["pair_ratios"]
             lines.append(
-                f"| {names[kind]} | {optim} | {us[base]:.0f} | {us[mode]:.0f} | {us[mode] - us[base]:+.1f} us | "
-                f"{r['steps_per_s_ratio']:.3f}x | {min(ratios):.3f}-{max(ratios):.3f}x | "
-                f"{statistics.median(r['median_step_ratios']):.3f}x | {quartiles} |"
+                f"| {OVERHEAD_MODELS[kind]} | {overhead_optimizer(kind, mode)} | {us[base]:.0f} | {us[mode]:.0f} | "
+                f"{us[mode] - us[base]:+.1f} us | {r['steps_per_s_ratio']:.3f}x | {min(ratios):.3f}-{max(ratios):.3f}x | "
+                f"{statistics.median(r['median_step_ratios']):.3f}x | {quartile_range(r['window_ratios'])} |"
             )
     return [*lines, ""]
 
