@@ -26,11 +26,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .device_step import DeviceStep
+from .engines import deepspeed_config
 from .loss_meter import LossMeter
 from .lr_range_test import RangeTestResult, lr_range_test
 from .measurements import average_training_loss, ordered_batches
 from .meta_gradient import is_sharded
 from .meta_training import MetaLearner, trainable_parameters
+from .online_scale import MechanicScale
 from .options import ScheduleOptions
 from .schedule import MLRSNetSchedule
 
@@ -115,6 +117,9 @@ class LRDriver:
         self._pending_lrs: list[torch.Tensor] = []  # device LRs not yet in lr_history (read at the next sync)
         self._restored: dict[str, Any] | None = None
         self._pending_step: int | None = None
+        self._step_lr: float | torch.Tensor | None = None  # the reference LR of the pending step (online scale)
+        # The online scale (options.online_scale), which multiplies every update of the optimizer it wraps.
+        self.online_scale: MechanicScale | None = None
         # False: the trainer hands each forward's output to meter.record (MLRSNetTrainer.compute_loss)
         self.loss_from_forward_hook = True
 
@@ -189,6 +194,7 @@ class LRDriver:
             )
         self.optimizer = optimizer
         self.model = model
+        self.args = args
         self.device = args.device
         self.base_lr = float(args.learning_rate)
         self.max_grad_norm = args.max_grad_norm
@@ -221,24 +227,49 @@ class LRDriver:
         """
         if self._pending_step is not None:  # the last step was not taken (skipped by the Trainer)
             self._skipped(self._pending_step)
+        if self._step_lr is not None:  # a step not taken still has its place in the history, at the scale as it is
+            self._record(self._step_lr * self.online_scale.scale)
         lr, reference = self._lr_for_step(step, self.meter.step_loss(self.average_tokens_across_devices))
         if isinstance(lr, torch.Tensor) and not self.tensor_lr:
             lr = lr.item()  # this optimizer needs a number: one read per step
-        if isinstance(lr, torch.Tensor):
-            self._pending_lrs.append(lr)
-            if len(self._pending_lrs) >= 4096:  # keep the device list short when nothing logs
-                self.sync()
+        if self.online_scale is None:
+            self._record(lr)
         else:
-            self.lr_history.append(lr)
+            self._step_lr = lr  # recorded by _scaled_step once the update is applied
         # (a group at the reference LR gets the LR itself: no operation, the same number)
         self.last_lrs = [lr if initial == reference else lr * (initial / reference) for initial in self.initial_lrs]
         for group, value in zip(self.optimizer.param_groups, self.last_lrs, strict=True):
             group["lr"] = value
         self._pending_step = step
 
+    def _scaled_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Optimizer post-hook after the online scale's: this step's update was applied with ``S_{t+1} * lr_t``.
+
+        The Trainer logs the LR right after ``optimizer.step()``, before ``lr_scheduler.step()``: set it here.
+        """
+        if self._step_lr is None:
+            return
+        scale = self.online_scale.scale
+        self.last_lrs = [lr * scale for lr in self.last_lrs]
+        self._record(self._step_lr * scale)
+        self._step_lr = None
+
+    def _record(self, lr: float | torch.Tensor) -> None:
+        """Add the LR of a step to ``lr_history``: a number now, a device tensor at the next :meth:`sync`."""
+        if isinstance(lr, torch.Tensor):
+            self._pending_lrs.append(lr.detach().to(torch.float64))
+            if len(self._pending_lrs) >= 4096:  # keep the device list short when nothing logs
+                self.sync()
+        else:
+            self.lr_history.append(lr)
+
     def finish(self) -> None:
         self.sync()
         self.meter.detach()
+        if self.online_scale is not None:
+            self._step_lr = None
+            self.online_scale.detach()
+            self._scale_hook.remove()
 
     # ------------------------------------------------------- per family
     def _start(self, restored: dict[str, Any] | None) -> None:
@@ -287,7 +318,17 @@ class MLRSNetDriver(LRDriver):
     def _start(self, restored: dict[str, Any] | None) -> None:
         schedule, options = self.schedule, self.options
         gamma = options.gamma
-        if gamma is None and not is_sgd(self.optimizer) and not schedule.uses_base_lr:
+        if options.online_scale:
+            # The LR is S * shape_t, shape_t the schedule's LR relative to its first (1 at the first step) and S
+            # learned: neither gamma nor learning_rate sets it (learning_rate keeps the parameter groups' ratios).
+            if gamma not in (None, "relative"):
+                logger.warning(
+                    "online_scale=%r learns the LR's scale: gamma=%r is not used (the schedule gives the shape only).",
+                    options.online_scale,
+                    gamma,
+                )
+            gamma = "relative"
+        elif gamma is None and not is_sgd(self.optimizer) and not schedule.uses_base_lr:
             logger.warning(
                 "%s is not SGD: using gamma='relative' (learning_rate=%g sets the scale, the schedule the shape). "
                 "Pass gamma explicitly to override.",
@@ -319,7 +360,9 @@ class MLRSNetDriver(LRDriver):
         else:
             schedule.to(self.device)  # the schedule steps where the loss is: no copy to the host
             self.device_step = DeviceStep(schedule, self.lr_dtype or torch.float64)
-        schedule.start(num_classes=num_classes, base_lr=self.base_lr if schedule.gamma == "relative" else None)
+        # With online_scale the shape's unit is 1: the optimizer is given shape_t, and S * shape_t is applied.
+        unit = 1.0 if options.online_scale else self.base_lr
+        schedule.start(num_classes=num_classes, base_lr=unit if schedule.gamma == "relative" else None)
         self.meta = None
         if options.meta_train:
             collate = self.held_out_collate_fn or getattr(self.train_dataloader, "collate_fn", None)
@@ -331,6 +374,7 @@ class MLRSNetDriver(LRDriver):
                 seed=self.seed, label_names=self.label_names,
             )  # fmt: skip
             self.meta.start(self.optimizer, self.num_training_steps)
+        self._start_online_scale(restored)
         if restored is not None:
             schedule.load_state_dict(restored["schedule"])
             if self.device_step is not None and schedule.stage >= 0:
@@ -341,6 +385,37 @@ class MLRSNetDriver(LRDriver):
                         "The checkpoint was written without meta-training: cannot resume with meta_train=True."
                     )
                 self.meta.load_state_dict(restored["meta"])
+
+    def _start_online_scale(self, restored: dict[str, Any] | None) -> None:
+        """``options.online_scale``: wrap the run's optimizer with the scale (restored from a checkpoint's state)."""
+        if self.online_scale is not None:
+            self.online_scale.detach()
+            self._scale_hook.remove()
+        self.online_scale, self._step_lr = None, None
+        saved = None if restored is None else restored.get("online_scale")
+        if not self.options.online_scale:
+            if saved is not None:
+                raise ValueError(
+                    "The checkpoint's scheduler.pt holds an online scale (the run was started with "
+                    f"online_scale={saved.get('method')!r}): resume with the same online_scale."
+                )
+            return
+        if deepspeed_config(self.args) is not None or is_sharded(trainable_parameters(self.model)):
+            raise ValueError(
+                "online_scale needs the whole parameters in one torch optimizer (its inner products run over them); "
+                "DeepSpeed and FSDP2 shard them: train without online_scale there, or under DDP."
+            )
+        self.online_scale = MechanicScale()
+        self.online_scale.attach(self.optimizer)  # its hook first: _scaled_step reads the S it computed
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        self._scale_hook = inner.register_step_post_hook(self._scaled_step)
+        if restored is not None:
+            if saved is None:
+                raise ValueError(
+                    "The checkpoint's scheduler.pt holds no online scale (the run was started without one): "
+                    "resume without online_scale."
+                )
+            self.online_scale.load_state_dict(saved)
 
     def _lr_for_step(self, step: int, loss: torch.Tensor) -> tuple[float | torch.Tensor, float]:
         schedule = self.schedule
@@ -414,4 +489,5 @@ class MLRSNetDriver(LRDriver):
         return {
             "schedule": self.schedule.state_dict(),
             "meta": None if self.meta is None else self.meta.state_dict(),
+            "online_scale": None if self.online_scale is None else self.online_scale.state_dict(),
         }

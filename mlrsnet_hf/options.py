@@ -17,6 +17,7 @@ from typing import Any
 from .gamma import GAMMA_RULES, check_gamma, check_input_normalization, check_relative_max_scale
 from .lr_range_test import DEFAULT_RULE
 from .lr_range_test import RULES as RANGE_TEST_RULES
+from .online_scale import ONLINE_SCALES
 
 # Optimizers whose update is linear in the LR (``w_{t+1} = w_t - lr * d`` with ``d`` independent of
 # ``lr``): meta-training reads ``d`` off the real step for these.
@@ -72,6 +73,15 @@ class ScheduleOptions:
         default=None,
         metadata={
             "help": "With gamma='relative': the bound on lr / learning_rate. Default: the schedule's own (1.0)."
+        },
+    )
+    online_scale: str | None = field(
+        default=None,
+        metadata={
+            "help": "'mechanic': learn a factor S of the LR during the run from the training signal alone "
+            "(Mechanic, Cutkosky et al. 2023, over the Trainer's optimizer): each update is applied with "
+            "S * lr_t, lr_t the schedule's LR (gamma, or learning_rate, only sets the unit S starts from), and S "
+            "rescales the earlier updates too. Two parameter-sized buffers; transfer only. Default: off."
         },
     )
     auto_gamma_batches: int = field(
@@ -136,6 +146,15 @@ class ScheduleOptions:
             check_input_normalization(self.input_normalization)
         if self.relative_max_scale is not None:
             self.relative_max_scale = check_relative_max_scale(self.relative_max_scale)
+        if self.online_scale is not None and self.online_scale not in ONLINE_SCALES:
+            raise ValueError(
+                f"online_scale must be one of {', '.join(map(repr, ONLINE_SCALES))} or None, got {self.online_scale!r}."
+            )
+        if self.online_scale is not None and self.meta_train:
+            raise ValueError(
+                "online_scale is for transfer: meta-training reads each step's update as lr_t * d_t, which the online "
+                "scale changes. Meta-train without it, then transfer with online_scale."
+            )
         if self.num_classes is not None:
             _positive_int("num_classes", self.num_classes, minimum=2)
         _positive_int("auto_gamma_batches", self.auto_gamma_batches)

@@ -35,6 +35,24 @@ def test_lr_used_is_the_schedules_and_the_logged_one_single_process_and_ddp(tmp_
         assert all(torch.equal(v, two[1]["theta"][k]) for k, v in two[0]["theta"].items())
 
 
+@pytest.mark.multiprocess
+def test_the_online_scale_is_identical_on_every_rank(tmp_path):
+    """online_scale="mechanic" under DDP: S, its state, the LRs and the weights agree exactly on both ranks."""
+    ddp = accelerate_launch("engine_lrs.py", str(tmp_path / "ddp"), "--online", "--use_cpu")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a, b = (torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert a["engine"] == "DistributedType.MULTI_CPU" and a["world_size"] == 2
+    assert len(a["used"]) == 8 and a["used"] == b["used"]  # the shape, as given to AdamW
+    assert (
+        a["logged"] == a["schedule"] == b["logged"] == b["schedule"]
+    )  # S * shape: the LR the update was applied with
+    assert a["logged"] != a["used"]
+    for key in ("s", "reward", "max_product", "sum_squared_products"):
+        assert torch.equal(a["online_scale"][key], b["online_scale"][key]), key
+    assert all(torch.equal(x, y) for x, y in zip(a["online_scale"]["delta"], b["online_scale"]["delta"], strict=True))
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP2 under accelerate shards on GPUs only")
 @pytest.mark.parametrize("meta", [False, True], ids=["transfer", "meta-train"])
 def test_fsdp2_on_gpus_uses_the_schedules_lr(tmp_path, meta):
