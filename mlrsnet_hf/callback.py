@@ -145,7 +145,10 @@ class MLRSNetCallback(TrainerCallback):
         A plain ``Trainer`` builds its card from its arguments alone, so call this after ``create_model_card``
         (``push_to_hub`` writes a new card: upload the folder yourself, or use MLRSNetTrainer, whose card has both).
         """
-        update_model_card(output_dir, self.schedule, meta_train=self.lr_scheduler.options.meta_train)
+        update_model_card(
+            output_dir, self.schedule, meta_train=self.lr_scheduler.options.meta_train,
+            range_test=getattr(self.lr_scheduler, "range_test", None),
+        )  # fmt: skip
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if not self.lr_before_backward:

@@ -11,10 +11,13 @@ came from::
       repo_id: org/name               # a Hub repo; or path: the local directory it was loaded from
       revision: 0123abcd...           # the commit loaded (Hub repos only)
       saved_to: {repo_id: org/learned, revision: ...}   # MLRSNetTrainer.push_schedule_to_hub / save_schedule
+      range_test: {lr: 0.46, rule: min_loss_div_3, rule_lr: 0.00042, fallback_reason: ...}   # gamma="range_test"
 
 A schedule built in code has no ``repo_id`` or ``path``: nothing to point to until it is saved. After
 meta-training, ``saved_to`` is where :class:`~mlrsnet_hf.MLRSNetTrainer` wrote the learned schedule (when the card is
-made after ``save_schedule`` or ``push_schedule_to_hub``).
+made after ``save_schedule`` or ``push_schedule_to_hub``). With ``gamma="range_test"``, ``range_test`` is the LR the
+range test chose for the run, the rule's own pick and, when the pick was replaced, why
+(:func:`mlrsnet_hf.lr_range_test.choose_lr_checked`; ``fallback_reason`` null: the rule's pick was used).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard
 from torch import nn
+
+from .hub import significant
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +43,25 @@ def model_tags(schedule: Any) -> list[str]:
     return [*LIBRARY_TAGS, family]
 
 
+def range_test_summary(range_test: Any) -> dict[str, Any]:
+    """What a card states of a range test (a ``RangeTestResult`` or its ``summary()``): the LR used, the rule, its
+    own pick and the fallback reason (None: the pick was used), floats to 4 significant digits."""
+    summary = range_test.summary() if hasattr(range_test, "summary") else dict(range_test)
+    return {key: significant(summary.get(key)) for key in ("lr", "rule", "rule_lr", "fallback_reason")}
+
+
 def schedule_reference(
-    schedule: Any, meta_train: bool = False, saved_to: dict[str, Any] | None = None
+    schedule: Any,
+    meta_train: bool = False,
+    saved_to: dict[str, Any] | None = None,
+    range_test: Any = None,
 ) -> dict[str, Any]:
     """Where ``schedule`` came from, for the ``schedule:`` metadata of a trained model's card.
 
     ``repo_id`` and ``revision`` (the commit loaded, when known) for a Hub repo, ``path`` for a local directory,
     neither for a schedule built in code. ``mode`` is ``"meta-train"`` when the run learned it online; ``saved_to``
-    (``{"path"}`` or ``{"repo_id", "revision"}``) is where the run's schedule was written, if it was.
+    (``{"path"}`` or ``{"repo_id", "revision"}``) is where the run's schedule was written, if it was; ``range_test``
+    (the run's ``RangeTestResult`` with ``gamma="range_test"``) adds the LR it chose (:func:`range_test_summary`).
     """
     reference: dict[str, Any] = {
         "model_type": getattr(schedule, "model_type", type(schedule).__name__),
@@ -60,6 +76,8 @@ def schedule_reference(
             reference["revision"] = getattr(schedule, "revision", None)
     if saved_to:
         reference["saved_to"] = dict(saved_to)
+    if range_test is not None:
+        reference["range_test"] = range_test_summary(range_test)
     return reference
 
 
@@ -74,11 +92,16 @@ def add_model_tags(model: nn.Module, schedule: Any) -> None:
 
 
 def update_model_card(
-    path: str | Path, schedule: Any, meta_train: bool = False, saved_to: dict[str, Any] | None = None
+    path: str | Path,
+    schedule: Any,
+    meta_train: bool = False,
+    saved_to: dict[str, Any] | None = None,
+    range_test: Any = None,
 ) -> ModelCard:
     """Add the tags and the ``schedule:`` reference to the model card at ``path`` (a ``README.md`` or its directory).
 
-    The card is the one ``Trainer.create_model_card`` wrote; its other metadata and text are kept.
+    The card is the one ``Trainer.create_model_card`` wrote; its other metadata and text are kept. ``range_test``:
+    the run's range test (``gamma="range_test"``), whose choice the reference then states.
     """
     path = Path(path)
     if path.is_dir():
@@ -87,7 +110,7 @@ def update_model_card(
     existing = card.data.tags or []
     existing = [existing] if isinstance(existing, str) else list(existing)
     card.data.tags = existing + [t for t in model_tags(schedule) if t not in existing]
-    card.data.schedule = schedule_reference(schedule, meta_train, saved_to)
+    card.data.schedule = schedule_reference(schedule, meta_train, saved_to, range_test)
     card.save(path)
     logger.info("Model card %s: schedule %s", path, card.data.schedule)
     return card

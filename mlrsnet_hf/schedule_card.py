@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import EvalResult, ModelCard
 
 from .hub import ScheduleRepoMixin, card_from_template, significant
+from .provenance import range_test_summary
 
 if TYPE_CHECKING:
     from .schedule import MLRSNetSchedule
@@ -72,11 +73,14 @@ def render_model_card(schedule: MLRSNetSchedule, **template_kwargs: Any) -> Mode
 
     Results are rounded to 4 significant digits and carry the split they were measured on (``eval_split``
     of the record). A record with its own ``license`` (released third-party weights) overrides this library's.
+    ``range_test`` (the ``RangeTestResult`` of the run that wrote the card, with ``gamma="range_test"``) adds the
+    LR it chose, and why, when the rule's pick was replaced.
     """
     meta = schedule.meta_training
     datasets = [meta["dataset"]] if meta.get("dataset") else None
     results = significant(dict(meta.get("results") or {}))
     model_name = template_kwargs.pop("model_name", None) or meta.get("name") or "mlrsnet-schedule"
+    range_test = template_kwargs.pop("range_test", None)
     eval_results = (
         [
             EvalResult(
@@ -110,6 +114,7 @@ def render_model_card(schedule: MLRSNetSchedule, **template_kwargs: Any) -> Mode
         meta_training=meta,
         recorded=recorded_fields(schedule),
         results=results,
+        range_test=None if range_test is None else range_test_summary(range_test),
         **template_kwargs,
     )
 

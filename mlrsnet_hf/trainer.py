@@ -277,8 +277,9 @@ class MLRSNetTrainer(Trainer):
         )  # fmt: skip
         if self.is_world_process_zero():
             update_model_card(
-                self.args.output_dir, self.schedule, meta_train=self.args.meta_train, saved_to=self.saved_schedule
-            )
+                self.args.output_dir, self.schedule, meta_train=self.args.meta_train, saved_to=self.saved_schedule,
+                range_test=getattr(self.mlrsnet_callback.lr_scheduler, "range_test", None),
+            )  # fmt: skip
 
     def meta_training_record(self) -> dict[str, Any]:
         """What this run trained: dataset, model, epochs, optimizer, final metrics (for config.json and the card)."""
@@ -379,6 +380,14 @@ class MLRSNetTrainer(Trainer):
             schedule.meta_training.update(meta_training)
         return schedule
 
+    def _run_card_kwargs(self) -> dict[str, Any]:
+        """What the saved schedule's card shows of this run: its LRs, and the range test's choice (gamma="range_test")."""
+        driver = self.mlrsnet_callback.lr_scheduler
+        kwargs: dict[str, Any] = {"lr_history": list(driver.lr_history)}
+        if getattr(driver, "range_test", None) is not None:
+            kwargs["range_test"] = driver.range_test
+        return kwargs
+
     def save_schedule(
         self, save_directory: str | Path, meta_training: dict[str, Any] | None = None, trajectory: bool | None = None
     ) -> None:
@@ -391,7 +400,7 @@ class MLRSNetTrainer(Trainer):
         """
         if self.args.should_save:
             self._schedule_to_publish(meta_training, trajectory).save_pretrained(
-                save_directory, model_card_kwargs={"lr_history": list(self.mlrsnet_callback.lr_scheduler.lr_history)}
+                save_directory, model_card_kwargs=self._run_card_kwargs()
             )
             self.saved_schedule = {"path": str(save_directory)}
 
@@ -400,7 +409,7 @@ class MLRSNetTrainer(Trainer):
     ) -> str:
         """Upload what ``save_schedule`` writes to ``repo_id`` (``kwargs`` as for ``MLRSNetSchedule.push_to_hub``)."""
         commit = self._schedule_to_publish(meta_training, trajectory).push_to_hub(
-            repo_id, model_card_kwargs={"lr_history": list(self.mlrsnet_callback.lr_scheduler.lr_history)}, **kwargs
+            repo_id, model_card_kwargs=self._run_card_kwargs(), **kwargs
         )
         self.saved_schedule = {"repo_id": repo_id, "revision": getattr(commit, "oid", None)}
         return commit

@@ -1,16 +1,21 @@
 """gamma="range_test": the LR scale measured by a range test on a copy, leaving the real run untouched."""
 
 import copy
+import logging
 import math
+import random
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from test_trainer import Recorder
 from tiny import DigitsNet, digits
-from transformers import Trainer, TrainingArguments
+from torch import nn
+from transformers import PretrainedConfig, Trainer, TrainingArguments
 
 from mlrsnet_hf import MLRSNetCallback, MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
-from mlrsnet_hf.lr_range_test import choose_lr, lr_range_test
+from mlrsnet_hf.lr_range_test import RULES, choose_lr, choose_lr_checked, lr_range_test
+from mlrsnet_hf.provenance import update_model_card
 
 
 def test_choose_lr_rules():
@@ -22,6 +27,121 @@ def test_choose_lr_rules():
         choose_lr(lrs[:2], smoothed[:2])
     with pytest.raises(ValueError, match="rule"):
         choose_lr(lrs, smoothed, "valley")
+    for rule in RULES:  # a curve that falls clearly: every rule's pick is kept
+        checked = choose_lr_checked(lrs, smoothed, rule)
+        assert checked.lr == checked.rule_lr == choose_lr(lrs, smoothed, rule) and checked.fallback_reason is None
+
+
+LRS = [1e-3 * 1e6 ** (i / 59) for i in range(60)]  # a 60-step test over the default SGD span, [1e-3, 1e3]
+
+
+def range_test_curve(fall: float, easy_second_batch: float | None = None) -> tuple[list[float], list[float]]:
+    """The losses and smoothed losses (bias-corrected EMA, 0.9, as lr_range_test records) of a synthetic range test.
+
+    The loss is 2.3 (10 classes at chance) plus batch noise (sd 0.02) up to LR 0.1, falls by ``fall`` from there
+    to LR ~3 and rises beyond; ``easy_second_batch``: the loss of the second batch (a batch easier than the rest).
+    """
+    rng = random.Random(0)
+    losses = []
+    for lr in LRS:
+        decade = math.log10(lr)
+        level = 2.3 - fall * min(max(decade + 1, 0), 1.5) / 1.5 + 3 * max(decade - 0.5, 0) ** 2
+        losses.append(level + 0.02 * rng.gauss(0, 1))
+    if easy_second_batch is not None:
+        losses[1] = easy_second_batch
+    average, smoothed = 0.0, []
+    for step, loss in enumerate(losses):
+        average = 0.9 * average + 0.1 * loss
+        smoothed.append(average / (1 - 0.9 ** (step + 1)))
+    return losses, smoothed
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_a_pick_read_off_a_clear_fall_is_kept_without_warning(rule, caplog):
+    losses, smoothed = range_test_curve(fall=0.8)
+    with caplog.at_level(logging.WARNING, logger="mlrsnet_hf"):
+        checked = choose_lr_checked(LRS, smoothed, rule, losses)
+    assert checked.lr == checked.rule_lr == choose_lr(LRS, smoothed, rule)
+    assert checked.fallback_reason is None and not caplog.records
+    assert 0.1 <= checked.onset_lr <= 1.0 and checked.min_loss < checked.start_loss - 0.4  # the fall, measured
+
+
+@pytest.mark.parametrize("easy_second_batch", [None, 2.0])
+@pytest.mark.parametrize("rule", RULES)
+def test_a_curve_that_never_fell_falls_back_below_where_the_loss_rose(rule, easy_second_batch, caplog):
+    # Flat at chance, then rising from LR ~3: the rules read noise (min_loss_div_3 picks 2e-3, or with an easy
+    # second batch 4e-4, where SGD moves nothing), as on digits with 40 % noisy labels.
+    losses, smoothed = range_test_curve(fall=0.0, easy_second_batch=easy_second_batch)
+    with caplog.at_level(logging.WARNING, logger="mlrsnet_hf"):
+        checked = choose_lr_checked(LRS, smoothed, rule, losses)
+    assert checked.rule_lr == choose_lr(LRS, smoothed, rule) and checked.rule_lr < 0.01
+    assert checked.onset_lr is None and checked.fallback_reason.startswith("the loss never fell clearly")
+    assert 3 < checked.edge_lr < 10 and checked.lr == pytest.approx(0.1 * checked.edge_lr)  # a tenth of the edge
+    [record] = caplog.records
+    message = record.getMessage()
+    assert record.levelno == logging.WARNING and rule in message
+    assert f"start {checked.start_loss:.4g}, lowest {checked.min_loss:.4g}" in message  # what was measured,
+    assert f"pick lr={checked.rule_lr:.3g}" in message and f"lr={checked.edge_lr:.3g}" in message  # what was picked,
+    assert message.endswith(f"lr={checked.lr:.3g}.")  # and what is used instead
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_a_pick_far_below_where_the_loss_fell_is_replaced(rule, caplog):
+    # One easy batch at step 1 makes the smoothed loss lowest there (1.78, against 2.13 at LR 4.6, where the fall
+    # from LR ~1 ends): the rules pick ~1e-3 and below, over 1000x below the fall.
+    losses, smoothed = range_test_curve(fall=0.3, easy_second_batch=1.3)
+    with caplog.at_level(logging.WARNING, logger="mlrsnet_hf"):
+        checked = choose_lr_checked(LRS, smoothed, rule, losses)
+    assert checked.rule_lr == choose_lr(LRS, smoothed, rule) and checked.rule_lr < 2e-3
+    assert 0.3 < checked.onset_lr < 3 and "10x below" in checked.fallback_reason
+    assert checked.onset_lr / 10 <= checked.lr <= 5  # read off the fall, not above its lowest point
+    if rule.startswith("min_loss"):  # what the rule picks without the easy batch
+        _, without = range_test_curve(fall=0.3)
+        assert checked.lr == pytest.approx(choose_lr(LRS, without, rule))
+    [record] = caplog.records
+    assert f"{checked.onset_lr:.3g}" in record.getMessage() and f"{checked.lr:.3g}" in record.getMessage()
+
+
+class ChanceModel(nn.Module):
+    """A model whose loss is its batch's ``x`` (whatever the LR): a range test that never falls nor rises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.config = PretrainedConfig()  # what Trainer.create_model_card reads
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": x.mean() + 0 * self.weight.sum()}
+
+
+def test_range_test_records_and_logs_its_fallback(caplog, tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"x": 2.3 + 0.02 * torch.randn(8, generator=generator), "labels": torch.zeros(8)} for _ in range(30)]
+    batches[1]["x"] = batches[1]["x"] - 0.2  # an easy batch: the rule's minimum
+    model = ChanceModel()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with caplog.at_level(logging.INFO, logger="mlrsnet_hf"):
+        result = lr_range_test(model, optimizer, batches, num_steps=30)
+    assert result.rule_lr == pytest.approx(result.lrs[1] / 3)  # min_loss_div_3 at the easy batch
+    assert result.edge_lr == result.lrs[-1] == pytest.approx(1e3)  # the loss never rose
+    assert result.lr == pytest.approx(100.0) and result.fallback_reason.startswith("the loss never fell clearly")
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
+    assert "not its pick" in caplog.records[1].getMessage()  # the choice is in the log
+    record = result.to_dict()
+    assert record["lr"] == result.lr and record["rule_lr"] == result.rule_lr
+    assert record["fallback_reason"] == result.fallback_reason and record["onset_lr"] is None
+    assert record["losses"] == result.losses and "smoothed" not in result.summary()
+    # The card of a model trained with it, and of a schedule saved from the run, state the choice and the reason.
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# A model\n")
+    schedule = MLRSNetSchedule(hidden_size=8, gamma="range_test")
+    update_model_card(tmp_path, schedule, range_test=result)
+    stated = ModelCard.load(tmp_path / "README.md").data.to_dict()["schedule"]["range_test"]
+    assert stated == {
+        "lr": 100.0, "rule": "min_loss_div_3", "rule_lr": float(f"{result.rule_lr:.4g}"),
+        "fallback_reason": result.fallback_reason,
+    }  # fmt: skip
+    text = str(schedule.generate_model_card(range_test=result))
+    assert f"chose lr = 100.0, not the rule's own pick {result.rule_lr:.4g}: the loss never fell clearly" in text
 
 
 def test_range_test_leaves_model_optimizer_and_rng_alone():
@@ -127,3 +247,25 @@ def test_range_test_schedule_repo_round_trip(tmp_path):
     # A preview needs a base LR in place of the measured one: the simulated LRs are relative to it.
     lrs = loaded.simulate([2.3, 2.0, 1.5], base_lr=1.0)
     assert lrs[0] == pytest.approx(1.0, rel=1e-6) and all(0 < lr <= 1.0 for lr in lrs)
+
+
+def test_the_cards_of_a_run_state_the_range_test_choice(tmp_path):
+    """With the range test's pick replaced, the model's card and the saved schedule's card say so, and why."""
+    generator = torch.Generator().manual_seed(0)
+    data = [{"x": 2.3 + 0.02 * torch.randn((), generator=generator), "labels": torch.tensor(0)} for _ in range(64)]
+    args = MLRSNetConfig(
+        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, optim="sgd", gamma="range_test",
+        range_test_steps=30, report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True,
+    )  # fmt: skip
+    trainer = MLRSNetTrainer(
+        model=ChanceModel(), args=args, train_dataset=data, schedule=MLRSNetSchedule(hidden_size=8, gamma=0.3)
+    )
+    trainer.train()
+    result = trainer.lr_scheduler.range_test
+    assert result.fallback_reason.startswith("the loss never fell clearly") and result.lr != result.rule_lr
+    trainer.create_model_card()
+    stated = ModelCard.load(tmp_path / "out" / "README.md").data.to_dict()["schedule"]["range_test"]
+    assert stated["lr"] == float(f"{result.lr:.4g}") and stated["fallback_reason"] == result.fallback_reason
+    trainer.save_schedule(tmp_path / "schedule")
+    text = (tmp_path / "schedule" / "README.md").read_text()
+    assert f"chose lr = {stated['lr']}, not the rule's own pick {stated['rule_lr']}: the loss never fell" in text
