@@ -7,7 +7,7 @@ here = Path(__file__).parent
 version = re.search(r'__version__ = "([^"]+)"', (here / "mlrsnet_hf" / "version.py").read_text()).group(1)
 
 # the demo and the quality benchmark: bundled / generated real data, schedule-free baselines,
-# parameter-free rivals (Prodigy, D-Adaptation, DoG)
+# parameter-free rivals (Prodigy, D-Adaptation, DoG, Mechanic)
 BENCH = [
     "scikit-learn>=1.3",
     "mnist1d>=0.0.2",
@@ -15,6 +15,7 @@ BENCH = [
     "prodigyopt>=1.1",
     "dadaptation>=3.2",
     "dog-optimizer>=1.0.3",
+    "mechanic-pytorch>=0.0.1",
 ]
 # the PPO LR controller (training it; using a trained one needs only the core)
 PPO = ["stable-baselines3>=2.3", "gymnasium>=0.29.1"]

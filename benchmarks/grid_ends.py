@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from quality import RESULTS, TASKS, job, run_all, score
+from quality import RESULTS, job, run_all, score, task_spec
 
 
 def grid_end_choices(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -74,7 +74,7 @@ def main() -> None:
     name = "grid_ends_cpu" + ("_quick" if args.quick else "")
     runs = args.out / name
     jobs = [
-        job(runs, c["task"], c["label"], 0, 8 if args.quick else TASKS[c["task"]].steps, args.quick, c["lr"])
+        job(runs, c["task"], c["label"], 0, 8 if args.quick else task_spec(c["task"]).steps, args.quick, c["lr"])
         for c in choices
     ]
     records = run_all(jobs, args.workers, "one LR past the grid ends")

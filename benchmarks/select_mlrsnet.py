@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from quality import META, RESULTS, TASKS, LRRecorder, dog_kwargs, task_data, training_args
+from quality import HIGHER_IS_BETTER, META, RESULTS, TASKS, LRRecorder, dog_kwargs, task_data, training_args
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
 
 from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
 
 RULES = ("min_loss", "min_loss_div_3", "min_loss_div_10", "steepest")
+SELECTION_TASKS = ("digits-cnn", "mnist1d-cnn", "ptb-lstm", "ptb-gpt2")  # what the defaults were chosen on
 META_VARIANTS = {  # name: (gamma, range_test_rule, meta_horizon)
     "paper gamma, horizon 1": ("paper", None, 1),
     "paper gamma, horizon 10": ("paper", None, 10),
@@ -83,7 +84,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     logging.getLogger("mlrsnet_hf").setLevel(logging.ERROR)
     task = TASKS[job["task"]]
     data = task_data(task.name, False)
-    key = "accuracy" if task.modality == "image" else "perplexity"
+    key = task.metric
     paper_gamma = task.gamma if task.gamma == "auto" else float(task.gamma)
     options: dict[str, Any] = {"num_classes": data["num_classes"]}
     if task.modality == "text":
@@ -125,7 +126,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
                     job["schedule_dir"] + ("-trajectory" if trajectory else "-final"), trajectory=trajectory
                 )
     except (RuntimeError, ValueError, OverflowError) as e:
-        record.update(error=f"{type(e).__name__}: {e}", val=float("inf") if key == "perplexity" else 0.0)
+        record.update(error=f"{type(e).__name__}: {e}", val=0.0 if HIGHER_IS_BETTER[key] else float("inf"))
     record["seconds"] = time.perf_counter() - start
     record["range_test_lr"] = trainer.lr_scheduler.range_test.lr if trainer.lr_scheduler.range_test else None
     record["lrs"] = recorder.lrs[:: max(1, len(recorder.lrs) // 50)]
@@ -147,7 +148,7 @@ def slug(text: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", default=list(SELECTION_TASKS), choices=list(TASKS))
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -179,7 +180,8 @@ def main() -> None:
     summary: dict[str, Any] = {}
     for r in records:
         summary.setdefault(r["kind"], {}).setdefault(r["variant"], {}).setdefault(r["task"], []).append(r)
-    lines = ["| variant | " + " | ".join(f"{t} (val {TASKS[t].modality == 'image' and 'acc' or 'ppl'})" for t in tasks)
+    short = {"accuracy": "acc", "perplexity": "ppl", "mse": "mse"}
+    lines = ["| variant | " + " | ".join(f"{t} (val {short[TASKS[t].metric]})" for t in tasks)
              + " | mean rank |", "|---" * (len(tasks) + 2) + "|"]  # fmt: skip
     table: dict[str, Any] = {}
     for kind in ("meta", "transfer"):
@@ -187,7 +189,7 @@ def main() -> None:
         means = {v: {t: statistics.fmean(r["val"] for r in rows[t]) for t in tasks} for v, rows in variants.items()}
         ranks = dict.fromkeys(means, 0.0)
         for t in tasks:
-            higher = TASKS[t].modality == "image"
+            higher = HIGHER_IS_BETTER[TASKS[t].metric]
             order = sorted(means, key=lambda v: -means[v][t] if higher else means[v][t])
             for i, v in enumerate(order):
                 ranks[v] += (i + 1) / len(tasks)
@@ -196,7 +198,7 @@ def main() -> None:
             rt = {t: [r.get("range_test_lr") for r in variants[v][t]] for t in tasks}
             cells = []
             for t in tasks:
-                cell = f"{means[v][t]:.4f}" if TASKS[t].modality == "image" else f"{means[v][t]:.1f}"
+                cell = f"{means[v][t]:.1f}" if TASKS[t].metric == "perplexity" else f"{means[v][t]:.4f}"
                 if rt[t][0]:
                     cell += f" (lr {rt[t][0]:.3g})"
                 cells.append(cell)

@@ -1,4 +1,5 @@
-"""The quality benchmark's small tasks that nothing else uses: MNIST-1D, its CNN, and a small GPT-2 for PTB text.
+"""The quality benchmark's small tasks that nothing else uses: MNIST-1D, its CNN, a small GPT-2 for PTB text, and a
+regression task on generated data (a teacher function with noise, an MLP, the MSE metric).
 
 The digits task, its networks and the PTB text splits are shared with the demo and live in
 :mod:`mlrsnet_hf.experiments`; these are the benchmark's own (``tests/test_small_tasks.py`` checks them).
@@ -6,13 +7,16 @@ The digits task, its networks and the PTB text splits are shared with the demo a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import EvalPrediction, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput, ImageClassifierOutput
+from transformers.utils import ModelOutput
 
 from mlrsnet_hf.experiments.data import balanced_split, tensor_rows
 from mlrsnet_hf.experiments.language_models import token_loss
@@ -123,3 +127,68 @@ def corrupted_digits_splits(
         "meta": tensor_rows((x[meta_idx] - mean) / std, y[meta_idx], (1, 8, 8)),
         "test": tensor_rows((x[test_idx] - mean) / std, y[test_idx], (1, 8, 8)),
     }
+
+
+def regression_splits(
+    seed: int = 0, inputs: int = 16, sizes: tuple[int, int, int] = (2000, 500, 2000), noise: float = 0.3
+) -> dict[str, list[dict[str, Any]]]:
+    """Train / meta / test splits of a nonlinear regression problem, generated (deterministic for a ``seed``).
+
+    ``x ~ N(0, I)`` in ``inputs`` dimensions; the teacher is a fixed random function, the same for every seed: a
+    2-layer tanh network (32 units) plus a product of two inputs and a sine of a third, standardised to unit
+    variance over the data; the target is the teacher plus Gaussian noise of standard deviation ``noise`` in every
+    split (so the best possible test MSE is about ``noise ** 2``, 0.09; predicting the mean scores about 1.09).
+    ``sizes``: the training, meta (validation) and test examples.
+    """
+    teacher = np.random.default_rng(1234)  # the task's function: fixed, whatever the data seed
+    w1 = teacher.standard_normal((inputs, 32)) * 2 / np.sqrt(inputs)
+    b1 = teacher.uniform(-1, 1, 32)
+    w2 = teacher.standard_normal(32) / np.sqrt(32)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((sum(sizes), inputs))
+    f = np.tanh(x @ w1 + b1) @ w2 + x[:, 0] * x[:, 1] + np.sin(2 * x[:, 2])
+    f = (f - f.mean()) / f.std()
+    y = f + noise * rng.standard_normal(len(f))
+    bounds = np.cumsum((0, *sizes))
+    return {
+        name: [{"inputs": torch.tensor(xi, dtype=torch.float32), "labels": float(yi)}
+               for xi, yi in zip(x[a:b], y[a:b], strict=True)]
+        for name, a, b in zip(("train", "meta", "test"), bounds[:-1], bounds[1:], strict=True)
+    }  # fmt: skip
+
+
+@dataclass
+class RegressionOutput(ModelOutput):
+    """The loss (MSE) and the predictions (``logits``: one number per example, as the Trainer gathers them)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+class RegressionMLP(nn.Module):
+    """An MLP for :func:`regression_splits`: two hidden ReLU layers of 64 units, a scalar output, MSE loss."""
+
+    def __init__(self, inputs: int = 16, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )  # fmt: skip
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> RegressionOutput:
+        predictions = self.net(inputs).squeeze(-1)
+        loss = nn.functional.mse_loss(predictions, labels.to(predictions.dtype)) if labels is not None else None
+        return RegressionOutput(loss=loss, logits=predictions)
+
+
+def mse_metrics() -> tuple[Callable[[EvalPrediction], dict[str, float]], Callable[..., torch.Tensor]]:
+    """``(compute_metrics, preprocess_logits_for_metrics)`` for regression: the mean squared error (``"mse"``)."""
+
+    def preprocess(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return logits.float()
+
+    def compute(prediction: EvalPrediction) -> dict[str, float]:
+        errors = np.asarray(prediction.predictions, dtype=np.float64) - np.asarray(prediction.label_ids)
+        mse = float(np.mean(errors**2))
+        return {"mse": mse if np.isfinite(mse) else float("inf")}  # a diverged run: inf, the worst
+
+    return compute, preprocess

@@ -1,4 +1,5 @@
-"""Smoke tests of the speed and quality benchmarks' --quick modes (slow: `pytest -m slow`, `make test-slow`)."""
+"""Smoke tests of the speed and quality benchmarks' --quick modes (slow: `pytest -m slow`, `make test-slow`), and the
+quality benchmark's regression task, Mechanic recorder and merged --reuse files."""
 
 import itertools
 import json
@@ -7,8 +8,15 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 from conftest import REPO, SHARED
+from transformers import EvalPrediction, default_data_collator
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import quality  # noqa: E402
+from toys import RegressionMLP, mse_metrics, regression_splits  # noqa: E402
 
 
 @pytest.mark.slow
@@ -88,7 +96,6 @@ def test_speed_benchmark_parts_quick(tmp_path):
 
 @pytest.mark.slow
 def test_paired_overhead_runs_take_turns_every_block_and_count_only_the_steps_inside_a_turn():
-    sys.path.insert(0, str(REPO / "benchmarks"))
     import speed
 
     r = speed.paired("linear", "transfer", steps=40, warmup=8, block=4, repeats=2)
@@ -109,7 +116,6 @@ def test_paired_overhead_runs_take_turns_every_block_and_count_only_the_steps_in
 
 
 def test_grid_ends_are_the_choices_at_an_end_of_their_grid_with_the_next_lr_past_it():
-    sys.path.insert(0, str(REPO / "benchmarks"))
     from grid_ends import grid_end_choices
 
     def row(best, grid):
@@ -150,9 +156,6 @@ def test_quality_benchmark_quick(tmp_path):
                "--out", str(tmp_path), "--workers", "2"]  # fmt: skip
     out = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import quality
-
     report = json.loads((tmp_path / "quality_cpu_quick.json").read_text())
     released = (SHARED / "official" / "mlr_snet_1.pth").is_file()
     expected = {*quality.BASELINES, *quality.CONTROLLER, *quality.RIVALS, *quality.MLRSNET} - (
@@ -190,6 +193,12 @@ def test_quality_benchmark_quick(tmp_path):
             assert entries[label]["lrs"][0] == pytest.approx(1e-6) and entries[label]["grid_val"] is None
         assert all(x > 0 for label in ("D-Adaptation SGD", "DoG") for x in entries[label]["lrs"])
         assert len(entries["DoG"]["test_last_iterate"]) == 1  # the averaged model is the result
+        # The scale learned in the run: Mechanic's S starts near 0; Prodigy's d at d0 = 1e-6, times lr_1 = 1.
+        online = entries["MLR-SNet transferred, trajectory + online scale (Mechanic)"]["lrs"]
+        assert all(x > 0 for x in online) and online[0] < 1e-3 * quality.task_spec(task).paper_scale
+        assert entries["MLR-SNet transferred, trajectory + Prodigy scale"]["lrs"][0] == pytest.approx(1e-6)
+        for label, lr in (("Mechanic SGD cosine (untuned)", 0.1), ("Mechanic AdamW cosine (untuned)", 1e-3)):
+            assert entries[label]["best_lr"] == lr and all(0 < x < lr for x in entries[label]["lrs"]), label
     assert report["meta"]["meta_hyperparameters"] == quality.META
     costs = report["meta"]["training_cost_seconds"]
     assert all(costs[t]["PPO controller training"] > 0 for t in tasks)
@@ -200,6 +209,9 @@ def test_quality_benchmark_quick(tmp_path):
     assert "| MLR-SNet transferred, trajectory |" in (tmp_path / "quality_cpu_quick.md").read_text()
     assert "| Prodigy | " in (tmp_path / "quality_cpu_quick.md").read_text()
     assert set(report["meta"]["rivals"]) == set(quality.RIVALS)
+    mechanic = report["meta"]["rivals"]["Mechanic SGD cosine (untuned)"]
+    assert mechanic["optimizer"] == "mechanic_pytorch.mechanize(torch.optim.SGD)"
+    assert mechanic["lrs_record"] == "S * lr"
     assert (tmp_path / "quality_cpu_quick.png").stat().st_size > 10_000
     runs = sorted((tmp_path / "quality_cpu_quick" / "runs").rglob("*.json"))
     mtimes = [p.stat().st_mtime_ns for p in runs]
@@ -219,3 +231,113 @@ def test_robustness_benchmark_quick(tmp_path):
     assert set(result["table"]) >= {"MLR-SNet meta-trained", "SGD cosine", "Adam fixed"}
     assert set(result["table"]["SGD cosine"]["per_task"]) == {"contrast", "labels40"}
     assert "| MLR-SNet meta-trained |" in (tmp_path / "robustness_cpu_quick.md").read_text()
+
+
+@pytest.mark.slow
+def test_quality_benchmark_quick_new_tasks(tmp_path):
+    """Every row runs on the regression task (but the PPO controller's: it observes class probabilities) and on the
+    digits with 40 % label noise."""
+    tasks = ["regression-mlp", "digits-cnn@labels40"]
+    command = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick", "--tasks", *tasks,
+               "--out", str(tmp_path), "--workers", "2"]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "quality_cpu_quick.json").read_text())
+    released = (SHARED / "official" / "mlr_snet_1.pth").is_file()
+    expected = set(quality.row_labels()) - (set() if released else {"MLR-SNet released"})
+    regression, noisy = (report["results"][t] for t in tasks)
+    assert regression["metric"] == "mse" and regression["higher_is_better"] is False
+    assert noisy["metric"] == "accuracy" and noisy["higher_is_better"] is True
+    assert set(regression["schedules"]) == expected - set(quality.CONTROLLER)
+    assert set(noisy["schedules"]) == expected
+    for task in tasks:
+        for label, e in report["results"][task]["schedules"].items():
+            assert len(e["test"]) == 1 and len(e["lrs"]) == 8 and math.isfinite(e["test"][0]), (task, label)
+    assert all(0 < e["mean"] < 10 for e in regression["schedules"].values())  # MSE of unit-variance targets
+    assert not (tmp_path / "quality_cpu_quick" / "controllers" / "regression-mlp").exists()
+    markdown = (tmp_path / "quality_cpu_quick.md").read_text()
+    assert "| schedule | regression-mlp (mse) | digits-cnn@labels40 (accuracy) |" in markdown
+    assert "| PPO controller trained | - | " in markdown
+
+
+def test_regression_task_is_generated_deterministically_and_scored_by_mse():
+    splits, again = regression_splits(0), regression_splits(0)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 2000, "meta": 500, "test": 2000}
+    assert all(
+        torch.equal(a["inputs"], b["inputs"]) and a["labels"] == b["labels"]
+        for a, b in zip(splits["test"], again["test"], strict=True)
+    )
+    labels = np.array([r["labels"] for r in splits["train"]])
+    assert abs(labels.mean()) < 0.1 and 1.0 < labels.var() < 1.2  # unit-variance teacher + noise variance 0.09
+    # Nonlinear: a least-squares linear fit leaves most of the variance.
+    x = np.stack([r["inputs"].numpy() for r in splits["train"]])
+    design = np.c_[x, np.ones(len(x))]
+    residual = labels - design @ np.linalg.lstsq(design, labels, rcond=None)[0]
+    assert residual.var() > 0.7 * labels.var()
+    # The model's loss is the MSE of its predictions, and so is the metric.
+    torch.manual_seed(0)
+    batch = default_data_collator(splits["train"][:16])
+    output = RegressionMLP()(**batch)
+    assert output.logits.shape == (16,)
+    assert output.loss.item() == pytest.approx(((output.logits - batch["labels"]) ** 2).mean().item())
+    compute, preprocess = mse_metrics()
+    predictions = preprocess(output.logits.detach(), batch["labels"]).numpy()
+    assert compute(EvalPrediction(predictions, batch["labels"].numpy()))["mse"] == pytest.approx(output.loss.item())
+    assert compute(EvalPrediction(np.array([np.nan]), np.array([0.0])))["mse"] == math.inf  # diverged: the worst
+    task = quality.task_spec("regression-mlp")
+    assert task.metric == "mse" and task.paper_scale == 1.0 and task.source == "digits-cnn"
+    scores = [quality.score({"val": v}, "mse") for v in (0.2, 0.3, math.inf)]
+    assert scores == sorted(scores, reverse=True) and scores[-1] == -math.inf  # lower is better; diverged worst
+    assert {quality.task_spec(t).metric for t in quality.QUALITY_TASKS} <= set(quality.HIGHER_IS_BETTER)
+
+
+def test_mechanic_recorder_reads_the_step_taken():
+    """Mechanic's first step moves the weights by S * lr times the base update (its reference is the start)."""
+    from mechanic_pytorch import mechanize
+
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(20, dtype=torch.float64))
+    optimizer = mechanize(torch.optim.SGD)([p], lr=0.1)
+    recorder = quality.MechanicRecorder()
+    p.grad = torch.randn(20, dtype=torch.float64)
+    grad, before = p.grad.clone(), p.detach().clone()
+    recorder.on_pre_optimizer_step(None, None, None, optimizer=optimizer)
+    optimizer.step()
+    recorder.on_optimizer_step(None, None, None, optimizer=optimizer)
+    assert 0 < recorder.lrs[0] < 0.1
+    assert before - p.detach() == pytest.approx(recorder.lrs[0] * grad, rel=1e-6)
+
+
+def test_reuse_takes_each_task_from_the_first_file_that_has_it():
+    def results(steps, seeds, cost, **rows):
+        tasks = {t: {"steps": steps} for t in rows}
+        costs = {t: {quality.CONTROLLER_TRAINING: cost} for t in rows}
+        meta = {"seeds": seeds, "tasks": tasks, "training_cost_seconds": costs}
+        return {"meta": meta, "results": {t: {"schedules": {"DoG": {"mean": v}}} for t, v in rows.items()}}
+
+    full = results(600, 3, 68.0, **{"digits-cnn": 0.98})
+    new_tasks = results(8, 1, 5.0, **{"digits-cnn": 0.1, "regression-mlp": 0.3})
+    merged = quality.merge_reused([full, new_tasks])
+    assert merged["results"] == {"digits-cnn": full["results"]["digits-cnn"],
+                                 "regression-mlp": new_tasks["results"]["regression-mlp"]}  # fmt: skip
+    assert merged["meta"]["seeds"] == {"digits-cnn": 3, "regression-mlp": 1}
+    assert merged["meta"]["tasks"] == {"digits-cnn": {"steps": 600}, "regression-mlp": {"steps": 8}}
+    skip = {"DoG", quality.CONTROLLER_TRAINING}
+    carried, seconds = quality.carry_over(merged, ["digits-cnn", "regression-mlp"], skip)
+    assert carried == {"digits-cnn": {"DoG": {"mean": 0.98}}, "regression-mlp": {"DoG": {"mean": 0.3}}}
+    assert seconds == {"digits-cnn": 68.0, "regression-mlp": 5.0}
+    assert quality.merge_reused([]) == {}
+
+
+@pytest.mark.slow
+def test_only_runs_the_rows_named(tmp_path):
+    keep = ["MLR-SNet meta-trained", "Mechanic SGD cosine (untuned)"]
+    base = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick", "--tasks", "digits-cnn",
+            "--workers", "1", "--out", str(tmp_path)]  # fmt: skip
+    out = subprocess.run([*base, "--only", *keep], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "quality_cpu_quick.json").read_text())
+    assert list(report["results"]["digits-cnn"]["schedules"]) == keep
+    for bad in (["--only", *keep, "--skip", "SGD fixed"], ["--only", "SGD fixd"]):
+        out = subprocess.run([*base, *bad], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and "error:" in out.stderr, bad
