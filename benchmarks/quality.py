@@ -87,6 +87,7 @@ import os
 import platform
 import statistics
 import time
+import unittest.mock
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,7 @@ from mlrsnet_hf.experiments.data import digits_splits, ptb_small_splits  # noqa:
 from mlrsnet_hf.experiments.language_models import lstm_lm  # noqa: E402
 from mlrsnet_hf.experiments.metrics import accuracy_metrics, perplexity_metrics  # noqa: E402
 from mlrsnet_hf.experiments.vision_models import DigitsCNN  # noqa: E402
+from mlrsnet_hf.online_scale import BETAS, MechanicScale  # noqa: E402
 
 logger = logging.getLogger("quality")
 REPO = Path(__file__).resolve().parents[1]
@@ -239,6 +241,27 @@ MLRSNET_ROWS = {
     )
 }
 MLRSNET = tuple(MLRSNET_ROWS)
+# Other mechanisms for the learned scale, tried on the validation splits only (benchmarks/select_scale.py): not rows
+# of the tables. "mechanic-lambda0": Mechanic without its pull of S towards 0; "mechanic-adamw": Mechanic over AdamW
+# (lr_t = S_t * p_t / p_1 with AdamW's unit, the task's weight decay); "dadapt-sgd": D-Adaptation SGD as the
+# optimizer, the shape its LR multiplier (as "prodigy").
+SCALE_EXPERIMENTS = {
+    r.label: r
+    for r in (
+        MLRSNetRow("MLR-SNet transferred, trajectory + online scale (Mechanic, lambda 0)", "transferred",
+                   scale="mechanic-lambda0"),
+        MLRSNetRow("MLR-SNet transferred, trajectory + online scale (Mechanic over AdamW)", "transferred",
+                   scale="mechanic-adamw"),
+        MLRSNetRow("MLR-SNet transferred, trajectory + D-Adaptation SGD scale", "transferred", scale="dadapt-sgd"),
+    )
+}  # fmt: skip
+
+
+def mlrsnet_row(label: str) -> MLRSNetRow | None:
+    """The MLR-SNet row (or scale experiment) of ``label``; None for the other rows."""
+    return MLRSNET_ROWS.get(label) or SCALE_EXPERIMENTS.get(label)
+
+
 RANGE_TEST_RULE = "min_loss_div_3"  # chosen on the validation splits (benchmarks/select_mlrsnet.py)
 CONTROLLER = ("PPO controller trained", "PPO controller transferred")
 CONTROLLER_TRAINING = "PPO controller training"
@@ -264,6 +287,11 @@ def d_times_lr(before: dict, after: dict) -> float:
 def d_times_scheduled_lr(before: dict, after: dict) -> float:
     """Prodigy under an MLR-SNet schedule: the lr is set after the recorder's snapshot (it is read after the step)."""
     return before["d"] * after["lr"]
+
+
+def dadapt_sgd_scheduled_step(before: dict, after: dict) -> float:
+    """D-Adaptation SGD under an MLR-SNet schedule (as :func:`d_times_scheduled_lr`): d * lr_t / |g_0|."""
+    return before["d"] * after["lr"] / (after.get("g0_norm") or math.nan)
 
 
 def dadapt_sgd_step(before: dict, after: dict) -> float:
@@ -522,6 +550,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     model = data["model"]()
     start = time.perf_counter()
     label = job["schedule"]
+    patched: Any = contextlib.nullcontext()  # a scale experiment's change of MechanicScale's defaults, while it trains
     if label in BASELINES:
         b = BASELINES[label]
         args = training_args(
@@ -569,10 +598,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         )
     else:
         text = task.modality == "text"
+        optim = "sgd"
         mlrsnet: dict[str, Any] = {"num_classes": data["num_classes"]}
         if text:
             mlrsnet["input_normalization"] = "log_num_classes"
-        row = MLRSNET_ROWS[label]
+        row = mlrsnet_row(label)
         if row.kind == "meta-trained":
             schedule = MLRSNetSchedule(num_stages=1, gamma=task.gamma if task.gamma == "auto" else float(task.gamma))
             mlrsnet.update(META, meta_train=True, meta_horizon=row.horizon)
@@ -581,8 +611,20 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         elif row.kind == "transferred":
             schedule = MLRSNetSchedule.from_pretrained(job["source_schedule"])
             scale = job["lr"]  # None: the paper's; a number (benchmarks/scale.py): gamma, or the learned scale's base
-            if row.scale == "mechanic":  # lr_t = S_t * base * p_t / p_1, S_t learned by Mechanic around the optimizer
+            if row.scale and row.scale.startswith("mechanic"):  # lr_t = S_t * p_t / p_1, S_t learned by Mechanic
                 mlrsnet.update(gamma="relative", learning_rate=scale or task.paper_scale, online_scale="mechanic")
+                if row.scale == "mechanic-adamw":
+                    optim = "adamw_torch"
+                if row.scale == "mechanic-lambda0":
+                    defaults = (BETAS, 0.0, 1e-8, 1e-8)  # MechanicScale(betas, s_decay, s_init, eps)
+                    patched = unittest.mock.patch.object(MechanicScale.__init__, "__defaults__", defaults)
+            elif (
+                row.scale == "dadapt-sgd"
+            ):  # D-Adaptation SGD steps by d_t * lr_t / |g_0|: the shape is its multiplier
+                mlrsnet.update(gamma="relative", learning_rate=1.0)
+                dadapt = {"lr": 1.0, "weight_decay": task.weight_decay}
+                common["optimizer_cls_and_kwargs"] = (import_object("dadaptation.DAdaptSGD"), dadapt)
+                recorder.step_size = dadapt_sgd_scheduled_step
             elif row.scale == "prodigy":  # Prodigy steps by d_t * lr_t, lr_t = p_t / p_1: the shape is its multiplier
                 mlrsnet.update(gamma="relative", learning_rate=1.0)
                 prodigy = {"lr": 1.0, "safeguard_warmup": True, "weight_decay": task.weight_decay}
@@ -596,7 +638,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             schedule = MLRSNetSchedule.from_pretrained(job["source_schedule"])  # the released recipe: gamma "auto"
             if data["num_classes"] is None:  # "auto" is a rule of the loss and C: with no classes, the paper's gamma
                 mlrsnet["gamma"] = task.gamma
-        args = training_args(task, out, job["seed"], steps, optim="sgd", **mlrsnet)
+        args = training_args(task, out, job["seed"], steps, optim=optim, **mlrsnet)
         trainer = MLRSNetTrainer(
             model=model, args=MLRSNetConfig(**args), schedule=schedule,
             meta_dataset=data["meta"] if row.kind == "meta-trained" else None, **common,
@@ -604,14 +646,15 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     trainer.remove_callback(PrinterCallback)  # the records hold the logs
     record: dict[str, Any] = {**{k: v for k, v in job.items() if k not in ("path", "quick")}, "metric": key}
     errors: tuple[type[Exception], ...] = (RuntimeError, ValueError, OverflowError)
-    if label in RIVALS:
+    if label in RIVALS or getattr(mlrsnet_row(label), "scale", None) == "dadapt-sgd":
         errors += (AssertionError, ZeroDivisionError)  # DoG asserts a positive gradient sum; D-Adapt SGD divides
-        if RIVALS[label].optimizer:
-            record["optimizer_kwargs"] = RIVALS[label].kwargs(model)
+    if label in RIVALS and RIVALS[label].optimizer:
+        record["optimizer_kwargs"] = RIVALS[label].kwargs(model)
     try:
         # the parameter-free optimizers print their settings: the records hold them
-        quiet = label in RIVALS or (label in MLRSNET_ROWS and MLRSNET_ROWS[label].scale == "prodigy")
-        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        row = mlrsnet_row(label)
+        quiet = label in RIVALS or (row is not None and row.scale in ("prodigy", "dadapt-sgd"))
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext(), patched:
             trainer.train()
         record["train_seconds"] = time.perf_counter() - start
         history = trainer.state.log_history
@@ -637,7 +680,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     except errors as e:  # a diverged run is a result, not a crash
         record.update(error=f"{type(e).__name__}: {e}", test=float("nan"), val=float("nan"), val_curve=[])
     record["lrs"] = recorder.lrs
-    if label in MLRSNET_ROWS and MLRSNET_ROWS[label].scale == "mechanic":  # the recorder sees lr_t; S_t * lr_t here
+    if row is not None and (row.scale or "").startswith("mechanic"):  # the recorder sees lr_t; S_t * lr_t here
         record["lrs"] = [float(lr) for lr in trainer.lr_scheduler.lr_history]
     for k in ("test", "val"):
         if not math.isfinite(record[k]):

@@ -212,3 +212,18 @@ def test_the_tensor_lr_has_the_dtype_the_optimizer_reads(fused, dtype):
         params[0].grad = torch.ones_like(params[0])
         optimizer.step()
         assert torch.all(params[0] < 1)
+
+
+def test_the_online_scale_reads_nothing_either(tmp_path):
+    """online_scale="mechanic": S, its tuner and the LR it logs stay on the device between logging steps."""
+    args = MLRSNetConfig(output_dir=str(tmp_path), **COMMON, optim="adamw_torch_fused", online_scale="mechanic")
+    counter, recorder = HostReads(exempt={0, 6}), Recorder()
+    trainer = MLRSNetTrainer(
+        model=DigitsNet(), args=args, train_dataset=digits(400), schedule=schedule(), callbacks=[counter, recorder]
+    )
+    with counter:
+        trainer.train()
+    assert counter.reads == []
+    history = trainer.lr_scheduler.lr_history
+    assert len(history) == 12 and logged_lrs(trainer) == [history[3], history[7], history[11]]
+    assert history != [lrs[0] for lrs in recorder.lrs]  # the recorder sees the shape; S * shape was applied
