@@ -341,3 +341,19 @@ def test_only_runs_the_rows_named(tmp_path):
     for bad in (["--only", *keep, "--skip", "SGD fixed"], ["--only", "SGD fixd"]):
         out = subprocess.run([*base, *bad], capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and "error:" in out.stderr, bad
+
+
+@pytest.mark.slow
+def test_scale_experiments_run_and_record_the_step_size_they_used(tmp_path):
+    """select_scale.py's candidates outside the tables (quality.SCALE_EXPERIMENTS), a few steps each on digits."""
+    source = tmp_path / "source"
+    quality.run_job(quality.job(tmp_path, "digits-cnn", "MLR-SNet meta-trained", 0, 8, True, schedule_dir=str(source)))
+    for label, row in quality.SCALE_EXPERIMENTS.items():
+        record = quality.run_job(
+            quality.job(tmp_path, "digits-cnn", label, 0, 8, True,
+                        source_schedule=quality.schedule_path(source, True), source_task="digits-cnn")
+        )  # fmt: skip
+        assert "error" not in record and 0 <= record["val"] <= 1, (label, record.get("error"))
+        assert len(record["lrs"]) == 8 and all(math.isfinite(lr) and lr > 0 for lr in record["lrs"]), label
+        if row.scale.startswith("mechanic"):  # S * shape: S starts near 1e-6
+            assert record["lrs"][0] < 1e-5 and record["lrs"][-1] > 2 * record["lrs"][0]
