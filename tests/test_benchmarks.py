@@ -148,15 +148,20 @@ def test_grid_ends_benchmark_quick(tmp_path):
     assert "| digits-cnn | SGD fixed | 3 (top) |" in (tmp_path / "grid_ends_cpu_quick.md").read_text()
 
 
+def quality_quick(out, tasks: list[str]) -> dict:
+    """Run ``quality.py --quick`` on ``tasks`` into ``out``; its results JSON."""
+    command = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick", "--tasks", *tasks,
+               "--out", str(out), "--workers", "2"]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads((out / "quality_cpu_quick.json").read_text())
+
+
 @pytest.mark.slow
 def test_quality_benchmark_quick(tmp_path):
     """Every schedule runs on an image and a text task; LR sequences are the documented ones; reruns resume."""
     tasks = ["digits-cnn"] + (["ptb-lstm"] if (SHARED / "data" / "ptb" / "ptb.valid.txt").is_file() else [])
-    command = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick", "--tasks", *tasks,
-               "--out", str(tmp_path), "--workers", "2"]  # fmt: skip
-    out = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads((tmp_path / "quality_cpu_quick.json").read_text())
+    report = quality_quick(tmp_path, tasks)
     released = (SHARED / "official" / "mlr_snet_1.pth").is_file()
     expected = {*quality.BASELINES, *quality.CONTROLLER, *quality.RIVALS, *quality.MLRSNET} - (
         set() if released else {"MLR-SNet released"}
@@ -215,8 +220,7 @@ def test_quality_benchmark_quick(tmp_path):
     assert (tmp_path / "quality_cpu_quick.png").stat().st_size > 10_000
     runs = sorted((tmp_path / "quality_cpu_quick" / "runs").rglob("*.json"))
     mtimes = [p.stat().st_mtime_ns for p in runs]
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
+    quality_quick(tmp_path, tasks)
     assert [p.stat().st_mtime_ns for p in runs] == mtimes  # finished runs are read back, not rerun
     assert json.loads((tmp_path / "quality_cpu_quick.json").read_text())["results"] == report["results"]
 
@@ -238,11 +242,7 @@ def test_quality_benchmark_quick_new_tasks(tmp_path):
     """Every row runs on the regression task (but the PPO controller's: it observes class probabilities) and on the
     digits with 40 % label noise."""
     tasks = ["regression-mlp", "digits-cnn@labels40"]
-    command = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick", "--tasks", *tasks,
-               "--out", str(tmp_path), "--workers", "2"]  # fmt: skip
-    out = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads((tmp_path / "quality_cpu_quick.json").read_text())
+    report = quality_quick(tmp_path, tasks)
     released = (SHARED / "official" / "mlr_snet_1.pth").is_file()
     expected = set(quality.row_labels()) - (set() if released else {"MLR-SNet released"})
     regression, noisy = (report["results"][t] for t in tasks)
