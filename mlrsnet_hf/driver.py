@@ -405,6 +405,12 @@ class MLRSNetDriver(LRDriver):
                 "online_scale needs the whole parameters in one torch optimizer (its inner products run over them); "
                 "DeepSpeed and FSDP2 shard them: train without online_scale there, or under DDP."
             )
+        logger.info(
+            "online_scale=%r: the LR of each step is S * shape_t, S learned by Mechanic over %s (two parameter-sized "
+            "buffers); the logged learning_rate is that product.",
+            self.options.online_scale,
+            type(getattr(self.optimizer, "optimizer", self.optimizer)).__name__,
+        )
         self.online_scale = MechanicScale()
         self.online_scale.attach(self.optimizer)  # its hook first: _scaled_step reads the S it computed
         inner = getattr(self.optimizer, "optimizer", self.optimizer)
