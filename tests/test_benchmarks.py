@@ -357,3 +357,15 @@ def test_scale_experiments_run_and_record_the_step_size_they_used(tmp_path):
         assert len(record["lrs"]) == 8 and all(math.isfinite(lr) and lr > 0 for lr in record["lrs"]), label
         if row.scale.startswith("mechanic"):  # S * shape: S starts near 1e-6
             assert record["lrs"][0] < 1e-5 and record["lrs"][-1] > 2 * record["lrs"][0]
+
+
+@pytest.mark.slow
+def test_online_scale_cost_quick(tmp_path):
+    command = [sys.executable, str(REPO / "benchmarks" / "online_scale_cost.py"), "--quick", "--out", str(tmp_path)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "online_scale_cost_cpu_quick.json").read_text())["results"]
+    assert len(results) == 4
+    for r in results.values():  # two parameter-sized float32 buffers
+        assert r["scale_buffers_mib"] == pytest.approx(2 * 4 * r["parameters"] / 2**20)
+        assert r["step_ms_with"] > 0 and r["optimizer_step_ms_with"] > 0
