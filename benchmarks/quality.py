@@ -294,6 +294,14 @@ def dadapt_sgd_scheduled_step(before: dict, after: dict) -> float:
     return before["d"] * after["lr"] / (after.get("g0_norm") or math.nan)
 
 
+# The scales that are an LR-free optimizer run with the learned shape as its LR multiplier (lr 1, the task's weight
+# decay): MLRSNetRow.scale -> (the optimizer, its other keyword arguments, the step size it used).
+SCALE_OPTIMIZERS = {
+    "prodigy": ("prodigyopt.Prodigy", {"safeguard_warmup": True}, d_times_scheduled_lr),
+    "dadapt-sgd": ("dadaptation.DAdaptSGD", {}, dadapt_sgd_scheduled_step),
+}
+
+
 def dadapt_sgd_step(before: dict, after: dict) -> float:
     g0 = after.get("g0_norm") or math.nan
     return before["d"] * before["lr"] / g0
@@ -550,6 +558,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     model = data["model"]()
     start = time.perf_counter()
     label = job["schedule"]
+    row = mlrsnet_row(label)  # None: not an MLR-SNet row
     patched: Any = contextlib.nullcontext()  # a scale experiment's change of MechanicScale's defaults, while it trains
     if label in BASELINES:
         b = BASELINES[label]
@@ -602,7 +611,6 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         mlrsnet: dict[str, Any] = {"num_classes": data["num_classes"]}
         if text:
             mlrsnet["input_normalization"] = "log_num_classes"
-        row = mlrsnet_row(label)
         if row.kind == "meta-trained":
             schedule = MLRSNetSchedule(num_stages=1, gamma=task.gamma if task.gamma == "auto" else float(task.gamma))
             mlrsnet.update(META, meta_train=True, meta_horizon=row.horizon)
@@ -618,18 +626,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 if row.scale == "mechanic-lambda0":
                     defaults = (BETAS, 0.0, 1e-8, 1e-8)  # MechanicScale(betas, s_decay, s_init, eps)
                     patched = unittest.mock.patch.object(MechanicScale.__init__, "__defaults__", defaults)
-            elif (
-                row.scale == "dadapt-sgd"
-            ):  # D-Adaptation SGD steps by d_t * lr_t / |g_0|: the shape is its multiplier
+            elif row.scale in SCALE_OPTIMIZERS:  # its step is d_t * lr_t, lr_t = p_t / p_1: the shape multiplies it
+                cls, kwargs, step_size = SCALE_OPTIMIZERS[row.scale]
                 mlrsnet.update(gamma="relative", learning_rate=1.0)
-                dadapt = {"lr": 1.0, "weight_decay": task.weight_decay}
-                common["optimizer_cls_and_kwargs"] = (import_object("dadaptation.DAdaptSGD"), dadapt)
-                recorder.step_size = dadapt_sgd_scheduled_step
-            elif row.scale == "prodigy":  # Prodigy steps by d_t * lr_t, lr_t = p_t / p_1: the shape is its multiplier
-                mlrsnet.update(gamma="relative", learning_rate=1.0)
-                prodigy = {"lr": 1.0, "safeguard_warmup": True, "weight_decay": task.weight_decay}
-                common["optimizer_cls_and_kwargs"] = (import_object("prodigyopt.Prodigy"), prodigy)
-                recorder.step_size = d_times_scheduled_lr
+                kwargs = {"lr": 1.0, "weight_decay": task.weight_decay, **kwargs}
+                common["optimizer_cls_and_kwargs"] = (import_object(cls), kwargs)
+                recorder.step_size = step_size
             else:
                 mlrsnet["gamma"] = scale or row.gamma or task.gamma
             if row.gamma == "range_test":
@@ -646,14 +648,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     trainer.remove_callback(PrinterCallback)  # the records hold the logs
     record: dict[str, Any] = {**{k: v for k, v in job.items() if k not in ("path", "quick")}, "metric": key}
     errors: tuple[type[Exception], ...] = (RuntimeError, ValueError, OverflowError)
-    if label in RIVALS or getattr(mlrsnet_row(label), "scale", None) == "dadapt-sgd":
+    if label in RIVALS or (row is not None and row.scale == "dadapt-sgd"):
         errors += (AssertionError, ZeroDivisionError)  # DoG asserts a positive gradient sum; D-Adapt SGD divides
     if label in RIVALS and RIVALS[label].optimizer:
         record["optimizer_kwargs"] = RIVALS[label].kwargs(model)
     try:
         # the parameter-free optimizers print their settings: the records hold them
-        row = mlrsnet_row(label)
-        quiet = label in RIVALS or (row is not None and row.scale in ("prodigy", "dadapt-sgd"))
+        quiet = label in RIVALS or (row is not None and row.scale in SCALE_OPTIMIZERS)
         with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext(), patched:
             trainer.train()
         record["train_seconds"] = time.perf_counter() - start
