@@ -257,7 +257,7 @@ class LRDriver:
     def _record(self, lr: float | torch.Tensor) -> None:
         """Add the LR of a step to ``lr_history``: a number now, a device tensor at the next :meth:`sync`."""
         if isinstance(lr, torch.Tensor):
-            self._pending_lrs.append(lr.detach().to(torch.float64))
+            self._pending_lrs.append(lr)
             if len(self._pending_lrs) >= 4096:  # keep the device list short when nothing logs
                 self.sync()
         else:
@@ -266,8 +266,12 @@ class LRDriver:
     def finish(self) -> None:
         self.sync()
         self.meter.detach()
+        self._stop_online_scale()
+
+    def _stop_online_scale(self) -> None:
+        """Unhook the online scale from the optimizer (its state stays readable)."""
+        self._step_lr = None
         if self.online_scale is not None:
-            self._step_lr = None
             self.online_scale.detach()
             self._scale_hook.remove()
 
@@ -388,10 +392,8 @@ class MLRSNetDriver(LRDriver):
 
     def _start_online_scale(self, restored: dict[str, Any] | None) -> None:
         """``options.online_scale``: wrap the run's optimizer with the scale (restored from a checkpoint's state)."""
-        if self.online_scale is not None:
-            self.online_scale.detach()
-            self._scale_hook.remove()
-        self.online_scale, self._step_lr = None, None
+        self._stop_online_scale()
+        self.online_scale = None
         saved = None if restored is None else restored.get("online_scale")
         if not self.options.online_scale:
             if saved is not None:
@@ -413,8 +415,7 @@ class MLRSNetDriver(LRDriver):
         )
         self.online_scale = MechanicScale()
         self.online_scale.attach(self.optimizer)  # its hook first: _scaled_step reads the S it computed
-        inner = getattr(self.optimizer, "optimizer", self.optimizer)
-        self._scale_hook = inner.register_step_post_hook(self._scaled_step)
+        self._scale_hook = self.online_scale.optimizer.register_step_post_hook(self._scaled_step)
         if restored is not None:
             if saved is None:
                 raise ValueError(

@@ -178,10 +178,8 @@ def loss_noise(losses: list[float]) -> float:
     """
     if len(losses) < 3:
         return 0.0
-    second = sorted(abs(losses[i + 1] - 2 * losses[i] + losses[i - 1]) for i in range(1, len(losses) - 1))
-    middle = len(second) // 2
-    median = second[middle] if len(second) % 2 else (second[middle - 1] + second[middle]) / 2
-    return median / (0.6745 * math.sqrt(6))
+    second = [abs(losses[i + 1] - 2 * losses[i] + losses[i - 1]) for i in range(1, len(losses) - 1)]
+    return statistics.median(second) / (0.6745 * math.sqrt(6))
 
 
 def choose_lr_checked(

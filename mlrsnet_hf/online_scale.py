@@ -68,6 +68,7 @@ class MechanicScale:
         """Wrap ``optimizer`` (or the optimizer an ``accelerate`` wrapper holds): its next steps are scaled."""
         inner = getattr(optimizer, "optimizer", optimizer)
         self.detach()
+        self.optimizer = inner  # the torch optimizer whose steps are hooked
         self.params = [p for group in inner.param_groups for p in group["params"]]
         if not self.params:
             raise ValueError("The online scale needs an optimizer with parameters.")

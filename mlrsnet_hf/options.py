@@ -80,8 +80,9 @@ class ScheduleOptions:
         metadata={
             "help": "'mechanic': learn a factor S of the LR during the run from the training signal alone "
             "(Mechanic, Cutkosky et al. 2023, over the Trainer's optimizer): each update is applied with "
-            "S * lr_t, lr_t the schedule's LR (gamma, or learning_rate, only sets the unit S starts from), and S "
-            "rescales the earlier updates too. Two parameter-sized buffers; transfer only. Default: off."
+            "S * shape_t, shape_t the schedule's LR relative to its first step, and S rescales the earlier updates "
+            "too; gamma and learning_rate do not set the scale. Two parameter-sized buffers; transfer only. "
+            "Default: off."
         },
     )
     auto_gamma_batches: int = field(
