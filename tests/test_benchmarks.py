@@ -19,6 +19,13 @@ import quality  # noqa: E402
 from toys import RegressionMLP, mse_metrics, regression_splits  # noqa: E402
 
 
+def run_benchmark(script: str, *args: str, timeout: int = 600) -> None:
+    """Run ``benchmarks/<script>`` with ``args`` in a fresh interpreter; it must succeed."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True,
+                         timeout=timeout)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_speed_benchmark_quick(tmp_path):
     out = subprocess.run(
@@ -139,9 +146,7 @@ def test_grid_ends_are_the_choices_at_an_end_of_their_grid_with_the_next_lr_past
 @pytest.mark.slow
 def test_grid_ends_benchmark_quick(tmp_path):
     """Runs one LR past the first grid ends of the committed quality results and records the comparison."""
-    command = [sys.executable, str(REPO / "benchmarks" / "grid_ends.py"), "--quick", "--out", str(tmp_path)]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    run_benchmark("grid_ends.py", "--quick", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "grid_ends_cpu_quick.json").read_text())["rows"]
     assert len(rows) == 2 and all(r["lr"] == 3 * r["grid_lr"] and r["end"] == "top" for r in rows)
     assert all(math.isfinite(r["grid_val"]) and isinstance(r["better"], bool) for r in rows)
@@ -150,10 +155,7 @@ def test_grid_ends_benchmark_quick(tmp_path):
 
 def quality_quick(out, tasks: list[str]) -> dict:
     """Run ``quality.py --quick`` on ``tasks`` into ``out``; its results JSON."""
-    command = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick", "--tasks", *tasks,
-               "--out", str(out), "--workers", "2"]  # fmt: skip
-    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_benchmark("quality.py", "--quick", "--tasks", *tasks, "--out", str(out), "--workers", "2", timeout=900)
     return json.loads((out / "quality_cpu_quick.json").read_text())
 
 
@@ -361,9 +363,7 @@ def test_scale_experiments_run_and_record_the_step_size_they_used(tmp_path):
 
 @pytest.mark.slow
 def test_online_scale_cost_quick(tmp_path):
-    command = [sys.executable, str(REPO / "benchmarks" / "online_scale_cost.py"), "--quick", "--out", str(tmp_path)]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    run_benchmark("online_scale_cost.py", "--quick", "--out", str(tmp_path))
     results = json.loads((tmp_path / "online_scale_cost_cpu_quick.json").read_text())["results"]
     assert len(results) == 4
     for r in results.values():  # two parameter-sized float32 buffers
