@@ -1,4 +1,5 @@
-"""benchmarks/scale.py: its grid of scales, its per-task summary, and its --quick run (slow: `pytest -m slow`)."""
+"""benchmarks/scale.py: its grid of scales, its per-task summary, and its --quick run (slow: `pytest -m slow`);
+benchmarks/scale_bound.py: the ceiling of a scale rule and the range test's readings."""
 
 import json
 import math
@@ -11,6 +12,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 import quality  # noqa: E402
 import scale  # noqa: E402
+import scale_bound  # noqa: E402
 
 
 def test_scales_span_four_decades_in_thirds_around_the_paper_scale():
@@ -54,6 +56,40 @@ def test_summary_compares_the_best_fixed_scale_with_the_online_scale_at_the_pape
 
 
 @pytest.mark.slow
+def test_the_ceiling_is_the_fixed_scale_best_on_mean_validation_beside_the_targets_rows():
+    def fixed(x, seed, val, test, lrs, **extra):
+        return {"task": "regression-mlp", "schedule": scale_bound.FIXED, "lr": x, "seed": seed, "val": val,
+                "test": test, "lrs": lrs, **extra}  # fmt: skip
+
+    records = [
+        fixed(0.1, 0, 0.40, 0.41, [0.05]), fixed(0.1, 1, 0.40, 0.39, [0.05]),
+        fixed(1.0, 0, 0.20, 0.30, [0.6, 0.4]), fixed(1.0, 1, 0.30, 0.26, [0.5, 0.5]),  # best on the mean val (0.25)
+        fixed(10.0, 0, 0.10, 0.10, [5.0]), fixed(10.0, 1, math.inf, math.inf, [5.0]),  # one seed diverged: worst
+    ]  # fmt: skip
+    rows = {
+        scale_bound.PAPER_GAMMA: 0.35, scale_bound.ONLINE: 0.5, "SGD cosine": 0.2, "AdamW cosine": 0.25,
+        "Prodigy": 0.27, "AdamW 1e-3 cosine (untuned default)": 0.29, "DoG": math.nan,
+    }  # fmt: skip
+    quality_results = {"results": {"regression-mlp": {"schedules": {
+        k: {"mean": v, "best_lr": 1.0 if k in quality.BASELINES else None} for k, v in rows.items()
+    }}}}  # fmt: skip
+    range_test = fixed(None, 0, 0.3, 0.3, [2.0, 1.0], range_test={"lr": 2.0, "rule_lr": 2.0, "edge_lr": 20.0,
+                                                                   "fallback_reason": None})  # fmt: skip
+    range_test["schedule"] = scale_bound.RANGE_TEST
+    bound = scale_bound.task_bound("regression-mlp", records, [range_test], quality_results, seeds=2)
+    assert bound["best_x"] == 1.0 and bound["best_mean_lr"] == 0.5
+    assert bound["ceiling_test"] == pytest.approx(0.28) and bound["ceiling_test_std"] == pytest.approx(
+        0.0283, abs=1e-4
+    )
+    assert bound["best_tuned"] == {"row": "SGD cosine", "test": 0.2, "lr": 1.0}
+    assert not bound["within_target_of_best_tuned"]  # 0.28 is 40 % above 0.2 (MSE: 5 % allowed)
+    assert bound["rivals_above_ceiling"] == ["Prodigy"]  # 0.27 < 0.28; 0.29 is not; a NaN row is no rival
+    (reading,) = bound["range_tests"]
+    # the run's mean LR is 1.5 from a first-step LR of 2: shape 0.75; pick 2 * 0.75 / 0.5, edge 20 * 0.75 / 0.5
+    assert (reading["shape"], reading["lr_to_best"], reading["edge_to_best"]) == (0.75, 3.0, 30.0)
+    assert "| regression-mlp | 3.00 | 30.00 | 0 of 1 |" in scale_bound.to_markdown({"regression-mlp": bound})
+
+
 def test_scale_benchmark_quick(tmp_path):
     """Three scales on two tasks for each family; the summary, table and figure are written; a rerun resumes."""
     command = [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--quick", "--out", str(tmp_path)]
