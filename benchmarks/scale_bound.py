@@ -33,7 +33,7 @@ from quality import (
     schedule_path,
     task_spec,
 )
-from scale import FAMILIES, SOURCE_ROW, scales
+from scale import FAMILIES, SOURCE_ROW, fmt, mean_lr, scales
 
 FIXED = FAMILIES["fixed scale"]
 PAPER_GAMMA = "MLR-SNet transferred, trajectory"
@@ -51,10 +51,6 @@ def gap(value: float, reference: float, higher: bool) -> str:
     if higher:
         return f"{100 * (value - reference):+.1f} pt"
     return f"{100 * (value / reference - 1):+.1f} %"
-
-
-def mean_lr(record: dict[str, Any]) -> float:
-    return statistics.fmean(record["lrs"]) if record.get("lrs") else math.nan
 
 
 def range_test_reading(record: dict[str, Any], best_mean_lr: float) -> dict[str, Any]:
@@ -116,12 +112,6 @@ def task_bound(
         else (ceiling <= 1.05 * tuned[best_tuned]),
         "range_tests": [range_test_reading(r, best_mean_lr) for r in range_tests if r["task"] == task],
     }
-
-
-def fmt(value: float, metric: str) -> str:
-    if not math.isfinite(value):
-        return "diverged"
-    return f"{value:.1f}" if metric == "perplexity" else f"{value:.4f}"
 
 
 def to_markdown(bounds: dict[str, Any]) -> str:
