@@ -33,6 +33,7 @@ from .measurements import average_training_loss, ordered_batches
 from .meta_gradient import is_sharded
 from .meta_training import MetaLearner, trainable_parameters
 from .online_scale import MechanicScale
+from .optimizers import is_sgd, optimizer_name, tensor_lr_dtype
 from .options import ScheduleOptions
 from .schedule import MLRSNetSchedule
 
@@ -49,41 +50,6 @@ def default_num_classes(model: nn.Module) -> int | None:
     if is_lm and getattr(config, "vocab_size", None):
         return int(config.vocab_size)
     return getattr(config, "num_labels", None)
-
-
-def is_sgd(optimizer: torch.optim.Optimizer) -> bool:
-    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
-    return isinstance(inner, torch.optim.SGD)
-
-
-def takes_tensor_lr(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the optimizer applies a tensor LR on the device without reading it on the host.
-
-    Fused SGD, Adam and AdamW do (``optim="adamw_torch_fused"``), and capturable Adam/AdamW; the other paths
-    either refuse a tensor LR (foreach Adam) or turn it into a Python number inside the step (a device sync).
-    """
-    inner = getattr(optimizer, "optimizer", optimizer)
-    groups = inner.param_groups
-    if isinstance(inner, torch.optim.SGD):
-        return all(g.get("fused") for g in groups)
-    if isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
-        return all(g.get("fused") or g.get("capturable") for g in groups)
-    return False
-
-
-def tensor_lr_dtype(optimizer: torch.optim.Optimizer) -> torch.dtype | None:
-    """The dtype of the device LR that ``optimizer`` applies without a host read, or None where it needs a number.
-
-    Where :func:`takes_tensor_lr`: the fused CUDA kernels read a float32 LR whatever the parameters' dtype
-    (PyTorch 2.11's fused Adam refuses a float64 one); capturable Adam/AdamW computes with the LR in the
-    parameters' dtype, so it gets float64 only when every parameter is float64.
-    """
-    if not takes_tensor_lr(optimizer):
-        return None
-    inner = getattr(optimizer, "optimizer", optimizer)
-    groups = inner.param_groups
-    double = all(p.dtype == torch.float64 for group in groups for p in group["params"])
-    return torch.float64 if double and not any(group.get("fused") for group in groups) else torch.float32
 
 
 class LRDriver:
@@ -336,7 +302,7 @@ class MLRSNetDriver(LRDriver):
             logger.warning(
                 "%s is not SGD: using gamma='relative' (learning_rate=%g sets the scale, the schedule the shape). "
                 "Pass gamma explicitly to override.",
-                type(getattr(self.optimizer, "optimizer", self.optimizer)).__name__,
+                optimizer_name(self.optimizer),
                 self.base_lr,
             )
             gamma = "relative"
@@ -411,7 +377,7 @@ class MLRSNetDriver(LRDriver):
             "online_scale=%r: the LR of each step is S * shape_t, S learned by Mechanic over %s (two parameter-sized "
             "buffers); the logged learning_rate is that product.",
             self.options.online_scale,
-            type(getattr(self.optimizer, "optimizer", self.optimizer)).__name__,
+            optimizer_name(self.optimizer),
         )
         self.online_scale = MechanicScale()
         self.online_scale.attach(self.optimizer)  # its hook first: _scaled_step reads the S it computed

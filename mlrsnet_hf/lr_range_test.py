@@ -53,6 +53,7 @@ from accelerate.utils import send_to_device
 from torch import nn
 
 from .meta_gradient import model_loss
+from .optimizers import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ EDGE_FRACTION = 0.1
 
 def default_lr_range(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
     """The LRs a range test spans by default: ``[1e-3, 1e3]`` for SGD, ``[1e-6, 1]`` for adaptive optimizers."""
-    inner = getattr(optimizer, "optimizer", optimizer)
+    inner = unwrap(optimizer)
     return (1e-3, 1e3) if isinstance(inner, torch.optim.SGD) else (1e-6, 1.0)
 
 
@@ -301,7 +302,7 @@ def lr_range_test(
     min_lr, max_lr = min_lr or default_min, max_lr or default_max
     if not 0 < min_lr < max_lr:
         raise ValueError(f"The range test needs 0 < min_lr < max_lr, got {min_lr} and {max_lr}.")
-    inner = getattr(optimizer, "optimizer", optimizer)
+    inner = unwrap(optimizer)
     start = time.perf_counter()
     param = next(model.parameters())
     accelerator = param.device.type if param.device.type != "cpu" else "cuda"

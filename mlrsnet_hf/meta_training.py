@@ -19,7 +19,8 @@ from torch.distributed.tensor import DTensor
 
 from .meta_gradient import MetaBatches, is_sharded, lr_derivatives, meta_loss, step_delta
 from .network import MLRSNetState
-from .options import LR_LINEAR_OPTIMIZERS, ScheduleOptions
+from .optimizers import LR_LINEAR_OPTIMIZERS, is_lr_linear, optimizer_name
+from .options import ScheduleOptions
 from .schedule import MLRSNetSchedule
 
 logger = logging.getLogger(__name__)
@@ -83,11 +84,10 @@ class MetaLearner:
 
     def start(self, optimizer: torch.optim.Optimizer, num_training_steps: int) -> None:
         """Check the optimizer and fix the snapshot steps of a run of ``num_training_steps`` steps."""
-        inner = getattr(optimizer, "optimizer", optimizer)
-        if type(inner).__name__ not in LR_LINEAR_OPTIMIZERS:
+        if not is_lr_linear(optimizer):
             raise ValueError(
                 f"Meta-training reads the update direction off the real step, which needs an optimizer whose update "
-                f"is linear in the LR ({', '.join(LR_LINEAR_OPTIMIZERS)}); got {type(inner).__name__}."
+                f"is linear in the LR ({', '.join(LR_LINEAR_OPTIMIZERS)}); got {optimizer_name(optimizer)}."
             )
         self.schedule.train()
         # The global step after which each snapshot is taken (at least 1: after the first step).

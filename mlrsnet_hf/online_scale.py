@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from .optimizers import unwrap
+
 # The package's defaults (the paper's): six betas, lambda = 0.01, s_init = 1e-8.
 BETAS = (0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999)
 ONLINE_SCALES = ("mechanic",)
@@ -66,7 +68,7 @@ class MechanicScale:
     # ------------------------------------------------------------------ wiring
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Wrap ``optimizer`` (or the optimizer an ``accelerate`` wrapper holds): its next steps are scaled."""
-        inner = getattr(optimizer, "optimizer", optimizer)
+        inner = unwrap(optimizer)
         self.detach()
         self.optimizer = inner  # the torch optimizer whose steps are hooked
         self.params = [p for group in inner.param_groups for p in group["params"]]

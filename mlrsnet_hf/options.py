@@ -19,10 +19,6 @@ from .lr_range_test import DEFAULT_RULE
 from .lr_range_test import RULES as RANGE_TEST_RULES
 from .online_scale import ONLINE_SCALES
 
-# Optimizers whose update is linear in the LR (``w_{t+1} = w_t - lr * d`` with ``d`` independent of
-# ``lr``): meta-training reads ``d`` off the real step for these.
-LR_LINEAR_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam")
-
 
 def parse_gamma(value: str | float | None) -> str | float | None:
     """None, or a gamma as :func:`~mlrsnet_hf.gamma.check_gamma` takes it; numbers may come as strings (command line)."""

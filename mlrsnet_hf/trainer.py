@@ -19,6 +19,7 @@ from .engines import check_deepspeed_config, check_deepspeed_meta_training, deep
 from .hub import load_any_schedule
 from .lr_controller import LRController
 from .meta_training import MetaLearner
+from .optimizers import unwrap
 from .options import ScheduleOptions
 from .provenance import add_model_tags, model_tags, update_model_card
 from .schedule import MLRSNetSchedule
@@ -284,7 +285,7 @@ class MLRSNetTrainer(Trainer):
     def meta_training_record(self) -> dict[str, Any]:
         """What this run trained: dataset, model, epochs, optimizer, final metrics (for config.json and the card)."""
         model = self.accelerator.unwrap_model(self.model)
-        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        optimizer = None if self.optimizer is None else unwrap(self.optimizer)
         record: dict[str, Any] = {
             "model": getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__,
             "epochs": round(float(self.state.epoch or 0), 3),

@@ -199,7 +199,7 @@ def test_no_device_synchronisation_between_stage_entries_on_a_gpu(tmp_path, monk
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_tensor_lr_has_the_dtype_the_optimizer_reads(fused, dtype):
     """Fused kernels read a float32 LR whatever the parameters' dtype; capturable Adam computes in theirs."""
-    from mlrsnet_hf.driver import tensor_lr_dtype
+    from mlrsnet_hf.optimizers import tensor_lr_dtype
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     params = [torch.nn.Parameter(torch.ones(3, dtype=dtype, device=device))]
