@@ -2,6 +2,7 @@
 
 from .callback import MLRSNetCallback  # noqa: E402
 from .config import MLRSNetConfig  # noqa: E402
+from .driver import MLRSNetDriver  # noqa: E402
 from .gamma import auto_gamma  # noqa: E402
 from .hub import ScheduleFileError  # noqa: E402
 from .lr_controller import LRController  # noqa: E402
@@ -17,6 +18,7 @@ __all__ = [
     "MLRSNet",
     "MLRSNetCallback",
     "MLRSNetConfig",
+    "MLRSNetDriver",
     "MLRSNetSchedule",
     "MLRSNetState",
     "MLRSNetTrainer",

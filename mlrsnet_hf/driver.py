@@ -8,6 +8,9 @@ pass, so :class:`~mlrsnet_hf.MLRSNetCallback` calls :meth:`LRDriver.prepare_step
 parameter group. ``get_last_lr()`` then reports exactly the LR used. One route for the LR, one for resume,
 for :class:`~mlrsnet_hf.MLRSNetTrainer` and a plain ``Trainer`` alike.
 
+In a training loop of your own (PyTorch or ``accelerate``), :meth:`LRDriver.bind` (what
+:meth:`MLRSNetDriver.for_loop` calls) hooks the same two calls onto the optimizer itself: ``prepare_step`` runs in its step pre-hook (after your clipping) and ``step`` in its post-hook.
+
 :class:`MLRSNetDriver` drives an :class:`~mlrsnet_hf.MLRSNetSchedule` (and meta-trains it with a
 :class:`~mlrsnet_hf.meta_training.MetaLearner`); :class:`~mlrsnet_hf.lr_controller_driver.LRControllerDriver`
 drives a PPO-trained :class:`~mlrsnet_hf.LRController`.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -24,6 +28,7 @@ from accelerate.state import PartialState
 from accelerate.utils import broadcast_object_list
 from torch import nn
 from torch.utils.data import DataLoader
+from transformers.utils import find_labels
 
 from .device_step import DeviceStep
 from .engines import deepspeed_config
@@ -33,7 +38,7 @@ from .measurements import average_training_loss, ordered_batches
 from .meta_gradient import is_sharded
 from .meta_training import MetaLearner, trainable_parameters
 from .online_scale import MechanicScale
-from .optimizers import is_sgd, optimizer_name, tensor_lr_dtype
+from .optimizers import is_sgd, optimizer_name, tensor_lr_dtype, unwrap
 from .options import ScheduleOptions
 from .schedule import MLRSNetSchedule
 
@@ -50,6 +55,12 @@ def default_num_classes(model: nn.Module) -> int | None:
     if is_lm and getattr(config, "vocab_size", None):
         return int(config.vocab_size)
     return getattr(config, "num_labels", None)
+
+
+def loader_batch_size(loader: DataLoader | None) -> int | None:
+    """The per-process batch size of a data loader (an ``accelerate``-prepared one keeps it in its batch sampler)."""
+    size = getattr(loader, "batch_size", None)
+    return size if size is not None else getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
 
 
 class LRDriver:
@@ -88,6 +99,7 @@ class LRDriver:
         self.online_scale: MechanicScale | None = None
         # False: the trainer hands each forward's output to meter.record (MLRSNetTrainer.compute_loss)
         self.loss_from_forward_hook = True
+        self._loop_hooks: list[Any] = []  # bind(): the optimizer hooks of a loop of the user's own
 
     # ------------------------------------------------ the Trainer's side
     def step(self) -> None:
@@ -233,6 +245,74 @@ class LRDriver:
         self.sync()
         self.meter.detach()
         self._stop_online_scale()
+        for hook in self._loop_hooks:
+            hook.remove()
+        self._loop_hooks = []
+
+    # ------------------------------------------------- a loop of your own
+    def bind(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        num_training_steps: int,
+        *,
+        train_dataloader: DataLoader | None = None,
+        loss_from_model: bool = True,
+        max_grad_norm: float | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+    ) -> LRDriver:
+        """Drive ``optimizer`` in a training loop of your own: each ``optimizer.step()`` gets the schedule's LR.
+
+        The LR of a step is set in the optimizer's step pre-hook, from the mean training loss of the forwards
+        since the last step (gradient-accumulation micro-batches, averaged over the processes of a distributed
+        run), and the step is counted in its post-hook; call :meth:`finish` after the loop. A checkpoint's
+        :meth:`state_dict`, loaded with :meth:`load_state_dict` before ``bind``, continues the LR sequence.
+
+        Args:
+            model: the model being trained (an ``accelerate``-prepared one works).
+            optimizer: its torch optimizer, or the ``accelerate`` wrapper of one; its first parameter group's
+                ``lr`` is the reference LR (``learning_rate`` of the Trainer: the base of ``gamma="relative"``).
+            num_training_steps: the optimizer steps of the run (the schedule's stages are fractions of it).
+            train_dataloader: the training data, for ``gamma="auto"`` (its average loss), ``"range_test"`` and
+                the meta batches' collation.
+            loss_from_model: read each training-mode forward's loss from the model's output (``output.loss``,
+                ``output["loss"]`` or ``output[0]``); False: hand each micro-batch's loss to :meth:`observe`.
+            max_grad_norm: the clipping of your loop, for the range test's steps (None: none).
+            seed: the seed of the meta batches' order (meta-training).
+            batch_size: the meta batches' size when ``meta_batch_size`` is not set (default: the data loader's).
+
+        A step that a ``GradScaler`` skips calls no hook: its losses count towards the next step's mean.
+        """
+        if self._loop_hooks:
+            raise RuntimeError("This driver is already bound to an optimizer: call finish() first.")
+        inner = unwrap(optimizer)
+        first = inner.param_groups[0]
+        args = SimpleNamespace(  # what start() reads off TrainingArguments
+            learning_rate=float(first.get("initial_lr", first["lr"])), device=next(model.parameters()).device,
+            max_grad_norm=max_grad_norm, average_tokens_across_devices=False, seed=seed,
+            per_device_train_batch_size=batch_size or loader_batch_size(train_dataloader),
+        )  # fmt: skip
+        if self.options.meta_train and not (self.options.meta_batch_size or args.per_device_train_batch_size):
+            raise ValueError("Meta-training needs the meta batches' size: pass meta_batch_size (or batch_size).")
+        if self.label_names is None:
+            self.label_names = find_labels(type(getattr(model, "module", model)))
+        self.loss_from_forward_hook = loss_from_model
+        self.start(model, optimizer, args, num_training_steps, train_dataloader)
+        self._loop_hooks = [
+            inner.register_step_pre_hook(lambda *_: self.prepare_step(self.last_epoch)),
+            inner.register_step_post_hook(lambda *_: self.step()),
+        ]
+        return self
+
+    def observe(self, loss: torch.Tensor) -> None:
+        """Hand over the training loss of one forward (a micro-batch) in a loop bound with ``loss_from_model=False``."""
+        if self.loss_from_forward_hook:
+            raise RuntimeError(
+                "This driver reads the losses from the model's outputs; bind it with loss_from_model=False to hand "
+                "them over with observe() (else each would count twice)."
+            )
+        self.meter.record(loss, partial=False)
 
     def _stop_online_scale(self) -> None:
         """Unhook the online scale from the optimizer (its state stays readable)."""
@@ -284,6 +364,54 @@ class MLRSNetDriver(LRDriver):
         self.range_test: RangeTestResult | None = None  # the curve and choice of gamma="range_test", once run
         self.last_step: dict[str, Any] | None = None
         self.device_step: DeviceStep | None = None  # transfer mode: steps between stage entries stay on the device
+
+    @classmethod
+    def for_loop(
+        cls,
+        schedule: MLRSNetSchedule | str,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module,
+        num_training_steps: int,
+        *,
+        train_dataloader: DataLoader | None = None,
+        meta_dataset: Any = None,
+        meta_collate_fn: Any = None,
+        state: dict[str, Any] | None = None,
+        loss_from_model: bool = True,
+        max_grad_norm: float | None = None,
+        seed: int = 0,
+        **options: Any,
+    ) -> MLRSNetDriver:
+        """``schedule`` driving ``optimizer`` in a training loop of your own (PyTorch or ``accelerate``).
+
+        Example::
+
+            driver = MLRSNetDriver.for_loop(schedule, optimizer, model, num_training_steps=1000, gamma=1.0)
+            for batch in loader:
+                loss = model(**batch).loss  # the driver reads it from the model's output
+                loss.backward()
+                optimizer.step()  # its LR was set from this step's loss just before the update
+                optimizer.zero_grad()
+            driver.finish()
+
+        ``schedule`` is an :class:`~mlrsnet_hf.MLRSNetSchedule`, or the directory or Hub id of one. ``options`` are
+        the fields of :class:`~mlrsnet_hf.options.ScheduleOptions` (``gamma``, ``num_classes``, ``meta_train``, ...),
+        as in :class:`~mlrsnet_hf.MLRSNetConfig`; ``meta_dataset`` (and ``meta_collate_fn``, default: the training
+        loader's) is the held-out set of ``meta_train=True``; ``state`` is a ``driver.state_dict()`` saved with a
+        checkpoint, to resume its LR sequence exactly. The other arguments are :meth:`bind`'s. With the Trainer's
+        data order, clipping and parameter groups, the LRs (and a meta-trained schedule) are exactly those of
+        :class:`~mlrsnet_hf.MLRSNetTrainer`.
+        """
+        if isinstance(schedule, (str, os.PathLike)):
+            schedule = MLRSNetSchedule.from_pretrained(schedule)
+        driver = cls(schedule, ScheduleOptions.from_kwargs(options), meta_dataset, meta_collate_fn)
+        if state is not None:
+            driver.load_state_dict(state)
+        driver.bind(
+            model, optimizer, num_training_steps, train_dataloader=train_dataloader, loss_from_model=loss_from_model,
+            max_grad_norm=max_grad_norm, seed=seed,
+        )  # fmt: skip
+        return driver
 
     def _start(self, restored: dict[str, Any] | None) -> None:
         schedule, options = self.schedule, self.options

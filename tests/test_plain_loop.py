@@ -1,0 +1,159 @@
+"""A schedule in a training loop of your own (``MLRSNetDriver.for_loop``): the Trainer's LRs, exactly, and exact resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, accelerate_launch
+from tiny import DigitsNet, digits
+from torch.utils.data import DataLoader
+from transformers import default_data_collator
+
+from mlrsnet_hf import MLRSNetConfig, MLRSNetDriver, MLRSNetSchedule, MLRSNetTrainer
+
+STEPS, BATCH, LR = 12, 32, 0.1
+TRANSFER = dict(gamma=1.0, num_classes=10)
+META = dict(
+    meta_train=True, meta_update_interval=3, meta_horizon=2, meta_learning_rate=1e-2, gamma="auto", num_classes=10,
+    auto_gamma_batches=2,
+)  # fmt: skip
+
+
+def fresh_schedule() -> MLRSNetSchedule:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return MLRSNetSchedule(hidden_size=8, num_stages=2, gamma=1.0)
+
+
+def by_trainer(out, options):
+    torch.manual_seed(0)
+    data = digits()
+    args = MLRSNetConfig(
+        output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=BATCH, learning_rate=LR, optim="sgd",
+        train_sampling_strategy="sequential", report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True,
+        seed=0, **options,
+    )  # fmt: skip
+    trainer = MLRSNetTrainer(
+        model=DigitsNet(), args=args, train_dataset=data[:1200], schedule=fresh_schedule(),
+        meta_dataset=data[1200:] if options.get("meta_train") else None,
+    )  # fmt: skip
+    trainer.train()
+    return trainer.lr_scheduler.lr_history, trainer.model, trainer.schedule
+
+
+def plain_loop(options, steps=STEPS, stop_at=None, resume=None, custom_loss=False):
+    """SGD on the Trainer's batches (sequential), clipped at the Trainer's default 1.0; the driver sets every LR.
+
+    ``stop_at``: return the checkpoint (model, optimizer, driver states) after that many steps; ``resume``: go on
+    from one.
+    """
+    torch.manual_seed(0)
+    data = digits()
+    model = DigitsNet()
+    # the Trainer's two groups (with and without weight decay, 0 here), in its order: the online scale's sums over
+    # the parameters run in that order, so another order would round differently
+    groups = [[p for n, p in model.named_parameters() if n.endswith("bias") == bias] for bias in (False, True)]
+    optimizer = torch.optim.SGD([{"params": group} for group in groups], lr=LR)
+    loader = DataLoader(data[:1200], batch_size=BATCH, collate_fn=default_data_collator)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+    driver = MLRSNetDriver.for_loop(
+        fresh_schedule(), optimizer, model, steps, train_dataloader=loader, meta_dataset=data[1200:] if options.get("meta_train") else None,
+        state=None if resume is None else resume["driver"], loss_from_model=not custom_loss, **options,
+    )  # fmt: skip
+    model.train()
+    done = 0 if resume is None else resume["driver"]["last_epoch"]
+    for step, batch in enumerate(loader):
+        if step < done:
+            continue
+        if step in (stop_at, steps):
+            break
+        if custom_loss:
+            loss = torch.nn.functional.cross_entropy(model(batch["x"])["logits"], batch["labels"])
+            driver.observe(loss)
+        else:
+            loss = model(**batch)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "driver": driver.state_dict()}
+    driver.finish()
+    return driver.lr_history, model, driver.schedule, checkpoint
+
+
+@pytest.mark.parametrize(
+    "options", [TRANSFER, META, {**TRANSFER, "online_scale": "mechanic"}], ids=["transfer", "meta-training", "online"]
+)
+def test_a_plain_loop_sets_exactly_the_trainers_lrs(tmp_path, options):
+    lrs_a, model_a, schedule_a = by_trainer(tmp_path, options)
+    lrs_b, model_b, schedule_b, _ = plain_loop(options)
+    assert len(lrs_a) == STEPS and lrs_a == lrs_b
+    assert len(set(lrs_a)) > 1  # the schedule moved the LR
+    assert all(torch.equal(v, model_b.state_dict()[k]) for k, v in model_a.state_dict().items())
+    weights_a, weights_b = schedule_a.weights(), schedule_b.weights()
+    assert all(torch.equal(v, weights_b[k]) for k, v in weights_a.items())
+    if options.get("meta_train"):
+        assert not all(torch.equal(v, fresh_schedule().weights()[k]) for k, v in weights_a.items())  # it learned
+
+
+def test_a_plain_loop_resumes_exactly_from_a_checkpoint_inside_a_meta_horizon():
+    lrs, _, schedule, _ = plain_loop(META)
+    *_, checkpoint = plain_loop(META, stop_at=5)  # step 5: inside the horizon of the meta update at step 6
+    tail, _, resumed, _ = plain_loop(META, resume=checkpoint)
+    assert tail == lrs[5:]
+    assert all(torch.equal(v, resumed.weights()[k]) for k, v in schedule.weights().items())
+
+
+def test_losses_handed_over_equal_losses_read_from_the_model():
+    assert plain_loop(TRANSFER, custom_loss=True)[0] == plain_loop(TRANSFER)[0]
+
+
+def test_a_bound_driver_refuses_a_second_loss_route_and_a_second_binding():
+    model = DigitsNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    driver = MLRSNetDriver.for_loop(fresh_schedule(), optimizer, model, STEPS, **TRANSFER)
+    with pytest.raises(RuntimeError, match="loss_from_model=False"):
+        driver.observe(torch.tensor(1.0))
+    with pytest.raises(RuntimeError, match="already bound"):
+        driver.bind(model, optimizer, STEPS)
+    driver.finish()
+    before = [float(g["lr"]) for g in optimizer.param_groups]
+    model(**default_data_collator(digits(8)))["loss"].backward()
+    optimizer.step()  # unbound: the optimizer is the user's again
+    assert [float(g["lr"]) for g in optimizer.param_groups] == before
+
+
+@pytest.mark.multiprocess
+def test_an_accelerate_loop_on_two_processes_sets_the_same_lrs_and_learns_the_same_schedule_on_both(tmp_path):
+    out = accelerate_launch("plain_loop_ddp.py", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert a["world_size"] == b["world_size"] == 2
+    assert a["steps"] == b["steps"] == 12 and len(a["lrs"]) == 12  # 24 micro-batches, accumulated in pairs
+    assert a["lrs"] == b["lrs"] and len(set(a["lrs"])) > 1
+    assert all(torch.equal(v, b["theta"][k]) for k, v in a["theta"].items())  # one meta-gradient, averaged
+    assert not all(torch.equal(v, fresh_schedule().weights()[k]) for k, v in a["theta"].items())  # it learned
+    params = [k for k in a["model"] if "running_" not in k and "num_batches_tracked" not in k]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in params)
+
+
+def test_the_example_meta_trains_in_an_accelerate_loop_and_transfers_what_it_learned(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "plain_loop.py"), "--output_dir", str(tmp_path), "--steps", "40",
+         "--cpu"], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    meta, transfer = results["meta-trained (CNN)"], results["transferred (MLP)"]
+    assert len(meta["lrs"]) == len(transfer["lrs"]) == 40
+    assert meta["test_accuracy"] > 0.5 and transfer["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    learned = MLRSNetSchedule.from_pretrained(tmp_path / "schedule")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        initial = MLRSNetSchedule(num_stages=3, gamma=1.0)  # what the example starts from (seed 0)
+    assert not all(torch.equal(v, initial.weights()[k]) for k, v in learned.weights().items())
