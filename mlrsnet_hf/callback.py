@@ -17,6 +17,7 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.utils import find_labels
 
+from . import publishing
 from .driver import LRDriver, MLRSNetDriver
 from .engines import check_deepspeed_config, deepspeed_config
 from .hub import load_any_schedule
@@ -90,6 +91,8 @@ class MLRSNetCallback(TrainerCallback):
                 f"schedule must be an MLRSNetSchedule, an LRController or a path/repo id, got {type(schedule).__name__}."
             )
         self.schedule = schedule
+        self.saved_schedule: dict[str, Any] | None = None  # where save_schedule / push_schedule_to_hub wrote it
+        self._run: dict[str, Any] | None = None  # the Trainer's args, state, model, optimizer, data (for the record)
         # Set by MLRSNetTrainer under DeepSpeed: it sets the LR itself before the last micro-batch's backward.
         self.lr_before_backward = False
 
@@ -136,7 +139,10 @@ class MLRSNetCallback(TrainerCallback):
             unused = [c for c in dataset.column_names if c not in keep]
             if unused:  # as the Trainer does with the training set
                 driver.held_out = dataset.remove_columns(unused)
-        driver.start(model, optimizer, args, state.max_steps, kwargs.get("train_dataloader"))
+        loader = kwargs.get("train_dataloader")
+        driver.start(model, optimizer, args, state.max_steps, loader)
+        self._run = {"args": args, "state": state, "model": _unwrap(model), "optimizer": optimizer,
+                     "train_dataset": getattr(loader, "dataset", None)}  # fmt: skip
         add_model_tags(model, self.schedule)  # Trainer.push_to_hub and model.push_to_hub put them in the card
 
     def update_model_card(self, output_dir: str | Path) -> None:
@@ -146,9 +152,33 @@ class MLRSNetCallback(TrainerCallback):
         (``push_to_hub`` writes a new card: upload the folder yourself, or use MLRSNetTrainer, whose card has both).
         """
         update_model_card(
-            output_dir, self.schedule, meta_train=self.lr_scheduler.options.meta_train,
+            output_dir, self.schedule, meta_train=self.lr_scheduler.options.meta_train, saved_to=self.saved_schedule,
             range_test=getattr(self.lr_scheduler, "range_test", None),
         )  # fmt: skip
+
+    def _record(self) -> dict[str, Any]:
+        if self._run is None:
+            raise RuntimeError("Nothing to save yet: the schedule is saved after (or during) trainer.train().")
+        return publishing.run_record(self.lr_scheduler, **self._run)
+
+    def save_schedule(
+        self, save_directory: str | Path, meta_training: dict[str, Any] | None = None, trajectory: bool | None = None
+    ) -> None:
+        """Write the schedule as :meth:`MLRSNetTrainer.save_schedule <mlrsnet_hf.MLRSNetTrainer.save_schedule>` does
+        (after meta-training, by default its trajectory, with the run's record); the same run writes the same repo."""
+        if self._run is None or self._run["args"].should_save:
+            self.saved_schedule = publishing.save_schedule(
+                self.lr_scheduler, save_directory, self._record(), meta_training, trajectory
+            )
+
+    def push_schedule_to_hub(
+        self, repo_id: str, meta_training: dict[str, Any] | None = None, trajectory: bool | None = None, **kwargs: Any
+    ) -> Any:
+        """Upload what :meth:`save_schedule` writes to ``repo_id`` (``kwargs`` as for ``MLRSNetSchedule.push_to_hub``)."""
+        commit, self.saved_schedule = publishing.push_schedule_to_hub(
+            self.lr_scheduler, repo_id, self._record(), meta_training, trajectory, **kwargs
+        )
+        return commit
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if not self.lr_before_backward:

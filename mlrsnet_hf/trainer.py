@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_callback import CallbackHandler
 
+from . import publishing
 from .callback import MLRSNetCallback
 from .config import MLRSNetConfig
 from .driver import LRDriver
@@ -19,11 +19,9 @@ from .engines import check_deepspeed_config, check_deepspeed_meta_training, deep
 from .hub import load_any_schedule
 from .lr_controller import LRController
 from .meta_training import MetaLearner
-from .optimizers import unwrap
 from .options import ScheduleOptions
 from .provenance import add_model_tags, model_tags, update_model_card
 from .schedule import MLRSNetSchedule
-from .schedule_card import played_a_part
 
 logger = logging.getLogger(__name__)
 
@@ -284,110 +282,17 @@ class MLRSNetTrainer(Trainer):
 
     def meta_training_record(self) -> dict[str, Any]:
         """What this run trained: dataset, model, epochs, optimizer, final metrics (for config.json and the card)."""
-        model = self.accelerator.unwrap_model(self.model)
-        optimizer = None if self.optimizer is None else unwrap(self.optimizer)
-        record: dict[str, Any] = {
-            "model": getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__,
-            "epochs": round(float(self.state.epoch or 0), 3),
-            "max_steps": self.state.max_steps,
-            "optimizer": type(optimizer).__name__ if optimizer is not None else self.args.optim,
-            "per_device_train_batch_size": self.args.per_device_train_batch_size,
-            "meta_update_interval": self.args.meta_update_interval,
-            "meta_horizon": self.args.meta_horizon,
-            "meta_updates": self._meta_updates,
-            "meta_learning_rate": self.args.meta_learning_rate,
-            "meta_weight_decay": self.args.meta_weight_decay,
-            "num_classes": self.schedule.num_classes,
-        }
-        for key in ("learning_rate", "weight_decay"):  # only when they played a part (as the card shows them)
-            value = getattr(self.args, key)
-            if played_a_part(key, value, getattr(self.schedule, "gamma", None)):
-                record[key] = value
-        dataset = getattr(self.train_dataset, "info", None)
-        if dataset is not None and getattr(dataset, "dataset_name", None):
-            record["dataset"] = dataset.dataset_name
-        metrics = {}
-        for entry in self.state.log_history:
-            metrics.update(
-                {
-                    k[len("eval_") :]: v
-                    for k, v in entry.items()
-                    if k.startswith("eval_") and isinstance(v, (int, float))
-                }
-            )
-        for key in ("runtime", "samples_per_second", "steps_per_second", "epoch"):
-            metrics.pop(key, None)
-        if metrics:
-            record["results"] = metrics
-        return record
+        return publishing.run_record(
+            self.mlrsnet_callback.lr_scheduler, self.args, self.state, self.accelerator.unwrap_model(self.model),
+            self.optimizer, self.train_dataset,
+        )  # fmt: skip
 
     def trajectory_schedule(self) -> MLRSNetSchedule:
         """The schedule's trajectory: one stage per snapshot network, played in equal parts of a run.
 
         Snapshots not yet taken (a run stopped early) are replaced by the current network, once.
         """
-        current = self.schedule
-        weights = [s["weights"] for s in self.snapshots]
-        if len(weights) < len(self._snapshot_steps):
-            weights.append(current.stages[max(current.stage, 0)].state_dict())
-        schedule = MLRSNetSchedule(
-            hidden_size=current.hidden_size,
-            num_layers=current.num_layers,
-            gate_layout=current.gate_layout,
-            num_stages=len(weights),
-            gamma=current.gamma,
-            input_normalization=current.input_normalization,
-            relative_max_scale=current.relative_max_scale,
-            meta_training=copy.deepcopy(current.meta_training),
-        ).to(dtype=current.stages[0].head.weight.dtype)
-        for stage, state in zip(schedule.stages, weights, strict=True):
-            stage.load_state_dict(state)
-        schedule.meta_training["snapshots"] = {
-            "fractions": list(self.args.snapshot_fractions)[: len(self.snapshots)],
-            "steps": [s["step"] for s in self.snapshots],
-        }
-        return schedule
-
-    def _schedule_to_publish(
-        self, meta_training: dict[str, Any] | None, trajectory: bool | None = None
-    ) -> MLRSNetSchedule | LRController:
-        """A copy of the schedule in use (or its trajectory), recording what it was trained on (after meta-training)."""
-        if trajectory is None:
-            trajectory = bool(self.args.meta_train and self._snapshot_steps)
-            if trajectory and self.schedule.num_stages > 1:
-                logger.warning(
-                    "The meta-trained schedule has %d stages: saving it as it is. save_schedule(trajectory=True) "
-                    "writes the snapshots instead (each the network of the stage in use when it was taken).",
-                    self.schedule.num_stages,
-                )
-                trajectory = False
-        if trajectory and not (self.args.meta_train and self._snapshot_steps):
-            raise ValueError("trajectory=True needs a meta-training run with snapshot_fractions set.")
-        if self.args.meta_train and not self._meta_updates:
-            logger.warning(
-                "This meta-training run made no meta update (max_steps=%s, meta_update_interval=%d): the schedule "
-                "saved is its initialisation. meta_updates=0 is recorded in config.json and the card.",
-                self.state.max_steps, self.args.meta_update_interval,
-            )  # fmt: skip
-        schedule = self.trajectory_schedule() if trajectory else copy.deepcopy(self.schedule)
-        if isinstance(schedule, LRController):
-            schedule.training_run.update(meta_training or {})
-        elif self.args.meta_train:
-            snapshots = schedule.meta_training.get("snapshots") if trajectory else None  # not an older run's
-            schedule.meta_training = {**self.meta_training_record(), **(meta_training or {})}
-            if snapshots is not None:
-                schedule.meta_training["snapshots"] = snapshots
-        elif meta_training:
-            schedule.meta_training.update(meta_training)
-        return schedule
-
-    def _run_card_kwargs(self) -> dict[str, Any]:
-        """What the saved schedule's card shows of this run: its LRs, and the range test's choice (gamma="range_test")."""
-        driver = self.mlrsnet_callback.lr_scheduler
-        kwargs: dict[str, Any] = {"lr_history": list(driver.lr_history)}
-        if getattr(driver, "range_test", None) is not None:
-            kwargs["range_test"] = driver.range_test
-        return kwargs
+        return publishing.trajectory_schedule(self.mlrsnet_callback.lr_scheduler)
 
     def save_schedule(
         self, save_directory: str | Path, meta_training: dict[str, Any] | None = None, trajectory: bool | None = None
@@ -400,17 +305,17 @@ class MLRSNetTrainer(Trainer):
         final network alone. The card embeds the LR curve actually used in this run.
         """
         if self.args.should_save:
-            self._schedule_to_publish(meta_training, trajectory).save_pretrained(
-                save_directory, model_card_kwargs=self._run_card_kwargs()
-            )
-            self.saved_schedule = {"path": str(save_directory)}
+            self.saved_schedule = publishing.save_schedule(
+                self.mlrsnet_callback.lr_scheduler, save_directory, self.meta_training_record(), meta_training,
+                trajectory,
+            )  # fmt: skip
 
     def push_schedule_to_hub(
         self, repo_id: str, meta_training: dict[str, Any] | None = None, trajectory: bool | None = None, **kwargs: Any
     ) -> str:
         """Upload what ``save_schedule`` writes to ``repo_id`` (``kwargs`` as for ``MLRSNetSchedule.push_to_hub``)."""
-        commit = self._schedule_to_publish(meta_training, trajectory).push_to_hub(
-            repo_id, model_card_kwargs=self._run_card_kwargs(), **kwargs
-        )
-        self.saved_schedule = {"repo_id": repo_id, "revision": getattr(commit, "oid", None)}
+        commit, self.saved_schedule = publishing.push_schedule_to_hub(
+            self.mlrsnet_callback.lr_scheduler, repo_id, self.meta_training_record(), meta_training, trajectory,
+            **kwargs,
+        )  # fmt: skip
         return commit

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from safetensors import safe_open
 from test_trainer import Recorder
 from tiny import DigitsNet, digits
 from transformers import Trainer, TrainingArguments, get_constant_schedule
@@ -89,3 +90,40 @@ def test_an_lr_controller_probe_without_labels_fails_at_train_start(tmp_path):
     with pytest.raises(ValueError, match="probe batches carry no"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+
+def test_a_plain_trainer_with_the_callback_writes_the_trainers_schedule_repo_byte_for_byte(tmp_path):
+    """The trajectory schedule meta-trained through the callback is published by the same route as the Trainer's."""
+    torch.manual_seed(0)
+    data = digits()
+    args = MLRSNetConfig(output_dir=str(tmp_path / "a"), **{**COMMON, "save_strategy": "no"}, **META)
+    trainer = MLRSNetTrainer(
+        model=DigitsNet(dropout=0.1), args=args, train_dataset=data[:1200], meta_dataset=data[1200:],
+        schedule=fresh_schedule(),
+    )  # fmt: skip
+    trainer.train()
+    trainer.save_schedule(tmp_path / "by-trainer", trajectory=True)
+    torch.manual_seed(0)
+    callback = MLRSNetCallback(fresh_schedule(), meta_dataset=data[1200:], **META)
+    with pytest.raises(RuntimeError, match="after"):
+        callback.save_schedule(tmp_path / "too-early")
+    plain = Trainer(
+        model=DigitsNet(dropout=0.1), callbacks=[callback], optimizers=(None, callback.lr_scheduler),
+        args=TrainingArguments(output_dir=str(tmp_path / "b"), optim="sgd", **{**COMMON, "save_strategy": "no"}),
+        train_dataset=data[:1200],
+    )  # fmt: skip
+    plain.train()
+    callback.save_schedule(tmp_path / "by-callback", trajectory=True)
+    a, b = tmp_path / "by-trainer", tmp_path / "by-callback"
+    assert (a / "config.json").read_bytes() == (b / "config.json").read_bytes()
+    # the weights' file: the same tensors, bytes, and metadata (safetensors writes its metadata's keys in a random order)
+    with safe_open(a / "model.safetensors", "pt") as x, safe_open(b / "model.safetensors", "pt") as y:
+        names = sorted(x.keys())
+        assert x.metadata() == y.metadata() and names == sorted(y.keys())
+        for name in names:
+            assert x.get_tensor(name).dtype == y.get_tensor(name).dtype
+            assert torch.equal(x.get_tensor(name), y.get_tensor(name)), name
+    saved = MLRSNetSchedule.from_pretrained(tmp_path / "by-callback")
+    assert saved.num_stages == 2 and saved.meta_training["snapshots"]["steps"] == [3, 12]  # the trajectory
+    assert saved.meta_training["meta_updates"] == 4 and saved.meta_training["optimizer"] == "SGD"
+    assert callback.saved_schedule == {"path": str(tmp_path / "by-callback")}
