@@ -7,7 +7,8 @@
    ``MLRSNetDriver.for_loop(schedule, optimizer, model, steps, meta_train=True, meta_dataset=meta)`` sets the LR of every
    ``optimizer.step()`` from that step's training loss, and every few steps updates the schedule so that a step
    lowers the loss on the held-out meta set.
-2. Save it (``save_pretrained``) and transfer it, fixed, to an MLP on the same data: no LR to tune.
+2. Save it (``driver.save_schedule``: its trajectory, as ``MLRSNetTrainer.save_schedule`` writes it) and transfer
+   it, fixed, to an MLP on the same data: no LR to tune.
 3. Print both runs' test accuracy (``evaluate``) and LR range; write ``results.json`` and the schedule folder.
 
 The loop is accelerate's own pattern (``prepare``, ``accelerator.backward``, ``clip_grad_norm_``); the driver
@@ -33,8 +34,9 @@ from mlrsnet_hf.experiments.metrics import load_metric
 from mlrsnet_hf.experiments.vision_models import DigitsCNN, DigitsMLP
 
 
-def train(accelerator, model, schedule, data, args, **options) -> dict:
-    """SGD on ``data["train"]`` for ``args.steps`` steps, every LR set by ``schedule``; the test accuracy and LRs."""
+def train(accelerator, model, schedule, data, args, **options) -> tuple[dict, MLRSNetDriver]:
+    """SGD on ``data["train"]`` for ``args.steps`` steps, every LR set by ``schedule``: the test accuracy and LRs,
+    and the driver (after meta-training it saves the schedule)."""
     generator = torch.Generator().manual_seed(args.seed)
     loader = DataLoader(data["train"], batch_size=args.batch_size, shuffle=True, generator=generator,
                         collate_fn=default_data_collator, drop_last=True)  # fmt: skip
@@ -65,7 +67,8 @@ def train(accelerator, model, schedule, data, args, **options) -> dict:
             metric.add_batch(**dict(zip(("predictions", "references"),
                                         accelerator.gather_for_metrics((predictions, batch["labels"])), strict=True)))  # fmt: skip
     lrs = driver.lr_history
-    return {"test_accuracy": metric.compute()["accuracy"], "lr_min": min(lrs), "lr_max": max(lrs), "lrs": lrs}
+    results = {"test_accuracy": metric.compute()["accuracy"], "lr_min": min(lrs), "lr_max": max(lrs), "lrs": lrs}
+    return results, driver
 
 
 def main() -> None:
@@ -81,17 +84,19 @@ def main() -> None:
     accelerator = Accelerator(cpu=args.cpu)
     data = digits_splits(seed=args.seed)
     torch.manual_seed(args.seed)
-    schedule = MLRSNetSchedule(num_stages=3, gamma=1.0)
-    meta_trained = train(
+    schedule = MLRSNetSchedule(gamma=1.0)
+    meta_trained, driver = train(
         accelerator, DigitsCNN(), schedule, data, args,
         meta_train=True, meta_dataset=data["meta"], meta_update_interval=10, num_classes=10,
     )  # fmt: skip
     folder = args.output_dir / "schedule"
-    if accelerator.is_main_process:
-        schedule.save_pretrained(folder)
+    if accelerator.is_main_process:  # the trajectory: the networks recorded at 0.5 %, 50 % and 100 % of the run
+        driver.save_schedule(folder, meta_training={"dataset": "sklearn digits"})
     accelerator.wait_for_everyone()
     torch.manual_seed(args.seed)
-    transferred = train(accelerator, DigitsMLP(), MLRSNetSchedule.from_pretrained(folder), data, args, num_classes=10)
+    transferred, _ = train(
+        accelerator, DigitsMLP(), MLRSNetSchedule.from_pretrained(folder), data, args, num_classes=10
+    )
     results = {"meta-trained (CNN)": meta_trained, "transferred (MLP)": transferred}
     if accelerator.is_main_process:
         (args.output_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -30,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers.utils import find_labels
 
+from . import publishing
 from .device_step import DeviceStep
 from .engines import deepspeed_config
 from .loss_meter import LossMeter
@@ -247,6 +249,8 @@ class LRDriver:
         self._stop_online_scale()
         for hook in self._loop_hooks:
             hook.remove()
+        if self._loop_hooks and getattr(unwrap(self.optimizer), "_mlrsnet_driver", None) is self:
+            del unwrap(self.optimizer)._mlrsnet_driver
         self._loop_hooks = []
 
     # ------------------------------------------------- a loop of your own
@@ -272,21 +276,32 @@ class LRDriver:
         Args:
             model: the model being trained (an ``accelerate``-prepared one works).
             optimizer: its torch optimizer, or the ``accelerate`` wrapper of one; its first parameter group's
-                ``lr`` is the reference LR (``learning_rate`` of the Trainer: the base of ``gamma="relative"``).
+                ``initial_lr`` (set by a previous scheduler), else its ``lr``, is the reference LR (``learning_rate``
+                of the Trainer: the base of ``gamma="relative"``).
             num_training_steps: the optimizer steps of the run (the schedule's stages are fractions of it).
             train_dataloader: the training data, for ``gamma="auto"`` (its average loss), ``"range_test"`` and
                 the meta batches' collation.
             loss_from_model: read each training-mode forward's loss from the model's output (``output.loss``,
-                ``output["loss"]`` or ``output[0]``); False: hand each micro-batch's loss to :meth:`observe`.
+                ``output["loss"]``, or a tuple's first item if it is a scalar tensor); False: hand each micro-batch's
+                loss to :meth:`observe` (then ``gamma="auto"``, ``"range_test"`` and meta-training, which evaluate
+                the model's own loss on other batches, are refused).
             max_grad_norm: the clipping of your loop, for the range test's steps (None: none).
             seed: the seed of the meta batches' order (meta-training).
             batch_size: the meta batches' size when ``meta_batch_size`` is not set (default: the data loader's).
 
-        A step that a ``GradScaler`` skips calls no hook: its losses count towards the next step's mean.
+        A step that a ``GradScaler`` skips calls no hook: its losses count towards the next step's mean. A driver
+        is also a context manager: ``with MLRSNetDriver.for_loop(...) as driver:`` calls :meth:`finish` at the end.
         """
         if self._loop_hooks:
             raise RuntimeError("This driver is already bound to an optimizer: call finish() first.")
         inner = unwrap(optimizer)
+        if not isinstance(inner, torch.optim.Optimizer):
+            raise TypeError(
+                f"A loop's driver hooks a torch optimizer's step, and {type(inner).__name__} is not one (DeepSpeed's "
+                "optimizers are not): under DeepSpeed train with MLRSNetTrainer."
+            )
+        if getattr(inner, "_mlrsnet_driver", None) is not None:
+            raise RuntimeError("This optimizer is driven by another driver already: call its finish() first.")
         first = inner.param_groups[0]
         args = SimpleNamespace(  # what start() reads off TrainingArguments
             learning_rate=float(first.get("initial_lr", first["lr"])), device=next(model.parameters()).device,
@@ -298,21 +313,57 @@ class LRDriver:
         if self.label_names is None:
             self.label_names = find_labels(type(getattr(model, "module", model)))
         self.loss_from_forward_hook = loss_from_model
-        self.start(model, optimizer, args, num_training_steps, train_dataloader)
+        try:
+            self.start(model, optimizer, args, num_training_steps, train_dataloader)
+            self._check_loop(loss_from_model, train_dataloader)
+        except BaseException:
+            self.finish()  # nothing of this driver stays on the optimizer or the model
+            raise
+        inner._mlrsnet_driver = self
         self._loop_hooks = [
             inner.register_step_pre_hook(lambda *_: self.prepare_step(self.last_epoch)),
             inner.register_step_post_hook(lambda *_: self.step()),
         ]
         return self
 
-    def observe(self, loss: torch.Tensor) -> None:
-        """Hand over the training loss of one forward (a micro-batch) in a loop bound with ``loss_from_model=False``."""
+    def _check_loop(self, loss_from_model: bool, train_dataloader: DataLoader | None) -> None:
+        """Refuse, at bind time, what a loop's settings cannot give the family (not at the first step)."""
+
+    def __enter__(self) -> LRDriver:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.finish()
+
+    def save_schedule(
+        self, save_directory: str | Path, meta_training: dict[str, Any] | None = None, trajectory: bool | None = None
+    ) -> None:
+        """Write the schedule as :meth:`MLRSNetTrainer.save_schedule <mlrsnet_hf.MLRSNetTrainer.save_schedule>` does
+        (after meta-training, by default its trajectory), recording this loop's run; call it on one process."""
+        publishing.save_schedule(self, save_directory, publishing.loop_record(self), meta_training, trajectory)
+
+    def push_schedule_to_hub(
+        self, repo_id: str, meta_training: dict[str, Any] | None = None, trajectory: bool | None = None, **kwargs: Any
+    ) -> Any:
+        """Upload what :meth:`save_schedule` writes to ``repo_id`` (``kwargs`` as for ``MLRSNetSchedule.push_to_hub``)."""
+        commit, _ = publishing.push_schedule_to_hub(
+            self, repo_id, publishing.loop_record(self), meta_training, trajectory, **kwargs
+        )
+        return commit
+
+    def observe(self, loss: torch.Tensor | float) -> None:
+        """Hand over the training loss of one forward (a micro-batch) in a loop bound with ``loss_from_model=False``:
+        a scalar (a tensor of per-example losses counts as its mean), with or without gradients."""
         if self.loss_from_forward_hook:
             raise RuntimeError(
                 "This driver reads the losses from the model's outputs; bind it with loss_from_model=False to hand "
                 "them over with observe() (else each would count twice)."
             )
-        self.meter.record(loss, partial=False)
+        value = torch.as_tensor(loss).detach()
+        if not value.is_floating_point():
+            value = value.float()
+        with torch.enable_grad():  # a loss computed under no_grad is still this step's loss
+            self.meter.record(value.mean(), partial=False)
 
     def _stop_online_scale(self) -> None:
         """Unhook the online scale from the optimizer (its state stays readable)."""
@@ -380,6 +431,8 @@ class MLRSNetDriver(LRDriver):
         loss_from_model: bool = True,
         max_grad_norm: float | None = None,
         seed: int = 0,
+        batch_size: int | None = None,
+        label_names: list[str] | None = None,
         **options: Any,
     ) -> MLRSNetDriver:
         """``schedule`` driving ``optimizer`` in a training loop of your own (PyTorch or ``accelerate``).
@@ -404,12 +457,12 @@ class MLRSNetDriver(LRDriver):
         """
         if isinstance(schedule, (str, os.PathLike)):
             schedule = MLRSNetSchedule.from_pretrained(schedule)
-        driver = cls(schedule, ScheduleOptions.from_kwargs(options), meta_dataset, meta_collate_fn)
+        driver = cls(schedule, ScheduleOptions.from_kwargs(options), meta_dataset, meta_collate_fn, label_names)
         if state is not None:
             driver.load_state_dict(state)
         driver.bind(
             model, optimizer, num_training_steps, train_dataloader=train_dataloader, loss_from_model=loss_from_model,
-            max_grad_norm=max_grad_norm, seed=seed,
+            max_grad_norm=max_grad_norm, seed=seed, batch_size=batch_size,
         )  # fmt: skip
         return driver
 
@@ -517,6 +570,26 @@ class MLRSNetDriver(LRDriver):
                     "resume without online_scale."
                 )
             self.online_scale.load_state_dict(saved)
+
+    def _check_loop(self, loss_from_model: bool, train_dataloader: DataLoader | None) -> None:
+        schedule = self.schedule
+        needs = [
+            name
+            for name, needed in (
+                ('gamma="auto"', schedule.needs_average_loss),
+                ('gamma="range_test"', schedule.gamma == "range_test"),
+                ("meta_train=True", self.options.meta_train),
+            )
+            if needed
+        ]
+        if needs and not loss_from_model:
+            raise ValueError(
+                f"{' and '.join(needs)} evaluate the model's own loss on other batches: with loss_from_model=False "
+                "the model returns none. Use a model that returns its loss, or a fixed gamma."
+            )
+        reads_data = [name for name in needs if name.startswith("gamma")]
+        if reads_data and train_dataloader is None:
+            raise ValueError(f"{' and '.join(reads_data)} reads the training data: pass train_dataloader.")
 
     def _lr_for_step(self, step: int, loss: torch.Tensor) -> tuple[float | torch.Tensor, float]:
         schedule = self.schedule

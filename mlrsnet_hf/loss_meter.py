@@ -86,7 +86,8 @@ class LossMeter:
             raise RuntimeError(
                 "The learned schedule needs the training loss, but the model returned none during this step. The model must "
                 "return a loss (pass labels); with label_smoothing_factor or compute_loss_func the Trainer computes "
-                "the loss outside the model, which the schedule cannot read."
+                "the loss outside the model, which the schedule cannot read. In a loop of your own "
+                "(MLRSNetDriver.for_loop), pass loss_from_model=False and hand each loss to driver.observe(loss)."
             )
         if self._partial:
             # Token-normalised micro-batch losses (sum / num_items_in_batch) add up to the step loss.

@@ -43,11 +43,12 @@ from torch.distributed.tensor import DTensor, Shard
 
 
 def model_loss(output: Any) -> torch.Tensor | None:
-    """The loss a model returned: ``output["loss"]`` for dict-like outputs, else ``output[0]``."""
+    """The loss a model returned: ``output["loss"]`` for dict-like outputs, else a tuple's first item or the output
+    itself when it is a scalar tensor (a tuple of logits and features has no loss: None, not the logits)."""
     if isinstance(output, Mapping):
         return output.get("loss")
     if isinstance(output, (tuple, list)) and output:
-        return output[0]
+        output = output[0]
     return output if isinstance(output, torch.Tensor) and output.dim() == 0 else None
 
 

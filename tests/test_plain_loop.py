@@ -28,7 +28,7 @@ def fresh_schedule() -> MLRSNetSchedule:
         return MLRSNetSchedule(hidden_size=8, num_stages=2, gamma=1.0)
 
 
-def by_trainer(out, options):
+def by_trainer(out, options, save_to=None):
     torch.manual_seed(0)
     data = digits()
     args = MLRSNetConfig(
@@ -41,10 +41,12 @@ def by_trainer(out, options):
         meta_dataset=data[1200:] if options.get("meta_train") else None,
     )  # fmt: skip
     trainer.train()
+    if save_to is not None:
+        trainer.save_schedule(save_to, trajectory=True)
     return trainer.lr_scheduler.lr_history, trainer.model, trainer.schedule
 
 
-def plain_loop(options, steps=STEPS, stop_at=None, resume=None, custom_loss=False):
+def plain_loop(options, steps=STEPS, stop_at=None, resume=None, custom_loss=False, save_to=None):
     """SGD on the Trainer's batches (sequential), clipped at the Trainer's default 1.0; the driver sets every LR.
 
     ``stop_at``: return the checkpoint (model, optimizer, driver states) after that many steps; ``resume``: go on
@@ -83,6 +85,8 @@ def plain_loop(options, steps=STEPS, stop_at=None, resume=None, custom_loss=Fals
         optimizer.zero_grad()
     checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "driver": driver.state_dict()}
     driver.finish()
+    if save_to is not None:
+        driver.save_schedule(save_to, trajectory=True)
     return driver.lr_history, model, driver.schedule, checkpoint
 
 
@@ -111,6 +115,87 @@ def test_a_plain_loop_resumes_exactly_from_a_checkpoint_inside_a_meta_horizon():
 
 def test_losses_handed_over_equal_losses_read_from_the_model():
     assert plain_loop(TRANSFER, custom_loss=True)[0] == plain_loop(TRANSFER)[0]
+
+
+def hooks(optimizer, model):
+    return (
+        len(optimizer._optimizer_step_pre_hooks)
+        + len(optimizer._optimizer_step_post_hooks)
+        + len(model._forward_hooks)
+    )
+
+
+def test_a_driver_that_cannot_start_leaves_nothing_on_the_optimizer_and_model():
+    model = DigitsNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    with MLRSNetDriver.for_loop(fresh_schedule(), optimizer, model, STEPS, **TRANSFER) as driver:
+        unscaled = driver.state_dict()  # a checkpoint of a run without the online scale
+    refused = [
+        (dict(gamma="auto", num_classes=10), "train_dataloader"),  # gamma="auto" reads the data: refused at bind
+        (
+            dict(TRANSFER, meta_train=True, meta_dataset=digits(64), meta_batch_size=16, loss_from_model=False),
+            "loss_from_model=False",
+        ),
+        # the online scale's hooks are already on the optimizer when the checkpoint is found to hold no scale
+        (dict(TRANSFER, online_scale="mechanic", state=unscaled), "holds no online scale"),
+    ]
+    for options, match in refused:
+        with pytest.raises(ValueError, match=match):
+            MLRSNetDriver.for_loop(fresh_schedule(), optimizer, model, STEPS, **options)
+        assert hooks(optimizer, model) == 0 and not hasattr(optimizer, "_mlrsnet_driver")
+    with MLRSNetDriver.for_loop(fresh_schedule(), optimizer, model, STEPS, **TRANSFER) as driver:
+        assert hooks(optimizer, model) == 3  # the LR's pre-hook, the step's post-hook, the loss's forward hook
+        with pytest.raises(RuntimeError, match="another driver"):
+            MLRSNetDriver.for_loop(fresh_schedule(), optimizer, model, STEPS, **TRANSFER)
+    assert hooks(optimizer, model) == 0 and driver.lr_history == []
+
+
+def test_observe_takes_per_example_losses_numbers_and_losses_without_gradients():
+    def run(hand_over):
+        torch.manual_seed(0)
+        model = DigitsNet()
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+        driver = MLRSNetDriver.for_loop(fresh_schedule(), optimizer, model, 4, loss_from_model=False, **TRANSFER)
+        for batch in DataLoader(digits(128), batch_size=BATCH, collate_fn=default_data_collator):
+            logits = model(batch["x"])["logits"]
+            losses = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
+            hand_over(driver, losses)
+            losses.mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        driver.finish()
+        return driver.lr_history
+
+    reference = run(lambda driver, losses: driver.observe(losses.mean()))
+    assert len(reference) == 4
+    assert run(lambda driver, losses: driver.observe(losses)) == reference  # the mean of the per-example losses
+    assert run(lambda driver, losses: driver.observe(losses.mean().item())) == pytest.approx(reference, rel=1e-6)
+
+    def without_gradients(driver, losses):
+        with torch.no_grad():
+            driver.observe(losses.mean() * 1)
+
+    assert run(without_gradients) == reference
+
+
+def test_a_model_whose_output_holds_no_loss_is_named_with_the_way_out():
+    class Features(torch.nn.Module):  # returns (logits, features): no loss; its logits must not pass for one
+        def __init__(self):
+            super().__init__()
+            self.net = DigitsNet()
+
+        def forward(self, x, labels=None):
+            return self.net(x)["logits"], x
+
+    model = Features()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    driver = MLRSNetDriver.for_loop(fresh_schedule(), optimizer, model, STEPS, **TRANSFER)
+    batch = default_data_collator(digits(8))
+    logits, _ = model(**batch)
+    torch.nn.functional.cross_entropy(logits, batch["labels"]).backward()
+    with pytest.raises(RuntimeError, match=r"loss_from_model=False and hand each loss to driver.observe"):
+        optimizer.step()
+    driver.finish()
 
 
 def test_a_bound_driver_refuses_a_second_loss_route_and_a_second_binding():
@@ -142,6 +227,7 @@ def test_an_accelerate_loop_on_two_processes_sets_the_same_lrs_and_learns_the_sa
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in params)
 
 
+@pytest.mark.slow
 def test_the_example_meta_trains_in_an_accelerate_loop_and_transfers_what_it_learned(tmp_path):
     done = subprocess.run(
         [sys.executable, str(REPO / "examples" / "plain_loop.py"), "--output_dir", str(tmp_path), "--steps", "40",
@@ -152,8 +238,25 @@ def test_the_example_meta_trains_in_an_accelerate_loop_and_transfers_what_it_lea
     meta, transfer = results["meta-trained (CNN)"], results["transferred (MLP)"]
     assert len(meta["lrs"]) == len(transfer["lrs"]) == 40
     assert meta["test_accuracy"] > 0.5 and transfer["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
-    learned = MLRSNetSchedule.from_pretrained(tmp_path / "schedule")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        initial = MLRSNetSchedule(num_stages=3, gamma=1.0)  # what the example starts from (seed 0)
-    assert not all(torch.equal(v, initial.weights()[k]) for k, v in learned.weights().items())
+    learned = MLRSNetSchedule.from_pretrained(tmp_path / "schedule")  # the trajectory of the meta-training run
+    assert learned.num_stages == 3 and learned.meta_training["snapshots"]["steps"] == [1, 20, 40]
+    assert learned.meta_training["dataset"] == "sklearn digits" and learned.meta_training["meta_updates"] == 4
+    assert not torch.equal(learned.stages[0].head.weight, learned.stages[2].head.weight)  # it learned on the way
+
+
+def test_a_plain_loop_saves_the_trajectory_the_trainer_saves(tmp_path):
+    by_trainer(tmp_path / "run", META, save_to=tmp_path / "by-trainer")
+    plain_loop(META, save_to=tmp_path / "by-loop")
+    a, b = (MLRSNetSchedule.from_pretrained(tmp_path / name) for name in ("by-trainer", "by-loop"))
+    assert a.num_stages == b.num_stages == 3  # the snapshots at 0.005, 0.5 and 1.0 of the run
+    assert all(torch.equal(v, b.weights()[k]) for k, v in a.weights().items())
+    record = b.meta_training
+    assert record["snapshots"] == a.meta_training["snapshots"] == {"fractions": [0.005, 0.5, 1.0], "steps": [1, 6, 12]}
+    assert (record["model"], record["max_steps"], record["optimizer"], record["meta_updates"]) == (
+        "DigitsNet",
+        12,
+        "SGD",
+        4,
+    )
+    assert record["per_device_train_batch_size"] == BATCH and "epochs" not in record  # a loop has no epoch count
+    assert {k: v for k, v in a.meta_training.items() if k not in ("epochs",)} == record
