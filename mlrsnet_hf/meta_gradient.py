@@ -153,18 +153,6 @@ def step_delta(before: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -
     return [b.sub_(p.detach()) for b, p in zip(before, params, strict=True)]
 
 
-def lr_derivative(
-    meta_loss_value: torch.Tensor, params: Sequence[torch.Tensor], before: Sequence[torch.Tensor], lr: float
-) -> torch.Tensor:
-    """``dL_meta/dlr = -<grad L_meta(w_{t+1}), d>`` with ``d = (w_t - w_{t+1}) / lr`` read off the real step.
-
-    ``params`` hold ``w_{t+1}`` (the model after ``optimizer.step()``), ``before`` holds ``w_t`` and is
-    consumed: it is overwritten in place with ``w_t - w_{t+1}``, so no further parameter-sized buffer is
-    allocated. Each parameter's dot product is accumulated in float64.
-    """
-    return lr_derivatives(meta_loss_value, params, [step_delta(before, params)], [lr])[0]
-
-
 class MetaBatches:
     """Batches of the meta (held-out) dataset: shuffled per epoch, sharded over processes, resumable.
 

@@ -8,7 +8,7 @@ from tiny import DigitsNet, digits
 from torch.func import functional_call
 
 from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
-from mlrsnet_hf.meta_gradient import MetaBatches, lr_derivative, meta_loss
+from mlrsnet_hf.meta_gradient import MetaBatches, lr_derivatives, meta_loss, step_delta
 
 torch.set_default_dtype(torch.float32)
 
@@ -101,7 +101,8 @@ def test_hypergradient_is_exact(kind, momentum):
     params = list(model.parameters())
     before = [p.detach().clone() for p in params]
     optimizer.step()
-    lr.backward(lr_derivative(meta_loss(model, meta), params, before, lr.item()))
+    (derivative,) = lr_derivatives(meta_loss(model, meta), params, [step_delta(before, params)], [lr.item()])
+    lr.backward(derivative)
     ours = {n: p.grad.clone() for n, p in schedule.named_parameters()}
 
     ref = reference_hypergradient(
