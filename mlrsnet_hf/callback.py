@@ -141,8 +141,13 @@ class MLRSNetCallback(TrainerCallback):
                 driver.held_out = dataset.remove_columns(unused)
         loader = kwargs.get("train_dataloader")
         driver.start(model, optimizer, args, state.max_steps, loader)
-        self._run = {"args": args, "state": state, "model": _unwrap(model), "optimizer": optimizer,
-                     "train_dataset": getattr(loader, "dataset", None)}  # fmt: skip
+        self._run = {
+            "args": args,
+            "state": state,
+            "model": _unwrap(model),
+            "optimizer": optimizer,
+            "train_dataset": getattr(loader, "dataset", None),
+        }
         add_model_tags(model, self.schedule)  # Trainer.push_to_hub and model.push_to_hub put them in the card
 
     def update_model_card(self, output_dir: str | Path) -> None:
@@ -152,9 +157,12 @@ class MLRSNetCallback(TrainerCallback):
         (``push_to_hub`` writes a new card: upload the folder yourself, or use MLRSNetTrainer, whose card has both).
         """
         update_model_card(
-            output_dir, self.schedule, meta_train=self.lr_scheduler.options.meta_train, saved_to=self.saved_schedule,
+            output_dir,
+            self.schedule,
+            meta_train=self.lr_scheduler.options.meta_train,
+            saved_to=self.saved_schedule,
             range_test=getattr(self.lr_scheduler, "range_test", None),
-        )  # fmt: skip
+        )
 
     def _record(self) -> dict[str, Any]:
         if self._run is None:

@@ -67,7 +67,11 @@ def _convert(args: argparse.Namespace) -> None:
 def describe_controller(controller: LRController, name: str) -> str:
     """A human-readable summary of a PPO LR controller."""
     lines = [f"LR controller (PPO): {name}"]
-    lines += [f"  {key}: {value}" for key, value in controller.config.items() if key.startswith(("action", "max", "decision", "hidden", "probe", "min"))]  # fmt: skip
+    lines += [
+        f"  {key}: {value}"
+        for key, value in controller.config.items()
+        if key.startswith(("action", "max", "decision", "hidden", "probe", "min"))
+    ]
     lines += [f"  trained: {key}={value}" for key, value in controller.training_run.items()]
     return "\n".join(lines)
 
@@ -127,10 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--losses", help="loss curve: JSON list or one number per line (default: a typical curve)")
     p.add_argument("--num-classes", type=int, help="C for gamma='auto' (default: the meta-training task's, else 10)")
     p.add_argument(
-        "--base-lr", type=float,
+        "--base-lr",
+        type=float,
         help="learning_rate for gamma='relative'/'range_test' (default 1); an LR controller's initial LR "
         "(default: those it was trained from); an error for any other gamma",
-    )  # fmt: skip
+    )
     p.set_defaults(func=_plot)
     return parser
 
@@ -155,12 +160,18 @@ def command_help(command: str, presets: dict, usage_error: bool) -> int:
         )
         print(tasks, file=sys.stderr)
         return 2
-    what = {"meta-train": "meta-train a schedule", "transfer": "train with a learned schedule (--schedule)",
-            "train-controller": "train a PPO LR controller"}[command]  # fmt: skip
+    what = {
+        "meta-train": "meta-train a schedule",
+        "transfer": "train with a learned schedule (--schedule)",
+        "train-controller": "train a PPO LR controller",
+    }[command]
     parser = HfArgumentParser(
-        classes, prog=f"mlrsnet {command}", description=f"mlrsnet {command}: {what} on a task preset.",
-        epilog=tasks, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        classes,
+        prog=f"mlrsnet {command}",
+        description=f"mlrsnet {command}: {what} on a task preset.",
+        epilog=tasks,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.print_help()
     return 0
 

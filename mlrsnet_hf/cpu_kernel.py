@@ -269,9 +269,11 @@ class KernelArgs:
         """Check the arrays (the kernel reads them unchecked, by address) and make the table of their addresses."""
         num_layers, hidden = self.states.shape[2:]
         expected = (
-            (self.scalars, np.float64, (4,)), (self.states, np.float32, (2, 2, num_layers, hidden)),
-            (self.counters, np.int64, (2,)), (self.weights, np.float32, (packed_size(num_layers, hidden),)),
-        )  # fmt: skip
+            (self.scalars, np.float64, (4,)),
+            (self.states, np.float32, (2, 2, num_layers, hidden)),
+            (self.counters, np.int64, (2,)),
+            (self.weights, np.float32, (packed_size(num_layers, hidden),)),
+        )
         for array, dtype, shape in expected:
             if array.dtype != dtype or array.shape != shape or not array.flags.c_contiguous:
                 raise ValueError(

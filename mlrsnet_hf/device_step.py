@@ -186,9 +186,14 @@ class DeviceStep:
             self._kernel = cpu_kernel.kernel() if self.compiled_on_cpu else None
             if self._kernel is not None:  # its arrays; the weights are fixed until the next sync: looked up once
                 self._compiled = cpu_kernel.KernelArgs(
-                    self._network, state.h.numpy(), state.c.numpy(), self._divisor, self._gamma, self._cap,
+                    self._network,
+                    state.h.numpy(),
+                    state.c.numpy(),
+                    self._divisor,
+                    self._gamma,
+                    self._cap,
                     schedule.last_lr,
-                )  # fmt: skip
+                )
             else:
                 self._last_lr, self._finite = schedule.last_lr, 0
                 self._numpy_state = state.h.numpy().copy(), state.c.numpy().copy()
@@ -246,7 +251,10 @@ class DeviceStep:
         if skipped:
             logger.warning(
                 "%d of the last %d steps had a non-finite training loss (or LR): each kept the LSTM state and the "
-                "last LR (now %g).", skipped, self._taken, last_lr,
-            )  # fmt: skip
+                "last LR (now %g).",
+                skipped,
+                self._taken,
+                last_lr,
+            )
         self._active, self._taken, self._last_lr = False, 0, None
         self._numpy_state = self._compiled = None

@@ -304,10 +304,13 @@ class LRDriver:
             raise RuntimeError("This optimizer is driven by another driver already: call its finish() first.")
         first = inner.param_groups[0]
         args = SimpleNamespace(  # what start() reads off TrainingArguments
-            learning_rate=float(first.get("initial_lr", first["lr"])), device=next(model.parameters()).device,
-            max_grad_norm=max_grad_norm, average_tokens_across_devices=False, seed=seed,
+            learning_rate=float(first.get("initial_lr", first["lr"])),
+            device=next(model.parameters()).device,
+            max_grad_norm=max_grad_norm,
+            average_tokens_across_devices=False,
+            seed=seed,
             per_device_train_batch_size=batch_size or loader_batch_size(train_dataloader),
-        )  # fmt: skip
+        )
         if self.options.meta_train and not (self.options.meta_batch_size or args.per_device_train_batch_size):
             raise ValueError("Meta-training needs the meta batches' size: pass meta_batch_size (or batch_size).")
         if self.label_names is None:
@@ -461,9 +464,15 @@ class MLRSNetDriver(LRDriver):
         if state is not None:
             driver.load_state_dict(state)
         driver.bind(
-            model, optimizer, num_training_steps, train_dataloader=train_dataloader, loss_from_model=loss_from_model,
-            max_grad_norm=max_grad_norm, seed=seed, batch_size=batch_size,
-        )  # fmt: skip
+            model,
+            optimizer,
+            num_training_steps,
+            train_dataloader=train_dataloader,
+            loss_from_model=loss_from_model,
+            max_grad_norm=max_grad_norm,
+            seed=seed,
+            batch_size=batch_size,
+        )
         return driver
 
     def _start(self, restored: dict[str, Any] | None) -> None:
@@ -521,9 +530,14 @@ class MLRSNetDriver(LRDriver):
                 collate = torch.utils.data.default_collate
             batch_size = options.meta_batch_size or self.per_device_batch_size
             self.meta = MetaLearner(
-                schedule, options, self.held_out, collate, batch_size,
-                seed=self.seed, label_names=self.label_names,
-            )  # fmt: skip
+                schedule,
+                options,
+                self.held_out,
+                collate,
+                batch_size,
+                seed=self.seed,
+                label_names=self.label_names,
+            )
             self.meta.start(self.optimizer, self.num_training_steps)
         self._start_online_scale(restored)
         if restored is not None:
@@ -645,10 +659,16 @@ class MLRSNetDriver(LRDriver):
             raise ValueError("gamma='range_test' needs the training data for its LR range test.")
         options = self.options
         self.range_test = lr_range_test(
-            self.model, self.optimizer, ordered_batches(self.train_dataloader), max_grad_norm=self.max_grad_norm,
-            device=self.device, num_steps=options.range_test_steps, min_lr=options.range_test_min_lr,
-            max_lr=options.range_test_max_lr, rule=options.range_test_rule,
-        )  # fmt: skip
+            self.model,
+            self.optimizer,
+            ordered_batches(self.train_dataloader),
+            max_grad_norm=self.max_grad_norm,
+            device=self.device,
+            num_steps=options.range_test_steps,
+            min_lr=options.range_test_min_lr,
+            max_lr=options.range_test_max_lr,
+            rule=options.range_test_rule,
+        )
         chosen = [self.range_test.lr]
         if PartialState().num_processes > 1:  # rank 0's choice is the one used, whatever the others measured
             broadcast_object_list(chosen, from_process=0)

@@ -272,6 +272,10 @@ def render_controller_card(controller: LRController, **template_kwargs: Any) -> 
         "model_name": template_kwargs.pop("model_name", None) or run.get("name") or "lr-controller",
     }
     return card_from_template(
-        controller, "lr_controller.md", card_data, config=controller.config, training_run=significant(run),
+        controller,
+        "lr_controller.md",
+        card_data,
+        config=controller.config,
+        training_run=significant(run),
         **template_kwargs,
-    )  # fmt: skip
+    )

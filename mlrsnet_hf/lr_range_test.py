@@ -122,10 +122,16 @@ class RangeTestResult:
     def summary(self) -> dict[str, Any]:
         """The choice without the curve: the LR used, the rule, its own pick, the fallback reason, the measurements."""
         return {
-            "lr": self.lr, "rule": self.rule, "rule_lr": self.rule_lr, "fallback_reason": self.fallback_reason,
-            "start_loss": self.start_loss, "min_loss": self.min_loss, "onset_lr": self.onset_lr,
-            "edge_lr": self.edge_lr, "noise": self.noise,
-        }  # fmt: skip
+            "lr": self.lr,
+            "rule": self.rule,
+            "rule_lr": self.rule_lr,
+            "fallback_reason": self.fallback_reason,
+            "start_loss": self.start_loss,
+            "min_loss": self.min_loss,
+            "onset_lr": self.onset_lr,
+            "edge_lr": self.edge_lr,
+            "noise": self.noise,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.summary(), "lrs": self.lrs, "losses": self.losses, "seconds": self.seconds}
@@ -264,9 +270,15 @@ def choose_lr_checked(
     if reason is not None:
         logger.warning("LR range test (%s): %s: lr=%.3g.", rule, reason, lr)
     return LRChoice(
-        lr=lr, rule_lr=picked, fallback_reason=reason, start_loss=start, min_loss=curve[lowest],
-        onset_lr=None if onset is None else lrs[onset], edge_lr=lrs[edge], noise=noise,
-    )  # fmt: skip
+        lr=lr,
+        rule_lr=picked,
+        fallback_reason=reason,
+        start_loss=start,
+        min_loss=curve[lowest],
+        onset_lr=None if onset is None else lrs[onset],
+        edge_lr=lrs[edge],
+        noise=noise,
+    )
 
 
 def lr_range_test(
@@ -347,15 +359,30 @@ def lr_range_test(
         del probe, test_optimizer
     choice = choose_lr_checked(lrs, smoothed, rule, losses, smoothing)
     result = RangeTestResult(
-        choice.lr, rule, lrs, losses, smoothed, time.perf_counter() - start, rule_lr=choice.rule_lr,
-        fallback_reason=choice.fallback_reason, start_loss=choice.start_loss, min_loss=choice.min_loss,
-        onset_lr=choice.onset_lr, edge_lr=choice.edge_lr, noise=choice.noise,
-    )  # fmt: skip
+        choice.lr,
+        rule,
+        lrs,
+        losses,
+        smoothed,
+        time.perf_counter() - start,
+        rule_lr=choice.rule_lr,
+        fallback_reason=choice.fallback_reason,
+        start_loss=choice.start_loss,
+        min_loss=choice.min_loss,
+        onset_lr=choice.onset_lr,
+        edge_lr=choice.edge_lr,
+        noise=choice.noise,
+    )
     logger.info(
         "LR range test: %d steps over [%g, %g] in %.1f s, chose lr=%g (%s%s).",
-        len(lrs), min_lr, lrs[-1], result.seconds, choice.lr, rule,
+        len(lrs),
+        min_lr,
+        lrs[-1],
+        result.seconds,
+        choice.lr,
+        rule,
         "" if choice.fallback_reason is None else f"; not its pick lr={choice.rule_lr:g}: {choice.fallback_reason}",
-    )  # fmt: skip
+    )
     return result
 
 

@@ -63,9 +63,13 @@ class MetaLearner:
         self.options = options
         state = PartialState()
         self.batches = MetaBatches(
-            dataset, batch_size=batch_size, collate_fn=collate_fn, seed=seed,
-            rank=state.process_index, world_size=state.num_processes,
-        )  # fmt: skip
+            dataset,
+            batch_size=batch_size,
+            collate_fn=collate_fn,
+            seed=seed,
+            rank=state.process_index,
+            world_size=state.num_processes,
+        )
         if len(dataset) > 0:
             check_labels(collate_fn([dataset[0]]), label_names, "meta dataset")
         self.optimizer = torch.optim.Adam(
@@ -144,10 +148,16 @@ class MetaLearner:
         before, self._before = self._before, None
         if before is not None and lr != 0.0:
             inputs = self._inputs
-            self._horizon.append({
-                "stage": inputs["stage"], "h": inputs["state"].h, "c": inputs["state"].c, "loss": inputs["loss"],
-                "lr": lr, "delta": step_delta(before, trainable_parameters(model)),
-            })  # fmt: skip
+            self._horizon.append(
+                {
+                    "stage": inputs["stage"],
+                    "h": inputs["state"].h,
+                    "c": inputs["state"].c,
+                    "loss": inputs["loss"],
+                    "lr": lr,
+                    "delta": step_delta(before, trainable_parameters(model)),
+                }
+            )
         else:
             self._release(before)
         if self.is_meta_step(step):

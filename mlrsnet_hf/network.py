@@ -150,10 +150,14 @@ class MLRSNet(nn.Module):
             half = np.ones(4 * self.hidden_size, dtype=np.float32)
             half[: 3 * self.hidden_size] = 0.5
             arrays = [
-                (w1.float().cpu().numpy(), b1.float().cpu().numpy(),
-                 w2.float().cpu().numpy() * half[:, None], b2.float().cpu().numpy() * half)
+                (
+                    w1.float().cpu().numpy(),
+                    b1.float().cpu().numpy(),
+                    w2.float().cpu().numpy() * half[:, None],
+                    b2.float().cpu().numpy() * half,
+                )
                 for w1, b1, w2, b2 in cells
-            ]  # fmt: skip
+            ]
             head = 0.5 * head_weight.float().cpu().numpy(), 0.5 * float(head_bias)
             self.__dict__["_numpy"], self.__dict__["_numpy_of"] = (arrays, *head), fused
         return self.__dict__["_numpy"]

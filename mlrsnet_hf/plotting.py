@@ -104,9 +104,13 @@ def plot_lr_response(
                 ax.axvline(first, color="k", linestyle="--", linewidth=0.8)
         if stage < len(snapshot_steps):  # a trajectory schedule: say where each network comes from
             ax_lr.annotate(
-                f"net from step {snapshot_steps[stage]} of meta-training", (first, 0.02), xycoords=("data", "axes fraction"),
-                xytext=(4, 0), textcoords="offset points", fontsize=8,
-            )  # fmt: skip
+                f"net from step {snapshot_steps[stage]} of meta-training",
+                (first, 0.02),
+                xycoords=("data", "axes fraction"),
+                xytext=(4, 0),
+                textcoords="offset points",
+                fontsize=8,
+            )
     gamma = schedule.gamma if isinstance(schedule.gamma, str) else f"{schedule.gamma:g}"
     ax_loss.set_title(
         title or f"MLR-SNet LR response ({schedule.num_stages} stage(s), gamma={gamma}, C={num_classes})"
@@ -144,8 +148,12 @@ def plot_training_curves(
     if train:
         axes[0].plot(*zip(*train, strict=True), color="tab:gray", label="training loss")
     if "eval_loss" in evals:
-        axes[0].plot(*zip(*_by_step(log_history, "eval_loss"), strict=True), marker="o", color="tab:green",
-                     label=f"{eval_split} loss")  # fmt: skip
+        axes[0].plot(
+            *zip(*_by_step(log_history, "eval_loss"), strict=True),
+            marker="o",
+            color="tab:green",
+            label=f"{eval_split} loss",
+        )
     axes[0].set_ylabel("loss")
     axes[0].legend(fontsize=8)
     for ax, key in zip(axes[1:], metrics, strict=True):

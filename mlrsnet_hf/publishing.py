@@ -53,16 +53,22 @@ def run_record(driver: Any, args: Any, state: Any, model: Any, optimizer: Any, t
     unwrapped model.
     """
     record = _record(
-        driver, model, optimizer if optimizer is not None else args.optim, state.max_steps,
-        args.per_device_train_batch_size, epochs=round(float(state.epoch or 0), 3),
-    )  # fmt: skip
+        driver,
+        model,
+        optimizer if optimizer is not None else args.optim,
+        state.max_steps,
+        args.per_device_train_batch_size,
+        epochs=round(float(state.epoch or 0), 3),
+    )
     _played(record, driver, learning_rate=args.learning_rate, weight_decay=args.weight_decay)
     info = getattr(train_dataset, "info", None)
     if info is not None and getattr(info, "dataset_name", None):
         record["dataset"] = info.dataset_name
     metrics = {}
     for entry in state.log_history:
-        metrics.update({k[len("eval_") :]: v for k, v in entry.items() if k.startswith("eval_") and isinstance(v, (int, float))})  # fmt: skip
+        metrics.update(
+            {k[len("eval_") :]: v for k, v in entry.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+        )
     for key in ("runtime", "samples_per_second", "steps_per_second", "epoch"):
         metrics.pop(key, None)
     if metrics:
@@ -130,8 +136,9 @@ def schedule_to_publish(
         logger.warning(
             "This meta-training run made no meta update (max_steps=%s, meta_update_interval=%d): the schedule "
             "saved is its initialisation. meta_updates=0 is recorded in config.json and the card.",
-            record.get("max_steps"), driver.options.meta_update_interval,
-        )  # fmt: skip
+            record.get("max_steps"),
+            driver.options.meta_update_interval,
+        )
     schedule = trajectory_schedule(driver) if trajectory else copy.deepcopy(driver.schedule)
     if isinstance(schedule, LRController):
         schedule.training_run.update(meta_training or {})

@@ -46,10 +46,16 @@ class ScheduleCallbackHandler(CallbackHandler):
 
     def _call(self, callback: Any, event: str, args: Any, state: Any, control: Any) -> Any:
         result = getattr(callback, event)(
-            args, state, control, model=self.model, processing_class=self.processing_class, optimizer=self.optimizer,
-            lr_scheduler=self.lr_scheduler, train_dataloader=self.train_dataloader,
+            args,
+            state,
+            control,
+            model=self.model,
+            processing_class=self.processing_class,
+            optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler,
+            train_dataloader=self.train_dataloader,
             eval_dataloader=self.eval_dataloader,
-        )  # fmt: skip
+        )
         return control if result is None else result
 
     def _call_with_schedule(self, event: str, args: Any, state: Any, control: Any) -> Any:
@@ -271,21 +277,35 @@ class MLRSNetTrainer(Trainer):
         tags = [tags] if isinstance(tags, str) else list(tags or [])
         tags += [t for t in model_tags(self.schedule) if t not in tags]
         super().create_model_card(
-            language=language, license=license, tags=tags, model_name=model_name, finetuned_from=finetuned_from,
-            tasks=tasks, dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args,
-        )  # fmt: skip
+            language=language,
+            license=license,
+            tags=tags,
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            tasks=tasks,
+            dataset_tags=dataset_tags,
+            dataset=dataset,
+            dataset_args=dataset_args,
+        )
         if self.is_world_process_zero():
             update_model_card(
-                self.args.output_dir, self.schedule, meta_train=self.args.meta_train, saved_to=self.saved_schedule,
+                self.args.output_dir,
+                self.schedule,
+                meta_train=self.args.meta_train,
+                saved_to=self.saved_schedule,
                 range_test=getattr(self.mlrsnet_callback.lr_scheduler, "range_test", None),
-            )  # fmt: skip
+            )
 
     def meta_training_record(self) -> dict[str, Any]:
         """What this run trained: dataset, model, epochs, optimizer, final metrics (for config.json and the card)."""
         return publishing.run_record(
-            self.mlrsnet_callback.lr_scheduler, self.args, self.state, self.accelerator.unwrap_model(self.model),
-            self.optimizer, self.train_dataset,
-        )  # fmt: skip
+            self.mlrsnet_callback.lr_scheduler,
+            self.args,
+            self.state,
+            self.accelerator.unwrap_model(self.model),
+            self.optimizer,
+            self.train_dataset,
+        )
 
     def trajectory_schedule(self) -> MLRSNetSchedule:
         """The schedule's trajectory: one stage per snapshot network, played in equal parts of a run.
@@ -306,16 +326,23 @@ class MLRSNetTrainer(Trainer):
         """
         if self.args.should_save:
             self.saved_schedule = publishing.save_schedule(
-                self.mlrsnet_callback.lr_scheduler, save_directory, self.meta_training_record(), meta_training,
+                self.mlrsnet_callback.lr_scheduler,
+                save_directory,
+                self.meta_training_record(),
+                meta_training,
                 trajectory,
-            )  # fmt: skip
+            )
 
     def push_schedule_to_hub(
         self, repo_id: str, meta_training: dict[str, Any] | None = None, trajectory: bool | None = None, **kwargs: Any
     ) -> str:
         """Upload what ``save_schedule`` writes to ``repo_id`` (``kwargs`` as for ``MLRSNetSchedule.push_to_hub``)."""
         commit, self.saved_schedule = publishing.push_schedule_to_hub(
-            self.mlrsnet_callback.lr_scheduler, repo_id, self.meta_training_record(), meta_training, trajectory,
+            self.mlrsnet_callback.lr_scheduler,
+            repo_id,
+            self.meta_training_record(),
+            meta_training,
+            trajectory,
             **kwargs,
-        )  # fmt: skip
+        )
         return commit

@@ -88,9 +88,13 @@ class LRControlEnv(gym.Env):
         self.optimizer = self.make_optimizer(self.model.parameters(), lr=self.lr)
         generator = torch.Generator().manual_seed(torch_seed)
         loader = DataLoader(
-            self.train_dataset, self.batch_size, shuffle=True, drop_last=True, generator=generator,
+            self.train_dataset,
+            self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=generator,
             collate_fn=self.collate_fn,
-        )  # fmt: skip
+        )
         self.batches: Iterator[dict[str, torch.Tensor]] = itertools.chain.from_iterable(itertools.repeat(loader))
         self.probe = probe_batch(self.val_dataset, self.val_batch_size, self.collate_fn)  # as in the Trainer
         self.step_count = 0
@@ -163,9 +167,17 @@ def train_controller(
     probe = make_env()
     policy_kwargs = {"net_arch": {"pi": [32, 32], "vf": [32, 32]}, "activation_fn": nn.Tanh}
     agent = PPO(
-        "MlpPolicy", env, n_steps=n_steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-        policy_kwargs=policy_kwargs, device="cpu", verbose=0, **ppo_kwargs,
-    )  # fmt: skip
+        "MlpPolicy",
+        env,
+        n_steps=n_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        policy_kwargs=policy_kwargs,
+        device="cpu",
+        verbose=0,
+        **ppo_kwargs,
+    )
     agent.learn(total_timesteps=total_timesteps, callback=progress_callback(total_timesteps, disable=not progress))
     training_run: dict[str, Any] = {"total_timesteps": total_timesteps, "seed": seed, "algorithm": "PPO"}
     ranges = [r for r in env.get_attr("completed_loss_range") if r is not None]
@@ -192,8 +204,12 @@ def progress_callback(total_timesteps: int, disable: bool = False) -> Any:
                     if not disable:
                         logger.info(
                             "episode %d finished after %d decisions: return %.4g, final LR %.3g, validation loss %.4g",
-                            self.episodes, info["episode"]["l"], info["episode"]["r"], info["lr"], info["val_loss"],
-                        )  # fmt: skip
+                            self.episodes,
+                            info["episode"]["l"],
+                            info["episode"]["r"],
+                            info["lr"],
+                            info["val_loss"],
+                        )
             return True
 
         def _on_training_end(self) -> None:

@@ -29,9 +29,22 @@ from .data import IMAGE_DATASETS, ImageDatasetSpec, balanced_split, image_transf
 
 # The 15 benchmark corruptions of CIFAR-10-C (the Hub copies also hold 4 extra ones, accepted as well).
 CIFAR_C_CORRUPTIONS = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
-)  # fmt: skip
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +96,12 @@ def load_corrupted_dataset(
     if missing := [c for c in columns if c not in raw.column_names]:
         raise ValueError(f"{source} has no {missing} column(s) (it has {raw.column_names}): is it a CIFAR-C copy?")
     train = raw.filter(
-        lambda names, levels: [n == corruption and int(level) == severity for n, level in zip(names, levels, strict=True)],
-        input_columns=[spec.corruption_column, spec.severity_column], batched=True,
-    )  # fmt: skip
+        lambda names, levels: [
+            n == corruption and int(level) == severity for n, level in zip(names, levels, strict=True)
+        ],
+        input_columns=[spec.corruption_column, spec.severity_column],
+        batched=True,
+    )
     if len(train) == 0:
         present = sorted(set(raw[spec.corruption_column]))
         raise ValueError(

@@ -56,7 +56,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         (0.4377, 0.4438, 0.4728),
         (0.1980, 0.2010, 0.1970),
         config="cropped_digits",
-    ),  # fmt: skip
+    ),
     "tiny-imagenet": ImageDatasetSpec(
         "zh-plus/tiny-imagenet",
         "image",
@@ -66,7 +66,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         (0.4802, 0.4481, 0.3975),
         (0.2770, 0.2691, 0.2821),
         test_split="valid",
-    ),  # fmt: skip
+    ),
 }
 
 

@@ -52,14 +52,27 @@ class TaskPreset:
 
 
 _IMAGE_RECIPE = dict(
-    optim="sgd", per_device_train_batch_size=128, weight_decay=5e-4, num_train_epochs=200, max_grad_norm=0.0,
-    gamma="1.0", remove_unused_columns=False,
-)  # fmt: skip
+    optim="sgd",
+    per_device_train_batch_size=128,
+    weight_decay=5e-4,
+    num_train_epochs=200,
+    max_grad_norm=0.0,
+    gamma="1.0",
+    remove_unused_columns=False,
+)
 _PTB_RECIPE = dict(
-    optim="sgd", per_device_train_batch_size=32, per_device_eval_batch_size=10, weight_decay=5e-6,
-    num_train_epochs=150, max_grad_norm=0.25, meta_update_interval=100, gamma="40",
-    input_normalization="log_num_classes", train_sampling_strategy="sequential", ddp_broadcast_buffers=False,
-)  # fmt: skip
+    optim="sgd",
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=10,
+    weight_decay=5e-6,
+    num_train_epochs=150,
+    max_grad_norm=0.25,
+    meta_update_interval=100,
+    gamma="40",
+    input_normalization="log_num_classes",
+    train_sampling_strategy="sequential",
+    ddp_broadcast_buffers=False,
+)
 
 PRESETS: dict[str, TaskPreset] = {
     "cifar10-resnet18": TaskPreset("cifar10", "resnet18", _IMAGE_RECIPE, 2, "ResNet-18 on CIFAR-10 (paper Sec. 4.1)"),
@@ -158,15 +171,26 @@ def build_task(args: TaskArguments, training: MLRSNetConfig | None = None) -> Ta
         batch = training.per_device_train_batch_size if training else preset.training["per_device_train_batch_size"]
         eval_batch = training.per_device_eval_batch_size if training else preset.training["per_device_eval_batch_size"]
         chunks, vocab = load_ptb_lm(
-            args.dataset, batch_size=batch, seq_len=args.seq_len, eval_batch_size=eval_batch,
-            train_split=args.train_split, meta_split=args.meta_split, test_split=args.test_split,
-        )  # fmt: skip
+            args.dataset,
+            batch_size=batch,
+            seq_len=args.seq_len,
+            eval_batch_size=eval_batch,
+            train_split=args.train_split,
+            meta_split=args.meta_split,
+            test_split=args.test_split,
+        )
         model = preset_model(preset, len(vocab))
         compute, preprocess = perplexity_metrics()
         return Task(
-            model, chunks["train"], chunks["meta"], chunks["test"], compute, preprocess,
-            args.dataset or "ptb-text-only/ptb_text_only", len(vocab),
-        )  # fmt: skip
+            model,
+            chunks["train"],
+            chunks["meta"],
+            chunks["test"],
+            compute,
+            preprocess,
+            args.dataset or "ptb-text-only/ptb_text_only",
+            len(vocab),
+        )
     corruption = None
     if preset.dataset in CORRUPTED_DATASETS:
         if args.corruption is None:
@@ -181,9 +205,16 @@ def build_task(args: TaskArguments, training: MLRSNetConfig | None = None) -> Ta
         dataset_id = args.dataset or spec.hub_id
     compute, preprocess = accuracy_metrics()
     return Task(
-        preset_model(preset, spec.num_classes), splits["train"], splits.get("meta"), splits["test"], compute,
-        preprocess, dataset_id, spec.num_classes, corruption,
-    )  # fmt: skip
+        preset_model(preset, spec.num_classes),
+        splits["train"],
+        splits.get("meta"),
+        splits["test"],
+        compute,
+        preprocess,
+        dataset_id,
+        spec.num_classes,
+        corruption,
+    )
 
 
 def parse(argv: Sequence[str], meta_train: bool) -> tuple[TaskArguments, MLRSNetConfig]:
@@ -223,10 +254,14 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
         )
         training.meta_update_interval = max(1, steps_per_epoch // preset.meta_updates_per_epoch)
     trainer = MLRSNetTrainer(
-        model=task.model, args=training, train_dataset=task.train, eval_dataset=task.test,
-        meta_dataset=task.meta, compute_metrics=task.compute_metrics,
+        model=task.model,
+        args=training,
+        train_dataset=task.train,
+        eval_dataset=task.test,
+        meta_dataset=task.meta,
+        compute_metrics=task.compute_metrics,
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
-    )  # fmt: skip
+    )
     trainer.train()
     metrics = trainer.evaluate()
     out = Path(training.output_dir)
@@ -238,9 +273,11 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
         plot_lr_curve(trainer.lr_scheduler.lr_history, out / "lr_curve.png")
         what = "meta-training MLR-SNet" if meta_train else f"transfer of {training.schedule}"
         plot_training_curves(
-            trainer.state.log_history, out / "training_curves.png", title=f"{task_args.task}: {what}",
+            trainer.state.log_history,
+            out / "training_curves.png",
+            title=f"{task_args.task}: {what}",
             eval_split=eval_split_name(task_args),
-        )  # fmt: skip
+        )
     if meta_train:
         record = {
             "dataset": task_args.record_dataset or task.dataset_id,
@@ -274,9 +311,13 @@ def run_baseline(argv: Sequence[str], lr_scheduler_type: str = "cosine") -> dict
     set_seed(training.seed)
     task = build_task(task_args, training)
     trainer = Trainer(
-        model=task.model, args=training, train_dataset=task.train, eval_dataset=task.test,
-        compute_metrics=task.compute_metrics, preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
-    )  # fmt: skip
+        model=task.model,
+        args=training,
+        train_dataset=task.train,
+        eval_dataset=task.test,
+        compute_metrics=task.compute_metrics,
+        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+    )
     trainer.train()
     return trainer.evaluate()
 
@@ -314,17 +355,27 @@ def train_controller_run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     def make_env() -> LRControlEnv:
         return LRControlEnv(
-            lambda: preset_model(preset, task.num_classes), task.train, task.meta, batch_size=args.batch_size,
-            val_batch_size=args.probe_size, episode_steps=args.episode_steps, decision_interval=args.decision_interval,
-            initial_lrs=args.initial_lrs, action_space=args.action_space, max_change=args.max_change,
+            lambda: preset_model(preset, task.num_classes),
+            task.train,
+            task.meta,
+            batch_size=args.batch_size,
+            val_batch_size=args.probe_size,
+            episode_steps=args.episode_steps,
+            decision_interval=args.decision_interval,
+            initial_lrs=args.initial_lrs,
+            action_space=args.action_space,
+            max_change=args.max_change,
             max_grad_norm=args.max_grad_norm,
-        )  # fmt: skip
+        )
 
     per_episode = args.episode_steps // args.decision_interval
     controller, agent = train_controller(
-        make_env, total_timesteps=args.episodes * per_episode, seed=args.seed, n_steps=args.ppo_n_steps,
+        make_env,
+        total_timesteps=args.episodes * per_episode,
+        seed=args.seed,
+        n_steps=args.ppo_n_steps,
         batch_size=args.ppo_batch_size,
-    )  # fmt: skip
+    )
     returns = [float(e["r"]) for e in agent.ep_info_buffer]
     controller.training_run.update(
         task=task_args.task, dataset=task_args.record_dataset or task.dataset_id, episodes=args.episodes
