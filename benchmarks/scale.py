@@ -156,9 +156,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 ax.plot(*zip(*points, strict=True), style, label=family, markersize=4)
         ax.axvline(s["paper_scale"], color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log")
-        if not s[
-            "higher_is_better"
-        ]:  # diverged runs reach 1e80: show the range where the runs differ, up to 4x the best
+        # diverged runs reach 1e80: show the range where the runs differ, up to 4x the best
+        if not s["higher_is_better"]:
             ax.set_yscale("log")
             values = [r["test"] for runs in s["runs"].values() for r in runs if math.isfinite(r["test"])]
             if values:

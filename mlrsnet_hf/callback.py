@@ -174,9 +174,10 @@ class MLRSNetCallback(TrainerCallback):
     ) -> None:
         """Write the schedule as :meth:`MLRSNetTrainer.save_schedule <mlrsnet_hf.MLRSNetTrainer.save_schedule>` does
         (after meta-training, by default its trajectory, with the run's record); the same run writes the same repo."""
-        if self._run is None or self._run["args"].should_save:
+        record = self._record()
+        if self._run["args"].should_save:
             self.saved_schedule = publishing.save_schedule(
-                self.lr_scheduler, save_directory, self._record(), meta_training, trajectory
+                self.lr_scheduler, save_directory, record, meta_training, trajectory
             )
 
     def push_schedule_to_hub(

@@ -9,7 +9,8 @@ parameter group. ``get_last_lr()`` then reports exactly the LR used. One route f
 for :class:`~mlrsnet_hf.MLRSNetTrainer` and a plain ``Trainer`` alike.
 
 In a training loop of your own (PyTorch or ``accelerate``), :meth:`LRDriver.bind` (what
-:meth:`MLRSNetDriver.for_loop` calls) hooks the same two calls onto the optimizer itself: ``prepare_step`` runs in its step pre-hook (after your clipping) and ``step`` in its post-hook.
+:meth:`MLRSNetDriver.for_loop` calls) hooks the same two calls onto the optimizer itself: ``prepare_step`` runs
+in its step pre-hook (after your clipping) and ``step`` in its post-hook.
 
 :class:`MLRSNetDriver` drives an :class:`~mlrsnet_hf.MLRSNetSchedule` (and meta-trains it with a
 :class:`~mlrsnet_hf.meta_training.MetaLearner`); :class:`~mlrsnet_hf.lr_controller_driver.LRControllerDriver`
@@ -36,7 +37,7 @@ from .device_step import DeviceStep
 from .engines import deepspeed_config
 from .loss_meter import LossMeter
 from .lr_range_test import RangeTestResult, lr_range_test
-from .measurements import average_training_loss, ordered_batches
+from .measurements import average_training_loss, loader_batch_size, ordered_batches
 from .meta_gradient import is_sharded
 from .meta_training import MetaLearner, trainable_parameters
 from .online_scale import MechanicScale
@@ -57,12 +58,6 @@ def default_num_classes(model: nn.Module) -> int | None:
     if is_lm and getattr(config, "vocab_size", None):
         return int(config.vocab_size)
     return getattr(config, "num_labels", None)
-
-
-def loader_batch_size(loader: DataLoader | None) -> int | None:
-    """The per-process batch size of a data loader (an ``accelerate``-prepared one keeps it in its batch sampler)."""
-    size = getattr(loader, "batch_size", None)
-    return size if size is not None else getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
 
 
 class LRDriver:
@@ -587,21 +582,20 @@ class MLRSNetDriver(LRDriver):
 
     def _check_loop(self, loss_from_model: bool, train_dataloader: DataLoader | None) -> None:
         schedule = self.schedule
-        needs = [
+        reads_data = [
             name
             for name, needed in (
                 ('gamma="auto"', schedule.needs_average_loss),
                 ('gamma="range_test"', schedule.gamma == "range_test"),
-                ("meta_train=True", self.options.meta_train),
             )
             if needed
         ]
+        needs = reads_data + (["meta_train=True"] if self.options.meta_train else [])
         if needs and not loss_from_model:
             raise ValueError(
                 f"{' and '.join(needs)} evaluate the model's own loss on other batches: with loss_from_model=False "
                 "the model returns none. Use a model that returns its loss, or a fixed gamma."
             )
-        reads_data = [name for name in needs if name.startswith("gamma")]
         if reads_data and train_dataloader is None:
             raise ValueError(f"{' and '.join(reads_data)} reads the training data: pass train_dataloader.")
 

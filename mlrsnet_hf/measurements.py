@@ -25,18 +25,26 @@ def agree(error: str | None) -> None:
         raise ValueError(error)
 
 
-def ordered_batches(train_dataloader: DataLoader) -> DataLoader:
-    """The training set in order, in this process's batch size and the run's collation; the run's loader is untouched.
+def loader_batch_size(loader: DataLoader | None) -> int | None:
+    """This process's batch size of a data loader (None without a loader, or one that gives none).
 
     (Under several processes accelerate's loader reports no ``batch_size``; its ``total_batch_size`` counts
     every process, so the per-process size is that divided by the number of processes.)
     """
-    batch_size = train_dataloader.batch_size
-    if not batch_size:
-        total = getattr(train_dataloader, "total_batch_size", None) or 1
-        batch_size = max(1, total // PartialState().num_processes)
+    size = getattr(loader, "batch_size", None)
+    if size:
+        return size
+    total = getattr(loader, "total_batch_size", None)
+    return max(1, total // PartialState().num_processes) if total else None
+
+
+def ordered_batches(train_dataloader: DataLoader) -> DataLoader:
+    """The training set in order, in this process's batch size and the run's collation; the run's loader is untouched."""
     return DataLoader(
-        train_dataloader.dataset, batch_size=batch_size, collate_fn=train_dataloader.collate_fn, shuffle=False
+        train_dataloader.dataset,
+        batch_size=loader_batch_size(train_dataloader) or 1,
+        collate_fn=train_dataloader.collate_fn,
+        shuffle=False,
     )
 
 

@@ -20,14 +20,14 @@ from .schedule_card import played_a_part
 logger = logging.getLogger(__name__)
 
 
-def _record(driver: Any, model: Any, optimizer: Any, max_steps: int, batch_size: Any, **run: Any) -> dict[str, Any]:
+def _record(driver: Any, model: Any, optimizer: str, max_steps: int, batch_size: Any, **run: Any) -> dict[str, Any]:
     """The part of a run's record every loop knows: model, steps, optimizer, meta settings (``run``: after model)."""
     meta, options = getattr(driver, "meta", None), driver.options
     return {
         "model": getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__,
         **run,
         "max_steps": max_steps,
-        "optimizer": optimizer_name(optimizer) if not isinstance(optimizer, str) else optimizer,
+        "optimizer": optimizer,
         "per_device_train_batch_size": batch_size,
         "meta_update_interval": options.meta_update_interval,
         "meta_horizon": options.meta_horizon,
@@ -55,7 +55,7 @@ def run_record(driver: Any, args: Any, state: Any, model: Any, optimizer: Any, t
     record = _record(
         driver,
         model,
-        optimizer if optimizer is not None else args.optim,
+        optimizer_name(optimizer) if optimizer is not None else args.optim,
         state.max_steps,
         args.per_device_train_batch_size,
         epochs=round(float(state.epoch or 0), 3),
@@ -80,7 +80,9 @@ def loop_record(driver: Any) -> dict[str, Any]:
     """What a loop of your own trained (:meth:`~mlrsnet_hf.driver.LRDriver.bind`): model, steps, optimizer, meta
     settings; add the rest (dataset, results) with ``meta_training=``."""
     model = getattr(driver.model, "module", driver.model)
-    record = _record(driver, model, driver.optimizer, driver.num_training_steps, driver.per_device_batch_size)
+    record = _record(
+        driver, model, optimizer_name(driver.optimizer), driver.num_training_steps, driver.per_device_batch_size
+    )
     weight_decay = unwrap(driver.optimizer).param_groups[0].get("weight_decay", 0.0)
     return _played(record, driver, learning_rate=driver.base_lr, weight_decay=weight_decay)
 

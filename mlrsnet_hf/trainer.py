@@ -228,17 +228,9 @@ class MLRSNetTrainer(Trainer):
         return self.meta_learner.snapshots if self.meta_learner is not None else []
 
     @property
-    def _snapshot_steps(self) -> list[int]:
-        return self.meta_learner.snapshot_steps if self.meta_learner is not None else []
-
-    @property
     def last_hypergradient(self) -> dict[str, torch.Tensor] | None:
         """The gradient of the last meta update w.r.t. the schedule's weights (None before the first)."""
         return self.meta_learner.last_hypergradient if self.meta_learner is not None else None
-
-    @property
-    def _meta_updates(self) -> int:
-        return self.meta_learner.num_updates if self.meta_learner is not None else 0
 
     def _get_learning_rate(self) -> float | torch.Tensor:
         # The Trainer asks after every optimizer step but uses the answer only when it logs: hand over the LR
