@@ -19,8 +19,6 @@ BENCH = [
 ]
 # the PPO LR controller (training it; using a trained one needs only the core)
 PPO = ["stable-baselines3>=2.3", "gymnasium>=0.29.1"]
-# a transferred schedule's step as one compiled call on a CPU (mlrsnet_hf.cpu_kernel; NumPy without it)
-FAST = ["numba>=0.60"]
 
 setup(
     name="mlrsnet_hf",
@@ -49,8 +47,7 @@ setup(
     extras_require={
         "bench": BENCH,
         "ppo": PPO,
-        "fast": FAST,
-        "dev": ["pytest>=8", "ruff>=0.6", *BENCH, *PPO, *FAST],
+        "dev": ["pytest>=8", "ruff>=0.6", *BENCH, *PPO],
     },
     entry_points={"console_scripts": ["mlrsnet=mlrsnet_hf.cli:main"]},
     classifiers=[

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import functools
 import itertools
 import json
 import os
@@ -40,7 +39,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -290,7 +288,7 @@ class LinearClassifier(nn.Module):
 # Each transfer configuration of the overhead table, and the Trainer + cosine run with the same optimizer.
 OVERHEAD_BASES = {
     "transfer": "builtin",
-    "transfer-numpy": "builtin",
+    "transfer-tensor": "builtin",
     "transfer-fused": "builtin-fused",
     "transfer-fused-eager": "builtin-fused",
 }
@@ -313,7 +311,6 @@ def overhead_trainer(kind: str, mode: str, steps: int, cuda: int, callbacks: lis
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
     from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
-    from mlrsnet_hf.device_step import DeviceStep
 
     torch.set_num_threads(1)
     n = 8 * steps
@@ -333,13 +330,12 @@ def overhead_trainer(kind: str, mode: str, steps: int, cuda: int, callbacks: lis
     )  # fmt: skip
     if cuda:  # batches copied without blocking (the Trainer's default copy synchronises at every step)
         common.update(dataloader_pin_memory=True, accelerator_config={"non_blocking": True})
-    DeviceStep.compiled_on_cpu = mode != "transfer-numpy"
-    DeviceStep.graphed_on_cuda = mode != "transfer-fused-eager"
+    backend = "tensor" if mode in ("transfer-tensor", "transfer-fused-eager") else "auto"
     if mode.startswith("builtin"):
         args = TrainingArguments(lr_scheduler_type="cosine", **common)
         return Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
     schedule = MLRSNetSchedule(num_stages=3, gamma="relative")
-    args = MLRSNetConfig(gamma="relative", **common)
+    args = MLRSNetConfig(gamma="relative", step_backend=backend, **common)
     return MLRSNetTrainer(model=model, args=args, train_dataset=data, schedule=schedule, callbacks=callbacks)
 
 
@@ -349,15 +345,15 @@ def worker_overhead(steps: int, warmup: int, repeats: int, cuda: int = 0) -> dic
 
     Two models: a linear classifier (64 -> 10, batch 8; the Trainer's own cost dominates) and a 2-layer GPT-2
     (32 wide, 8 x 32 tokens). Transfer mode runs with plain SGD/AdamW (the LR handed over as a number) and with
-    fused AdamW (the LR a tensor); with plain SGD/AdamW also with the NumPy step instead of the compiled one
-    (``transfer-numpy``; the same when numba is not installed).
+    fused AdamW (the LR a tensor); on a CPU with plain SGD/AdamW also with the eager tensor step instead of NumPy's
+    (``transfer-tensor``).
 
-    ``cuda=1``: the models train on the GPU (no NumPy rows; the device is synchronised only at the first and last
-    timed steps, so the host can run ahead of the GPU as in a real run).
+    ``cuda=1``: the models train on the GPU (the device is synchronised only at the first and last timed steps, so
+    the host can run ahead of the GPU as in a real run).
     """
     from transformers import TrainerCallback
 
-    from mlrsnet_hf import MLRSNetSchedule, cpu_kernel
+    from mlrsnet_hf import MLRSNetSchedule
     from mlrsnet_hf.device_step import DeviceStep
 
     torch.set_num_threads(1)
@@ -378,7 +374,7 @@ def worker_overhead(steps: int, warmup: int, repeats: int, cuda: int = 0) -> dic
         steps_us = [(b - a) * 1e6 for a, b in itertools.pairwise(timed)]
         return statistics.fmean(steps_us), statistics.median(steps_us)  # the run's mean step, its median step
 
-    modes = ("builtin", "transfer", *(() if cuda else ("transfer-numpy",)), "builtin-fused", "transfer-fused")
+    modes = ("builtin", "transfer", *(() if cuda else ("transfer-tensor",)), "builtin-fused", "transfer-fused")
     modes += ("transfer-fused-eager",) if cuda else ()  # the device step without its CUDA graph
     result: dict = {"device": "cuda" if cuda else "cpu"}
     for kind in ("linear", "gpt2"):
@@ -426,203 +422,22 @@ def worker_overhead(steps: int, warmup: int, repeats: int, cuda: int = 0) -> dic
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / n * 1e6
 
-    def device_step(compiled: bool, graphed: bool = True) -> float:
-        DeviceStep.compiled_on_cpu, DeviceStep.graphed_on_cuda = compiled, graphed
-        stepper = DeviceStep(schedule)
+    def device_step(backend: str) -> float:
+        stepper = DeviceStep(schedule, backend=backend)
         stepper.prepare()  # as at a stage entry: on CUDA, capture the step's graph
         result = statistics.median(per_call(lambda: stepper.step(loss)) for _ in range(5))
         stepper.sync()
-        DeviceStep.graphed_on_cuda = True
         return result
 
     host = statistics.median(per_call(lambda: schedule.step(2.0)) for _ in range(5))
     result["schedule_step_us"] = {"host (MLRSNetSchedule.step)": host}
     if cuda:
-        result["schedule_step_us"]["DeviceStep.step, on the GPU, CUDA graph"] = device_step(False)
-        result["schedule_step_us"]["DeviceStep.step, on the GPU, eager"] = device_step(False, graphed=False)
+        result["schedule_step_us"]["DeviceStep.step, on the GPU, CUDA graph"] = device_step("cuda_graph")
+        result["schedule_step_us"]["DeviceStep.step, on the GPU, eager"] = device_step("tensor")
     else:
-        compiled = f"DeviceStep.step, compiled{'' if cpu_kernel.AVAILABLE else ' (numba not installed: NumPy)'}"
-        result["schedule_step_us"].update({"DeviceStep.step, NumPy": device_step(False), compiled: device_step(True)})
-    DeviceStep.compiled_on_cpu = True
+        result["schedule_step_us"]["DeviceStep.step, NumPy"] = device_step("numpy")
+        result["schedule_step_us"]["DeviceStep.step, tensor (eager)"] = device_step("tensor")
     return result
-
-
-def worker_parts(rounds: int, warmup: int, block: int = 4) -> dict:
-    """Where the linear classifier's transfer overhead goes: one ``MLRSNetTrainer`` run in transfer mode (SGD, one
-    CPU thread) whose schedule step switches between the configurations of :data:`PARTS` every ``block`` steps.
-
-    Each of ``rounds`` rounds takes every configuration once, in a new order; a block's first step is not counted
-    (it carries what the block before left behind). Within one run, drift, memory layout and the Trainer's own
-    state are the same for every configuration, so differences of a few microseconds show, which separate runs
-    (their step times differ by +-15 us from run to run) do not resolve. The baseline is the route with a
-    constant LR: everything transfer mode does (the loss read, callback, driver), the network left out.
-
-    ``cosine`` emulates ``Trainer`` + cosine in the same run, the reference of the overhead target: in its blocks
-    the Trainer steps a cosine ``LambdaLR`` on the same optimizer instead of the driver, our callback is out of the
-    callback list and ``Trainer.compute_loss`` runs instead of ours (no loss capture). What stays is
-    MLRSNetTrainer's ``_get_learning_rate``, one call that hands the question to ``Trainer``'s. ``cosine+handler``
-    is the same with our callback called by MLRSNetTrainer's handler at its three events, as in transfer mode
-    (setting no LR); ``cosine+listed`` with our callback in the callback list instead, called at every event, as
-    MLRSNetTrainer called it before its handler.
-    """
-    from transformers import Trainer, TrainerCallback, get_cosine_schedule_with_warmup
-    from transformers.trainer_callback import CallbackHandler
-
-    from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, cpu_kernel
-    from mlrsnet_hf.device_step import DeviceStep
-    from mlrsnet_hf.trainer import ScheduleCallbackHandler
-
-    torch.set_num_threads(1)
-    plan = ["transfer"] * -(-warmup // block) + [mode for _ in range(rounds) for mode in shuffled(PARTS)]
-    total = block * len(plan)
-
-    networks = {hidden: MLRSNetSchedule(hidden_size=hidden).stages[0] for hidden in (50, 10)}
-    state = {hidden: np.zeros((2, 1, hidden), np.float32) for hidden in networks}
-    arrays = {
-        hidden: cpu_kernel.KernelArgs(net, *state[hidden], 1.0, 1.0, 1.0, 1.0) for hidden, net in networks.items()
-    }
-
-    def compiled(hidden: int) -> None:  # the compiled step (result unused), or NumPy's without numba
-        if cpu_kernel.AVAILABLE:
-            cpu_kernel.kernel()(2.0, arrays[hidden].address)
-        else:
-            networks[hidden].numpy_forward(2.0, *state[hidden])
-
-    weights = arrays[50].weights
-    bare = None
-    if cpu_kernel.AVAILABLE:  # a compiled call as the kernel's (its entry point, two numbers), no float work
-        import numba
-
-        bare = numba.njit(cpu_kernel.SIGNATURE)(lambda loss, address: loss + address)
-        bare = bare.overloads[bare.signatures[0]].entry_point
-
-    def spin() -> None:
-        end = time.perf_counter() + 8e-6
-        while time.perf_counter() < end:
-            pass
-
-    def twice() -> float:  # the second call's own time: its code and data warm
-        compiled(50)
-        start = time.perf_counter()
-        compiled(50)
-        return time.perf_counter() - start
-
-    work = {
-        "route+noop": lambda: None,
-        "route+spin": spin,
-        "route+call": (lambda: bare(2.0, arrays[50].address)) if bare is not None else None,
-        "route+dot": lambda: np.dot(weights[:50], weights[50:100]),
-        "route+compiled": lambda: compiled(50),
-        "route+compiled-hidden10": lambda: compiled(10),
-    }
-    own: dict[str, list[float]] = {mode: [] for mode in PARTS}
-    mode, last_lr = plan[0], [0.0]
-    real_step = DeviceStep.step
-
-    calls = dict.fromkeys(PARTS, 0)  # the schedule's steps taken in each configuration's blocks
-
-    def step(self, loss):
-        calls[mode] += 1
-        start = time.perf_counter()
-        if mode == "transfer":
-            last_lr[0] = real_step(self, loss)
-            own[mode].append(time.perf_counter() - start)
-            return last_lr[0]
-        if not self._active:
-            self._begin()
-        self._taken += 1
-        if self._compiled is not None:
-            self._compiled.counters[1] += 1  # counted as the kernel counts its steps
-        else:
-            self._finite += 1
-        loss.item()
-        if mode == "route+compiled-twice":
-            own[mode].append(twice())
-        elif work.get(mode) is not None:
-            start = time.perf_counter()
-            work[mode]()
-            own[mode].append(time.perf_counter() - start)
-        return last_lr[0]
-
-    times: dict[str, list[float]] = {mode: [] for mode in PARTS}
-    trainer: MLRSNetTrainer | None = None
-    ours: dict = {}  # what a cosine block swaps out: our scheduler (the driver) and callback list
-
-    class Switch(TrainerCallback):
-        last = None
-
-        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
-            listed = list(trainer.callback_handler.callbacks)  # our callback is not in it: our handler calls it
-            cosine = get_cosine_schedule_with_warmup(optimizer, 0, args.max_steps)
-            ours.update(
-                driver=lr_scheduler, cosine=cosine, listed=listed, with_ours=[*listed, trainer.mlrsnet_callback]
-            )
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            nonlocal mode
-            before, mode = mode, plan[state.global_step // block]
-            if mode != before:
-                self.route(mode)
-
-        @staticmethod
-        def route(mode: str) -> None:
-            """The Trainer's own route (cosine), with our callback called by our handler or listed, or ours."""
-            cosine = mode.startswith("cosine")
-            trainer.lr_scheduler = ours["cosine" if cosine else "driver"]
-            # a new list object: the loop of the event under way goes on over the old one
-            trainer.callback_handler.callbacks = ours["with_ours" if mode == "cosine+listed" else "listed"]
-            handled = mode == "cosine+handler" or not cosine
-            trainer.callback_handler.__class__ = ScheduleCallbackHandler if handled else CallbackHandler
-            if cosine and mode != "cosine":  # its events dispatched, but it sets no LR
-                trainer.mlrsnet_callback.on_pre_optimizer_step = lambda *args, **kwargs: None
-            else:
-                trainer.mlrsnet_callback.__dict__.pop("on_pre_optimizer_step", None)
-            if cosine:
-                trainer.compute_loss = functools.partial(Trainer.compute_loss, trainer)
-            else:
-                trainer.__dict__.pop("compute_loss", None)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            now, i = time.perf_counter(), state.global_step - 1
-            if i >= warmup and i % block and self.last is not None:
-                times[plan[i // block]].append(now - self.last)
-            self.last = now
-            if state.global_step == total and mode.startswith("cosine"):  # ours ends the run (the driver's finish)
-                self.route("transfer")
-
-    common = dict(
-        output_dir="/tmp/mlrsnet_overhead", max_steps=total, per_device_train_batch_size=8, report_to="none",
-        save_strategy="no", disable_tqdm=True, logging_steps=10**9, use_cpu=True, seed=0, optim="sgd",
-        learning_rate=0.1, dataloader_num_workers=0, logging_nan_inf_filter=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    trainer = MLRSNetTrainer(
-        model=LinearClassifier(), args=MLRSNetConfig(gamma="relative", **common),
-        train_dataset=LinearClassifier.examples(8 * min(total, 2000)),  # epochs repeat past 2000 steps
-        schedule=MLRSNetSchedule(num_stages=3, gamma="relative"), callbacks=[Switch()],
-    )  # fmt: skip
-    DeviceStep.step = step
-    try:
-        trainer.train()
-    finally:
-        DeviceStep.step = real_step
-    us = {m: statistics.median(t) * 1e6 for m, t in times.items()}
-    configurations = {
-        m: {
-            "us_per_step": us[m],
-            "extra_us": us[m] - us["route"],
-            "own_us": statistics.median(own[m]) * 1e6 if own[m] else 0.0,
-            "steps": len(times[m]),
-            "schedule_steps": calls[m],
-        }
-        for m in PARTS
-    }
-    over = us["transfer"] - us["cosine"]
-    return {
-        "configurations": configurations,
-        "transfer_over_cosine_us": over,
-        "ratio_to_cosine": us["cosine"] / us["transfer"],
-    }
 
 
 def worker_side(kind: str, mode: str, steps: int, warmup: int, block: int, second: int, fds: str, cpu: int) -> dict:
@@ -754,13 +569,13 @@ def main() -> None:
         "--repeats",
         type=int,
         default=None,
-        help="interleaved rounds (default: 3 for training, 7 for the overhead, 500 for its parts)",
+        help="interleaved rounds (default: 3 for training, 7 for the overhead)",
     )
     parser.add_argument("--block", type=int, default=4, help="--only paired: the steps of a turn (default 4)")
     parser.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
     parser.add_argument(
         "--only",
-        choices=["overhead", "paired", "parts", "meta"],
+        choices=["overhead", "paired", "meta"],
         help="run only this section (written to speed_<device>_<section>.*): the transfer overhead, the same in "
         "pairs of processes taking turns, where it goes, or the meta-step micro-benchmark",
     )
@@ -774,8 +589,6 @@ def main() -> None:
         elif kind == "side":
             side_mode, *numbers, fds, cpu = rest  # (``mode`` is the model's kind here)
             result = worker_side(mode, side_mode, *(int(v) for v in numbers), fds, int(cpu))
-        elif kind == "parts":
-            result = worker_parts(*(int(v) for v in (mode, *rest)))
         elif kind == "train":
             steps, warmup, batch = (int(v) for v in rest)
             result = worker_train(mode, steps, warmup, args.device, args.bf16, batch)
@@ -802,18 +615,13 @@ def main() -> None:
         if args.device != "cpu":
             parser.error("--only paired runs on the CPU (the sides take turns on one core)")
         results["paired"] = {"block": args.block}
-        for kind, (total, warm) in {"linear": (2200, 200), "gpt2": (340, 40)}.items():
+        # the realistic step only: on the toy classifier's 1 ms step Python's overhead is what it measures
+        for kind, (total, warm) in {"gpt2": (340, 40)}.items():
             total, warm = (40, 8) if args.quick else (total, warm)
-            for mode in ("transfer", "transfer-numpy", "transfer-fused"):
+            for mode in ("transfer", "transfer-tensor", "transfer-fused"):
                 pairs = paired(kind, mode, total, warm, args.block, 2 if args.quick else args.repeats or 6)
                 results["paired"].setdefault(kind, {})[mode] = {k: v for k, v in pairs.items() if k != "pairs"}
         write_results(args, results, "_paired")
-        return
-    if args.only == "parts":
-        results["parts"] = run_worker(
-            ["parts", "3", "8"] if args.quick else ["parts", str(args.repeats or 500), "200"]
-        )
-        write_results(args, results, "_parts")
         return
     if args.only == "meta":
         meta_steps(args, results, batch, flags)
@@ -885,48 +693,6 @@ def write_results(args: argparse.Namespace, results: dict, suffix: str = "") -> 
     print(to_markdown(results))
 
 
-PARTS = (
-    "cosine", "cosine+handler", "cosine+listed", "route", "route+noop", "route+spin", "route+call", "route+dot", "route+compiled", "route+compiled-twice",
-    "route+compiled-hidden10", "transfer",
-)  # fmt: skip
-PART_NAMES = {
-    "cosine": "Trainer + cosine, emulated in this run (a cosine LambdaLR, without our callback and loss capture)",
-    "cosine+handler": "the same with our callback called by our handler at its three events (it sets no LR)",
-    "cosine+listed": "the same with our callback in the callback list instead, called at every event (no LR)",
-    "route": "the route with a constant LR (loss read, callback, driver; no network): the baseline",
-    "route+noop": "+ a call of a function that does nothing",
-    "route+spin": "+ 8 us of spinning in Python",
-    "route+call": "+ a compiled (numba) call as the step's (its entry point, the loss and an address), no float work",
-    "route+dot": "+ one `np.dot` of two 50-float vectors",
-    "route+compiled": "+ the compiled LSTM step, its result unused",
-    "route+compiled-twice": "+ the compiled LSTM step twice (own time: the second call's, code and data warm)",
-    "route+compiled-hidden10": "+ the compiled step of a network of hidden size 10 instead of 50, result unused",
-    "transfer": "transfer mode as it runs (the compiled step, its LR used)",
-}
-
-
-def parts_markdown(p: dict) -> list[str]:
-    lines = [
-        "## Where the overhead goes (linear classifier, batch 8, SGD; CPU, 1 thread; one MLRSNetTrainer run in "
-        "transfer mode, the step's work switched every 4 steps; medians of single steps)",
-        "",
-        "| the schedule's step | steps | us/step | extra over the route | own time of the work in the step |",
-        "|---|---|---|---|---|",
-    ]
-    for mode in PARTS:
-        r = p["configurations"][mode]
-        own = f"{r['own_us']:.1f} us" if mode.startswith("route+") or mode == "transfer" else ""
-        lines.append(
-            f"| {PART_NAMES[mode]} | {r['steps']} | {r['us_per_step']:.0f} | {r['extra_us']:+.1f} us | {own} |"
-        )
-    lines += [
-        "",
-        f"Transfer mode over Trainer + cosine: {p['transfer_over_cosine_us']:+.1f} us per step, a steps/s ratio of "
-        f"{p['ratio_to_cosine']:.3f}x at this run's cosine step of {p['configurations']['cosine']['us_per_step']:.0f} us.",
-    ]
-    return [*lines, ""]
-
-
 OVERHEAD_MODELS = {"linear": "linear classifier, batch 8", "gpt2": "GPT-2, 2 layers x 32, 8 x 32 tokens"}
 
 
@@ -934,7 +700,8 @@ def overhead_optimizer(kind: str, mode: str) -> str:
     """The optimizer column of an overhead table, for a transfer ``mode`` of :data:`OVERHEAD_BASES`."""
     if "fused" in mode:
         return "fused AdamW (LR a device tensor)" + (", step without CUDA graph" if mode.endswith("eager") else "")
-    return ("SGD" if kind == "linear" else "AdamW") + (", NumPy step" if mode.endswith("numpy") else "")
+    step = ", tensor step (eager)" if mode.endswith("tensor") else ""  # else "auto": NumPy's step on a CPU
+    return ("SGD" if kind == "linear" else "AdamW") + step
 
 
 def quartile_range(ratios: list[float]) -> str:
@@ -959,7 +726,7 @@ def overhead_markdown(o: dict) -> list[str]:
             o[kind][k] for k in ("round_ratios", "median_step_overhead_us", "median_step_ratio")
         )
         for mode, base in OVERHEAD_BASES.items():
-            if mode not in us:  # no NumPy step on a GPU, no CUDA graph on a CPU
+            if mode not in us:  # no tensor-step row on a GPU (it is the eager one), no CUDA graph on a CPU
                 continue
             lines.append(
                 f"| {OVERHEAD_MODELS[kind]} | {overhead_optimizer(kind, mode)} | {us[base]:.0f} | {us[mode]:.0f} | "
@@ -984,7 +751,7 @@ def paired_markdown(pairs: dict) -> list[str]:
         "| pairs' ratios (min-max) | median step: ratio (median over pairs) | windows' ratios (quartiles) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for kind in ("linear", "gpt2"):
+    for kind in [k for k in ("linear", "gpt2") if k in pairs]:
         for mode, r in pairs[kind].items():
             base, us, ratios = r["base"], r["us_per_step"], r["pair_ratios"]
             lines.append(
@@ -999,8 +766,6 @@ def to_markdown(r: dict) -> str:
     lines = overhead_markdown(r["overhead"]) if "overhead" in r else []
     if "paired" in r:
         lines = paired_markdown(r["paired"])
-    if "parts" in r:
-        lines = parts_markdown(r["parts"])
     if not r["train"] and not r["meta_step"]:
         return "\n".join([f"# Per-step overhead ({r['machine']}; torch {r['torch']})", "", *lines])
     lines += [

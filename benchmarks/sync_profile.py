@@ -40,7 +40,6 @@ def profile(config: str, out_dir: Path) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from mlrsnet_hf import MLRSNetCallback, MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
-    from mlrsnet_hf.device_step import DeviceStep
 
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     profiler = torch.profiler.profile(activities=activities, with_stack=True)
@@ -89,7 +88,7 @@ def profile(config: str, out_dir: Path) -> dict:
     torch.manual_seed(0)
     model, steps = LinearClassifier(), Steps()
     schedule = MLRSNetSchedule(num_stages=1, gamma="relative")
-    DeviceStep.graphed_on_cuda = config != "transfer-eager"
+    backend = "tensor" if config == "transfer-eager" else "auto"
     if config == "builtin":
         trainer = Trainer(
             model=model, args=TrainingArguments(lr_scheduler_type="cosine", **common), train_dataset=data,
@@ -108,15 +107,14 @@ def profile(config: str, out_dir: Path) -> dict:
             optimizers = (torch.optim.SGD(model.parameters(), lr=0.1, fused=True), None)
             common["learning_rate"] = 0.1
         trainer = MLRSNetTrainer(
-            model=model, args=MLRSNetConfig(gamma="relative", **common), train_dataset=data, schedule=schedule,
+            model=model, args=MLRSNetConfig(gamma="relative", step_backend=backend, **common), train_dataset=data, schedule=schedule,
             callbacks=[steps], optimizers=optimizers,
         )  # fmt: skip
     try:
         trainer.train()
-    finally:  # a failed configuration leaves neither the profiler running nor the graph switched off
+    finally:  # a failed configuration leaves no profiler running
         steps.close()
         steps.stop()
-        DeviceStep.graphed_on_cuda = True
 
     events = list(profiler.events())
     ranges = {}

@@ -1,20 +1,20 @@
 """``DeviceStep``: a transferred schedule's step at the cost of a built-in schedule.
 
-:meth:`MLRSNetSchedule.step <mlrsnet_hf.MLRSNetSchedule.step>` runs the network's module forward (about 25
-small tensor operations) and returns the LR as a Python float, which on a GPU costs a device synchronisation
-per optimizer step (the host waits for the loss, then for the LR). In transfer mode the weights are fixed, so
-two faster paths exist; both compute the same rule (``gamma * p``, capped in relative mode; a non-finite loss
-or LR keeps the LSTM state and the last LR, and is counted):
+:meth:`MLRSNetSchedule.step <mlrsnet_hf.MLRSNetSchedule.step>` runs the network's reference forward (about 25
+small tensor operations, autograd-ready) and returns the LR as a Python float, which on a GPU costs a device
+synchronisation per optimizer step (the host waits for the loss, then for the LR). In transfer mode the weights
+are fixed, so the step runs on fused weights (:mod:`mlrsnet_hf.fused_step`), by one of these backends (the
+``step_backend`` option; all compute the same rule: ``gamma * p``, capped in relative mode; a non-finite loss or
+LR keeps the LSTM state and the last LR, and is counted):
 
-* on an accelerator, the step stays on the device: the loss is a device tensor, the network runs its fused
-  no-grad step (:meth:`MLRSNet.fast_forward <mlrsnet_hf.MLRSNet.fast_forward>`), the LR comes out as a 0-d
-  tensor (float32 for an optimizer whose kernel reads a float32 LR, see ``lr_dtype``) and the guard is a ``torch.where``: nothing is read on the host. On CUDA the step is captured
-  once per stage as a CUDA graph (at the stage entry, which may synchronise) and replayed: three launches per
-  step instead of ~25;
-* on a CPU, where reading a loss costs nothing, the whole step is one compiled call when numba is installed
-  (:mod:`mlrsnet_hf.cpu_kernel`), else the network steps in NumPy
-  (:meth:`MLRSNet.numpy_forward <mlrsnet_hf.MLRSNet.numpy_forward>`, a few times faster than tensor
-  operations on 50-wide vectors); the LR is a float.
+* ``"cuda_graph"`` (the default on CUDA): the step stays on the device and is captured once per stage as a CUDA
+  graph (at the stage entry, which may synchronise), then replayed: three launches per step instead of ~25,
+  nothing read on the host. The LR comes out as a 0-d tensor (float32 for an optimizer whose kernel reads a
+  float32 LR, see ``lr_dtype``), the guard is a ``torch.where``;
+* ``"tensor"``: the same step run eagerly (any device; the default for a network that is not float32 on a CPU);
+* ``"numpy"`` (the default for a float32 network on a CPU, where reading a loss costs nothing): the network steps
+  in NumPy on the host, about 19 us a step against 75 for the eager tensor step (50 units, one thread); the LR
+  is a float.
 
 What the host needs (the last LR, the LSTM state, the steps taken and skipped) is folded into the schedule by
 :meth:`DeviceStep.sync`, called at logging, checkpoints, stage switches and the end of a run. Stage entries
@@ -30,11 +30,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import cpu_kernel
+from .fused_step import FusedWeights, numpy_step, tensor_step
 from .network import MLRSNetState
 from .schedule import MLRSNetSchedule
 
 logger = logging.getLogger(__name__)
+
+STEP_BACKENDS = ("auto", "numpy", "tensor", "cuda_graph")
+"""The backends of :class:`DeviceStep`: "auto" picks "numpy" for a float32 network on a CPU, "cuda_graph" on
+CUDA, else "tensor"."""
+
+
+def check_step_backend(backend: str) -> str:
+    if backend not in STEP_BACKENDS:
+        raise ValueError(f"step_backend must be one of {', '.join(map(repr, STEP_BACKENDS))}, got {backend!r}.")
+    return backend
 
 
 class _TensorStep:
@@ -50,7 +60,8 @@ class _TensorStep:
     def __init__(self, network: nn.Module, lr_dtype: torch.dtype) -> None:
         ref = network.head.weight
         num_layers, hidden = len(network.cells), network.hidden_size
-        self.network, self.fused, self.graph = network, network.fused_weights(), None
+        self.weights = FusedWeights(network)
+        self.network, self.fused, self.graph = network, self.weights.tensors(), None
         self.loss, self.divisor = (torch.zeros((), dtype=torch.float64, device=ref.device) for _ in range(2))
         # a Python float times a tensor is computed in float32 for float32/bf16/fp16 tensors, in float64 for float64
         scalar = torch.float64 if ref.dtype == torch.float64 else torch.float32
@@ -61,7 +72,7 @@ class _TensorStep:
 
     def current(self) -> bool:
         """Whether the network's weights are still the ones these buffers (and the graph) were made for."""
-        return self.network.fused_weights() is self.fused
+        return self.weights.current()
 
     def load(self, gamma: float, divisor: float, cap: float, last_lr: float, state: MLRSNetState) -> None:
         """Set the values that stay fixed until the next sync, and the state to start from (no host read)."""
@@ -81,7 +92,7 @@ class _TensorStep:
 
     def run(self) -> None:
         """One step on the buffers: ``lr = min(gamma * p, cap)``; a non-finite loss or LR keeps the state and LR."""
-        p, state = self.network.fast_forward(self.loss / self.divisor, MLRSNetState(self.h, self.c))
+        p, state = tensor_step(self.fused, self.loss / self.divisor, MLRSNetState(self.h, self.c))
         lr = (p.to(self.gamma.dtype) * self.gamma).to(p.dtype)  # gamma * p as step() has it, then capped
         lr = torch.minimum(lr.to(self.cap.dtype), self.cap)
         ok = torch.isfinite(self.loss) & torch.isfinite(lr)
@@ -129,36 +140,53 @@ class _TensorStep:
 
 
 class DeviceStep:
-    """Steps ``schedule`` fast between stage entries; the schedule's host values are up to date after :meth:`sync`."""
+    """Steps ``schedule`` fast between stage entries; the schedule's host values are up to date after :meth:`sync`.
 
-    numpy_on_cpu = True  # False: take the accelerator path on a CPU too (the tests check it there)
-    compiled_on_cpu = True  # False: the NumPy step even when numba is installed
-    graphed_on_cuda = True  # False: the tensor step runs eagerly on CUDA too
+    ``lr_dtype``: the dtype of a device LR (what the optimizer's kernel reads); ``backend``: one of
+    :data:`STEP_BACKENDS`.
+    """
 
-    def __init__(self, schedule: MLRSNetSchedule, lr_dtype: torch.dtype = torch.float64) -> None:
+    def __init__(
+        self, schedule: MLRSNetSchedule, lr_dtype: torch.dtype = torch.float64, backend: str = "auto"
+    ) -> None:
         self.schedule = schedule
-        self.lr_dtype = lr_dtype  # of the LR on an accelerator: what the optimizer's kernel reads
+        self.lr_dtype = lr_dtype
+        self.backend = check_step_backend(backend)
         self._active = False  # steps taken since the last sync
         self._taken = 0
-        self._finite = 0  # NumPy step: steps with a finite loss and LR since the last sync (the kernel counts its own)
+        self._finite = 0  # NumPy step: steps with a finite loss and LR since the last sync
         self._last_lr: float | None = None
         self._numpy_state: tuple[np.ndarray, np.ndarray] | None = None
-        self._compiled: cpu_kernel.KernelArgs | None = None  # what the compiled step reads and updates
+        self._numpy_weights: dict[nn.Module, FusedWeights] = {}  # per stage network
         self._tensor_steps: dict[nn.Module, _TensorStep] = {}  # per stage network (each its own CUDA graph)
         self._tensor_step: _TensorStep | None = None  # the one in use since the last sync
         self._graph_failed = False
 
+    def path(self, network: nn.Module) -> str:
+        """The backend that steps ``network``: ``backend``, or what "auto" picks for its device and dtype."""
+        weight = network.head.weight
+        on_cpu32 = weight.device.type == "cpu" and weight.dtype == torch.float32
+        if self.backend == "auto":
+            return "numpy" if on_cpu32 else "cuda_graph" if weight.is_cuda else "tensor"
+        if self.backend == "numpy" and not on_cpu32:
+            raise ValueError(
+                f"step_backend='numpy' steps a float32 network on the CPU, not {weight.dtype} on {weight.device}."
+            )
+        if self.backend == "cuda_graph" and not weight.is_cuda:
+            raise ValueError(f"step_backend='cuda_graph' needs the schedule on a CUDA device, not {weight.device}.")
+        return self.backend
+
     def prepare(self) -> None:
         """Make the current stage's step ready where the host may wait (a stage entry): on CUDA, capture its graph."""
         network = self.schedule.stages[self.schedule.stage]
-        if network.head.weight.device.type == "cuda":
+        if self.path(network) == "cuda_graph":
             self._tensor_step_of(network)
 
     def _tensor_step_of(self, network: nn.Module) -> _TensorStep:
         steps = self._tensor_steps.get(network)
         if steps is None or not steps.current():
             steps = self._tensor_steps[network] = _TensorStep(network, self.lr_dtype)
-        if steps.graph is None and self.graphed_on_cuda and not self._graph_failed and steps.h.is_cuda:
+        if steps.graph is None and self.path(network) == "cuda_graph" and not self._graph_failed:
             try:
                 steps.capture()
             except Exception as error:  # noqa: BLE001 - any capture failure: run the same step eagerly
@@ -175,40 +203,29 @@ class DeviceStep:
         """The first step since the last sync: fix what stays constant until the next one."""
         schedule = self.schedule
         state = schedule.state
-        self._network = schedule.stages[schedule.stage]
+        network = schedule.stages[schedule.stage]
         self._gamma, self._max_lr = schedule.current_gamma, schedule.max_lr
         self._log_c = math.log(schedule.num_classes) if schedule.input_normalization != "none" else None
-        self._divisor = self._log_c if self._log_c is not None else 1.0
-        self._cap = self._max_lr if self._max_lr is not None else math.inf
-        weight = self._network.head.weight
-        self._numpy = self.numpy_on_cpu and weight.device.type == "cpu" and weight.dtype == torch.float32
-        if self._numpy:
-            self._kernel = cpu_kernel.kernel() if self.compiled_on_cpu else None
-            if self._kernel is not None:  # its arrays; the weights are fixed until the next sync: looked up once
-                self._compiled = cpu_kernel.KernelArgs(
-                    self._network,
-                    state.h.numpy(),
-                    state.c.numpy(),
-                    self._divisor,
-                    self._gamma,
-                    self._cap,
-                    schedule.last_lr,
-                )
-            else:
-                self._last_lr, self._finite = schedule.last_lr, 0
-                self._numpy_state = state.h.numpy().copy(), state.c.numpy().copy()
+        self._numpy = self.path(network) == "numpy"
+        if self._numpy:  # the weights are fixed until the next sync: looked up once
+            weights = self._numpy_weights.get(network) or self._numpy_weights.setdefault(
+                network, FusedWeights(network)
+            )
+            self._arrays = weights.arrays()
+            self._last_lr, self._finite = schedule.last_lr, 0
+            self._numpy_state = state.h.numpy().copy(), state.c.numpy().copy()
         else:
-            self._tensor_step = self._tensor_step_of(self._network)
-            self._tensor_step.load(self._gamma, self._divisor, self._cap, schedule.last_lr, state)
+            divisor = self._log_c if self._log_c is not None else 1.0
+            cap = self._max_lr if self._max_lr is not None else math.inf
+            self._tensor_step = self._tensor_step_of(network)
+            self._tensor_step.load(self._gamma, divisor, cap, schedule.last_lr, state)
         self._active, self._taken = True, 0
 
     def step(self, loss: torch.Tensor) -> torch.Tensor | float:
-        """The LR for a step with training loss ``loss``: a 0-d device tensor of ``lr_dtype``, or a float on a CPU."""
+        """The LR for a step with training loss ``loss``: a 0-d device tensor of ``lr_dtype``, or a float (NumPy)."""
         if not self._active:
             self._begin()
         self._taken += 1
-        if self._compiled is not None:
-            return self._kernel(loss.item(), self._compiled.address)
         if self._numpy:
             return self._numpy_step(loss.item())
         return self._tensor_step.step(loss)
@@ -217,7 +234,7 @@ class DeviceStep:
         x = loss / self._log_c if self._log_c is not None else loss
         if not math.isfinite(x):
             return self._last_lr
-        p, h, c = self._network.numpy_forward(x, *self._numpy_state)
+        p, h, c = numpy_step(self._arrays, x, *self._numpy_state)
         lr = float(np.float32(self._gamma) * np.float32(p))  # float32, as the tensor path computes it
         if self._max_lr is not None:
             lr = min(lr, self._max_lr)
@@ -232,11 +249,7 @@ class DeviceStep:
         if not self._active:
             return
         schedule = self.schedule
-        if self._compiled is not None:
-            compiled = self._compiled
-            last_lr, finite = float(compiled.scalars[3]), int(compiled.counters[1])
-            schedule.state = MLRSNetState(*(torch.from_numpy(a) for a in compiled.state()))
-        elif self._numpy:
+        if self._numpy:
             last_lr, finite = self._last_lr, self._finite
             h, c = (torch.from_numpy(a) for a in self._numpy_state)
             schedule.state = MLRSNetState(h, c)
@@ -257,4 +270,4 @@ class DeviceStep:
                 last_lr,
             )
         self._active, self._taken, self._last_lr = False, 0, None
-        self._numpy_state = self._compiled = None
+        self._numpy_state = self._arrays = None

@@ -514,7 +514,8 @@ class MLRSNetDriver(LRDriver):
             self.device_step = None
         else:
             schedule.to(self.device)  # the schedule steps where the loss is: no copy to the host
-            self.device_step = DeviceStep(schedule, self.lr_dtype or torch.float64)
+            self.device_step = DeviceStep(schedule, self.lr_dtype or torch.float64, options.step_backend)
+            self.device_step.path(schedule.stages[0])  # a backend this device cannot run is refused now
         # With online_scale the shape's unit is 1: the optimizer is given shape_t, and S * shape_t is applied.
         unit = 1.0 if options.online_scale else self.base_lr
         schedule.start(num_classes=num_classes, base_lr=unit if schedule.gamma == "relative" else None)

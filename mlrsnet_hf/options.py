@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .device_step import check_step_backend
 from .gamma import GAMMA_RULES, check_gamma, check_input_normalization, check_relative_max_scale
 from .lr_range_test import DEFAULT_RULE
 from .lr_range_test import RULES as RANGE_TEST_RULES
@@ -79,6 +80,15 @@ class ScheduleOptions:
             "S * shape_t, shape_t the schedule's LR relative to its first step, and S rescales the earlier updates "
             "too; gamma and learning_rate do not set the scale. Two parameter-sized buffers; transfer only. "
             "Default: off."
+        },
+    )
+    step_backend: str = field(
+        default="auto",
+        metadata={
+            "help": "How a transferred schedule steps between stage entries: 'numpy' (on the host, float32 on a CPU), "
+            "'tensor' (fused tensor operations on the schedule's device), 'cuda_graph' (the same, captured once per "
+            "stage as a CUDA graph and replayed) or 'auto' (numpy on a CPU, cuda_graph on CUDA). Every backend "
+            "computes the same LRs up to float rounding; meta-training always steps on the host."
         },
     )
     auto_gamma_batches: int = field(
@@ -152,6 +162,7 @@ class ScheduleOptions:
                 "online_scale is for transfer: meta-training reads each step's update as lr_t * d_t, which the online "
                 "scale changes. Meta-train without it, then transfer with online_scale."
             )
+        check_step_backend(self.step_backend)
         if self.num_classes is not None:
             _positive_int("num_classes", self.num_classes, minimum=2)
         _positive_int("auto_gamma_batches", self.auto_gamma_batches)

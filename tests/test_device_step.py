@@ -1,35 +1,25 @@
-"""DeviceStep: the fast transfer step (compiled or NumPy on a CPU, fused tensors on an accelerator) follows the
+"""DeviceStep: the fast transfer step (NumPy on a CPU, fused tensors anywhere, a CUDA graph on CUDA) follows the
 schedule's rule."""
 
-import copy
 import math
-import os
-import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from mlrsnet_hf import MLRSNetSchedule, cpu_kernel
+from mlrsnet_hf import MLRSNetSchedule, ScheduleOptions
 from mlrsnet_hf.device_step import DeviceStep, _TensorStep
+from mlrsnet_hf.fused_step import FusedWeights, numpy_step, tensor_step
 
-needs_numba = pytest.mark.skipif(not cpu_kernel.AVAILABLE, reason="numba is not installed (pip install .[fast])")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-PATHS = [
-    pytest.param("compiled", marks=needs_numba), "numpy", "tensor",
-    pytest.param("cuda-graph", marks=needs_cuda), pytest.param("cuda-eager", marks=needs_cuda),
-]  # fmt: skip
+PATHS = ["numpy", "tensor", pytest.param("cuda-graph", marks=needs_cuda), pytest.param("cuda-eager", marks=needs_cuda)]
 
 
-def use_path(monkeypatch, path):
-    """Make DeviceStep take one of its paths: on a CPU the compiled kernel, NumPy, or the accelerator's tensor step;
-    on a GPU the tensor step replayed as a CUDA graph or run eagerly. Returns the device the schedule goes to."""
-    monkeypatch.setattr(DeviceStep, "numpy_on_cpu", path in ("compiled", "numpy"))
-    monkeypatch.setattr(DeviceStep, "compiled_on_cpu", path == "compiled")
-    monkeypatch.setattr(DeviceStep, "graphed_on_cuda", path == "cuda-graph")
-    return "cuda" if path.startswith("cuda") else "cpu"
+def backend_of(path):
+    """The backend and device of one of DeviceStep's paths: on a CPU NumPy or the tensor step; on a GPU the tensor
+    step replayed as a CUDA graph or run eagerly."""
+    backend = {"numpy": "numpy", "tensor": "tensor", "cuda-graph": "cuda_graph", "cuda-eager": "tensor"}[path]
+    return backend, "cuda" if path.startswith("cuda") else "cpu"
 
 
 def graphed(stepper):
@@ -61,11 +51,11 @@ def started(gamma, dtype=torch.float32, device="cpu", **kwargs):
     "gamma, kwargs",
     [(0.5, {}), ("relative", {"relative_max_scale": 1.05}), (0.2, {"input_normalization": "log_num_classes"})],
 )
-def test_fast_steps_follow_the_schedule(monkeypatch, path, gamma, kwargs):
-    device = use_path(monkeypatch, path)
+def test_fast_steps_follow_the_schedule(path, gamma, kwargs):
+    backend, device = backend_of(path)
     host = started(gamma, **kwargs)
     fast = started(gamma, device=device, **kwargs)
-    stepper = DeviceStep(fast)
+    stepper = DeviceStep(fast, backend=backend)
     stepper.prepare()  # what the driver does at a stage entry (captures the CUDA graph)
     expected = [host.step(loss) for loss in LOSSES]
     got = [float(stepper.step(torch.tensor(loss, device=device))) for loss in LOSSES]
@@ -96,15 +86,14 @@ def test_the_numpy_path_is_used_only_for_float32_on_the_cpu():
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("weight", ["fc_i2h.0.weight", "fc_h2h.2.weight", "fc_i2h.2.bias"])
-def test_weights_that_give_a_non_finite_lr_keep_the_last_lr_and_state(monkeypatch, path, weight):
-    """One NaN weight anywhere in the cell makes every LR non-finite: a relu at 0 must not hide it, nor must the
-    compiled step's table of the loss branch or its skipping of units at 0."""
-    device = use_path(monkeypatch, path)
+def test_weights_that_give_a_non_finite_lr_keep_the_last_lr_and_state(path, weight):
+    """One NaN weight anywhere in the cell makes every LR non-finite: a relu at 0 must not hide it."""
+    backend, device = backend_of(path)
     schedule = started(0.5, device=device)
     cell = schedule.stages[0].cells[0]
     with torch.no_grad():
         cell.fc_h2h[0].bias[0] = -1e3  # the state branch's unit 0 stays at 0: its weights are multiplied by 0
-    stepper = DeviceStep(schedule)
+    stepper = DeviceStep(schedule, backend=backend)
     first = float(stepper.step(torch.tensor(2.0, device=device)))
     with torch.no_grad():
         cell.get_parameter(weight).view(-1)[0] = math.nan  # for fc_h2h.2.weight: unit 0's weight into gate 0
@@ -118,102 +107,52 @@ def test_weights_that_give_a_non_finite_lr_keep_the_last_lr_and_state(monkeypatc
     assert torch.equal(schedule.state.h, state.h) and torch.equal(schedule.state.c, state.c)
 
 
-def test_a_kernel_that_does_not_compile_falls_back_to_numpy(monkeypatch, caplog):
-    def fails():
-        raise RuntimeError("no LLVM here")
-
-    monkeypatch.setattr(cpu_kernel, "AVAILABLE", True)
-    monkeypatch.setattr(cpu_kernel, "_compile", fails)
-    monkeypatch.setattr(cpu_kernel, "_kernel", None)
-    host = started(0.5)
-    stepper = DeviceStep(copy.deepcopy(host))
-    with caplog.at_level("WARNING", logger="mlrsnet_hf.cpu_kernel"):
-        got = [stepper.step(torch.tensor(loss)) for loss in (2.0, 1.5)]
-    assert "no LLVM here" in caplog.text and stepper._compiled is None
-    assert got == pytest.approx([host.step(2.0), host.step(1.5)], rel=1e-6)
+def test_backends_are_chosen_by_argument_and_refused_where_they_cannot_run():
+    assert DeviceStep(started(0.5)).path(started(0.5).stages[0]) == "numpy"  # "auto" on a CPU in float32
+    double = started(0.5, dtype=torch.float64)
+    assert DeviceStep(double).path(double.stages[0]) == "tensor"
+    with pytest.raises(ValueError, match="step_backend='numpy' steps a float32 network on the CPU"):
+        DeviceStep(double, backend="numpy").step(torch.tensor(2.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="step_backend='cuda_graph' needs the schedule on a CUDA device"):
+        DeviceStep(started(0.5), backend="cuda_graph").prepare()
+    with pytest.raises(ValueError, match="step_backend must be one of 'auto', 'numpy', 'tensor', 'cuda_graph'"):
+        ScheduleOptions(step_backend="numba")
 
 
-def test_the_loss_branch_table_is_the_branch_as_a_function_of_the_loss():
-    """The compiled step reads the first cell's loss branch, ``W2 relu(w1 x + b1) + bias``, from a table of its
-    linear pieces: at the breakpoints, between them and far out it is the branch."""
-    rng = np.random.default_rng(0)
-    w1, b1, w2, bias = rng.normal(size=12), rng.normal(size=12), rng.normal(size=(12, 40)), rng.normal(size=40)
-    w1[3] = 0.0  # a unit that does not read the loss: on (b1 > 0) or off everywhere
-    b1[3] = 0.5
-    breaks, slopes, intercepts = cpu_kernel._loss_branch_table(w1, b1, w2, bias)
-    assert np.all(np.diff(breaks) >= 0) and breaks[-1] == np.inf
-    for x in [*breaks[:-1], *rng.normal(scale=3, size=50), -1e6, 1e6]:
-        piece = int(np.sum(breaks < x))
-        branch = np.maximum(w1 * x + b1, 0) @ w2 + bias
-        assert slopes[piece] * x + intercepts[piece] == pytest.approx(branch, rel=1e-9, abs=1e-9)
+def test_fused_weights_are_cached_outside_the_module_and_rebuilt_when_a_parameter_changes():
+    network = started(0.5).stages[0]
+    before = set(network.__dict__)
+    weights = FusedWeights(network)
+    first = weights.tensors()
+    assert weights.tensors() is first and weights.current() and set(network.__dict__) == before
+    with torch.no_grad():
+        network.head.bias.add_(1.0)  # an in-place update, as an optimizer step or load_state_dict makes
+    assert not weights.current()
+    rebuilt = weights.tensors()
+    assert rebuilt is not first and torch.equal(rebuilt[2], network.head.bias.detach())
 
 
-@needs_numba
-def test_the_compiled_step_is_the_numpy_step_over_a_long_run():
-    """The compiled step (the loss branch as a table, units at 0 skipped) follows NumPy's dense step over 2000 steps
-    of a 50-wide network with losses of every size, including 0 and the loss branch's breakpoints."""
+def test_the_numpy_step_is_the_tensor_step_over_a_long_run():
+    """NumPy's step (sigmoids as tanh, float32) follows the fused tensor step over 2000 steps of a 50-wide network
+    with losses of every size, 0 included."""
     torch.manual_seed(0)
     network = MLRSNetSchedule(hidden_size=50).stages[0]
     with torch.no_grad():
         for p in network.parameters():
             p.add_(torch.randn_like(p) * 0.3)
-    breaks = cpu_kernel.packed_weights(network)[1 : 1 + 50 // 2]  # the table's breakpoints, after `fast`
+    weights = FusedWeights(network)
     rng = np.random.default_rng(0)
-    losses = [*rng.uniform(-3, 10, size=1900), *breaks[np.isfinite(breaks)], 0.0, 1e-30, 1e30]
-    h, c = np.zeros((2, 1, 50), np.float32)
-    args = cpu_kernel.KernelArgs(network, h, c, 1.0, 1.0, math.inf, 0.0)
+    losses = [*rng.uniform(-3, 10, size=1997), 0.0, 1e-30, 1e30]
+    state = network.initial_state()
+    h, c = state.h.numpy().copy(), state.c.numpy().copy()
     worst = 0.0
-    for loss in losses:
-        p, h, c = network.numpy_forward(loss, h, c)
-        lr = cpu_kernel.kernel()(loss, args.address)
-        worst = max(worst, abs(lr - float(np.float32(p))) / float(np.float32(p)))
+    with torch.no_grad():
+        for loss in losses:
+            p, h, c = numpy_step(weights.arrays(), loss, h, c)
+            q, state = tensor_step(weights.tensors(), torch.tensor(loss), state)
+            worst = max(worst, abs(p - float(q)) / float(q))
+            h, c = state.h.numpy().copy(), state.c.numpy().copy()  # the same state for both at every step
     assert worst < 2e-6
-
-
-@needs_numba
-def test_a_copy_of_the_compiled_step_steps_on_arrays_of_its_own():
-    """The kernel takes the address of a table of its arrays: a copy made mid-run goes on from the same state on
-    arrays of its own, untouched by the original's steps."""
-    stepper = DeviceStep(started(0.5))
-    for loss in (2.3, 2.1):
-        stepper.step(torch.tensor(loss))
-    copied = copy.deepcopy(stepper)
-    expected = [stepper.step(torch.tensor(loss)) for loss in (1.9, 1.7)]
-    assert [copied.step(torch.tensor(loss)) for loss in (1.9, 1.7)] == expected
-    for args in (copied._compiled, pickle.loads(pickle.dumps(stepper._compiled))):
-        arrays = args.scalars, args.states, args.counters, args.weights, args.scratch
-        assert list(args.table[:5]) == [a.ctypes.data for a in arrays] and args.address == args.table.ctypes.data
-
-
-def test_the_compiled_steps_arrays_are_checked_before_the_kernel_reads_them_by_address():
-    """A state of another shape than the network's, or arrays of another dtype or layout, are refused: the kernel
-    would read past them."""
-    two_cells = MLRSNetSchedule(hidden_size=50, num_layers=2).stages[0]
-    h = np.zeros((1, 50), np.float32)  # the state of one cell
-    with pytest.raises(ValueError, match=r"float32 array of shape \(\d+,\)"):
-        cpu_kernel.KernelArgs(two_cells, h, h, 1.0, 1.0, 1.0, 1.0)
-    args = cpu_kernel.KernelArgs(MLRSNetSchedule(hidden_size=50).stages[0], h, h, 1.0, 1.0, 1.0, 1.0)
-    args.states = np.asfortranarray(args.states)
-    with pytest.raises(ValueError, match="C-contiguous float32"):
-        args._bind()
-
-
-@needs_numba
-def test_the_compiled_step_is_compiled_once_then_loaded_from_numbas_cache(tmp_path):
-    """A second process loads the kernel from numba's cache on disk: it compiles nothing and writes no new entry.
-    (A kernel whose helpers sit in its closure got a new cache key in every process: each one compiled it for
-    seconds and added a file to the cache.)"""
-    load = (
-        "import importlib.util, sys; spec = importlib.util.spec_from_file_location('cpu_kernel', sys.argv[1]); "
-        "module = sys.modules['cpu_kernel'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
-        "assert module.kernel() is not None"
-    )
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    entries = []
-    for _ in range(2):
-        subprocess.run([sys.executable, "-c", load, cpu_kernel.__file__], env=env, check=True)
-        entries.append(sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()))
-    assert entries[0] == entries[1] and len([name for name, _ in entries[0] if name.endswith(".nbc")]) == 1
 
 
 @needs_cuda
@@ -232,11 +171,13 @@ def test_a_step_that_does_not_capture_runs_eagerly(monkeypatch, caplog):
 
 
 @pytest.mark.parametrize("path", ["tensor", pytest.param("cuda-graph", marks=needs_cuda)])
-def test_a_float32_lr_for_kernels_that_read_one_keeps_the_cap(monkeypatch, path):
+def test_a_float32_lr_for_kernels_that_read_one_keeps_the_cap(path):
     """Fused optimizers read a float32 LR for float32 parameters: the LR is made in float32, capped exactly."""
-    device = use_path(monkeypatch, path)
+    backend, device = backend_of(path)
     host = started("relative", relative_max_scale=1.0001)
-    stepper = DeviceStep(started("relative", device=device, relative_max_scale=1.0001), lr_dtype=torch.float32)
+    stepper = DeviceStep(
+        started("relative", device=device, relative_max_scale=1.0001), lr_dtype=torch.float32, backend=backend
+    )
     stepper.prepare()
     expected = [host.step(loss) for loss in LOSSES]
     got = [stepper.step(torch.tensor(loss, device=device)) for loss in LOSSES]
@@ -247,26 +188,26 @@ def test_a_float32_lr_for_kernels_that_read_one_keeps_the_cap(monkeypatch, path)
 
 
 @pytest.mark.parametrize("path", ["tensor", pytest.param("cuda-graph", marks=needs_cuda)])
-def test_the_device_step_applies_loss_and_gamma_as_the_schedule_does(monkeypatch, path):
+def test_the_device_step_applies_loss_and_gamma_as_the_schedule_does(path):
     """A bf16 network's LR equals the host step's (gamma not rounded to bf16 first); a huge finite loss that the
     host step takes is not counted as non-finite in float32; a skipped step keeps a last LR under the cap."""
-    device = use_path(monkeypatch, path)
+    backend, device = backend_of(path)
     kwargs = dict(dtype=torch.bfloat16, input_normalization="log_num_classes")
     host, fast = started(0.3, **kwargs), started(0.3, device=device, **kwargs)
-    stepper = DeviceStep(fast, lr_dtype=torch.float32)
+    stepper = DeviceStep(fast, lr_dtype=torch.float32, backend=backend)
     stepper.prepare()
     losses = (2.0, 1.7, 1.3)
     assert [float(stepper.step(torch.tensor(x, device=device))) for x in losses] == [host.step(x) for x in losses]
 
     host, fast = started(10.0), started(10.0, device=device)
-    stepper = DeviceStep(fast, lr_dtype=torch.float32)
+    stepper = DeviceStep(fast, lr_dtype=torch.float32, backend=backend)
     assert float(stepper.step(torch.tensor(1e38, device=device))) == pytest.approx(host.step(1e38), rel=1e-6)
     stepper.sync()
     assert fast.num_skipped == host.num_skipped == 0
 
     fast = started("relative", device=device, relative_max_scale=1.0001)
     fast.last_lr = fast.max_lr  # what a capped host step hands out
-    stepper = DeviceStep(fast, lr_dtype=torch.float32)
+    stepper = DeviceStep(fast, lr_dtype=torch.float32, backend=backend)
     assert float(stepper.step(torch.tensor(math.nan, device=device))) <= fast.max_lr
 
 

@@ -15,18 +15,12 @@ from tiny import DigitsNet, digits
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from mlrsnet_hf import LRController, MLRSNetCallback, MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
-from mlrsnet_hf.device_step import DeviceStep
 
 COMMON = dict(
     max_steps=12, per_device_train_batch_size=16, logging_steps=4, report_to="none", save_strategy="no",
     disable_tqdm=True, use_cpu=True, seed=0, learning_rate=0.05, logging_nan_inf_filter=False,
 )  # fmt: skip
 READS = ("item", "__float__", "__int__", "__bool__", "tolist")
-
-
-@pytest.fixture(autouse=True)
-def accelerator_path(monkeypatch):
-    monkeypatch.setattr(DeviceStep, "numpy_on_cpu", False)
 
 
 class HostReads(TrainerCallback):
@@ -74,6 +68,7 @@ def logged_lrs(trainer):
 def test_mlrsnet_trainer_reads_nothing_between_stage_entries(tmp_path, optim):
     fused_sgd = optim == "sgd_fused"
     args = MLRSNetConfig(
+        step_backend="tensor",  # the accelerator's step, on the CPU
         output_dir=str(tmp_path), **COMMON, gamma="relative" if not fused_sgd else 0.5,
         optim="sgd" if fused_sgd else optim,
     )  # fmt: skip
@@ -96,7 +91,9 @@ def test_mlrsnet_trainer_reads_nothing_between_stage_entries(tmp_path, optim):
 
 def test_an_optimizer_that_needs_a_number_costs_one_read_per_step(tmp_path):
     counter = HostReads(exempt={0, 6})
-    args = MLRSNetConfig(output_dir=str(tmp_path), **COMMON, gamma=0.5)  # plain SGD: the LR is a number
+    args = MLRSNetConfig(
+        step_backend="tensor", output_dir=str(tmp_path), **COMMON, gamma=0.5
+    )  # plain SGD: the LR is a number
     trainer = MLRSNetTrainer(
         model=DigitsNet(), args=args, train_dataset=digits(400), schedule=schedule(), callbacks=[counter]
     )
@@ -108,7 +105,7 @@ def test_an_optimizer_that_needs_a_number_costs_one_read_per_step(tmp_path):
 
 def test_the_callback_reads_nothing_either(tmp_path):
     counter, recorder = HostReads(exempt={0, 6}), Recorder()
-    callback = MLRSNetCallback(schedule(), gamma="relative")
+    callback = MLRSNetCallback(schedule(), gamma="relative", step_backend="tensor")
     args = TrainingArguments(output_dir=str(tmp_path), optim="adamw_torch_fused", **COMMON)
     trainer = Trainer(
         model=DigitsNet(), args=args, train_dataset=digits(400), callbacks=[callback, counter, recorder],
@@ -124,7 +121,7 @@ def test_an_lr_controller_reads_only_at_its_decisions(tmp_path):
     data = digits(500)
     counter = HostReads(exempt={0, 4, 8})
     controller = LRController(decision_interval=4, probe_size=20)
-    args = MLRSNetConfig(output_dir=str(tmp_path), **COMMON)
+    args = MLRSNetConfig(step_backend="tensor", output_dir=str(tmp_path), **COMMON)
     trainer = MLRSNetTrainer(
         model=DigitsNet(), args=args, train_dataset=data[:400], meta_dataset=data[400:], schedule=controller,
         callbacks=[counter],
@@ -139,7 +136,10 @@ def test_device_steps_resume_exactly(tmp_path):
         torch.manual_seed(0)
         recorder = Recorder()
         args = MLRSNetConfig(
-            output_dir=str(out), **{**COMMON, "save_strategy": "steps", "save_steps": 5}, optim="adamw_torch_fused"
+            step_backend="tensor",  # the accelerator's step, on the CPU
+            output_dir=str(out),
+            **{**COMMON, "save_strategy": "steps", "save_steps": 5},
+            optim="adamw_torch_fused",
         )
         trainer = MLRSNetTrainer(
             model=DigitsNet(dropout=0.1), args=args, train_dataset=digits(400), schedule=schedule(),
@@ -183,7 +183,11 @@ def test_no_device_synchronisation_between_stage_entries_on_a_gpu(tmp_path, monk
     monkeypatch.setattr(LossMeter, "record", guarded(LossMeter.record, lambda self, *a: None))
     recorder = Recorder()
     args = MLRSNetConfig(
-        output_dir=str(tmp_path), **{**COMMON, "use_cpu": False}, gamma="relative", optim="adamw_torch_fused"
+        step_backend="tensor",  # the accelerator's step, on the CPU
+        output_dir=str(tmp_path),
+        **{**COMMON, "use_cpu": False},
+        gamma="relative",
+        optim="adamw_torch_fused",
     )
     trainer = MLRSNetTrainer(
         model=DigitsNet(), args=args, train_dataset=digits(400), schedule=schedule(), callbacks=[recorder]
@@ -216,7 +220,9 @@ def test_the_tensor_lr_has_the_dtype_the_optimizer_reads(fused, dtype):
 
 def test_the_online_scale_reads_nothing_either(tmp_path):
     """online_scale="mechanic": S, its tuner and the LR it logs stay on the device between logging steps."""
-    args = MLRSNetConfig(output_dir=str(tmp_path), **COMMON, optim="adamw_torch_fused", online_scale="mechanic")
+    args = MLRSNetConfig(
+        step_backend="tensor", output_dir=str(tmp_path), **COMMON, optim="adamw_torch_fused", online_scale="mechanic"
+    )
     counter, recorder = HostReads(exempt={0, 6}), Recorder()
     trainer = MLRSNetTrainer(
         model=DigitsNet(), args=args, train_dataset=digits(400), schedule=schedule(), callbacks=[counter, recorder]
