@@ -138,7 +138,7 @@ def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: boo
     from mlrsnet_hf import MLRSNetSchedule
     from mlrsnet_hf.loss_meter import LossMeter
     from mlrsnet_hf.meta_gradient import meta_loss
-    from mlrsnet_hf.meta_training import MetaLearner
+    from mlrsnet_hf.mlrsnet.meta_training import MetaLearner
     from mlrsnet_hf.options import ScheduleOptions
 
     torch.manual_seed(0)
@@ -354,7 +354,7 @@ def worker_overhead(steps: int, warmup: int, repeats: int, cuda: int = 0) -> dic
     from transformers import TrainerCallback
 
     from mlrsnet_hf import MLRSNetSchedule
-    from mlrsnet_hf.device_step import DeviceStep
+    from mlrsnet_hf.mlrsnet.device_step import DeviceStep
 
     torch.set_num_threads(1)
 

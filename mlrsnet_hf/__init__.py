@@ -1,17 +1,19 @@
 """mlrsnet_hf: learned, transferable learning-rate schedules (MLR-SNet) for the Hugging Face ecosystem."""
 
-from .callback import MLRSNetCallback  # noqa: E402
-from .config import MLRSNetConfig  # noqa: E402
-from .driver import MLRSNetDriver  # noqa: E402
-from .gamma import auto_gamma  # noqa: E402
-from .hub import ScheduleFileError  # noqa: E402
-from .lr_controller import LRController  # noqa: E402
-from .network import MLRSNet, MLRSNetState  # noqa: E402
-from .official import convert_official  # noqa: E402
-from .options import ScheduleOptions  # noqa: E402
-from .schedule import MLRSNetSchedule  # noqa: E402
-from .trainer import MLRSNetTrainer  # noqa: E402
+from . import moved_modules
+from .callback import MLRSNetCallback
+from .config import MLRSNetConfig
+from .families import ScheduleFamily, register_family
+from .gamma import auto_gamma
+from .hub import ScheduleFileError
+from .lr_controller import LRController  # registers the LR controller family
+from .mlrsnet import MLRSNet, MLRSNetDriver, MLRSNetSchedule, MLRSNetState  # registers MLR-SNet, the default
+from .mlrsnet.official import convert_official
+from .options import ScheduleOptions
+from .trainer import MLRSNetTrainer
 from .version import __version__
+
+moved_modules.install()
 
 __all__ = [
     "LRController",
@@ -22,9 +24,11 @@ __all__ = [
     "MLRSNetSchedule",
     "MLRSNetState",
     "MLRSNetTrainer",
+    "ScheduleFamily",
     "ScheduleFileError",
     "ScheduleOptions",
     "__version__",
     "auto_gamma",
     "convert_official",
+    "register_family",
 ]

@@ -18,14 +18,11 @@ from transformers import TrainerCallback
 from transformers.utils import find_labels
 
 from . import publishing
-from .driver import LRDriver, MLRSNetDriver
+from .driver import LRDriver
 from .engines import check_deepspeed_config, deepspeed_config
+from .families import family_of
 from .hub import load_any_schedule
-from .lr_controller import LRController
-from .lr_controller_driver import LRControllerDriver
-from .options import ScheduleOptions
 from .provenance import add_model_tags, update_model_card
-from .schedule import MLRSNetSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -58,19 +55,20 @@ class MLRSNetCallback(TrainerCallback):
     (use :class:`~mlrsnet_hf.MLRSNetTrainer`, which sets the LR before that backward; see :mod:`mlrsnet_hf.engines`).
 
     Args:
-        schedule: an :class:`~mlrsnet_hf.MLRSNetSchedule` or :class:`~mlrsnet_hf.LRController`, or the directory or
-            Hub id of either.
-        meta_dataset: with ``meta_train=True``, the held-out set the schedule is meta-trained on.
-        probe_dataset: for an LR controller, the held-out examples it observes (the first ``probe_size``).
-        **options: any field of :class:`~mlrsnet_hf.options.ScheduleOptions` (``gamma``, ``num_classes``,
-            ``meta_train``, ``meta_update_interval``, ...), as in :class:`~mlrsnet_hf.MLRSNetConfig`. With the same
-            options, seed and data, a plain ``Trainer`` with this callback sets exactly the LRs (and learns exactly
-            the weights) of :class:`~mlrsnet_hf.MLRSNetTrainer`.
+        schedule: a schedule of any registered family (:mod:`mlrsnet_hf.families`: an
+            :class:`~mlrsnet_hf.MLRSNetSchedule`, an :class:`~mlrsnet_hf.LRController`, ...), or the directory or Hub
+            id of one.
+        meta_dataset: the family's held-out set: with ``meta_train=True``, the set the schedule is meta-trained on.
+        probe_dataset: the same, by the name the LR controller's docs use (the held-out examples it observes).
+        **options: the run options of the family (for MLR-SNet any field of
+            :class:`~mlrsnet_hf.options.ScheduleOptions`: ``gamma``, ``num_classes``, ``meta_train``, ...), as in
+            :class:`~mlrsnet_hf.MLRSNetConfig`. With the same options, seed and data, a plain ``Trainer`` with this
+            callback sets exactly the LRs (and learns exactly the weights) of :class:`~mlrsnet_hf.MLRSNetTrainer`.
     """
 
     def __init__(
         self,
-        schedule: MLRSNetSchedule | LRController | str | Path,
+        schedule: Any,
         *,
         meta_dataset: Any = None,
         probe_dataset: Any = None,
@@ -78,18 +76,11 @@ class MLRSNetCallback(TrainerCallback):
     ) -> None:
         if isinstance(schedule, (str, Path)):
             schedule = load_any_schedule(str(schedule))
-        if isinstance(schedule, LRController):
-            if options:
-                raise ValueError(
-                    f"An LRController takes no schedule options (got {sorted(options)}): it sets the LR itself."
-                )
-            self.lr_scheduler: LRDriver = LRControllerDriver(schedule, probe_dataset)
-        elif isinstance(schedule, MLRSNetSchedule):
-            self.lr_scheduler = MLRSNetDriver(schedule, ScheduleOptions.from_kwargs(options), meta_dataset)
-        else:
-            raise TypeError(
-                f"schedule must be an MLRSNetSchedule, an LRController or a path/repo id, got {type(schedule).__name__}."
-            )
+        if meta_dataset is not None and probe_dataset is not None:
+            raise ValueError("Pass the held-out set once: meta_dataset= or probe_dataset=, not both.")
+        held_out = meta_dataset if meta_dataset is not None else probe_dataset
+        self.family = family_of(schedule)
+        self.lr_scheduler: LRDriver = self.family.driver_class.from_options(schedule, options, held_out)
         self.schedule = schedule
         self.saved_schedule: dict[str, Any] | None = None  # where save_schedule / push_schedule_to_hub wrote it
         self._run: dict[str, Any] | None = None  # the Trainer's args, state, model, optimizer, data (for the record)

@@ -14,12 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .hub import ScheduleFileError, load_any_schedule, significant
-from .lr_controller import LRController
-from .official import convert_official
-from .plotting import plot_controller_response, plot_lr_response
-from .schedule import MLRSNetSchedule
-from .schedule_card import recorded_fields
+from .families import family_of
+from .hub import ScheduleFileError, load_any_schedule
+from .mlrsnet.official import convert_official
 from .version import __version__
 
 
@@ -35,71 +32,21 @@ def read_losses(path: str | Path) -> list[float]:
     return [float(v) for v in values]
 
 
-def describe(schedule: MLRSNetSchedule, name: str) -> str:
-    """A human-readable summary of a schedule: stages, gamma rule and provenance."""
-    lines = [
-        f"schedule: {name}",
-        f"  stages: {schedule.num_stages} (start at fractions {[round(s, 4) for s in schedule.stage_starts]})",
-        f"  gamma rule: {schedule.gamma}"
-        + (f" (relative_max_scale={schedule.relative_max_scale})" if schedule.uses_base_lr else ""),
-        f"  input normalisation: {schedule.input_normalization}",
-        f"  network: hidden_size={schedule.hidden_size}, num_layers={schedule.num_layers}, "
-        f"gate_layout={schedule.gate_layout}",
-        f"  parameters: {sum(p.numel() for p in schedule.parameters())}",
-    ]
-    if schedule.meta_training:
-        lines.append("  meta-trained on:")  # what its card shows: only what the run used, rounded
-        lines += [f"    {key}: {value}" for key, value in recorded_fields(schedule).items()]
-        results = significant(schedule.meta_training.get("results") or {})
-        if results:
-            split = schedule.meta_training.get("eval_split", "split not recorded")
-            lines.append(f"  results ({split}): " + ", ".join(f"{k}={v}" for k, v in results.items()))
-    else:
-        lines.append("  meta-trained on: not recorded")
-    return "\n".join(lines)
-
-
 def _convert(args: argparse.Namespace) -> None:
     schedule = convert_official(args.checkpoints, args.out)
-    print(describe(schedule, str(args.out)))
-
-
-def describe_controller(controller: LRController, name: str) -> str:
-    """A human-readable summary of a PPO LR controller."""
-    lines = [f"LR controller (PPO): {name}"]
-    lines += [
-        f"  {key}: {value}"
-        for key, value in controller.config.items()
-        if key.startswith(("action", "max", "decision", "hidden", "probe", "min"))
-    ]
-    lines += [f"  trained: {key}={value}" for key, value in controller.training_run.items()]
-    return "\n".join(lines)
+    print(family_of(schedule).describe(schedule, str(args.out)))
 
 
 def _info(args: argparse.Namespace) -> None:
     schedule = load_any_schedule(args.schedule)
-    if isinstance(schedule, LRController):
-        print(describe_controller(schedule, args.schedule))
-    else:
-        print(describe(schedule, args.schedule))
+    print(family_of(schedule).describe(schedule, args.schedule))
 
 
 def _plot(args: argparse.Namespace) -> None:
     schedule = load_any_schedule(args.schedule)
     losses = read_losses(args.losses) if args.losses else None
     out = args.out if args.out.suffix else args.out.with_suffix(".png")  # what matplotlib writes for a bare name
-    if isinstance(schedule, LRController):
-        if args.num_classes is not None:
-            raise ValueError("--num-classes is for an MLR-SNet schedule's gamma='auto'; an LR controller takes none.")
-        initial = [args.base_lr] if args.base_lr is not None else None
-        lrs = plot_controller_response(schedule, out, losses=losses, initial_lrs=initial)
-    else:
-        if args.base_lr is not None and not schedule.uses_base_lr:
-            raise ValueError(
-                f"--base-lr is used only by gamma='relative' or 'range_test'; this schedule's gamma is "
-                f"{schedule.gamma!r}, so its LRs do not depend on it."
-            )
-        lrs = plot_lr_response(schedule, out, losses=losses, num_classes=args.num_classes, base_lr=args.base_lr)
+    lrs = family_of(schedule).plot(schedule, out, losses=losses, num_classes=args.num_classes, base_lr=args.base_lr)
     print(
         f"wrote {out}: {len(lrs)} steps, LR from {lrs[0]:.4g} to {lrs[-1]:.4g} (min {min(lrs):.4g}, max {max(lrs):.4g})"
     )
@@ -121,11 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="directory to write the schedule repo to")
     p.set_defaults(func=_convert)
 
-    p = sub.add_parser("info", help="what a schedule (MLR-SNet or LR controller) is and what it was trained on")
+    p = sub.add_parser("info", help="what a schedule (of any family) is and what it was trained on")
     p.add_argument("schedule", help="a schedule directory or Hub repo id")
     p.set_defaults(func=_info)
 
-    p = sub.add_parser("plot", help="plot a schedule's (MLR-SNet or LR controller) LR response to a loss curve")
+    p = sub.add_parser("plot", help="plot a schedule's (of any family) LR response to a loss curve")
     p.add_argument("schedule", help="a schedule directory or Hub repo id")
     p.add_argument("--out", required=True, type=Path, help="image file to write (.png added to a name without one)")
     p.add_argument("--losses", help="loss curve: JSON list or one number per line (default: a typical curve)")

@@ -10,8 +10,8 @@ metadata), a unique ``model_type``, and:
 * ``generate_model_card(**kwargs)``, usually :func:`card_from_template` with the family's template;
 * optionally ``validate_weights(weights)``, raising ``ValueError`` for values the family cannot use.
 
-It registers itself with :func:`register_schedule_type`, so that :func:`load_any_schedule` finds it by the
-``model_type`` of a repo's ``config.json``.
+Its family registration (:func:`mlrsnet_hf.families.register_family`) calls :func:`register_schedule_type`, so
+that :func:`load_any_schedule` finds it by the ``model_type`` of a repo's ``config.json``.
 """
 
 from __future__ import annotations

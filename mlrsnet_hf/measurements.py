@@ -7,6 +7,8 @@ a collective.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from accelerate.state import PartialState
 from accelerate.utils import gather_object, reduce, send_to_device
@@ -86,3 +88,9 @@ def average_training_loss(
     if state.num_processes > 1:
         mean = reduce(mean, reduction="mean")
     return mean.item()
+
+
+def check_labels(batch: dict[str, Any], label_names: list[str] | None, what: str) -> None:
+    """Refuse a held-out batch that carries none of the labels its loss needs (caught at train start, not later)."""
+    if label_names and not all(batch.get(name) is not None for name in label_names):
+        raise ValueError(f"The {what} batches carry no {label_names}: its loss needs labels (got {sorted(batch)}).")

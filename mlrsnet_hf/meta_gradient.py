@@ -212,3 +212,7 @@ class MetaBatches:
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         self.epoch = int(state["epoch"])
         self.index = int(state["index"])
+
+
+def trainable_parameters(model: nn.Module) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]

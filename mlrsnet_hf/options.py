@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .device_step import check_step_backend
 from .gamma import GAMMA_RULES, check_gamma, check_input_normalization, check_relative_max_scale
 from .lr_range_test import DEFAULT_RULE
 from .lr_range_test import RULES as RANGE_TEST_RULES
@@ -29,6 +28,17 @@ def parse_gamma(value: str | float | None) -> str | float | None:
         with contextlib.suppress(ValueError):  # "0.1" from the command line; anything else is refused below
             value = float(value)
     return check_gamma(value)
+
+
+STEP_BACKENDS = ("auto", "numpy", "tensor", "cuda_graph")
+"""How a transferred MLR-SNet schedule steps (:class:`~mlrsnet_hf.device_step.DeviceStep`): "auto" picks "numpy"
+for a float32 network on a CPU, "cuda_graph" on CUDA, else "tensor"."""
+
+
+def check_step_backend(backend: str) -> str:
+    if backend not in STEP_BACKENDS:
+        raise ValueError(f"step_backend must be one of {', '.join(map(repr, STEP_BACKENDS))}, got {backend!r}.")
+    return backend
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -194,6 +204,16 @@ class ScheduleOptions:
     def of(cls, args: Any) -> ScheduleOptions:
         """The options held by ``args`` (an :class:`~mlrsnet_hf.MLRSNetConfig`, or anything with these fields)."""
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def set_in(cls, args: Any) -> dict[str, Any]:
+        """The options ``args`` sets to other values than their defaults (all a family that takes none may get)."""
+        defaults = cls()
+        return {
+            f.name: getattr(args, f.name)
+            for f in dataclasses.fields(cls)
+            if getattr(args, f.name) != getattr(defaults, f.name)
+        }
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> ScheduleOptions:

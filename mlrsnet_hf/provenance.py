@@ -29,6 +29,7 @@ from typing import Any
 from huggingface_hub import ModelCard
 from torch import nn
 
+from .families import family_of
 from .hub import significant
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,7 @@ CARD_NAME = "README.md"
 
 def model_tags(schedule: Any) -> list[str]:
     """The tags of a model trained with ``schedule``: the library's and the schedule family's own."""
-    family = "lr-controller" if getattr(schedule, "model_type", None) == "lr_controller" else "mlrsnet"
-    return [*LIBRARY_TAGS, family]
+    return [*LIBRARY_TAGS, family_of(schedule).tag]
 
 
 def range_test_summary(range_test: Any) -> dict[str, Any]:

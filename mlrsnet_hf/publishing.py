@@ -7,17 +7,28 @@ a loop of your own (:meth:`~mlrsnet_hf.driver.LRDriver.bind`): each hands its dr
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any
 
-from .lr_controller import LRController
+from .families import family_of
 from .optimizers import optimizer_name, unwrap
-from .schedule import MLRSNetSchedule
-from .schedule_card import played_a_part
 
 logger = logging.getLogger(__name__)
+
+
+def played_a_part(key: str, value: Any, gamma: Any) -> bool:
+    """Whether a training setting of a meta-training record played a part in the run.
+
+    ``learning_rate`` only when the gamma rule scales from it (``"relative"``): under a fixed, ``"auto"`` or
+    ``"range_test"`` gamma the schedule sets every LR and ``TrainingArguments.learning_rate`` (5e-05 by default)
+    plays no part. ``weight_decay`` only when the optimizer applied one (> 0). Every other field did.
+    """
+    if key == "learning_rate":
+        return gamma == "relative"
+    if key == "weight_decay":
+        return bool(value)
+    return True
 
 
 def _record(driver: Any, model: Any, optimizer: str, max_steps: int, batch_size: Any, **run: Any) -> dict[str, Any]:
@@ -87,40 +98,11 @@ def loop_record(driver: Any) -> dict[str, Any]:
     return _played(record, driver, learning_rate=driver.base_lr, weight_decay=weight_decay)
 
 
-def trajectory_schedule(driver: Any) -> MLRSNetSchedule:
-    """The schedule's trajectory: one stage per snapshot network of meta-training, played in equal parts of a run.
-
-    Snapshots not yet taken (a run stopped early) are replaced by the current network, once.
-    """
-    current, meta = driver.schedule, driver.meta
-    snapshots = meta.snapshots if meta is not None else []
-    weights = [s["weights"] for s in snapshots]
-    if len(weights) < len(meta.snapshot_steps if meta is not None else []):
-        weights.append(current.stages[max(current.stage, 0)].state_dict())
-    schedule = MLRSNetSchedule(
-        hidden_size=current.hidden_size,
-        num_layers=current.num_layers,
-        gate_layout=current.gate_layout,
-        num_stages=len(weights),
-        gamma=current.gamma,
-        input_normalization=current.input_normalization,
-        relative_max_scale=current.relative_max_scale,
-        meta_training=copy.deepcopy(current.meta_training),
-    ).to(dtype=current.stages[0].head.weight.dtype)
-    for stage, state in zip(schedule.stages, weights, strict=True):
-        stage.load_state_dict(state)
-    schedule.meta_training["snapshots"] = {
-        "fractions": list(driver.options.snapshot_fractions or [])[: len(snapshots)],
-        "steps": [s["step"] for s in snapshots],
-    }
-    return schedule
-
-
 def schedule_to_publish(
     driver: Any, record: dict[str, Any], meta_training: dict[str, Any] | None = None, trajectory: bool | None = None
-) -> MLRSNetSchedule | LRController:
-    """A copy of the schedule in use (or its trajectory); after meta-training its ``meta_training`` is ``record``
-    updated with ``meta_training``."""
+) -> Any:
+    """A copy of the schedule in use (or its trajectory); after meta-training its record (``meta_training`` for
+    MLR-SNet, the family's ``record_field``) is ``record`` updated with ``meta_training``."""
     meta, meta_train = getattr(driver, "meta", None), driver.options.meta_train
     snapshot_steps = meta.snapshot_steps if meta is not None else []
     if trajectory is None:
@@ -141,16 +123,15 @@ def schedule_to_publish(
             record.get("max_steps"),
             driver.options.meta_update_interval,
         )
-    schedule = trajectory_schedule(driver) if trajectory else copy.deepcopy(driver.schedule)
-    if isinstance(schedule, LRController):
-        schedule.training_run.update(meta_training or {})
-    elif meta_train:
-        snapshots = schedule.meta_training.get("snapshots") if trajectory else None  # not an older run's
-        schedule.meta_training = {**record, **(meta_training or {})}
+    schedule = driver.published_schedule(trajectory)
+    field = family_of(schedule).record_field
+    if meta_train:
+        snapshots = getattr(schedule, field).get("snapshots") if trajectory else None  # not an older run's
+        setattr(schedule, field, {**record, **(meta_training or {})})
         if snapshots is not None:
-            schedule.meta_training["snapshots"] = snapshots
+            getattr(schedule, field)["snapshots"] = snapshots
     elif meta_training:
-        schedule.meta_training.update(meta_training)
+        getattr(schedule, field).update(meta_training)
     return schedule
 
 

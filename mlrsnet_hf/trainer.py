@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -16,12 +16,13 @@ from .callback import MLRSNetCallback
 from .config import MLRSNetConfig
 from .driver import LRDriver
 from .engines import check_deepspeed_config, check_deepspeed_meta_training, deepspeed_config
+from .families import default_family, family_of
 from .hub import load_any_schedule
-from .lr_controller import LRController
-from .meta_training import MetaLearner
 from .options import ScheduleOptions
 from .provenance import add_model_tags, model_tags, update_model_card
-from .schedule import MLRSNetSchedule
+
+if TYPE_CHECKING:
+    from .mlrsnet.meta_training import MetaLearner
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ class MLRSNetTrainer(Trainer):
         model, args, ...: as for ``transformers.Trainer``; ``args`` is an :class:`MLRSNetConfig`.
         meta_dataset: held-out data for meta-training (the paper's meta/validation set); with an LR
             controller, the held-out examples it observes (default: ``eval_dataset``).
-        schedule: an :class:`MLRSNetSchedule` or a PPO-trained :class:`LRController` (or the directory or
+        schedule: a schedule of any registered family (an :class:`MLRSNetSchedule`, a PPO-trained
+            :class:`LRController`, ...; or the directory or
             Hub id of either) to use instead of ``args.schedule``.
 
     ``trainer.schedule`` is the schedule in use; ``save_schedule``/``push_schedule_to_hub`` write it as a
@@ -108,7 +110,7 @@ class MLRSNetTrainer(Trainer):
         args: MLRSNetConfig | None = None,
         *,
         meta_dataset: Any = None,
-        schedule: MLRSNetSchedule | LRController | str | Path | None = None,
+        schedule: Any = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -125,19 +127,13 @@ class MLRSNetTrainer(Trainer):
             elif args.meta_train:
                 with torch.random.fork_rng(devices=[]):  # seeded by args.seed, without touching the caller's stream
                     torch.manual_seed(args.seed)
-                    schedule = MLRSNetSchedule(
-                        hidden_size=args.schedule_hidden_size, num_stages=args.schedule_num_stages, gamma=1.0
-                    )
+                    schedule = default_family().new_schedule(args)
             else:
                 raise ValueError(
                     "Transfer mode (meta_train=False) needs a learned schedule: set args.schedule to a directory "
                     "or Hub repo id, pass schedule=, or set meta_train=True to learn one."
                 )
-        if isinstance(schedule, LRController) and args.meta_train:
-            raise ValueError(
-                "An LRController is trained with PPO (mlrsnet_hf.experiments.controller_env.train_controller), not "
-                "meta-trained online: use it with meta_train=False."
-            )
+        family = family_of(schedule)
         if (kwargs.get("optimizers") or (None, None))[1] is not None:
             raise ValueError(
                 "MLRSNetTrainer sets the learning rate itself: pass optimizers=(optimizer, None), without a scheduler."
@@ -147,13 +143,12 @@ class MLRSNetTrainer(Trainer):
                 "save_only_model=True: checkpoints will not hold the schedule's state (scheduler.pt), so a run "
                 "cannot be resumed from them with the same LR sequence."
             )
-        if isinstance(schedule, LRController):
-            held_out = meta_dataset if meta_dataset is not None else kwargs.get("eval_dataset")
+        held_out = meta_dataset
+        if held_out is None and family.held_out_defaults_to_eval:
+            held_out = kwargs.get("eval_dataset")
             if isinstance(held_out, dict):
-                raise ValueError("With several eval datasets, pass meta_dataset= for the LR controller to observe.")
-            callback = MLRSNetCallback(schedule, probe_dataset=held_out)
-        else:
-            callback = MLRSNetCallback(schedule, meta_dataset=meta_dataset, **vars(ScheduleOptions.of(args)))
+                raise ValueError("With several eval datasets, pass meta_dataset= for the schedule to observe.")
+        callback = MLRSNetCallback(schedule, meta_dataset=held_out, **ScheduleOptions.set_in(args))
         super().__init__(model=model, args=args, **kwargs)
         self.schedule = schedule
         self.meta_dataset = meta_dataset
@@ -299,12 +294,12 @@ class MLRSNetTrainer(Trainer):
             self.train_dataset,
         )
 
-    def trajectory_schedule(self) -> MLRSNetSchedule:
+    def trajectory_schedule(self) -> Any:
         """The schedule's trajectory: one stage per snapshot network, played in equal parts of a run.
 
         Snapshots not yet taken (a run stopped early) are replaced by the current network, once.
         """
-        return publishing.trajectory_schedule(self.mlrsnet_callback.lr_scheduler)
+        return self.mlrsnet_callback.lr_scheduler.published_schedule(trajectory=True)
 
     def save_schedule(
         self, save_directory: str | Path, meta_training: dict[str, Any] | None = None, trajectory: bool | None = None

@@ -95,7 +95,7 @@ def test_demo_reduced_budget(tmp_path):
 
 def test_plot_an_lr_controller_in_the_range_of_its_training_losses(tmp_path, capsys):
     from mlrsnet_hf import LRController
-    from mlrsnet_hf.plotting import controller_loss_curve
+    from mlrsnet_hf.lr_controller.plotting import controller_loss_curve
 
     run = {"episode_steps": 50, "initial_lrs": [1e-3, 1e-2], "train_loss_range": [9.2, 7.1]}
     LRController(decision_interval=10, training_run=run).save_pretrained(tmp_path / "c")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mlrsnet_hf import MLRSNetSchedule, ScheduleOptions
-from mlrsnet_hf.device_step import DeviceStep, _TensorStep
-from mlrsnet_hf.fused_step import FusedWeights, numpy_step, tensor_step
+from mlrsnet_hf.mlrsnet.device_step import DeviceStep, _TensorStep
+from mlrsnet_hf.mlrsnet.fused_step import FusedWeights, numpy_step, tensor_step
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 PATHS = ["numpy", "tensor", pytest.param("cuda-graph", marks=needs_cuda), pytest.param("cuda-eager", marks=needs_cuda)]
@@ -163,7 +163,7 @@ def test_a_step_that_does_not_capture_runs_eagerly(monkeypatch, caplog):
     monkeypatch.setattr(_TensorStep, "capture", fails)
     host, fast = started(0.5), started(0.5, device="cuda")
     stepper = DeviceStep(fast)
-    with caplog.at_level("WARNING", logger="mlrsnet_hf.device_step"):
+    with caplog.at_level("WARNING", logger="mlrsnet_hf.mlrsnet.device_step"):
         stepper.prepare()
         got = [float(stepper.step(torch.tensor(loss, device="cuda"))) for loss in (2.0, 1.5)]
     assert "it runs eagerly" in caplog.text and not graphed(stepper)
@@ -223,7 +223,7 @@ def test_a_capture_that_fails_inside_restores_the_stream_and_runs_eagerly(monkey
     monkeypatch.setattr(_TensorStep, "run", syncs_while_capturing)
     host, fast = started(0.5), started(0.5, device="cuda")
     stepper, before = DeviceStep(fast), torch.cuda.current_stream()
-    with caplog.at_level("WARNING", logger="mlrsnet_hf.device_step"):
+    with caplog.at_level("WARNING", logger="mlrsnet_hf.mlrsnet.device_step"):
         stepper.prepare()
     assert "it runs eagerly" in caplog.text and not graphed(stepper)
     assert torch.cuda.current_stream() == before

@@ -121,7 +121,7 @@ def test_an_lr_controller_reads_only_at_its_decisions(tmp_path):
     data = digits(500)
     counter = HostReads(exempt={0, 4, 8})
     controller = LRController(decision_interval=4, probe_size=20)
-    args = MLRSNetConfig(step_backend="tensor", output_dir=str(tmp_path), **COMMON)
+    args = MLRSNetConfig(output_dir=str(tmp_path), **COMMON)
     trainer = MLRSNetTrainer(
         model=DigitsNet(), args=args, train_dataset=data[:400], meta_dataset=data[400:], schedule=controller,
         callbacks=[counter],
@@ -158,8 +158,8 @@ def test_device_steps_resume_exactly(tmp_path):
 def test_no_device_synchronisation_between_stage_entries_on_a_gpu(tmp_path, monkeypatch):
     """On a GPU the library's per-step code runs under ``torch.cuda.set_sync_debug_mode("error")``: any
     synchronising call (``.item()``, a host-device copy, ``nonzero``...) outside stage entries raises."""
-    from mlrsnet_hf.driver import MLRSNetDriver
     from mlrsnet_hf.loss_meter import LossMeter
+    from mlrsnet_hf.mlrsnet.driver import MLRSNetDriver
 
     exempt, current = {0, 6}, {"step": 0}
 

@@ -157,12 +157,12 @@ def test_save_is_atomic_and_keeps_other_files(schedule, tmp_path, monkeypatch):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     # A failure during saving leaves the existing repo untouched and no temporary directory behind.
-    import mlrsnet_hf.plotting
+    import mlrsnet_hf.mlrsnet.plotting
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(mlrsnet_hf.plotting, "plot_lr_response", boom)
+    monkeypatch.setattr(mlrsnet_hf.mlrsnet.plotting, "plot_lr_response", boom)
     with torch.no_grad():
         schedule.stages[0].head.bias.add_(1.0)
     with pytest.raises(RuntimeError, match="disk full"):

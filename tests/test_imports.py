@@ -134,14 +134,32 @@ def reaches(start: str) -> set[str]:
     return seen
 
 
+FAMILIES = (f"{PACKAGE}.mlrsnet", f"{PACKAGE}.lr_controller")
+
+
+def is_family(module: str) -> bool:
+    return any(module == f or module.startswith(f + ".") for f in FAMILIES)
+
+
 def test_hub_knows_no_family_and_plotting_imports_nothing():
-    assert not reaches(f"{PACKAGE}.hub") & {
-        f"{PACKAGE}.schedule",
-        f"{PACKAGE}.schedule_card",
-        f"{PACKAGE}.lr_controller",
-        f"{PACKAGE}.plotting",
-    }
+    assert not {m for m in reaches(f"{PACKAGE}.hub") if is_family(m)}
+    assert f"{PACKAGE}.plotting" not in reaches(f"{PACKAGE}.hub")
     assert not GRAPH[f"{PACKAGE}.plotting"], "plotting imports from the package at runtime"
+
+
+def test_the_core_imports_no_family_it_asks_the_registry():
+    """Trainer, callback, drivers, publishing, provenance, plotting, Hub layer...: no import of a family's modules
+    (type-checking imports aside); only the CLI's convert-official command imports MLR-SNet's converter, and the
+    package root imports the families to register them."""
+    allowed = {(f"{PACKAGE}.cli", f"{PACKAGE}.mlrsnet.official")}
+    core = [m for m in MODULES if m != PACKAGE and not is_family(m) and not m.startswith(f"{PACKAGE}.experiments")]
+    offenders = [
+        (name, target)
+        for name in core
+        for target, _, _ in GRAPH[name]
+        if is_family(target) and (name, target) not in allowed
+    ]
+    assert not offenders, f"core modules importing a family: {offenders}"
 
 
 @pytest.mark.slow  # one fresh interpreter per module; the import graph checks above run by default
@@ -164,3 +182,20 @@ def test_no_pyplot_and_no_backend_switch_in_the_package():
                 assert not (isinstance(target, ast.Name) and target.id in {"matplotlib", "mpl"}), (
                     f"{name}:{node.lineno} switches the matplotlib backend"
                 )
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("mlrsnet_hf.schedule", "mlrsnet_hf.mlrsnet.schedule"),
+        ("mlrsnet_hf.network", "mlrsnet_hf.mlrsnet.network"),
+        ("mlrsnet_hf.lr_controller_driver", "mlrsnet_hf.lr_controller.driver"),
+    ],
+)
+def test_old_module_paths_warn_and_are_the_moved_modules(old, new):
+    import importlib
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}; the old path will be removed"):
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(new)

@@ -104,7 +104,7 @@ def test_non_finite_meta_loss_skips_the_meta_update(tmp_path, caplog):
 
 def test_w_t_buffers_are_kept_between_meta_updates_and_change_nothing(tmp_path, monkeypatch):
     """At most ``meta_horizon`` parameter-sized buffers over a whole run, refilled in place: the same LRs and theta."""
-    from mlrsnet_hf.meta_training import MetaLearner
+    from mlrsnet_hf.mlrsnet.meta_training import MetaLearner
 
     torch.manual_seed(0)
     data = digits(96, dtype=torch.float64)

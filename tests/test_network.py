@@ -3,7 +3,7 @@ import torch
 from conftest import reference_unroll, weights_of
 
 from mlrsnet_hf import MLRSNet
-from mlrsnet_hf.network import MLRSNetState
+from mlrsnet_hf.mlrsnet.network import MLRSNetState
 
 
 def randomize(net: MLRSNet, seed: int) -> MLRSNet:

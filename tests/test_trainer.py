@@ -182,7 +182,7 @@ def test_the_loss_is_read_in_compute_loss_or_by_a_hook_when_a_subclass_computes_
 def test_callback_options_and_path(schedule_dir, tmp_path):
     callback = MLRSNetCallback(str(schedule_dir), gamma=0.1)
     assert callback.schedule.name_or_path == str(schedule_dir)
-    with pytest.raises(TypeError, match="MLRSNetSchedule, an LRController or a path"):
+    with pytest.raises(TypeError, match="a registered schedule family .* or a path/repo id of one, got int"):
         MLRSNetCallback(42)
 
 

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from ..lr_controller import FEATURES, LRController, next_lr, observe
-from ..lr_controller_driver import probe_batch
+from ..lr_controller.driver import probe_batch
 
 try:
     import gymnasium as gym

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny import digits  # noqa: E402
 
 from mlrsnet_hf import MLRSNetSchedule  # noqa: E402
-from mlrsnet_hf.driver import MLRSNetDriver  # noqa: E402
 from mlrsnet_hf.meta_gradient import local, lr_derivatives, meta_loss, step_delta  # noqa: E402
+from mlrsnet_hf.mlrsnet.driver import MLRSNetDriver  # noqa: E402
 from mlrsnet_hf.options import ScheduleOptions  # noqa: E402
 
 STEPS, BATCH, INTERVAL, HORIZON = 12, 8, 3, 2

@@ -30,21 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..options import check_step_backend
 from .fused_step import FusedWeights, numpy_step, tensor_step
 from .network import MLRSNetState
 from .schedule import MLRSNetSchedule
 
 logger = logging.getLogger(__name__)
-
-STEP_BACKENDS = ("auto", "numpy", "tensor", "cuda_graph")
-"""The backends of :class:`DeviceStep`: "auto" picks "numpy" for a float32 network on a CPU, "cuda_graph" on
-CUDA, else "tensor"."""
-
-
-def check_step_backend(backend: str) -> str:
-    if backend not in STEP_BACKENDS:
-        raise ValueError(f"step_backend must be one of {', '.join(map(repr, STEP_BACKENDS))}, got {backend!r}.")
-    return backend
 
 
 class _TensorStep:
@@ -143,7 +134,7 @@ class DeviceStep:
     """Steps ``schedule`` fast between stage entries; the schedule's host values are up to date after :meth:`sync`.
 
     ``lr_dtype``: the dtype of a device LR (what the optimizer's kernel reads); ``backend``: one of
-    :data:`STEP_BACKENDS`.
+    :data:`~mlrsnet_hf.options.STEP_BACKENDS`.
     """
 
     def __init__(

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard
 
-from .hub import ScheduleRepoMixin, card_from_template, significant
-from .provenance import range_test_summary
+from ..hub import ScheduleRepoMixin, card_from_template, significant
+from ..provenance import range_test_summary
+from ..publishing import played_a_part
 
 if TYPE_CHECKING:
     from .schedule import MLRSNetSchedule
@@ -31,7 +32,7 @@ class MLRSNetScheduleRepo(ScheduleRepoMixin):
 
     def plot_lr_history(self, lrs: list[float], path: str | Path) -> None:
         """The LR of every optimizer step of a run (``lr_used.png``)."""
-        from .plotting import plot_lr_curve
+        from ..plotting import plot_lr_curve
 
         plot_lr_curve(lrs, path)
 
@@ -42,20 +43,6 @@ class MLRSNetScheduleRepo(ScheduleRepoMixin):
 
 # Fields of a meta-training record that the card shows elsewhere (metadata, results) or not as table rows.
 _NOT_ROWS = ("results", "license", "license_name", "license_link", "license_note")
-
-
-def played_a_part(key: str, value: Any, gamma: Any) -> bool:
-    """Whether a training setting of a meta-training record played a part in the run.
-
-    ``learning_rate`` only when the gamma rule scales from it (``"relative"``): under a fixed, ``"auto"`` or
-    ``"range_test"`` gamma the schedule sets every LR and ``TrainingArguments.learning_rate`` (5e-05 by default)
-    plays no part. ``weight_decay`` only when the optimizer applied one (> 0). Every other field did.
-    """
-    if key == "learning_rate":
-        return gamma == "relative"
-    if key == "weight_decay":
-        return bool(value)
-    return True
 
 
 def recorded_fields(schedule: MLRSNetSchedule) -> dict[str, Any]:

@@ -27,11 +27,10 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from .gamma import BASE_LR_RULES, auto_gamma, check_gamma, check_input_normalization, check_relative_max_scale
-from .hub import register_schedule_type
+from ..gamma import BASE_LR_RULES, auto_gamma, check_gamma, check_input_normalization, check_relative_max_scale
+from ..version import __version__
 from .network import MLRSNet, MLRSNetState
 from .schedule_card import MLRSNetScheduleRepo
-from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +42,6 @@ def default_stage_starts(num_stages: int) -> list[float]:
     return [k / num_stages for k in range(num_stages)]
 
 
-@register_schedule_type(default=True)  # a config.json without model_type is an MLR-SNet schedule
 class MLRSNetSchedule(
     nn.Module,
     MLRSNetScheduleRepo,  # save / load / card / pictures (schedule_card.py)

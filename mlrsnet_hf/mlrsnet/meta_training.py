@@ -7,6 +7,7 @@ calls it around every optimizer step; the math is in :mod:`mlrsnet_hf.meta_gradi
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -17,23 +18,14 @@ from accelerate.utils import reduce, send_to_device
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from .meta_gradient import MetaBatches, is_sharded, lr_derivatives, meta_loss, step_delta
+from ..measurements import check_labels
+from ..meta_gradient import MetaBatches, is_sharded, lr_derivatives, meta_loss, step_delta, trainable_parameters
+from ..optimizers import LR_LINEAR_OPTIMIZERS, is_lr_linear, optimizer_name
+from ..options import ScheduleOptions
 from .network import MLRSNetState
-from .optimizers import LR_LINEAR_OPTIMIZERS, is_lr_linear, optimizer_name
-from .options import ScheduleOptions
 from .schedule import MLRSNetSchedule
 
 logger = logging.getLogger(__name__)
-
-
-def check_labels(batch: dict[str, Any], label_names: list[str] | None, what: str) -> None:
-    """Refuse a held-out batch that carries none of the labels its loss needs (caught at train start, not later)."""
-    if label_names and not all(batch.get(name) is not None for name in label_names):
-        raise ValueError(f"The {what} batches carry no {label_names}: its loss needs labels (got {sorted(batch)}).")
-
-
-def trainable_parameters(model: nn.Module) -> list[torch.Tensor]:
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 class MetaLearner:
@@ -201,6 +193,33 @@ class MetaLearner:
         self.optimizer.step()
         self.num_updates += 1
         self.losses.append(mean_loss)
+
+    def trajectory(self) -> MLRSNetSchedule:
+        """What meta-training produced: one stage per snapshot network, played in equal parts of a later run.
+
+        Snapshots not yet taken (a run stopped early) are replaced by the current network, once.
+        """
+        current = self.schedule
+        weights = [s["weights"] for s in self.snapshots]
+        if len(weights) < len(self.snapshot_steps):
+            weights.append(current.stages[max(current.stage, 0)].state_dict())
+        schedule = MLRSNetSchedule(
+            hidden_size=current.hidden_size,
+            num_layers=current.num_layers,
+            gate_layout=current.gate_layout,
+            num_stages=len(weights),
+            gamma=current.gamma,
+            input_normalization=current.input_normalization,
+            relative_max_scale=current.relative_max_scale,
+            meta_training=copy.deepcopy(current.meta_training),
+        ).to(dtype=current.stages[0].head.weight.dtype)
+        for stage, state in zip(schedule.stages, weights, strict=True):
+            stage.load_state_dict(state)
+        schedule.meta_training["snapshots"] = {
+            "fractions": list(self.options.snapshot_fractions or [])[: len(self.snapshots)],
+            "steps": [s["step"] for s in self.snapshots],
+        }
+        return schedule
 
     def finish(self) -> None:
         """Drop what a final, partial horizon left (unused deltas) and the spare buffers."""

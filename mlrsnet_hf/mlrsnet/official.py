@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .hub import ScheduleFileError
+from ..hub import ScheduleFileError
 from .schedule import MLRSNetSchedule
 
 logger = logging.getLogger(__name__)

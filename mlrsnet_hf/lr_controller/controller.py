@@ -20,8 +20,8 @@ import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
-from .hub import ScheduleRepoMixin, card_from_template, register_schedule_type, significant
-from .version import __version__
+from ..hub import ScheduleRepoMixin, card_from_template, significant
+from ..version import __version__
 
 FEATURES = (
     "train_loss",
@@ -103,7 +103,6 @@ def observe(
     return features, probs
 
 
-@register_schedule_type
 class LRController(
     nn.Module,
     ScheduleRepoMixin,
@@ -252,7 +251,7 @@ class LRController(
 
     def plot_lr_history(self, lrs: list[float], path: str | Path) -> None:
         """The LR of every optimizer step of a run (``lr_used.png``)."""
-        from .plotting import plot_lr_curve
+        from ..plotting import plot_lr_curve
 
         plot_lr_curve(lrs, path)
 

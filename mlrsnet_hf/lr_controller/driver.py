@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from accelerate.utils import send_to_device
 
-from .driver import LRDriver
-from .lr_controller import LRController, observe
-from .meta_training import check_labels
+from ..driver import LRDriver
+from ..measurements import check_labels
+from .controller import LRController, observe
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,22 @@ class LRControllerDriver(LRDriver):
         self.lr = math.nan
         self._interval_losses: list[float | torch.Tensor] = []  # device tensors until the next decision
         self._previous_probs: torch.Tensor | None = None
+
+    @classmethod
+    def from_options(
+        cls, schedule: LRController, options: dict[str, Any] | None = None, held_out: Any = None
+    ) -> LRControllerDriver:
+        """An LR controller takes no run options (it sets the LR itself) and is not meta-trained online."""
+        if (options or {}).get("meta_train"):
+            raise ValueError(
+                "An LRController is trained with PPO (mlrsnet_hf.experiments.controller_env.train_controller), not "
+                "meta-trained online: use it with meta_train=False."
+            )
+        if options:
+            raise ValueError(
+                f"An LRController takes no schedule options (got {sorted(options)}): it sets the LR itself."
+            )
+        return cls(schedule, held_out)
 
     def _start(self, restored: dict[str, Any] | None) -> None:
         collate = self.held_out_collate_fn or getattr(self.train_dataloader, "collate_fn", None)

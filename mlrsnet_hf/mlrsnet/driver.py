@@ -1,0 +1,307 @@
+"""``MLRSNetDriver``: an MLR-SNet schedule as the Trainer's ``lr_scheduler`` (transfer, meta-training, online scale),
+and in a loop of your own (:meth:`MLRSNetDriver.for_loop`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from accelerate.state import PartialState
+from accelerate.utils import broadcast_object_list
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..driver import LRDriver
+from ..lr_range_test import RangeTestResult, lr_range_test
+from ..measurements import average_training_loss, ordered_batches
+from ..meta_gradient import is_sharded, trainable_parameters
+from ..optimizers import is_sgd, optimizer_name
+from ..options import ScheduleOptions
+from .device_step import DeviceStep
+from .meta_training import MetaLearner
+from .schedule import MLRSNetSchedule
+
+logger = logging.getLogger(__name__)
+
+
+def default_num_classes(model: nn.Module) -> int | None:
+    """C for a model: the vocabulary size of a language model, else ``config.num_labels``."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    get_output = getattr(model, "get_output_embeddings", None)
+    is_lm = callable(get_output) and get_output() is not None
+    if is_lm and getattr(config, "vocab_size", None):
+        return int(config.vocab_size)
+    return getattr(config, "num_labels", None)
+
+
+class MLRSNetDriver(LRDriver):
+    """Feeds an MLR-SNet schedule the training loss of each optimizer step; with ``meta_train``, learns it online.
+
+    Args:
+        schedule: the schedule (its runtime state, and with meta-training its weights, change during a run).
+        options: the run's :class:`~mlrsnet_hf.options.ScheduleOptions`.
+        held_out: the meta set of meta-training (``options.meta_train``); ``held_out_collate_fn`` and
+            ``label_names`` as for :class:`LRDriver`.
+    """
+
+    options_class = ScheduleOptions
+
+    def __init__(
+        self,
+        schedule: MLRSNetSchedule,
+        options: ScheduleOptions | None = None,
+        held_out: Any = None,
+        held_out_collate_fn: Any = None,
+        label_names: list[str] | None = None,
+    ) -> None:
+        super().__init__(schedule, options, held_out, held_out_collate_fn, label_names)
+        if self.options.meta_train and held_out is None:
+            raise ValueError("meta_train=True needs meta_dataset: held-out training data for the meta updates.")
+        self.meta: MetaLearner | None = None
+        self.range_test: RangeTestResult | None = None  # the curve and choice of gamma="range_test", once run
+        self.last_step: dict[str, Any] | None = None
+        self.device_step: DeviceStep | None = None  # transfer mode: steps between stage entries stay on the device
+
+    @classmethod
+    def for_loop(
+        cls,
+        schedule: MLRSNetSchedule | str,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module,
+        num_training_steps: int,
+        *,
+        train_dataloader: DataLoader | None = None,
+        meta_dataset: Any = None,
+        meta_collate_fn: Any = None,
+        state: dict[str, Any] | None = None,
+        loss_from_model: bool = True,
+        max_grad_norm: float | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        label_names: list[str] | None = None,
+        **options: Any,
+    ) -> MLRSNetDriver:
+        """``schedule`` driving ``optimizer`` in a training loop of your own (PyTorch or ``accelerate``).
+
+        Example::
+
+            driver = MLRSNetDriver.for_loop(schedule, optimizer, model, num_training_steps=1000, gamma=1.0)
+            for batch in loader:
+                loss = model(**batch).loss  # the driver reads it from the model's output
+                loss.backward()
+                optimizer.step()  # its LR was set from this step's loss just before the update
+                optimizer.zero_grad()
+            driver.finish()
+
+        ``schedule`` is an :class:`~mlrsnet_hf.MLRSNetSchedule`, or the directory or Hub id of one. ``options`` are
+        the fields of :class:`~mlrsnet_hf.options.ScheduleOptions` (``gamma``, ``num_classes``, ``meta_train``, ...),
+        as in :class:`~mlrsnet_hf.MLRSNetConfig`; ``meta_dataset`` (and ``meta_collate_fn``, default: the training
+        loader's) is the held-out set of ``meta_train=True``; ``state`` is a ``driver.state_dict()`` saved with a
+        checkpoint, to resume its LR sequence exactly. The other arguments are :meth:`bind`'s. With the Trainer's
+        data order, clipping and parameter groups, the LRs (and a meta-trained schedule) are exactly those of
+        :class:`~mlrsnet_hf.MLRSNetTrainer`.
+        """
+        if isinstance(schedule, (str, os.PathLike)):
+            schedule = MLRSNetSchedule.from_pretrained(schedule)
+        driver = cls(schedule, ScheduleOptions.from_kwargs(options), meta_dataset, meta_collate_fn, label_names)
+        if state is not None:
+            driver.load_state_dict(state)
+        driver.bind(
+            model,
+            optimizer,
+            num_training_steps,
+            train_dataloader=train_dataloader,
+            loss_from_model=loss_from_model,
+            max_grad_norm=max_grad_norm,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        return driver
+
+    def _start(self, restored: dict[str, Any] | None) -> None:
+        schedule, options = self.schedule, self.options
+        gamma = options.gamma
+        if options.online_scale:
+            # The LR is S * shape_t, shape_t the schedule's LR relative to its first (1 at the first step) and S
+            # learned: neither gamma nor learning_rate sets it (learning_rate keeps the parameter groups' ratios).
+            if gamma not in (None, "relative"):
+                logger.warning(
+                    "online_scale=%r learns the LR's scale: gamma=%r is not used (the schedule gives the shape only).",
+                    options.online_scale,
+                    gamma,
+                )
+            gamma = "relative"
+        elif gamma is None and not is_sgd(self.optimizer) and not schedule.uses_base_lr:
+            logger.warning(
+                "%s is not SGD: using gamma='relative' (learning_rate=%g sets the scale, the schedule the shape). "
+                "Pass gamma explicitly to override.",
+                optimizer_name(self.optimizer),
+                self.base_lr,
+            )
+            gamma = "relative"
+        schedule.configure(gamma, options.input_normalization, options.relative_max_scale)
+        if schedule.gamma == "range_test" and is_sharded(trainable_parameters(self.model)):
+            raise ValueError(
+                "gamma='range_test' runs its range test on a copy of the model, and a sharded (FSDP2) model has no "
+                "whole copy on one process: run the range test without sharding (`mlrsnet_hf.lr_range_test`) and pass "
+                "the LR it finds as learning_rate with gamma='relative', or use gamma='auto'."
+            )
+        num_classes = options.num_classes or default_num_classes(self.model)
+        if (schedule.gamma == "auto" or schedule.input_normalization == "log_num_classes") and not num_classes:
+            raise ValueError(
+                "The schedule needs the number of classes C (gamma='auto' or input_normalization='log_num_classes') "
+                "and the model's config does not give it: pass num_classes."
+            )
+        self.range_test, self.last_step = None, None
+        self._stage_firsts = set(schedule.stage_boundaries(self.num_training_steps))
+        if options.meta_train:
+            # Meta-training reads every step's loss on the host (its LR graph is rebuilt from it), so the schedule
+            # steps there: on a GPU its ~25 tiny kernels per step, and the hundreds of its meta step (LSTM backward,
+            # Adam), would each be a launch; the hypergradient comes from the device as one number per horizon step.
+            schedule.to("cpu")
+            self.device_step = None
+        else:
+            schedule.to(self.device)  # the schedule steps where the loss is: no copy to the host
+            self.device_step = DeviceStep(schedule, self.lr_dtype or torch.float64, options.step_backend)
+            self.device_step.path(schedule.stages[0])  # a backend this device cannot run is refused now
+        # With online_scale the shape's unit is 1: the optimizer is given shape_t, and S * shape_t is applied.
+        unit = 1.0 if options.online_scale else self.base_lr
+        schedule.start(num_classes=num_classes, base_lr=unit if schedule.gamma == "relative" else None)
+        self.meta = None
+        if options.meta_train:
+            collate = self.held_out_collate_fn or getattr(self.train_dataloader, "collate_fn", None)
+            if collate is None:
+                collate = torch.utils.data.default_collate
+            batch_size = options.meta_batch_size or self.per_device_batch_size
+            self.meta = MetaLearner(
+                schedule,
+                options,
+                self.held_out,
+                collate,
+                batch_size,
+                seed=self.seed,
+                label_names=self.label_names,
+            )
+            self.meta.start(self.optimizer, self.num_training_steps)
+        self._start_online_scale(restored)
+        if restored is not None:
+            schedule.load_state_dict(restored["schedule"])
+            if self.device_step is not None and schedule.stage >= 0:
+                self.device_step.prepare()  # a resumed run steps fast from its first step: capture before it
+            if self.meta is not None:
+                if restored.get("meta") is None:
+                    raise ValueError(
+                        "The checkpoint was written without meta-training: cannot resume with meta_train=True."
+                    )
+                self.meta.load_state_dict(restored["meta"])
+
+    def _check_loop(self, loss_from_model: bool, train_dataloader: DataLoader | None) -> None:
+        schedule = self.schedule
+        reads_data = [
+            name
+            for name, needed in (
+                ('gamma="auto"', schedule.needs_average_loss),
+                ('gamma="range_test"', schedule.gamma == "range_test"),
+            )
+            if needed
+        ]
+        needs = reads_data + (["meta_train=True"] if self.options.meta_train else [])
+        if needs and not loss_from_model:
+            raise ValueError(
+                f"{' and '.join(needs)} evaluate the model's own loss on other batches: with loss_from_model=False "
+                "the model returns none. Use a model that returns its loss, or a fixed gamma."
+            )
+        if reads_data and train_dataloader is None:
+            raise ValueError(f"{' and '.join(reads_data)} reads the training data: pass train_dataloader.")
+
+    def _lr_for_step(self, step: int, loss: torch.Tensor) -> tuple[float | torch.Tensor, float]:
+        schedule = self.schedule
+        # Relative mode scales each group's own initial LR; otherwise the first group gets the schedule's
+        # LR and the others in proportion to their initial LRs.
+        reference = self.base_lr if schedule.gamma == "relative" else self.initial_lrs[0]
+        stage = schedule.stage if step not in self._stage_firsts else schedule.stage_at(step, self.num_training_steps)
+        if stage == schedule.stage and self.device_step is not None and self.device_step.ready():
+            return self.device_step.step(loss), reference
+        self.sync()
+        if stage != schedule.stage:
+            average = measured = None
+            if schedule.needs_average_loss:
+                average = average_training_loss(
+                    self.model, self.train_dataloader, self.device, self.options.auto_gamma_batches
+                )
+            if schedule.gamma == "range_test" and schedule.base_lr is None:
+                with self.meter.paused():
+                    measured = self._run_range_test()
+            schedule.enter_stage(stage, average_loss=average, base_lr=measured)
+            logger.info("MLR-SNet stage %d from step %d (gamma=%s)", stage, step, schedule.current_gamma)
+        loss = loss.item()
+        state_before, steps_before = schedule.state, schedule.num_steps
+        schedule.step(loss)
+        # What meta-training needs to rebuild this LR's graph at the next meta update, or None when skipped.
+        self.last_step = (
+            {"stage": schedule.stage, "state": state_before, "loss": loss}
+            if schedule.num_steps > steps_before
+            else None
+        )
+        if self.meta is not None:
+            self.meta.before_step(step, self.model, self.last_step)
+        if self.device_step is not None:
+            self.device_step.prepare()  # here, where the host waits anyway: on CUDA, capture the next steps' graph
+        return schedule.last_lr, reference  # last_lr: the exact float (capped if capped)
+
+    def _after_step(self, step: int) -> None:
+        if self.meta is not None:
+            self.meta.after_step(step, self.model, self.schedule.last_lr, self.device, self.meter)
+
+    def _skipped(self, step: int) -> None:
+        if self.meta is not None:
+            self.meta.skipped(step)
+
+    def sync(self) -> None:
+        super().sync()
+        if self.device_step is not None:
+            self.device_step.sync()
+
+    def _run_range_test(self) -> float:
+        """``gamma="range_test"``: the LR chosen by a range test on a copy of the model, the same on every process."""
+        if self.train_dataloader is None:
+            raise ValueError("gamma='range_test' needs the training data for its LR range test.")
+        options = self.options
+        self.range_test = lr_range_test(
+            self.model,
+            self.optimizer,
+            ordered_batches(self.train_dataloader),
+            max_grad_norm=self.max_grad_norm,
+            device=self.device,
+            num_steps=options.range_test_steps,
+            min_lr=options.range_test_min_lr,
+            max_lr=options.range_test_max_lr,
+            rule=options.range_test_rule,
+        )
+        chosen = [self.range_test.lr]
+        if PartialState().num_processes > 1:  # rank 0's choice is the one used, whatever the others measured
+            broadcast_object_list(chosen, from_process=0)
+        return chosen[0]
+
+    def finish(self) -> None:
+        super().finish()  # syncs the device steps too
+        if self.meta is not None:
+            self.meta.finish()
+
+    def published_schedule(self, trajectory: bool = False) -> MLRSNetSchedule:
+        if trajectory:
+            if self.meta is None:
+                raise ValueError("trajectory=True needs a meta-training run with snapshot_fractions set.")
+            return self.meta.trajectory()
+        return super().published_schedule()
+
+    def _runtime_state(self) -> dict[str, Any]:
+        return {
+            "schedule": self.schedule.state_dict(),
+            "meta": None if self.meta is None else self.meta.state_dict(),
+            "online_scale": None if self.online_scale is None else self.online_scale.state_dict(),
+        }
