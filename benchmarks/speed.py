@@ -145,8 +145,8 @@ def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: boo
     model = (WideMLP() if wide else SmallCNN()).to(device)
     # Where MLRSNetDriver puts it: with meta-training the schedule steps on the host, whatever the model's device.
     schedule = MLRSNetSchedule(gamma=0.1)
-    schedule.start()
-    schedule.enter_stage(0)
+    run = schedule.start()
+    run.enter_stage(0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=5e-4)
     params = list(model.parameters())
 
@@ -159,7 +159,7 @@ def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: boo
 
     train, meta = batch_of(0), batch_of(1)  # (the library's meta step draws its own from examples(1))
     learner = MetaLearner(
-        schedule, ScheduleOptions(meta_train=True, meta_update_interval=1), examples(1),
+        run, ScheduleOptions(meta_train=True, meta_update_interval=1), examples(1),
         torch.utils.data.default_collate, batch,
     )  # fmt: skip
     learner.start(optimizer, num_training_steps=10**6)
@@ -175,12 +175,12 @@ def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: boo
     def once(mode: str = mode) -> None:
         loss = plain_step()
         if mode == "plain":
-            schedule.step(loss.item())
+            run.step(loss.item())
             optimizer.step()
         elif mode == "ours":  # the library's meta step (MetaLearner, as MLRSNetDriver calls it), every step
-            step, value, state = next(steps), loss.item(), schedule.state
-            lr = schedule.step(value)
-            learner.before_step(step, model, {"stage": schedule.stage, "state": state, "loss": value})
+            step, value, state = next(steps), loss.item(), run.state
+            lr = run.step(value)
+            learner.before_step(step, model, {"stage": run.stage, "state": state, "loss": value})
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.step()
@@ -190,7 +190,7 @@ def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: boo
             names = [n for n, _ in copy_.named_parameters()]
             w = dict(copy_.named_parameters())
             grads = torch.autograd.grad(copy_(**train)["loss"], list(w.values()), create_graph=True)
-            lr = schedule.step(loss.item(), differentiable=True)
+            lr = run.step(loss.item(), differentiable=True)
             virtual = {n: w[n] - lr * (g + 5e-4 * w[n]) for n, g in zip(names, grads, strict=True)}
             virtual.update({n: b.clone() for n, b in copy_.named_buffers()})
             functional_call(copy_, virtual, args=(), kwargs=meta)["loss"].backward(inputs=list(schedule.parameters()))
@@ -218,7 +218,7 @@ def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: boo
     if mode == "plain":  # the pieces a meta step adds, timed directly
 
         def lstm_meta() -> None:
-            schedule.step(1.0, differentiable=True).backward(torch.tensor(0.1))
+            run.step(1.0, differentiable=True).backward(torch.tensor(0.1))
             learner.optimizer.step()
             learner.optimizer.zero_grad(set_to_none=True)
 
@@ -229,7 +229,7 @@ def worker_meta_step(mode: str, repeats: int, device: str, batch: int, wide: boo
             torch.autograd.grad(meta_loss(model, meta), params)
 
         result["components_ms"] = {
-            "lstm_step": timed(lambda: schedule.step(1.0), repeats * 10, device),
+            "lstm_step": timed(lambda: run.step(1.0), repeats * 10, device),
             "lstm_meta_step_with_adam": timed(lstm_meta, repeats * 10, device),
             "snapshot_w_t": timed(snapshot, repeats, device),
             "meta_forward_backward": timed(meta_forward_backward, repeats, device),
@@ -404,10 +404,9 @@ def worker_overhead(steps: int, warmup: int, repeats: int, cuda: int = 0) -> dic
 
     # The schedule's own step: the module forward with host reads vs the fused device step.
     device = "cuda" if cuda else "cpu"
-    schedule = MLRSNetSchedule(num_stages=1, gamma=1.0).to(device)
-    schedule.start()
-    schedule.enter_stage(0)
-    schedule.step(2.0)
+    run = MLRSNetSchedule(num_stages=1, gamma=1.0).to(device).start()
+    run.enter_stage(0)
+    run.step(2.0)
     loss = torch.tensor(2.0, device=device)
 
     def per_call(fn, n: int = 2000) -> float:
@@ -423,14 +422,14 @@ def worker_overhead(steps: int, warmup: int, repeats: int, cuda: int = 0) -> dic
         return (time.perf_counter() - start) / n * 1e6
 
     def device_step(backend: str) -> float:
-        stepper = DeviceStep(schedule, backend=backend)
+        stepper = DeviceStep(run, backend=backend)
         stepper.prepare()  # as at a stage entry: on CUDA, capture the step's graph
         result = statistics.median(per_call(lambda: stepper.step(loss)) for _ in range(5))
         stepper.sync()
         return result
 
-    host = statistics.median(per_call(lambda: schedule.step(2.0)) for _ in range(5))
-    result["schedule_step_us"] = {"host (MLRSNetSchedule.step)": host}
+    host = statistics.median(per_call(lambda: run.step(2.0)) for _ in range(5))
+    result["schedule_step_us"] = {"host (ScheduleRun.step)": host}
     if cuda:
         result["schedule_step_us"]["DeviceStep.step, on the GPU, CUDA graph"] = device_step("cuda_graph")
         result["schedule_step_us"]["DeviceStep.step, on the GPU, eager"] = device_step("tensor")

@@ -45,14 +45,14 @@ def _record(driver: Any, model: Any, optimizer: str, max_steps: int, batch_size:
         "meta_updates": meta.num_updates if meta is not None else 0,
         "meta_learning_rate": options.meta_learning_rate,
         "meta_weight_decay": options.meta_weight_decay,
-        "num_classes": getattr(driver.schedule, "num_classes", None),
+        "num_classes": getattr(getattr(driver, "run", None), "num_classes", None),
     }
 
 
 def _played(record: dict[str, Any], driver: Any, **values: Any) -> dict[str, Any]:
     """Add ``learning_rate`` / ``weight_decay`` where they played a part (as the card shows them)."""
     for key, value in values.items():
-        if played_a_part(key, value, getattr(driver.schedule, "gamma", None)):
+        if played_a_part(key, value, getattr(getattr(driver, "run", driver.schedule), "gamma", None)):
             record[key] = value
     return record
 

@@ -243,8 +243,9 @@ class MLRSNetTrainer(Trainer):
         if meta is not None and meta.losses:
             logs["meta_loss"] = sum(meta.losses) / len(meta.losses)
             meta.losses = []
-        if getattr(self.schedule, "stage", -1) >= 0 and "loss" in logs:
-            logs["schedule_stage"] = self.schedule.stage
+        run = getattr(self.lr_scheduler, "run", None)  # (a family with stages)
+        if run is not None and run.stage >= 0 and "loss" in logs:
+            logs["schedule_stage"] = run.stage
         super().log(logs, start_time)
 
     # ------------------------------------------------------- outputs

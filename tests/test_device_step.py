@@ -24,7 +24,7 @@ def backend_of(path):
 
 def graphed(stepper):
     """Whether the current stage's step is a CUDA graph made for the network's current weights."""
-    network = stepper.schedule.stages[stepper.schedule.stage]
+    network = stepper.run.stages[stepper.run.stage]
     steps = stepper._tensor_steps.get(network)
     return steps is not None and steps.graph is not None and steps.current()
 
@@ -40,10 +40,10 @@ def started(gamma, dtype=torch.float32, device="cpu", **kwargs):
         for p in schedule.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     schedule.to(device)
-    schedule.start(num_classes=10, base_lr=0.1 if gamma == "relative" else None)
-    schedule.enter_stage(0)
-    schedule.step(2.5)  # the first step (a stage entry) is the schedule's own
-    return schedule
+    run = schedule.start(num_classes=10, base_lr=0.1 if gamma == "relative" else None)
+    run.enter_stage(0)
+    run.step(2.5)  # the first step (a stage entry) is the run's own
+    return run
 
 
 @pytest.mark.parametrize("path", PATHS)

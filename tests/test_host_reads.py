@@ -86,7 +86,7 @@ def test_mlrsnet_trainer_reads_nothing_between_stage_entries(tmp_path, optim):
     used = [lrs[0] for lrs in recorder.lrs]
     assert trainer.lr_scheduler.lr_history == used  # every step's LR reaches the host, at logging steps
     assert logged_lrs(trainer) == [used[3], used[7], used[11]]  # the logged LR is the LR used
-    assert trainer.schedule.num_steps == 12 and trainer.schedule.last_lr == used[-1]
+    assert trainer.lr_scheduler.run.num_steps == 12 and trainer.lr_scheduler.run.last_lr == used[-1]
 
 
 def test_an_optimizer_that_needs_a_number_costs_one_read_per_step(tmp_path):
@@ -151,7 +151,7 @@ def test_device_steps_resume_exactly(tmp_path):
     lrs, full = run(tmp_path / "a")
     tail, resumed = run(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-5"))
     assert tail == lrs[5:]
-    assert torch.equal(full.schedule.state.h, resumed.schedule.state.h)
+    assert torch.equal(full.lr_scheduler.run.state.h, resumed.lr_scheduler.run.state.h)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="device synchronisations exist only on a GPU")

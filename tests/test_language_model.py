@@ -98,8 +98,8 @@ def test_meta_train_an_lstm_lm_on_real_ptb(ptb_dir, tmp_path):
         model=model, args=args, train_dataset=chunks["train"], meta_dataset=chunks["meta"], callbacks=[recorder]
     )
     trainer.train()
-    assert trainer.schedule.num_classes == len(vocab)  # C = vocabulary size, from the model
-    assert trainer.schedule.input_normalization == "log_num_classes"
+    assert trainer.lr_scheduler.run.num_classes == len(vocab)  # C = vocabulary size, from the model
+    assert trainer.lr_scheduler.run.input_normalization == "log_num_classes"
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     used = [lrs[0] for lrs in recorder.lrs]
     # The step loss (token-normalised micro-batches summed, as the Trainer logs it) drove the LR.
@@ -110,6 +110,6 @@ def test_meta_train_an_lstm_lm_on_real_ptb(ptb_dir, tmp_path):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         initial = MLRSNetSchedule(gamma=40.0, input_normalization="log_num_classes")
-    initial.start(num_classes=len(vocab))
-    initial.enter_stage(0)
-    assert used[:3] == pytest.approx([initial.step(loss) for loss in losses[:3]], rel=1e-6)
+    replay = initial.start(num_classes=len(vocab))
+    replay.enter_stage(0)
+    assert used[:3] == pytest.approx([replay.step(loss) for loss in losses[:3]], rel=1e-6)

@@ -199,7 +199,7 @@ def trainer_run(out, gamma, learning_rate, callback=False):
 def test_range_test_sets_the_scale_and_leaves_the_run_as_if_given(tmp_path):
     driver, model, lrs = trainer_run(tmp_path / "a", "range_test", learning_rate=0.05)
     found = driver.range_test.lr
-    assert 1e-3 < found < 1e3 and driver.schedule.base_lr == found
+    assert 1e-3 < found < 1e3 and driver.run.base_lr == found
     assert lrs[0] == pytest.approx(found, rel=1e-6)  # the first step uses the measured LR (float32 network)
     assert max(lrs) <= found  # never above it (relative_max_scale 1)
     # The same run with that LR given (gamma="relative"): identical LRs and weights, so the test changed
@@ -236,7 +236,7 @@ def test_range_test_with_adamw_spans_adaptive_lrs(tmp_path):
     result = trainer.lr_scheduler.range_test
     assert result.lrs[0] == pytest.approx(1e-6) and result.lrs[-1] <= 1.0  # the adaptive optimizers' span
     assert 1e-6 <= result.lr <= 1.0 and recorder.lrs[0][0] == pytest.approx(result.lr, rel=1e-6)
-    assert trainer.schedule.gamma == "range_test"  # kept: not replaced by the AdamW default "relative"
+    assert trainer.lr_scheduler.run.gamma == "range_test"  # kept: not replaced by the AdamW default "relative"
 
 
 def test_range_test_schedule_repo_round_trip(tmp_path):

@@ -10,10 +10,11 @@ from tiny import DigitsNet, digits
 from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
 
 
-def reference_horizon_hypergradient(model, schedule, train, meta, wd, clip, steps):
+def reference_horizon_hypergradient(model, schedule_run, train, meta, wd, clip, steps):
     """Plain SGD written out: K real steps (directions from the gradients, held fixed), then the meta loss at
     ``w_0 - sum_s lr_s(theta) d_s`` differentiated to theta. Shares no code with the library's read-off."""
-    model, schedule = copy.deepcopy(model), copy.deepcopy(schedule)
+    model, run = copy.deepcopy(model), copy.deepcopy(schedule_run)
+    schedule = run.schedule
     w = {n: p.detach().clone() for n, p in model.named_parameters()}
     virtual = dict(w)
     for _ in range(steps):
@@ -23,7 +24,7 @@ def reference_horizon_hypergradient(model, schedule, train, meta, wd, clip, step
         norm = torch.sqrt(sum((g**2).sum() for g in grads.values()))
         coef = torch.clamp(clip / (norm + 1e-6), max=1.0)
         d = {n: grads[n] * coef + wd[n] * w[n] for n in w}
-        lr = schedule.step(loss.item(), differentiable=True)
+        lr = run.step(loss.item(), differentiable=True)
         w = {n: w[n] - lr.detach() * d[n] for n in w}
         virtual = {n: virtual[n] - lr * d[n] for n in w}
     loss_at(model, virtual, meta).backward(inputs=list(schedule.parameters()))
@@ -55,10 +56,10 @@ def test_horizon_hypergradient_is_exact(tmp_path):
     wd = {}
     for n, p in model.named_parameters():
         wd[n] = next(g["weight_decay"] for g in trainer.optimizer.param_groups if any(q is p for q in g["params"]))
-    schedule_before.start()
-    schedule_before.enter_stage(0)
+    run_before = schedule_before.start()
+    run_before.enter_stage(0)
     train, meta = batch_of(data[:64]), batch_of(data[64:96])  # one full batch each: the order does not matter
-    ref = reference_horizon_hypergradient(model_before, schedule_before, train, meta, wd, clip=0.5, steps=3)
+    ref = reference_horizon_hypergradient(model_before, run_before, train, meta, wd, clip=0.5, steps=3)
     for name, grad in ref.items():
         torch.testing.assert_close(trainer.last_hypergradient[name], grad, rtol=1e-7, atol=1e-13, msg=name)
 

@@ -22,11 +22,12 @@ def loss_at(model, weights, batch):
     return functional_call(model, tensors, args=(), kwargs=batch)["loss"]
 
 
-def reference_hypergradient(model, schedule, loss_value, train, meta, kind, opt_state, wd, clip, betas=(0.9, 0.999)):
+def reference_hypergradient(model, run, loss_value, train, meta, kind, opt_state, wd, clip, betas=(0.9, 0.999)):
     """The released style: gradient with create_graph=True on a model copy, virtual step w' = w - lr(theta) d,
     meta loss at w', backward through everything to theta. Independent of the library's read-off."""
     model = copy.deepcopy(model)
-    schedule = copy.deepcopy(schedule)
+    run = copy.deepcopy(run)  # (and the schedule it runs)
+    schedule = run.schedule
     names = [n for n, _ in model.named_parameters()]
     w = dict(model.named_parameters())
     grads = torch.autograd.grad(loss_at(model, w, train), list(w.values()), create_graph=True)
@@ -44,7 +45,7 @@ def reference_hypergradient(model, schedule, loss_value, train, meta, kind, opt_
             m = betas[0] * st["exp_avg"] + (1 - betas[0]) * g
             v = betas[1] * st["exp_avg_sq"] + (1 - betas[1]) * g * g
             d[n] = wd[n] * w[n] + (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + 1e-8)
-    lr = schedule.step(loss_value, differentiable=True)
+    lr = run.step(loss_value, differentiable=True)
     virtual = {n: w[n] - lr * d[n] for n in names}
     loss_at(model, virtual, meta).backward(inputs=list(schedule.parameters()))
     return {n: p.grad.clone() for n, p in schedule.named_parameters()}
@@ -85,17 +86,17 @@ def test_hypergradient_is_exact(kind, momentum):
         optimizer.step()
     torch.manual_seed(1)
     schedule = MLRSNetSchedule(hidden_size=8, gamma=0.7 if kind == "sgd" else 0.01).double()
-    schedule.start()
-    schedule.enter_stage(0)
-    schedule.step(2.1)  # a non-zero LSTM state
+    run = schedule.start()
+    run.enter_stage(0)
+    run.step(2.1)  # a non-zero LSTM state
 
-    model_before, schedule_before = copy.deepcopy(model), copy.deepcopy(schedule)
+    model_before, run_before = copy.deepcopy(model), copy.deepcopy(run)
     state_before = optimizer_state(model, optimizer)
     optimizer.zero_grad()
     loss = model(**train)["loss"]
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)  # d must come from the clipped gradient
-    lr = schedule.step(loss.item(), differentiable=True)
+    lr = run.step(loss.item(), differentiable=True)
     for group in optimizer.param_groups:
         group["lr"] = lr.item()
     params = list(model.parameters())
@@ -106,7 +107,7 @@ def test_hypergradient_is_exact(kind, momentum):
     ours = {n: p.grad.clone() for n, p in schedule.named_parameters()}
 
     ref = reference_hypergradient(
-        model_before, schedule_before, loss.item(), train, meta, kind, state_before,
+        model_before, run_before, loss.item(), train, meta, kind, state_before,
         {n: wd for n, _ in model.named_parameters()}, clip=0.5,
     )  # fmt: skip
     for name in ref:
@@ -131,9 +132,8 @@ def test_trainer_hypergradient_is_exact(tmp_path):
     data = digits(96, dtype=torch.float64)
     torch.manual_seed(3)
     schedule = MLRSNetSchedule(hidden_size=8, gamma=0.5).double()
-    model_before, schedule_before = copy.deepcopy(model), copy.deepcopy(schedule)
-    schedule_before.start()
-    schedule_before.enter_stage(0)
+    model_before, run_before = copy.deepcopy(model), copy.deepcopy(schedule).start()
+    run_before.enter_stage(0)
     args = MLRSNetConfig(
         output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=64, meta_batch_size=32,
         meta_train=True, meta_update_interval=1, weight_decay=5e-4, max_grad_norm=0.5, report_to="none",
@@ -150,7 +150,7 @@ def test_trainer_hypergradient_is_exact(tmp_path):
     train, meta = batch_of(data[:64]), batch_of(data[64:])
     loss_value = model_before(**train)["loss"].item()
     ref = reference_hypergradient(
-        model_before, schedule_before, loss_value, train, meta, "sgd",
+        model_before, run_before, loss_value, train, meta, "sgd",
         {n: {"momentum": 0.0, "buf": None} for n in wd}, wd, clip=0.5,
     )  # fmt: skip
     for name, grad in ref.items():

@@ -67,7 +67,7 @@ def test_meta_train_a_wrn_on_cifar_schema_data(tmp_path):
     )  # fmt: skip
     initial = {k: v.clone() for k, v in trainer.schedule.weights().items()}
     trainer.train()
-    assert trainer.schedule.num_classes == 10  # from the model config's num_labels
+    assert trainer.lr_scheduler.run.num_classes == 10  # from the model config's num_labels
     assert any(not torch.equal(v, initial[k]) for k, v in trainer.schedule.weights().items())
     lrs = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
     assert len(lrs) == 6 and len(set(lrs)) > 1

@@ -50,16 +50,16 @@ def test_released_transfer_recipe(converted):
     n, classes = 300, 100
     losses = torch.linspace(4.6, 0.2, n).tolist()
     averages = [4.5, 1.1, 0.4]
-    converted.start(num_classes=classes)
+    run = converted.start(num_classes=classes)
     lrs = []
     for step, loss in enumerate(losses):
-        stage = converted.stage_at(step, n)
-        if stage != converted.stage:
-            converted.enter_stage(stage, average_loss=averages[stage])
-        lrs.append(converted.step(loss))
+        stage = run.stage_at(step, n)
+        if stage != run.stage:
+            run.enter_stage(stage, average_loss=averages[stage])
+        lrs.append(run.step(loss))
     assert converted.stage_boundaries(n) == [0, 100, 200]
     gammas = [abs(L**0.5 * torch.tensor(L * classes).log().item() / classes**0.25 / 4) for L in averages]
-    assert converted.gammas == pytest.approx(gammas, rel=1e-6)
+    assert run.gammas == pytest.approx(gammas, rel=1e-6)
     state = converted.stages[0].initial_state()
     for step, loss in enumerate(losses):
         stage = converted.stage_at(step, n)

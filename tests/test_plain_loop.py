@@ -113,6 +113,34 @@ def test_a_plain_loop_resumes_exactly_from_a_checkpoint_inside_a_meta_horizon():
     assert all(torch.equal(v, resumed.weights()[k]) for k, v in schedule.weights().items())
 
 
+def test_a_checkpoint_from_before_runs_were_apart_from_schedules_resumes_exactly():
+    """Checkpoints written before this version kept the run's state in the schedule's ``_extra_state``."""
+    lrs, *_ = plain_loop(META)
+    *_, checkpoint = plain_loop(META, stop_at=5)
+    driver = dict(checkpoint["driver"])
+    run = driver.pop("run")
+    legacy_run = {k: v for k, v in run.items() if k not in ("gamma", "input_normalization", "relative_max_scale")}
+    driver["schedule"] = {**driver["schedule"], "_extra_state": legacy_run}
+    tail, *_ = plain_loop(META, resume={**checkpoint, "driver": driver})
+    assert tail == lrs[5:]
+
+
+def test_a_transfer_run_leaves_the_schedule_it_was_given_as_it_was():
+    schedule = fresh_schedule()
+    config, weights = schedule.config, {k: v.clone() for k, v in schedule.state_dict().items()}
+    model = DigitsNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    loader = DataLoader(digits(4 * BATCH), batch_size=BATCH, collate_fn=default_data_collator)
+    with MLRSNetDriver.for_loop(schedule, optimizer, model, 4, gamma=0.3, relative_max_scale=2.0) as driver:
+        for batch in loader:
+            model(**batch)["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert driver.run.gamma == 0.3 and driver.run.num_steps == 4
+    assert schedule.config == config
+    assert all(torch.equal(v, weights[k]) for k, v in schedule.state_dict().items())
+
+
 def test_losses_handed_over_equal_losses_read_from_the_model():
     assert plain_loop(TRANSFER, custom_loss=True)[0] == plain_loop(TRANSFER)[0]
 

@@ -46,7 +46,7 @@ def test_relative_mode_meta_training_learns_and_never_exceeds_the_cap(tmp_path):
     )
     trainer = MLRSNetTrainer(model=DigitsNet(), args=args, train_dataset=data[:400], meta_dataset=data[400:])
     trainer.train()
-    assert trainer.schedule.gamma == "relative"
+    assert trainer.lr_scheduler.run.gamma == "relative"
     assert sum(g.abs().sum() for g in trainer.last_hypergradient.values()) > 0  # straight through the cap
     assert max(trainer.lr_scheduler.lr_history) <= 1e-3  # exactly, not 1e-3 + float32 rounding
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mlrsnet_hf import MLRSNetSchedule, auto_gamma
+from mlrsnet_hf.mlrsnet.run import ScheduleRun
 
 
 def make(seed: int = 0, **kwargs) -> MLRSNetSchedule:
@@ -16,15 +17,15 @@ def make(seed: int = 0, **kwargs) -> MLRSNetSchedule:
     return schedule
 
 
-def run(schedule: MLRSNetSchedule, losses, total=None, averages=None) -> list[float]:
+def run(r: ScheduleRun, losses, total=None, averages=None) -> list[float]:
     """What the Trainer glue does each step; averages[k] is the average loss at stage k's start."""
     total = total or len(losses)
     lrs = []
     for step, loss in enumerate(losses):
-        stage = schedule.stage_at(step, total)
-        if stage != schedule.stage:
-            schedule.enter_stage(stage, average_loss=(averages or {}).get(stage, loss))
-        lrs.append(schedule.step(loss))
+        stage = r.stage_at(step, total)
+        if stage != r.stage:
+            r.enter_stage(stage, average_loss=(averages or {}).get(stage, loss))
+        lrs.append(r.step(loss))
     return lrs
 
 
@@ -51,8 +52,7 @@ def test_stage_boundaries_are_thirds():
 def test_fixed_gamma_is_gamma_times_p():
     s = make(gamma=0.5)
     losses = torch.linspace(2.0, 0.1, 25).tolist()
-    s.start()
-    lrs = run(s, losses)
+    lrs = run(s.start(), losses)
     p = s.unroll(losses)
     torch.testing.assert_close(torch.tensor(lrs), 0.5 * p, rtol=1e-6, atol=0)
 
@@ -60,8 +60,7 @@ def test_fixed_gamma_is_gamma_times_p():
 def test_state_carries_across_stage_switches():
     s = make(num_stages=3, gamma=1.0)
     losses = torch.linspace(2.5, 0.05, 30).tolist()
-    s.start()
-    lrs = run(s, losses)
+    lrs = run(s.start(), losses)
     # By hand: each stage's network continues from the state the previous stage left.
     state = s.stages[0].initial_state()
     expected = []
@@ -75,47 +74,38 @@ def test_state_carries_across_stage_switches():
 
 
 def test_auto_gamma_per_stage():
-    s = make(num_stages=3, gamma="auto")
-    s.start(num_classes=10)
+    s = make(num_stages=3, gamma="auto").start(num_classes=10)
     losses = torch.linspace(2.3, 0.1, 30).tolist()
     averages = {0: 2.2, 1: 0.9, 2: 0.3}
     lrs = run(s, losses, averages=averages)
     assert s.gammas == pytest.approx([auto_gamma(averages[k], 10) for k in range(3)])
     unit = make(num_stages=3, gamma=1.0)  # same weights, gamma 1: the p sequence
-    unit.start()
-    ps = run(unit, losses)
+    ps = run(unit.start(), losses)
     assert lrs == pytest.approx([s.gammas[s.stage_at(t, 30)] * p for t, p in enumerate(ps)], rel=1e-6)
     with pytest.raises(ValueError, match="num_classes"):
-        fresh = make(gamma="auto")
-        fresh.start()
-        fresh.enter_stage(0, average_loss=2.0)
+        make(gamma="auto").start().enter_stage(0, average_loss=2.0)
     with pytest.raises(ValueError, match="average training loss"):
-        fresh = make(gamma="auto")
-        fresh.start(num_classes=10)
-        fresh.enter_stage(0)
+        make(gamma="auto").start(num_classes=10).enter_stage(0)
 
 
 @pytest.mark.parametrize("max_scale", [1.0, 2.5])
 def test_relative_mode_bounds(max_scale):
     base_lr = 3e-4
-    s = make(num_stages=3, gamma="relative", relative_max_scale=max_scale, seed=4)
+    schedule = make(num_stages=3, gamma="relative", relative_max_scale=max_scale, seed=4)
     gen = torch.Generator().manual_seed(0)
     losses = (torch.linspace(3.0, 0.01, 300) * torch.exp(torch.randn(300, generator=gen))).tolist()
-    s.start(base_lr=base_lr)
+    s = schedule.start(base_lr=base_lr)
     lrs = run(s, losses)
     assert lrs[0] == pytest.approx(base_lr, rel=1e-6)  # the first step uses exactly learning_rate
     assert all(0.0 < lr <= max_scale * base_lr * (1 + 1e-6) for lr in lrs)
     assert len(set(lrs)) > 10  # the network shapes it
     assert s.gammas[0] == s.gammas[1] == s.gammas[2]  # gamma kept across stages
     with pytest.raises(ValueError, match="base learning rate"):
-        t = make(gamma="relative")
-        t.start()
-        t.enter_stage(0)
+        make(gamma="relative").start().enter_stage(0)
 
 
 def test_non_finite_loss_keeps_state_and_last_lr(caplog):
-    s = make(gamma=1.0)
-    s.start()
+    s = make(gamma=1.0).start()
     s.enter_stage(0)
     lr1 = s.step(2.0)
     h_before = s.state.h.clone()
@@ -127,14 +117,12 @@ def test_non_finite_loss_keeps_state_and_last_lr(caplog):
     assert s.num_skipped == 2 and s.num_steps == 1
     assert "Non-finite training loss" in caplog.text
     # The sequence continues as if the bad steps had not happened.
-    ref = make(gamma=1.0)
-    ref.start()
+    ref = make(gamma=1.0).start()
     ref.enter_stage(0)
     ref.step(2.0)
     assert s.step(1.5) == ref.step(1.5)
 
-    first = make(gamma=1.0)
-    first.start()
+    first = make(gamma=1.0).start()
     first.enter_stage(0)
     with pytest.raises(ValueError, match="first step is nan"):
         first.step(float("nan"))
@@ -142,12 +130,9 @@ def test_non_finite_loss_keeps_state_and_last_lr(caplog):
 
 def test_state_dict_round_trip_continues_exactly():
     losses = torch.linspace(2.5, 0.05, 40).tolist()
-    full = make(num_stages=3, gamma="auto", seed=7)
-    full.start(num_classes=10)
-    uninterrupted = run(full, losses)
+    uninterrupted = run(make(num_stages=3, gamma="auto", seed=7).start(num_classes=10), losses)
 
-    first = make(num_stages=3, gamma="auto", seed=7)
-    first.start(num_classes=10)
+    first = make(num_stages=3, gamma="auto", seed=7).start(num_classes=10)
     head = []
     for step, loss in enumerate(losses[:17]):
         stage = first.stage_at(step, 40)
@@ -159,7 +144,7 @@ def test_state_dict_round_trip_continues_exactly():
     buf.seek(0)
     state = torch.load(buf, weights_only=True)  # what the Trainer does with scheduler.pt
 
-    resumed = make(num_stages=3, gamma="auto", seed=99)  # other weights: the state dict restores them
+    resumed = make(num_stages=3, gamma="auto", seed=7).start(num_classes=10)
     resumed.load_state_dict(state)
     tail = []
     for step, loss in enumerate(losses[17:], start=17):
@@ -178,24 +163,23 @@ def test_unroll_and_normalization():
     torch.testing.assert_close(s.unroll(losses, num_classes=10000), expected)
     with pytest.raises(ValueError, match="num_classes"):
         s.unroll(losses)
-    # unroll and simulate leave the runtime state alone
-    s.start(num_classes=10000)
-    s.enter_stage(0)
-    s.step(9.0)
-    before = s.get_extra_state()
+    # unroll and simulate leave a run of the schedule alone
+    r = s.start(num_classes=10000)
+    r.enter_stage(0)
+    r.step(9.0)
+    before = r.state_dict()
     s.unroll(losses, num_classes=10)
     s.simulate(losses, num_classes=10, base_lr=1.0)
-    after = s.get_extra_state()
+    after = r.state_dict()
     assert torch.equal(before["h"], after["h"]) and before["num_steps"] == after["num_steps"]
-    assert s.num_classes == 10000
+    assert r.num_classes == 10000
 
 
 def test_simulate_equals_a_run():
     s = make(num_stages=3, gamma="auto")
     losses = torch.linspace(2.0, 0.1, 33).tolist()
     sim = s.simulate(losses, num_classes=10)
-    s.start(num_classes=10)
-    assert run(s, losses) == sim
+    assert run(s.start(num_classes=10), losses) == sim
 
 
 @pytest.mark.parametrize(
@@ -215,3 +199,26 @@ def test_simulate_equals_a_run():
 def test_bad_config_is_a_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MLRSNetSchedule(**kwargs)
+
+
+def test_a_run_leaves_the_schedule_as_it_was():
+    """The artifact holds weights and recipe: a run with its own gamma, stages and steps changes neither."""
+    schedule = make(num_stages=2, gamma="auto")
+    config, weights = schedule.config, {k: v.clone() for k, v in schedule.state_dict().items()}
+    r = schedule.start(num_classes=10, base_lr=0.1, gamma="relative", relative_max_scale=2.0)
+    run(r, torch.linspace(2.0, 0.1, 12).tolist())
+    assert r.gamma == "relative" and r.num_steps == 12 and r.stage == 1
+    assert schedule.config == config and schedule.gamma == "auto"
+    assert all(torch.equal(v, weights[k]) for k, v in schedule.state_dict().items())
+    assert set(schedule.state_dict()) == set(weights)  # no runtime state in the artifact's state dict
+    with pytest.raises(AttributeError, match=r"the run's now: run = schedule.start\(.*\); run.step"):
+        schedule.step(2.0)
+    with pytest.raises(AttributeError, match=r"run.last_lr"):
+        schedule.last_lr  # noqa: B018
+
+
+def test_a_run_refuses_a_checkpoint_of_another_recipe():
+    r = make(gamma=1.0).start()
+    state = r.state_dict()
+    with pytest.raises(ValueError, match="The checkpoint's run used gamma=1.0, this run gamma=0.5"):
+        make(gamma=0.5).start().load_state_dict(state)

@@ -43,14 +43,13 @@ def config(tmp_path, **kwargs):
 
 def replay(schedule_dir, losses, total, **start):
     """The LR sequence the released recipe gives for these step losses (a fresh copy of the schedule)."""
-    schedule = MLRSNetSchedule.from_pretrained(schedule_dir)
-    schedule.start(**start)
+    run = MLRSNetSchedule.from_pretrained(schedule_dir).start(**start)
     lrs = []
     for step, loss in enumerate(losses):
-        stage = schedule.stage_at(step, total)
-        if stage != schedule.stage:
-            schedule.enter_stage(stage)
-        lrs.append(schedule.step(loss))
+        stage = run.stage_at(step, total)
+        if stage != run.stage:
+            run.enter_stage(stage)
+        lrs.append(run.step(loss))
     return lrs
 
 
@@ -145,7 +144,7 @@ def test_the_trainer_calls_its_schedule_callback_at_the_events_it_acts_on_alone(
     steps = [who for who, event in calls if event == "on_pre_optimizer_step"]
     assert steps == ["listed", "ours", "late"] * 9  # where it was in the list: after those given, before those added
     assert calls[-2:] == [("listed", "on_train_end"), ("ours", "on_train_end")]
-    assert trainer.schedule.num_steps == 9  # and it set the LR of every step
+    assert trainer.lr_scheduler.run.num_steps == 9  # and it set the LR of every step
 
 
 class OwnLoss(MLRSNetTrainer):
@@ -218,9 +217,9 @@ def test_gamma_auto_uses_the_average_training_loss_at_stage_starts(tmp_path):
             )
             / 4
         )
-    assert trainer.schedule.gammas[0] == pytest.approx(auto_gamma(mean, 10), rel=1e-5)
-    assert all(g is not None and g > 0 for g in trainer.schedule.gammas)
-    assert len(set(trainer.schedule.gammas)) == 3  # recomputed at each stage
+    assert trainer.lr_scheduler.run.gammas[0] == pytest.approx(auto_gamma(mean, 10), rel=1e-5)
+    assert all(g is not None and g > 0 for g in trainer.lr_scheduler.run.gammas)
+    assert len(set(trainer.lr_scheduler.run.gammas)) == 3  # recomputed at each stage
 
 
 def test_adamw_defaults_to_relative_mode(schedule_dir, tmp_path, caplog):
@@ -234,7 +233,7 @@ def test_adamw_defaults_to_relative_mode(schedule_dir, tmp_path, caplog):
     used = [lrs[0] for lrs in recorder.lrs]
     assert used[0] == pytest.approx(1e-3, rel=1e-6)
     assert all(0 < lr <= 1e-3 * (1 + 1e-6) for lr in used)
-    assert trainer.schedule.gamma == "relative"
+    assert trainer.lr_scheduler.run.gamma == "relative"
 
 
 def test_bf16_autocast_and_clipping(schedule_dir, tmp_path):
@@ -262,8 +261,8 @@ def test_nan_loss_keeps_the_last_lr_and_state(schedule_dir, tmp_path, caplog):
     used = [lrs[0] for lrs in recorder.lrs]
     assert used[3] == used[2]  # the NaN step reuses the last good LR
     assert all(torch.isfinite(torch.tensor(used)))
-    assert trainer.schedule.num_skipped == 1 and trainer.schedule.num_steps == 8
-    assert torch.isfinite(trainer.schedule.state.h).all()
+    assert trainer.lr_scheduler.run.num_skipped == 1 and trainer.lr_scheduler.run.num_steps == 8
+    assert torch.isfinite(trainer.lr_scheduler.run.state.h).all()
     assert "Non-finite training loss" in caplog.text
 
 

@@ -1,6 +1,6 @@
 """``DeviceStep``: a transferred schedule's step at the cost of a built-in schedule.
 
-:meth:`MLRSNetSchedule.step <mlrsnet_hf.MLRSNetSchedule.step>` runs the network's reference forward (about 25
+:meth:`ScheduleRun.step <mlrsnet_hf.mlrsnet.run.ScheduleRun.step>` runs the network's reference forward (about 25
 small tensor operations, autograd-ready) and returns the LR as a Python float, which on a GPU costs a device
 synchronisation per optimizer step (the host waits for the loss, then for the LR). In transfer mode the weights
 are fixed, so the step runs on fused weights (:mod:`mlrsnet_hf.fused_step`), by one of these backends (the
@@ -16,9 +16,10 @@ LR keeps the LSTM state and the last LR, and is counted):
   in NumPy on the host, about 19 us a step against 75 for the eager tensor step (50 units, one thread); the LR
   is a float.
 
-What the host needs (the last LR, the LSTM state, the steps taken and skipped) is folded into the schedule by
+What the host needs (the last LR, the LSTM state, the steps taken and skipped) is folded into the run by
 :meth:`DeviceStep.sync`, called at logging, checkpoints, stage switches and the end of a run. Stage entries
-(and so the first step, which fixes gamma in relative mode) use the schedule's own ``step``.
+(and so the first step, which fixes gamma in relative mode) use the run's own ``step``
+(:meth:`ScheduleRun.step <mlrsnet_hf.mlrsnet.run.ScheduleRun.step>`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch import nn
 from ..options import check_step_backend
 from .fused_step import FusedWeights, numpy_step, tensor_step
 from .network import MLRSNetState
-from .schedule import MLRSNetSchedule
+from .run import ScheduleRun
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class _TensorStep:
     Everything the step reads or writes lives in the buffers below, so on CUDA the ~25 small operations are
     captured once (:meth:`capture`, at a step that may synchronise) and each step is then a copy of the loss, one
     graph replay and a copy of the LR: three launches instead of ~25. The loss, ``ln C`` and gamma are applied as
-    :meth:`MLRSNetSchedule.step <mlrsnet_hf.MLRSNetSchedule.step>` applies them (the division in float64, gamma
+    :meth:`ScheduleRun.step <mlrsnet_hf.mlrsnet.run.ScheduleRun.step>` applies them (the division in float64, gamma
     in the precision of the network's multiplication), whatever the network's dtype.
     """
 
@@ -131,16 +132,14 @@ class _TensorStep:
 
 
 class DeviceStep:
-    """Steps ``schedule`` fast between stage entries; the schedule's host values are up to date after :meth:`sync`.
+    """Steps ``run`` fast between stage entries; the run's host values are up to date after :meth:`sync`.
 
     ``lr_dtype``: the dtype of a device LR (what the optimizer's kernel reads); ``backend``: one of
     :data:`~mlrsnet_hf.options.STEP_BACKENDS`.
     """
 
-    def __init__(
-        self, schedule: MLRSNetSchedule, lr_dtype: torch.dtype = torch.float64, backend: str = "auto"
-    ) -> None:
-        self.schedule = schedule
+    def __init__(self, run: ScheduleRun, lr_dtype: torch.dtype = torch.float64, backend: str = "auto") -> None:
+        self.run = run
         self.lr_dtype = lr_dtype
         self.backend = check_step_backend(backend)
         self._active = False  # steps taken since the last sync
@@ -169,7 +168,7 @@ class DeviceStep:
 
     def prepare(self) -> None:
         """Make the current stage's step ready where the host may wait (a stage entry): on CUDA, capture its graph."""
-        network = self.schedule.stages[self.schedule.stage]
+        network = self.run.stages[self.run.stage]
         if self.path(network) == "cuda_graph":
             self._tensor_step_of(network)
 
@@ -187,29 +186,29 @@ class DeviceStep:
 
     def ready(self) -> bool:
         """Whether the next step can run here: a stage entered, its gamma known, a last LR to fall back to."""
-        schedule = self.schedule
-        return schedule.current_gamma is not None and (self._active or schedule.last_lr is not None)
+        run = self.run
+        return run.current_gamma is not None and (self._active or run.last_lr is not None)
 
     def _begin(self) -> None:
         """The first step since the last sync: fix what stays constant until the next one."""
-        schedule = self.schedule
-        state = schedule.state
-        network = schedule.stages[schedule.stage]
-        self._gamma, self._max_lr = schedule.current_gamma, schedule.max_lr
-        self._log_c = math.log(schedule.num_classes) if schedule.input_normalization != "none" else None
+        run = self.run
+        state = run.state
+        network = run.stages[run.stage]
+        self._gamma, self._max_lr = run.current_gamma, run.max_lr
+        self._log_c = math.log(run.num_classes) if run.input_normalization != "none" else None
         self._numpy = self.path(network) == "numpy"
         if self._numpy:  # the weights are fixed until the next sync: looked up once
             weights = self._numpy_weights.get(network) or self._numpy_weights.setdefault(
                 network, FusedWeights(network)
             )
             self._arrays = weights.arrays()
-            self._last_lr, self._finite = schedule.last_lr, 0
+            self._last_lr, self._finite = run.last_lr, 0
             self._numpy_state = state.h.numpy().copy(), state.c.numpy().copy()
         else:
             divisor = self._log_c if self._log_c is not None else 1.0
             cap = self._max_lr if self._max_lr is not None else math.inf
             self._tensor_step = self._tensor_step_of(network)
-            self._tensor_step.load(self._gamma, divisor, cap, schedule.last_lr, state)
+            self._tensor_step.load(self._gamma, divisor, cap, run.last_lr, state)
         self._active, self._taken = True, 0
 
     def step(self, loss: torch.Tensor) -> torch.Tensor | float:
@@ -236,22 +235,22 @@ class DeviceStep:
         return lr
 
     def sync(self) -> None:
-        """Fold the steps taken here into the schedule's host values (two reads of the device: the LR, the count)."""
+        """Fold the steps taken here into the run's host values (two reads of the device: the LR, the count)."""
         if not self._active:
             return
-        schedule = self.schedule
+        run = self.run
         if self._numpy:
             last_lr, finite = self._last_lr, self._finite
             h, c = (torch.from_numpy(a) for a in self._numpy_state)
-            schedule.state = MLRSNetState(h, c)
+            run.state = MLRSNetState(h, c)
         else:
             steps, self._tensor_step = self._tensor_step, None
             last_lr, finite = steps.last_lr.item(), int(steps.finite.item())
-            schedule.state = MLRSNetState(steps.h.clone(), steps.c.clone())
+            run.state = MLRSNetState(steps.h.clone(), steps.c.clone())
         skipped = self._taken - finite
-        schedule.last_lr = last_lr
-        schedule.num_steps += finite
-        schedule.num_skipped += skipped
+        run.last_lr = last_lr
+        run.num_steps += finite
+        run.num_skipped += skipped
         if skipped:
             logger.warning(
                 "%d of the last %d steps had a non-finite training loss (or LR): each kept the LSTM state and the "

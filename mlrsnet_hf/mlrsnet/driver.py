@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..driver import LRDriver
+from ..gamma import check_gamma
 from ..lr_range_test import RangeTestResult, lr_range_test
 from ..measurements import average_training_loss, ordered_batches
 from ..meta_gradient import is_sharded, trainable_parameters
@@ -143,15 +144,17 @@ class MLRSNetDriver(LRDriver):
                 self.base_lr,
             )
             gamma = "relative"
-        schedule.configure(gamma, options.input_normalization, options.relative_max_scale)
-        if schedule.gamma == "range_test" and is_sharded(trainable_parameters(self.model)):
+        # The run's recipe: the schedule's own, overridden by this run's options (the schedule is not changed).
+        rule = schedule.gamma if gamma is None else check_gamma(gamma)
+        normalization = options.input_normalization or schedule.input_normalization
+        if rule == "range_test" and is_sharded(trainable_parameters(self.model)):
             raise ValueError(
                 "gamma='range_test' runs its range test on a copy of the model, and a sharded (FSDP2) model has no "
                 "whole copy on one process: run the range test without sharding (`mlrsnet_hf.lr_range_test`) and pass "
                 "the LR it finds as learning_rate with gamma='relative', or use gamma='auto'."
             )
         num_classes = options.num_classes or default_num_classes(self.model)
-        if (schedule.gamma == "auto" or schedule.input_normalization == "log_num_classes") and not num_classes:
+        if (rule == "auto" or normalization == "log_num_classes") and not num_classes:
             raise ValueError(
                 "The schedule needs the number of classes C (gamma='auto' or input_normalization='log_num_classes') "
                 "and the model's config does not give it: pass num_classes."
@@ -166,11 +169,18 @@ class MLRSNetDriver(LRDriver):
             self.device_step = None
         else:
             schedule.to(self.device)  # the schedule steps where the loss is: no copy to the host
-            self.device_step = DeviceStep(schedule, self.lr_dtype or torch.float64, options.step_backend)
-            self.device_step.path(schedule.stages[0])  # a backend this device cannot run is refused now
         # With online_scale the shape's unit is 1: the optimizer is given shape_t, and S * shape_t is applied.
         unit = 1.0 if options.online_scale else self.base_lr
-        schedule.start(num_classes=num_classes, base_lr=unit if schedule.gamma == "relative" else None)
+        self.run = schedule.start(
+            num_classes,
+            unit if rule == "relative" else None,
+            gamma=gamma,
+            input_normalization=options.input_normalization,
+            relative_max_scale=options.relative_max_scale,
+        )
+        if not options.meta_train:
+            self.device_step = DeviceStep(self.run, self.lr_dtype or torch.float64, options.step_backend)
+            self.device_step.path(schedule.stages[0])  # a backend this device cannot run is refused now
         self.meta = None
         if options.meta_train:
             collate = self.held_out_collate_fn or getattr(self.train_dataloader, "collate_fn", None)
@@ -178,7 +188,7 @@ class MLRSNetDriver(LRDriver):
                 collate = torch.utils.data.default_collate
             batch_size = options.meta_batch_size or self.per_device_batch_size
             self.meta = MetaLearner(
-                schedule,
+                self.run,
                 options,
                 self.held_out,
                 collate,
@@ -189,8 +199,12 @@ class MLRSNetDriver(LRDriver):
             self.meta.start(self.optimizer, self.num_training_steps)
         self._start_online_scale(restored)
         if restored is not None:
-            schedule.load_state_dict(restored["schedule"])
-            if self.device_step is not None and schedule.stage >= 0:
+            weights = dict(restored["schedule"])
+            # before runs were apart from schedules, the run's state was the schedule's "_extra_state"
+            legacy = weights.pop("_extra_state", None)
+            schedule.load_state_dict(weights)
+            self.run.load_state_dict(restored.get("run", legacy))
+            if self.device_step is not None and self.run.stage >= 0:
                 self.device_step.prepare()  # a resumed run steps fast from its first step: capture before it
             if self.meta is not None:
                 if restored.get("meta") is None:
@@ -200,12 +214,12 @@ class MLRSNetDriver(LRDriver):
                 self.meta.load_state_dict(restored["meta"])
 
     def _check_loop(self, loss_from_model: bool, train_dataloader: DataLoader | None) -> None:
-        schedule = self.schedule
+        run = self.run
         reads_data = [
             name
             for name, needed in (
-                ('gamma="auto"', schedule.needs_average_loss),
-                ('gamma="range_test"', schedule.gamma == "range_test"),
+                ('gamma="auto"', run.needs_average_loss),
+                ('gamma="range_test"', run.gamma == "range_test"),
             )
             if needed
         ]
@@ -219,43 +233,41 @@ class MLRSNetDriver(LRDriver):
             raise ValueError(f"{' and '.join(reads_data)} reads the training data: pass train_dataloader.")
 
     def _lr_for_step(self, step: int, loss: torch.Tensor) -> tuple[float | torch.Tensor, float]:
-        schedule = self.schedule
+        run = self.run
         # Relative mode scales each group's own initial LR; otherwise the first group gets the schedule's
         # LR and the others in proportion to their initial LRs.
-        reference = self.base_lr if schedule.gamma == "relative" else self.initial_lrs[0]
-        stage = schedule.stage if step not in self._stage_firsts else schedule.stage_at(step, self.num_training_steps)
-        if stage == schedule.stage and self.device_step is not None and self.device_step.ready():
+        reference = self.base_lr if run.gamma == "relative" else self.initial_lrs[0]
+        stage = run.stage if step not in self._stage_firsts else run.stage_at(step, self.num_training_steps)
+        if stage == run.stage and self.device_step is not None and self.device_step.ready():
             return self.device_step.step(loss), reference
         self.sync()
-        if stage != schedule.stage:
+        if stage != run.stage:
             average = measured = None
-            if schedule.needs_average_loss:
+            if run.needs_average_loss:
                 average = average_training_loss(
                     self.model, self.train_dataloader, self.device, self.options.auto_gamma_batches
                 )
-            if schedule.gamma == "range_test" and schedule.base_lr is None:
+            if run.gamma == "range_test" and run.base_lr is None:
                 with self.meter.paused():
                     measured = self._run_range_test()
-            schedule.enter_stage(stage, average_loss=average, base_lr=measured)
-            logger.info("MLR-SNet stage %d from step %d (gamma=%s)", stage, step, schedule.current_gamma)
+            run.enter_stage(stage, average_loss=average, base_lr=measured)
+            logger.info("MLR-SNet stage %d from step %d (gamma=%s)", stage, step, run.current_gamma)
         loss = loss.item()
-        state_before, steps_before = schedule.state, schedule.num_steps
-        schedule.step(loss)
+        state_before, steps_before = run.state, run.num_steps
+        run.step(loss)
         # What meta-training needs to rebuild this LR's graph at the next meta update, or None when skipped.
         self.last_step = (
-            {"stage": schedule.stage, "state": state_before, "loss": loss}
-            if schedule.num_steps > steps_before
-            else None
+            {"stage": run.stage, "state": state_before, "loss": loss} if run.num_steps > steps_before else None
         )
         if self.meta is not None:
             self.meta.before_step(step, self.model, self.last_step)
         if self.device_step is not None:
             self.device_step.prepare()  # here, where the host waits anyway: on CUDA, capture the next steps' graph
-        return schedule.last_lr, reference  # last_lr: the exact float (capped if capped)
+        return run.last_lr, reference  # last_lr: the exact float (capped if capped)
 
     def _after_step(self, step: int) -> None:
         if self.meta is not None:
-            self.meta.after_step(step, self.model, self.schedule.last_lr, self.device, self.meter)
+            self.meta.after_step(step, self.model, self.run.last_lr, self.device, self.meter)
 
     def _skipped(self, step: int) -> None:
         if self.meta is not None:
@@ -293,15 +305,19 @@ class MLRSNetDriver(LRDriver):
             self.meta.finish()
 
     def published_schedule(self, trajectory: bool = False) -> MLRSNetSchedule:
+        """A copy of the schedule (or its trajectory) with the recipe as this run used it."""
         if trajectory:
             if self.meta is None:
                 raise ValueError("trajectory=True needs a meta-training run with snapshot_fractions set.")
             return self.meta.trajectory()
-        return super().published_schedule()
+        schedule = super().published_schedule()
+        schedule.configure(**self.run.recipe())
+        return schedule
 
     def _runtime_state(self) -> dict[str, Any]:
         return {
             "schedule": self.schedule.state_dict(),
+            "run": self.run.state_dict(),
             "meta": None if self.meta is None else self.meta.state_dict(),
             "online_scale": None if self.online_scale is None else self.online_scale.state_dict(),
         }

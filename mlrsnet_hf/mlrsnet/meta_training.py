@@ -23,6 +23,7 @@ from ..meta_gradient import MetaBatches, is_sharded, lr_derivatives, meta_loss, 
 from ..optimizers import LR_LINEAR_OPTIMIZERS, is_lr_linear, optimizer_name
 from ..options import ScheduleOptions
 from .network import MLRSNetState
+from .run import ScheduleRun
 from .schedule import MLRSNetSchedule
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class MetaLearner:
 
     def __init__(
         self,
-        schedule: MLRSNetSchedule,
+        run: ScheduleRun,
         options: ScheduleOptions,
         dataset: Any,
         collate_fn: Callable[[list[Any]], Any],
@@ -51,7 +52,7 @@ class MetaLearner:
         seed: int = 0,
         label_names: list[str] | None = None,
     ) -> None:
-        self.schedule = schedule
+        self.run, self.schedule = run, run.schedule
         self.options = options
         state = PartialState()
         self.batches = MetaBatches(
@@ -65,7 +66,7 @@ class MetaLearner:
         if len(dataset) > 0:
             check_labels(collate_fn([dataset[0]]), label_names, "meta dataset")
         self.optimizer = torch.optim.Adam(
-            schedule.parameters(), lr=options.meta_learning_rate, weight_decay=options.meta_weight_decay
+            run.schedule.parameters(), lr=options.meta_learning_rate, weight_decay=options.meta_weight_decay
         )
         self.snapshots: list[dict[str, Any]] = []  # {"step", "weights"}: the network at snapshot_fractions of the run
         self.snapshot_steps: list[int] = []
@@ -158,7 +159,7 @@ class MetaLearner:
                 with meter.paused():
                     self.update(horizon, model, device)
         while len(self.snapshots) < len(self.snapshot_steps) and step + 1 >= self.snapshot_steps[len(self.snapshots)]:
-            network = self.schedule.stages[max(self.schedule.stage, 0)]
+            network = self.schedule.stages[max(self.run.stage, 0)]
             weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
             self.snapshots.append({"step": step + 1, "weights": weights})
 
@@ -184,7 +185,7 @@ class MetaLearner:
             return
         self.optimizer.zero_grad(set_to_none=True)
         lrs = torch.stack(
-            [self.schedule.lr_at(e["loss"], MLRSNetState(e["h"], e["c"]), e["stage"]).reshape(()) for e in horizon]
+            [self.run.lr_at(e["loss"], MLRSNetState(e["h"], e["c"]), e["stage"]).reshape(()) for e in horizon]
         )
         lrs.backward(dlrs.to(device=lrs.device, dtype=lrs.dtype))
         self.last_hypergradient = {
@@ -202,15 +203,13 @@ class MetaLearner:
         current = self.schedule
         weights = [s["weights"] for s in self.snapshots]
         if len(weights) < len(self.snapshot_steps):
-            weights.append(current.stages[max(current.stage, 0)].state_dict())
+            weights.append(current.stages[max(self.run.stage, 0)].state_dict())
         schedule = MLRSNetSchedule(
             hidden_size=current.hidden_size,
             num_layers=current.num_layers,
             gate_layout=current.gate_layout,
             num_stages=len(weights),
-            gamma=current.gamma,
-            input_normalization=current.input_normalization,
-            relative_max_scale=current.relative_max_scale,
+            **self.run.recipe(),
             meta_training=copy.deepcopy(current.meta_training),
         ).to(dtype=current.stages[0].head.weight.dtype)
         for stage, state in zip(schedule.stages, weights, strict=True):
