@@ -29,7 +29,14 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     # hub_cards/ (the model card templates) lives at the top level and ships inside the package.
-    packages=["mlrsnet_hf", "mlrsnet_hf.hub_cards", "mlrsnet_hf.experiments", "mlrsnet_hf.experiments.metric_modules"],
+    packages=[
+        "mlrsnet_hf",
+        "mlrsnet_hf.mlrsnet",
+        "mlrsnet_hf.lr_controller",
+        "mlrsnet_hf.hub_cards",
+        "mlrsnet_hf.experiments",
+        "mlrsnet_hf.experiments.metric_modules",
+    ],
     package_dir={"mlrsnet_hf.hub_cards": "hub_cards"},
     package_data={"mlrsnet_hf.hub_cards": ["*.md"], "mlrsnet_hf.experiments.metric_modules": ["*/*.py"]},
     install_requires=[

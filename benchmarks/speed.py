@@ -5,7 +5,6 @@
     python benchmarks/speed.py --device cuda --bf16   # on a GPU
     python benchmarks/speed.py --only overhead --repeats 11   # transfer mode's per-step overhead, two models
     python benchmarks/speed.py --only paired   # the same, each pair of runs taking turns on one core (CPU)
-    python benchmarks/speed.py --only parts   # where it goes: one run whose schedule step changes every 4 steps
 
 Every configuration runs in a fresh subprocess (clean peak memory: peak RSS on CPU, ``max_memory_allocated``
 on CUDA). Training throughput is measured with the real Trainer loop on a small CNN (synthetic 32x32

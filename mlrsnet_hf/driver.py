@@ -12,8 +12,9 @@ In a training loop of your own (PyTorch or ``accelerate``), :meth:`LRDriver.bind
 :meth:`MLRSNetDriver.for_loop` calls) hooks the same two calls onto the optimizer itself: ``prepare_step`` runs
 in its step pre-hook (after your clipping) and ``step`` in its post-hook.
 
-:class:`MLRSNetDriver` drives an :class:`~mlrsnet_hf.MLRSNetSchedule` (and meta-trains it with a
-:class:`~mlrsnet_hf.meta_training.MetaLearner`); :class:`~mlrsnet_hf.lr_controller_driver.LRControllerDriver`
+Each family has its driver, a subclass registered with the family (:mod:`mlrsnet_hf.families`):
+:class:`~mlrsnet_hf.mlrsnet.driver.MLRSNetDriver` drives an :class:`~mlrsnet_hf.MLRSNetSchedule` (and meta-trains it
+with a :class:`~mlrsnet_hf.mlrsnet.meta_training.MetaLearner`); :class:`~mlrsnet_hf.lr_controller.driver.LRControllerDriver`
 drives a PPO-trained :class:`~mlrsnet_hf.LRController`.
 """
 
@@ -21,15 +22,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from typing import Any
 
 import torch
-from accelerate.state import PartialState
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .engines import deepspeed_config
+from .engines import check_one_job, check_online_scale_engine, deepspeed_config
 from .loop import LoopBinding
 from .loss_meter import LossMeter
 from .meta_gradient import is_sharded, trainable_parameters
@@ -136,13 +135,7 @@ class LRDriver(LoopBinding):
         train_dataloader: DataLoader | None = None,
     ) -> None:
         """Bind to this run (``args``: its ``TrainingArguments``); a state loaded from a checkpoint is applied now."""
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
-        if launched > PartialState().num_processes:
-            raise RuntimeError(
-                f"{launched} processes were launched (WORLD_SIZE={launched}) but this one trains alone: on a machine "
-                "without GPUs pass --use_cpu (TrainingArguments(use_cpu=True)) so that they form one gloo job; "
-                "otherwise each process would train the same model alone and write the same output_dir."
-            )
+        check_one_job()
         if not (args.learning_rate > 0):
             raise ValueError(
                 f"learning_rate must be positive (the reference of the schedule's LR), got {args.learning_rate}."
@@ -240,11 +233,9 @@ class LRDriver(LoopBinding):
                     f"online_scale={saved.get('method')!r}): resume with the same online_scale."
                 )
             return
-        if deepspeed_config(self.args) is not None or is_sharded(trainable_parameters(self.model)):
-            raise ValueError(
-                "online_scale needs the whole parameters in one torch optimizer (its inner products run over them); "
-                "DeepSpeed and FSDP2 shard them: train without online_scale there, or under DDP."
-            )
+        check_online_scale_engine(
+            deepspeed=deepspeed_config(self.args) is not None, sharded=is_sharded(trainable_parameters(self.model))
+        )
         logger.info(
             "online_scale=%r: the LR of each step is S * shape_t, S learned by Mechanic over %s (two parameter-sized "
             "buffers); the logged learning_rate is that product.",

@@ -1,4 +1,8 @@
-"""What a distributed engine changes for a learned schedule: DeepSpeed's checks.
+"""What a distributed engine changes for a learned schedule, and what each supports.
+
+DDP: everything (the hypergradient's parts are all-reduced, :mod:`mlrsnet_hf.meta_gradient`). FSDP2: transfer and
+meta-training (the hypergradient is reduced over the shards), not ``gamma="range_test"`` or the online scale, which
+need whole parameters on one process. DeepSpeed (ZeRO 1-3): transfer with :class:`~mlrsnet_hf.MLRSNetTrainer` only.
 
 Under DeepSpeed, accelerate runs ``engine.step()`` (clipping, optimizer step, zero-grad, scheduler step) inside
 ``accelerator.backward`` of the last micro-batch of each optimizer step; the optimizer wrapper's ``step()`` that
@@ -10,7 +14,21 @@ setup replaces the scheduler it was given), so :class:`~mlrsnet_hf.MLRSNetCallba
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+from accelerate.state import PartialState
+
+
+def check_one_job() -> None:
+    """Refuse processes launched together that do not form one job (each would train the same model alone)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > PartialState().num_processes:
+        raise RuntimeError(
+            f"{launched} processes were launched (WORLD_SIZE={launched}) but this one trains alone: on a machine "
+            "without GPUs pass --use_cpu (TrainingArguments(use_cpu=True)) so that they form one gloo job; "
+            "otherwise each process would train the same model alone and write the same output_dir."
+        )
 
 
 def deepspeed_config(args: Any) -> dict[str, Any] | None:
@@ -54,4 +72,23 @@ def check_deepspeed_meta_training(meta_train: bool) -> None:
             "pass (no Trainer event between the gradient and the step), and under ZeRO the weights and gradients are partitioned "
             "across processes (the meta-gradient would have to be computed per partition and all-reduced). Meta-train "
             "without DeepSpeed (DDP), then transfer the schedule (meta_train=False), which is exact under DeepSpeed."
+        )
+
+
+def check_range_test_engine(sharded: bool) -> None:
+    """Refuse ``gamma="range_test"`` on a sharded (FSDP2) model: the test runs on a whole copy of the model."""
+    if sharded:
+        raise ValueError(
+            "gamma='range_test' runs its range test on a copy of the model, and a sharded (FSDP2) model has no "
+            "whole copy on one process: run the range test without sharding (`mlrsnet_hf.lr_range_test`) and pass "
+            "the LR it finds as learning_rate with gamma='relative', or use gamma='auto'."
+        )
+
+
+def check_online_scale_engine(deepspeed: bool, sharded: bool) -> None:
+    """Refuse the online scale where the parameters are sharded: its inner products run over whole parameters."""
+    if deepspeed or sharded:
+        raise ValueError(
+            "online_scale needs the whole parameters in one torch optimizer (its inner products run over them); "
+            "DeepSpeed and FSDP2 shard them: train without online_scale there, or under DDP."
         )

@@ -20,8 +20,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
+
+from .optimizers import is_sgd, optimizer_name
+
+logger = logging.getLogger(__name__)
 
 INPUT_NORMALIZATIONS = ("none", "log_num_classes")
 GAMMA_RULES = ("auto", "relative", "range_test")
@@ -57,3 +62,28 @@ def check_input_normalization(value: Any) -> str:
     if value not in INPUT_NORMALIZATIONS:
         raise ValueError(f"input_normalization must be one of {', '.join(INPUT_NORMALIZATIONS)}, got {value!r}.")
     return value
+
+
+def run_gamma(gamma: Any, online_scale: str | None, schedule_gamma: Any, optimizer: Any, base_lr: float) -> Any:
+    """The gamma a run asks for (None: the schedule's own): ``"relative"`` under an online scale (it learns the
+    scale) and, with a warning, for an optimizer other than SGD when no gamma was given and the schedule's rule
+    does not already scale from a base LR; else ``gamma`` as given."""
+    if online_scale:
+        # The LR is S * shape_t, shape_t the schedule's LR relative to its first (1 at the first step) and S
+        # learned: neither gamma nor learning_rate sets it (learning_rate keeps the parameter groups' ratios).
+        if gamma not in (None, "relative"):
+            logger.warning(
+                "online_scale=%r learns the LR's scale: gamma=%r is not used (the schedule gives the shape only).",
+                online_scale,
+                gamma,
+            )
+        gamma = "relative"
+    elif gamma is None and not is_sgd(optimizer) and schedule_gamma not in BASE_LR_RULES:
+        logger.warning(
+            "%s is not SGD: using gamma='relative' (learning_rate=%g sets the scale, the schedule the shape). "
+            "Pass gamma explicitly to override.",
+            optimizer_name(optimizer),
+            base_lr,
+        )
+        gamma = "relative"
+    return gamma

@@ -29,16 +29,25 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     ) -> importlib.machinery.ModuleSpec | None:
         return importlib.util.spec_from_loader(name, self) if name in MOVED else None
 
+    def __init__(self) -> None:
+        self._specs: dict[str, importlib.machinery.ModuleSpec] = {}  # the moved modules' own specs, by old path
+
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         warnings.warn(
             f"{spec.name} moved to {MOVED[spec.name]}; the old path will be removed in mlrsnet_hf 0.3.",
             DeprecationWarning,
             stacklevel=2,
         )
-        return importlib.import_module(MOVED[spec.name])
+        module = importlib.import_module(MOVED[spec.name])
+        self._specs[spec.name] = module.__spec__
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        """The module ran at its new path already."""
+        """The module ran at its new path already: give it back its own spec (importlib set the old path's)."""
+        own = self._specs.pop(module.__spec__.name, None)
+        if own is not None:
+            module.__spec__, module.__name__, module.__loader__ = own, own.name, own.loader
+            module.__package__ = own.parent
 
 
 def install() -> None:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .gamma import GAMMA_RULES, check_gamma, check_input_normalization, check_relative_max_scale
-from .lr_range_test import DEFAULT_RULE
-from .lr_range_test import RULES as RANGE_TEST_RULES
+from .lr_range_rules import DEFAULT_RULE
+from .lr_range_rules import RULES as RANGE_TEST_RULES
 from .online_scale import ONLINE_SCALES
 
 
@@ -31,7 +31,7 @@ def parse_gamma(value: str | float | None) -> str | float | None:
 
 
 STEP_BACKENDS = ("auto", "numpy", "tensor", "cuda_graph")
-"""How a transferred MLR-SNet schedule steps (:class:`~mlrsnet_hf.device_step.DeviceStep`): "auto" picks "numpy"
+"""How a transferred MLR-SNet schedule steps (:class:`~mlrsnet_hf.mlrsnet.device_step.DeviceStep`): "auto" picks "numpy"
 for a float32 network on a CPU, "cuda_graph" on CUDA, else "tensor"."""
 
 

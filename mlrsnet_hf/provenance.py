@@ -17,7 +17,7 @@ A schedule built in code has no ``repo_id`` or ``path``: nothing to point to unt
 meta-training, ``saved_to`` is where :class:`~mlrsnet_hf.MLRSNetTrainer` wrote the learned schedule (when the card is
 made after ``save_schedule`` or ``push_schedule_to_hub``). With ``gamma="range_test"``, ``range_test`` is the LR the
 range test chose for the run, the rule's own pick and, when the pick was replaced, why
-(:func:`mlrsnet_hf.lr_range_test.choose_lr_checked`; ``fallback_reason`` null: the rule's pick was used).
+(:func:`mlrsnet_hf.lr_range_rules.choose_lr_checked`; ``fallback_reason`` null: the rule's pick was used).
 """
 
 from __future__ import annotations

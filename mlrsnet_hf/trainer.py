@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from transformers import Trainer
-from transformers.trainer_callback import CallbackHandler
 
 from . import publishing
-from .callback import MLRSNetCallback
+from .callback import MLRSNetCallback, ScheduleCallbackHandler
 from .config import MLRSNetConfig
 from .driver import LRDriver
 from .engines import check_deepspeed_config, check_deepspeed_meta_training, deepspeed_config
@@ -25,58 +24,6 @@ if TYPE_CHECKING:
     from .mlrsnet.meta_training import MetaLearner
 
 logger = logging.getLogger(__name__)
-
-
-class ScheduleCallbackHandler(CallbackHandler):
-    """The Trainer's ``CallbackHandler``, which calls the schedule's callback itself, at the three events it acts on.
-
-    A callback in the handler's list is called at every event, four times per optimizer step with all the Trainer's
-    keyword arguments: a part of transfer mode's cost per step (``benchmarks/speed.py --only parts``). The
-    schedule's callback is not in the list (``trainer.mlrsnet_callback``); at its events it is called where it would
-    be if it had been added to the list when the Trainer was made: after the callbacks listed then, before those
-    added later (``trainer.add_callback``), e.g. one that scales the LR it sets.
-    """
-
-    def __init__(self, schedule_callback: MLRSNetCallback, handler: CallbackHandler) -> None:
-        super().__init__(
-            handler.callbacks, handler.model, handler.processing_class, handler.optimizer, handler.lr_scheduler
-        )
-        self.schedule_callback = schedule_callback
-        self._first = tuple(self.callbacks)  # kept alive: their ids stay theirs
-        self._first_ids = frozenset(map(id, self._first))
-
-    def _call(self, callback: Any, event: str, args: Any, state: Any, control: Any) -> Any:
-        result = getattr(callback, event)(
-            args,
-            state,
-            control,
-            model=self.model,
-            processing_class=self.processing_class,
-            optimizer=self.optimizer,
-            lr_scheduler=self.lr_scheduler,
-            train_dataloader=self.train_dataloader,
-            eval_dataloader=self.eval_dataloader,
-        )
-        return control if result is None else result
-
-    def _call_with_schedule(self, event: str, args: Any, state: Any, control: Any) -> Any:
-        scheduled = False
-        for callback in self.callbacks:
-            if not scheduled and id(callback) not in self._first_ids:
-                control, scheduled = self._call(self.schedule_callback, event, args, state, control), True
-            control = self._call(callback, event, args, state, control)
-        if not scheduled:
-            control = self._call(self.schedule_callback, event, args, state, control)
-        return control
-
-    def on_train_begin(self, args, state, control):
-        return self._call_with_schedule("on_train_begin", args, state, control)
-
-    def on_pre_optimizer_step(self, args, state, control):
-        return self._call_with_schedule("on_pre_optimizer_step", args, state, control)
-
-    def on_train_end(self, args, state, control):
-        return self._call_with_schedule("on_train_end", args, state, control)
 
 
 class MLRSNetTrainer(Trainer):

@@ -37,12 +37,13 @@ def is_type_checking(node: ast.If) -> bool:
     )
 
 
-def import_nodes(tree: ast.AST):
-    """Every import statement, inside functions and classes too, except under ``if TYPE_CHECKING:``."""
+def import_nodes(tree: ast.AST, type_checking: bool = False):
+    """Every import statement, inside functions and classes too; under ``if TYPE_CHECKING:`` only with
+    ``type_checking``."""
     stack = [tree]
     while stack:
         node = stack.pop()
-        if isinstance(node, ast.If) and is_type_checking(node):
+        if isinstance(node, ast.If) and is_type_checking(node) and not type_checking:
             stack.extend(node.orelse)
             continue
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -50,12 +51,12 @@ def import_nodes(tree: ast.AST):
         stack.extend(ast.iter_child_nodes(node))
 
 
-def imports_of(name: str, path: Path) -> list[tuple[str, int, bool]]:
+def imports_of(name: str, path: Path, type_checking: bool = False) -> list[tuple[str, int, bool]]:
     """``(imported package module, line, is 'from <package root> import X' of a non-module X)`` for ``name``."""
     is_package = path.name == "__init__.py"
     here = name if is_package else name.rpartition(".")[0]
     found = []
-    for node in import_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in import_nodes(ast.parse(path.read_text(encoding="utf-8")), type_checking):
         if isinstance(node, ast.Import):
             found += [(a.name, node.lineno, False) for a in node.names if a.name.split(".")[0] == PACKAGE]
             continue
@@ -113,10 +114,12 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_cycle():
-    # Imports inside functions count: they only hide a circle. The package root importing its modules is not a
-    # cycle (modules do not import the root, checked above).
-    graph = {name: {t for t, _, _ in edges if t != name and t != PACKAGE} for name, edges in GRAPH.items()}
-    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+    # Imports inside functions count: they only hide a circle, and so do type-checking imports (a circle of types
+    # is a circle of concepts). The package root importing its modules is not a cycle (modules do not import the
+    # root, checked above).
+    for edges_of in (GRAPH, {name: imports_of(name, path, type_checking=True) for name, path in MODULES.items()}):
+        graph = {name: {t for t, _, _ in edges if t != name and t != PACKAGE} for name, edges in edges_of.items()}
+        assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
 
 
 def test_cycle_finder_sees_a_cycle():
@@ -199,3 +202,17 @@ def test_old_module_paths_warn_and_are_the_moved_modules(old, new):
     with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}; the old path will be removed"):
         module = importlib.import_module(old)
     assert module is importlib.import_module(new)
+    # the module keeps its own identity: its spec, name and package are the new path's
+    assert (module.__spec__.name, module.__name__, module.__package__) == (new, new, new.rpartition(".")[0])
+
+
+def test_setup_ships_every_subpackage():
+    """setup.py lists its packages: a new subpackage left out would be missing from a wheel (editable installs hide
+    it)."""
+    listed = set(ast.literal_eval(next(
+        kw.value for node in ast.walk(ast.parse((ROOT.parent / "setup.py").read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup"
+        for kw in node.keywords if kw.arg == "packages"
+    )))  # fmt: skip
+    found = {".".join([PACKAGE, *p.parent.relative_to(ROOT).parts]) for p in ROOT.rglob("__init__.py")}
+    assert found <= listed, f"subpackages missing from setup.py's packages: {sorted(found - listed)}"

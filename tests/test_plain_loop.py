@@ -141,6 +141,13 @@ def test_a_transfer_run_leaves_the_schedule_it_was_given_as_it_was():
     assert all(torch.equal(v, weights[k]) for k, v in schedule.state_dict().items())
 
 
+def test_a_driver_publishes_and_checkpoints_before_its_run_starts():
+    schedule = fresh_schedule()
+    driver = MLRSNetDriver(schedule)
+    assert driver.run is None and driver.published_schedule().config == schedule.config
+    assert driver.state_dict()["run"] is None
+
+
 def test_losses_handed_over_equal_losses_read_from_the_model():
     assert plain_loop(TRANSFER, custom_loss=True)[0] == plain_loop(TRANSFER)[0]
 

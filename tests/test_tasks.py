@@ -120,6 +120,14 @@ def test_train_controller_then_transfer_it(tmp_path, capsys):
     lrs = json.loads((out / "metrics.json").read_text())["learning_rates"]
     assert len(lrs) == 4 and lrs[0] == lrs[1] and lrs[2] == lrs[3]  # one decision every 2 steps
     assert all(round(lr / 1e-3 / 1.05 ** round(math.log(lr / 1e-3, 1.05)), 9) == 1 for lr in lrs)
+    # With the preset's SGD recipe, whose gamma is MLR-SNet's and not the user's, the controller runs as well; a
+    # schedule option given on the command line is refused, named.
+    sgd = ["transfer", "--task", "cifar10-resnet18", "--schedule", str(controller_dir), "--dataset", str(data),
+           "--meta_size", "40", "--per_device_train_batch_size", "8", *QUICK]  # fmt: skip
+    assert main([*sgd, "--output_dir", str(tmp_path / "sgd")]) == 0
+    capsys.readouterr()
+    assert main([*sgd, "--output_dir", str(tmp_path / "refused"), "--gamma", "0.1"]) == 1
+    assert "takes no schedule options (got ['gamma'])" in capsys.readouterr().err
 
 
 def test_cifar_c_data_one_corruption_clean_meta_and_test(tmp_path):

@@ -15,6 +15,7 @@ schedule repo; ``transfer --schedule OUT`` then uses it (with ``--optim adamw_to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -29,6 +30,9 @@ from torch.utils.data import Subset
 from transformers import HfArgumentParser, Trainer, set_seed
 
 from ..config import MLRSNetConfig
+from ..families import family_of
+from ..hub import load_any_schedule
+from ..options import ScheduleOptions
 from ..plotting import plot_lr_curve, plot_training_curves
 from ..trainer import MLRSNetTrainer
 from .corrupted_data import CORRUPTED_DATASETS, load_corrupted_dataset
@@ -242,6 +246,16 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
     task_args, training = parse(argv, meta_train)
     if not meta_train and training.schedule is None:
         raise ValueError("transfer needs --schedule (a schedule directory or Hub repo id).")
+    schedule = None
+    if not meta_train:
+        schedule = load_any_schedule(training.schedule)
+        if family_of(schedule).driver_class.options_class is None:
+            # A family without run options (the LR controller): the preset's recipe gamma and normalisation are
+            # MLR-SNet's, not the user's; only options given on the command line reach it (and are refused).
+            defaults = ScheduleOptions()
+            for name in (f.name for f in dataclasses.fields(ScheduleOptions)):
+                if f"--{name}" not in argv:
+                    setattr(training, name, getattr(defaults, name))
     set_seed(training.seed)
     task = build_task(task_args, training)
     if task_args.max_eval_samples is not None:
@@ -259,6 +273,7 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
         train_dataset=task.train,
         eval_dataset=task.test,
         meta_dataset=task.meta,
+        schedule=schedule,
         compute_metrics=task.compute_metrics,
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
     )

@@ -5,17 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
+from torch import nn
 
 from ..plotting import decaying_loss_curve, format_lr_axis, typical_loss_curve
 
-if TYPE_CHECKING:
-    from .controller import LRController
 
-
-def controller_loss_curve(controller: LRController, num_steps: int) -> list[float]:
+def controller_loss_curve(controller: nn.Module, num_steps: int) -> list[float]:
     """A loss curve in the range of the data an LR controller was trained on.
 
     From the first to the last training loss of its last complete training episode (``train_loss_range`` of
@@ -32,7 +29,7 @@ def controller_loss_curve(controller: LRController, num_steps: int) -> list[floa
 
 
 def plot_controller_response(
-    controller: LRController,
+    controller: nn.Module,
     path: str | Path,
     num_steps: int | None = None,
     losses: Sequence[float] | None = None,

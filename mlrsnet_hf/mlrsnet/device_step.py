@@ -3,7 +3,7 @@
 :meth:`ScheduleRun.step <mlrsnet_hf.mlrsnet.run.ScheduleRun.step>` runs the network's reference forward (about 25
 small tensor operations, autograd-ready) and returns the LR as a Python float, which on a GPU costs a device
 synchronisation per optimizer step (the host waits for the loss, then for the LR). In transfer mode the weights
-are fixed, so the step runs on fused weights (:mod:`mlrsnet_hf.fused_step`), by one of these backends (the
+are fixed, so the step runs on fused weights (:mod:`mlrsnet_hf.mlrsnet.fused_step`), by one of these backends (the
 ``step_backend`` option; all compute the same rule: ``gamma * p``, capped in relative mode; a non-finite loss or
 LR keeps the LSTM state and the last LR, and is counted):
 
@@ -169,7 +169,7 @@ class DeviceStep:
     def prepare(self) -> None:
         """Make the current stage's step ready where the host may wait (a stage entry): on CUDA, capture its graph."""
         network = self.run.stages[self.run.stage]
-        if self.path(network) == "cuda_graph":
+        if self.path(network) != "numpy":  # (building the fused weights may copy to the device: here, not later)
             self._tensor_step_of(network)
 
     def _tensor_step_of(self, network: nn.Module) -> _TensorStep:

@@ -14,36 +14,26 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..driver import LRDriver
-from ..gamma import check_gamma
+from ..engines import check_range_test_engine
+from ..gamma import check_gamma, run_gamma
 from ..lr_range_test import RangeTestResult, lr_range_test
 from ..measurements import average_training_loss, ordered_batches
 from ..meta_gradient import is_sharded, trainable_parameters
-from ..optimizers import is_sgd, optimizer_name
 from ..options import ScheduleOptions
 from .device_step import DeviceStep
 from .meta_training import MetaLearner
+from .run import ScheduleRun, default_num_classes
 from .schedule import MLRSNetSchedule
 
 logger = logging.getLogger(__name__)
-
-
-def default_num_classes(model: nn.Module) -> int | None:
-    """C for a model: the vocabulary size of a language model, else ``config.num_labels``."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    get_output = getattr(model, "get_output_embeddings", None)
-    is_lm = callable(get_output) and get_output() is not None
-    if is_lm and getattr(config, "vocab_size", None):
-        return int(config.vocab_size)
-    return getattr(config, "num_labels", None)
 
 
 class MLRSNetDriver(LRDriver):
     """Feeds an MLR-SNet schedule the training loss of each optimizer step; with ``meta_train``, learns it online.
 
     Args:
-        schedule: the schedule (its runtime state, and with meta-training its weights, change during a run).
+        schedule: the schedule (with meta-training its weights change during the run; the run's state is
+            ``driver.run``, a :class:`~mlrsnet_hf.mlrsnet.run.ScheduleRun`).
         options: the run's :class:`~mlrsnet_hf.options.ScheduleOptions`.
         held_out: the meta set of meta-training (``options.meta_train``); ``held_out_collate_fn`` and
             ``label_names`` as for :class:`LRDriver`.
@@ -65,7 +55,10 @@ class MLRSNetDriver(LRDriver):
         self.meta: MetaLearner | None = None
         self.range_test: RangeTestResult | None = None  # the curve and choice of gamma="range_test", once run
         self.last_step: dict[str, Any] | None = None
-        self.device_step: DeviceStep | None = None  # transfer mode: steps between stage entries stay on the device
+        self.device_step: DeviceStep | None = None
+        self.run: ScheduleRun | None = (
+            None  # this run of the schedule (from start(); what scheduler.pt holds)  # transfer mode: steps between stage entries stay on the device
+        )
 
     @classmethod
     def for_loop(
@@ -125,34 +118,12 @@ class MLRSNetDriver(LRDriver):
 
     def _start(self, restored: dict[str, Any] | None) -> None:
         schedule, options = self.schedule, self.options
-        gamma = options.gamma
-        if options.online_scale:
-            # The LR is S * shape_t, shape_t the schedule's LR relative to its first (1 at the first step) and S
-            # learned: neither gamma nor learning_rate sets it (learning_rate keeps the parameter groups' ratios).
-            if gamma not in (None, "relative"):
-                logger.warning(
-                    "online_scale=%r learns the LR's scale: gamma=%r is not used (the schedule gives the shape only).",
-                    options.online_scale,
-                    gamma,
-                )
-            gamma = "relative"
-        elif gamma is None and not is_sgd(self.optimizer) and not schedule.uses_base_lr:
-            logger.warning(
-                "%s is not SGD: using gamma='relative' (learning_rate=%g sets the scale, the schedule the shape). "
-                "Pass gamma explicitly to override.",
-                optimizer_name(self.optimizer),
-                self.base_lr,
-            )
-            gamma = "relative"
+        gamma = run_gamma(options.gamma, options.online_scale, schedule.gamma, self.optimizer, self.base_lr)
         # The run's recipe: the schedule's own, overridden by this run's options (the schedule is not changed).
         rule = schedule.gamma if gamma is None else check_gamma(gamma)
         normalization = options.input_normalization or schedule.input_normalization
-        if rule == "range_test" and is_sharded(trainable_parameters(self.model)):
-            raise ValueError(
-                "gamma='range_test' runs its range test on a copy of the model, and a sharded (FSDP2) model has no "
-                "whole copy on one process: run the range test without sharding (`mlrsnet_hf.lr_range_test`) and pass "
-                "the LR it finds as learning_rate with gamma='relative', or use gamma='auto'."
-            )
+        if rule == "range_test":
+            check_range_test_engine(sharded=is_sharded(trainable_parameters(self.model)))
         num_classes = options.num_classes or default_num_classes(self.model)
         if (rule == "auto" or normalization == "log_num_classes") and not num_classes:
             raise ValueError(
@@ -203,7 +174,12 @@ class MLRSNetDriver(LRDriver):
             # before runs were apart from schedules, the run's state was the schedule's "_extra_state"
             legacy = weights.pop("_extra_state", None)
             schedule.load_state_dict(weights)
-            self.run.load_state_dict(restored.get("run", legacy))
+            saved = restored.get("run") or legacy
+            if saved is None:
+                raise ValueError(
+                    "The checkpoint's scheduler.pt holds no run state: the LR sequence cannot be continued."
+                )
+            self.run.load_state_dict(saved)
             if self.device_step is not None and self.run.stage >= 0:
                 self.device_step.prepare()  # a resumed run steps fast from its first step: capture before it
             if self.meta is not None:
@@ -311,13 +287,14 @@ class MLRSNetDriver(LRDriver):
                 raise ValueError("trajectory=True needs a meta-training run with snapshot_fractions set.")
             return self.meta.trajectory()
         schedule = super().published_schedule()
-        schedule.configure(**self.run.recipe())
+        if self.run is not None:  # (before training: the schedule as it was given)
+            schedule.configure(**self.run.recipe())
         return schedule
 
     def _runtime_state(self) -> dict[str, Any]:
         return {
             "schedule": self.schedule.state_dict(),
-            "run": self.run.state_dict(),
+            "run": None if self.run is None else self.run.state_dict(),
             "meta": None if self.meta is None else self.meta.state_dict(),
             "online_scale": None if self.online_scale is None else self.online_scale.state_dict(),
         }

@@ -2,7 +2,7 @@
 
 One step reads the (normalised) training loss and the recurrent state and returns
 ``p_t = sigmoid(Linear(h_t))`` with the new state; the learning rate is ``gamma * p_t``
-(see :mod:`mlrsnet_hf.schedule`). The state is explicit: nothing is stored on the module.
+(see :mod:`mlrsnet_hf.mlrsnet.run`). The state is explicit: nothing is stored on the module.
 """
 
 from __future__ import annotations

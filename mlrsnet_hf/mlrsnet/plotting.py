@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
+from torch import nn
 
 from ..plotting import format_lr_axis, typical_loss_curve
 
-if TYPE_CHECKING:
-    from .schedule import MLRSNetSchedule
 
-
-def default_preview_settings(schedule: MLRSNetSchedule) -> tuple[int, float]:
+def default_preview_settings(schedule: nn.Module) -> tuple[int, float]:
     """``(num_classes, base_lr)`` for a preview: the meta-training task's classes (else 10) and base LR 1."""
     return int(schedule.meta_training.get("num_classes") or 10), 1.0
 
 
 def plot_lr_response(
-    schedule: MLRSNetSchedule,
+    schedule: nn.Module,
     path: str | Path,
     losses: Sequence[float] | None = None,
     num_classes: int | None = None,

@@ -267,3 +267,15 @@ class ScheduleRun:
         self.last_lr = state["last_lr"]
         self.num_steps = int(state["num_steps"])
         self.num_skipped = int(state["num_skipped"])
+
+
+def default_num_classes(model: nn.Module) -> int | None:
+    """C for a model: the vocabulary size of a language model, else ``config.num_labels``."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    get_output = getattr(model, "get_output_embeddings", None)
+    is_lm = callable(get_output) and get_output() is not None
+    if is_lm and getattr(config, "vocab_size", None):
+        return int(config.vocab_size)
+    return getattr(config, "num_labels", None)

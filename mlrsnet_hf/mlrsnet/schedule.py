@@ -63,7 +63,7 @@ class MLRSNetSchedule(
     Args:
         hidden_size: LSTM width of every stage's network.
         num_layers: stacked cells per network.
-        gate_layout: ``"ifgo"`` or ``"ifog_shifted"`` (see :data:`mlrsnet_hf.network.GATE_LAYOUTS`).
+        gate_layout: ``"ifgo"`` or ``"ifog_shifted"`` (see :data:`mlrsnet_hf.mlrsnet.network.GATE_LAYOUTS`).
         num_stages: number of networks used one after another.
         stage_starts: fraction of the run at which each stage starts; ``[0.0, ...]``, increasing.
             Defaults to equal parts.

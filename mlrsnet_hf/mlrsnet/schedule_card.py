@@ -7,16 +7,14 @@ asks of a schedule family (besides ``config`` and ``weights()``, which stay with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard
+from torch import nn
 
 from ..hub import ScheduleRepoMixin, card_from_template, significant
 from ..provenance import range_test_summary
 from ..publishing import played_a_part
-
-if TYPE_CHECKING:
-    from .schedule import MLRSNetSchedule
 
 CARD_TEMPLATE = "mlrsnet_schedule.md"
 
@@ -45,7 +43,7 @@ class MLRSNetScheduleRepo(ScheduleRepoMixin):
 _NOT_ROWS = ("results", "license", "license_name", "license_link", "license_note")
 
 
-def recorded_fields(schedule: MLRSNetSchedule) -> dict[str, Any]:
+def recorded_fields(schedule: nn.Module) -> dict[str, Any]:
     """The meta-training record as the card shows it: floats to 4 significant digits, only what the run used
     (:func:`played_a_part`; records written before that rule may still hold the other fields)."""
     return {
@@ -55,7 +53,7 @@ def recorded_fields(schedule: MLRSNetSchedule) -> dict[str, Any]:
     }
 
 
-def render_model_card(schedule: MLRSNetSchedule, **template_kwargs: Any) -> ModelCard:
+def render_model_card(schedule: nn.Module, **template_kwargs: Any) -> ModelCard:
     """The model card: the class's Hub metadata (``library_name``, tags, license), datasets, ``model-index``.
 
     Results are rounded to 4 significant digits and carry the split they were measured on (``eval_split``
@@ -106,7 +104,7 @@ def render_model_card(schedule: MLRSNetSchedule, **template_kwargs: Any) -> Mode
     )
 
 
-def stage_rows(schedule: MLRSNetSchedule) -> list[dict[str, str]]:
+def stage_rows(schedule: nn.Module) -> list[dict[str, str]]:
     """One row per stage; for a trajectory schedule, where in its meta-training run each network was recorded."""
     ends = [*schedule.stage_starts[1:], 1.0]
     snapshots = schedule.meta_training.get("snapshots") or {}

@@ -74,8 +74,9 @@ def main() -> None:
     refused = refusals(out, deepspeed) if stage and not controller and resume is None else {}
     torch.manual_seed(0)
     schedule = LRController(decision_interval=2, probe_size=16) if controller else MLRSNetSchedule(hidden_size=4)
+    options = {} if controller else {"gamma": 0.1}  # an LR controller takes no schedule options (refused)
     trainer = MLRSNetTrainer(
-        model=DigitsNet(batchnorm=False), args=make_args(out, deepspeed if stage else None, gamma=0.1, **saving),
+        model=DigitsNet(batchnorm=False), args=make_args(out, deepspeed if stage else None, **options, **saving),
         train_dataset=digits(256), meta_dataset=digits(16), schedule=schedule,
     )  # fmt: skip
     used: dict[int, list[float]] = {}
