@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
 
 from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
+from mlrsnet_hf.optimizers import unwrap
 
 RULES = ("min_loss", "min_loss_div_3", "min_loss_div_10", "steepest")
 SELECTION_TASKS = ("digits-cnn", "mnist1d-cnn", "ptb-lstm", "ptb-gpt2")  # what the defaults were chosen on
@@ -59,13 +60,24 @@ class DoGScale(TrainerCallback):
     """Experiment (not in the library): the LR scale from DoG (Ivgi et al., 2023), the shape from the schedule.
 
     Runs after the schedule has set ``lr_t = p_t / p_1`` (``gamma="relative"``, ``learning_rate=1``) and
-    multiplies it by ``eta_t = max(r_eps, max_i |x_i - x_0|) / sqrt(sum_i |g_i|^2)`` (clipped gradients).
+    multiplies it by ``eta_t = max(r_eps, max_i |x_i - x_0|) / sqrt(sum_i |g_i|^2)`` (clipped gradients). The
+    schedule sets the LR in the optimizer's step pre-hook, so this is a pre-hook too, registered after the schedule's
+    (at the first step).
     """
 
     def __init__(self, reps_rel: float = 1e-6) -> None:
         self.reps_rel, self.x0, self.rbar, self.g2 = reps_rel, None, 0.0, 0.0
+        self.hook = None
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.hook is None:
+            self.hook = unwrap(optimizer).register_step_pre_hook(lambda opt, *_: self.scale(model, opt))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.hook is not None:
+            self.hook.remove()
+
+    def scale(self, model, optimizer) -> None:
         params = [p for p in model.parameters() if p.requires_grad]
         if self.x0 is None:
             self.x0 = [p.detach().clone() for p in params]

@@ -1,9 +1,9 @@
 """``MLRSNetCallback``: a learned schedule in a plain ``transformers.Trainer``, for transfer and meta-training alike.
 
 The callback only routes the Trainer's events to a driver (:mod:`mlrsnet_hf.driver`), which is the Trainer's
-``lr_scheduler``: the run starts it (``on_train_begin``), the LR of each step is set just before
-``optimizer.step()`` (``on_pre_optimizer_step``), and the Trainer itself calls ``step()``, logs
-``get_last_lr()`` and checkpoints ``state_dict()`` in ``scheduler.pt``.
+``lr_scheduler``: the run starts it (``on_train_begin``), the LR of each step is set in the optimizer's step
+pre-hook (inside ``optimizer.step()``, after clipping, as in a loop of your own: :mod:`mlrsnet_hf.loop`), and the
+Trainer itself calls ``step()``, logs ``get_last_lr()`` and checkpoints ``state_dict()`` in ``scheduler.pt``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 from torch import nn
 from transformers import TrainerCallback
-from transformers.trainer_callback import CallbackHandler
 from transformers.utils import find_labels
 
 from . import publishing
@@ -51,9 +50,9 @@ class MLRSNetCallback(TrainerCallback):
     which the Trainer logs as ``learning_rate``, and its state goes into each checkpoint's ``scheduler.pt``, so
     ``resume_from_checkpoint`` continues the LR sequence (and meta-training) exactly.
 
-    DeepSpeed is refused: it steps the optimizer inside the last micro-batch's backward, before
-    ``on_pre_optimizer_step``, and transformers' DeepSpeed setup replaces the scheduler given to a plain ``Trainer``
-    (use :class:`~mlrsnet_hf.MLRSNetTrainer`, which sets the LR before that backward; see :mod:`mlrsnet_hf.engines`).
+    DeepSpeed is refused: it steps the optimizer inside the last micro-batch's backward, and transformers' DeepSpeed
+    setup replaces the scheduler given to a plain ``Trainer`` (use :class:`~mlrsnet_hf.MLRSNetTrainer`, which sets
+    the LR before that backward; see :mod:`mlrsnet_hf.engines`).
 
     Args:
         schedule: a schedule of any registered family (:mod:`mlrsnet_hf.families`: an
@@ -96,9 +95,9 @@ class MLRSNetCallback(TrainerCallback):
         if not self.lr_before_backward:
             raise ValueError(
                 "MLRSNetCallback cannot drive a plain Trainer under DeepSpeed: DeepSpeed takes the optimizer step "
-                "inside the backward pass of the last micro-batch, before on_pre_optimizer_step (the LR would arrive "
-                "one step late), and transformers' DeepSpeed setup replaces the scheduler passed in optimizers=. Use "
-                "MLRSNetTrainer, which sets the LR of each step before that backward pass."
+                "inside the backward pass of the last micro-batch, on its own optimizer (ZeRO steps the torch "
+                "optimizer once per parameter group), and transformers' DeepSpeed setup replaces the scheduler passed "
+                "in optimizers=. Use MLRSNetTrainer, which sets the LR of each step before that backward pass."
             )
 
     def _check_scheduler(self, lr_scheduler: Any) -> None:
@@ -133,6 +132,8 @@ class MLRSNetCallback(TrainerCallback):
                 driver.held_out = dataset.remove_columns(unused)
         loader = kwargs.get("train_dataloader")
         driver.start(model, optimizer, args, state.max_steps, loader)
+        if not self.lr_before_backward:  # (under DeepSpeed, MLRSNetTrainer.compute_loss sets it)
+            driver.hook_steps(optimizer, count_steps=False)  # the Trainer counts steps: lr_scheduler.step()
         self._run = {
             "args": args,
             "state": state,
@@ -181,62 +182,5 @@ class MLRSNetCallback(TrainerCallback):
         )
         return commit
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if not self.lr_before_backward:
-            self.lr_scheduler.prepare_step(state.global_step)
-
     def on_train_end(self, args, state, control, **kwargs):
         self.lr_scheduler.finish()
-
-
-class ScheduleCallbackHandler(CallbackHandler):
-    """The Trainer's ``CallbackHandler``, which calls the schedule's callback itself, at the three events it acts on.
-
-    A callback in the handler's list is called at every event, four times per optimizer step with all the Trainer's
-    keyword arguments: a part of transfer mode's cost per step (measured with the toy classifier's parts harness,
-    retired since; see the changelog). The
-    schedule's callback is not in the list (``trainer.mlrsnet_callback``); at its events it is called where it would
-    be if it had been added to the list when the Trainer was made: after the callbacks listed then, before those
-    added later (``trainer.add_callback``), e.g. one that scales the LR it sets.
-    """
-
-    def __init__(self, schedule_callback: MLRSNetCallback, handler: CallbackHandler) -> None:
-        super().__init__(
-            handler.callbacks, handler.model, handler.processing_class, handler.optimizer, handler.lr_scheduler
-        )
-        self.schedule_callback = schedule_callback
-        self._first = tuple(self.callbacks)  # kept alive: their ids stay theirs
-        self._first_ids = frozenset(map(id, self._first))
-
-    def _call(self, callback: Any, event: str, args: Any, state: Any, control: Any) -> Any:
-        result = getattr(callback, event)(
-            args,
-            state,
-            control,
-            model=self.model,
-            processing_class=self.processing_class,
-            optimizer=self.optimizer,
-            lr_scheduler=self.lr_scheduler,
-            train_dataloader=self.train_dataloader,
-            eval_dataloader=self.eval_dataloader,
-        )
-        return control if result is None else result
-
-    def _call_with_schedule(self, event: str, args: Any, state: Any, control: Any) -> Any:
-        scheduled = False
-        for callback in self.callbacks:
-            if not scheduled and id(callback) not in self._first_ids:
-                control, scheduled = self._call(self.schedule_callback, event, args, state, control), True
-            control = self._call(callback, event, args, state, control)
-        if not scheduled:
-            control = self._call(self.schedule_callback, event, args, state, control)
-        return control
-
-    def on_train_begin(self, args, state, control):
-        return self._call_with_schedule("on_train_begin", args, state, control)
-
-    def on_pre_optimizer_step(self, args, state, control):
-        return self._call_with_schedule("on_pre_optimizer_step", args, state, control)
-
-    def on_train_end(self, args, state, control):
-        return self._call_with_schedule("on_train_end", args, state, control)

@@ -4,9 +4,11 @@ DDP: everything (the hypergradient's parts are all-reduced, :mod:`mlrsnet_hf.met
 meta-training (the hypergradient is reduced over the shards), not ``gamma="range_test"`` or the online scale, which
 need whole parameters on one process. DeepSpeed (ZeRO 1-3): transfer with :class:`~mlrsnet_hf.MLRSNetTrainer` only.
 
-Under DeepSpeed, accelerate runs ``engine.step()`` (clipping, optimizer step, zero-grad, scheduler step) inside
-``accelerator.backward`` of the last micro-batch of each optimizer step; the optimizer wrapper's ``step()`` that
-the Trainer calls afterwards does nothing. An LR written in ``on_pre_optimizer_step`` would therefore reach the
+Everywhere else the LR of a step is set in the torch optimizer's step pre-hook (:mod:`mlrsnet_hf.loop`). Under
+DeepSpeed, accelerate runs ``engine.step()`` (clipping, optimizer step, zero-grad, scheduler step) inside
+``accelerator.backward`` of the last micro-batch, the optimizer wrapper's ``step()`` that the Trainer calls
+afterwards does nothing, and ZeRO steps the torch optimizer inside its own once per parameter group (stages 1-2
+showing it one group at a time): no hook marks the step once. An LR written in ``on_pre_optimizer_step`` reached the
 optimizer one step late. :class:`~mlrsnet_hf.MLRSNetTrainer` sets the LR of step t between the last micro-batch's
 forward (which gives the step's loss) and its backward; a plain ``Trainer`` has no event there (and its DeepSpeed
 setup replaces the scheduler it was given), so :class:`~mlrsnet_hf.MLRSNetCallback` refuses DeepSpeed.

@@ -1,9 +1,9 @@
 """``LoopBinding``: a driver in a training loop of your own (PyTorch or ``accelerate``), through the optimizer's hooks.
 
-The Trainer calls a driver's ``prepare_step`` before each optimizer step and its ``step`` after it. In a loop of
-your own, :meth:`LoopBinding.bind` hooks the same two calls onto the optimizer itself: ``prepare_step`` runs in its
-step pre-hook (after your clipping) and ``step`` in its post-hook. A step that a ``GradScaler`` skips calls no
-hook. :class:`~mlrsnet_hf.driver.LRDriver` inherits this.
+Every loop sets the LR the same way (:meth:`LoopBinding.hook_steps`): a driver's ``prepare_step`` runs in the
+optimizer's step pre-hook, after clipping, whoever calls ``optimizer.step()``. The Trainer then counts the step
+with ``lr_scheduler.step()``; in a loop of your own, :meth:`LoopBinding.bind` counts it in the step post-hook. A
+step that a ``GradScaler`` skips calls no hook. :class:`~mlrsnet_hf.driver.LRDriver` inherits this.
 """
 
 from __future__ import annotations
@@ -66,14 +66,7 @@ class LoopBinding:
         """
         if self._loop_hooks:
             raise RuntimeError("This driver is already bound to an optimizer: call finish() first.")
-        inner = unwrap(optimizer)
-        if not isinstance(inner, torch.optim.Optimizer):
-            raise TypeError(
-                f"A loop's driver hooks a torch optimizer's step, and {type(inner).__name__} is not one (DeepSpeed's "
-                "optimizers are not): under DeepSpeed train with MLRSNetTrainer."
-            )
-        if getattr(inner, "_mlrsnet_driver", None) is not None:
-            raise RuntimeError("This optimizer is driven by another driver already: call its finish() first.")
+        inner = self._hookable(optimizer)
         first = inner.param_groups[0]
         args = SimpleNamespace(  # what start() reads off TrainingArguments
             learning_rate=float(first.get("initial_lr", first["lr"])),
@@ -94,12 +87,36 @@ class LoopBinding:
         except BaseException:
             self.finish()  # nothing of this driver stays on the optimizer or the model
             raise
-        inner._mlrsnet_driver = self
-        self._loop_hooks = [
-            inner.register_step_pre_hook(lambda *_: self.prepare_step(self.last_epoch)),
-            inner.register_step_post_hook(lambda *_: self.step()),
-        ]
+        self.hook_steps(optimizer, count_steps=True)
         return self
+
+    def _hookable(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        inner = unwrap(optimizer)
+        if not isinstance(inner, torch.optim.Optimizer):
+            raise TypeError(
+                f"A driver hooks a torch optimizer's step, and {type(inner).__name__} is not one (DeepSpeed's "
+                "optimizers are not): under DeepSpeed train with MLRSNetTrainer."
+            )
+        driver = getattr(inner, "_mlrsnet_driver", None)
+        if driver is not None and driver is not self:
+            raise RuntimeError("This optimizer is driven by another driver already: call its finish() first.")
+        return inner
+
+    def hook_steps(self, optimizer: torch.optim.Optimizer, count_steps: bool) -> None:
+        """Set the LR of each step of ``optimizer`` in its step pre-hook: the one LR route of every loop.
+
+        The pre-hook runs inside ``optimizer.step()``, after whatever the caller did before it (clipping; the
+        Trainer's ``on_pre_optimizer_step``), and a step that a ``GradScaler`` skips runs no hook, so its losses
+        count towards the next step's. ``count_steps``: also count each step taken in the post-hook (a loop of
+        your own); the Trainer counts them itself, with ``lr_scheduler.step()`` after each step it took.
+        """
+        inner = self._hookable(optimizer)
+        for hook in self._loop_hooks:  # a run started again on the same optimizer (e.g. after an exception)
+            hook.remove()
+        inner._mlrsnet_driver = self
+        self._loop_hooks = [inner.register_step_pre_hook(lambda *_: self.prepare_step(self.last_epoch))]
+        if count_steps:
+            self._loop_hooks.append(inner.register_step_post_hook(lambda *_: self.step()))
 
     def _check_loop(self, loss_from_model: bool, train_dataloader: DataLoader | None) -> None:
         """Refuse, at bind time, what a loop's settings cannot give the family (not at the first step)."""

@@ -11,7 +11,7 @@ from torch import nn
 from transformers import Trainer
 
 from . import publishing
-from .callback import MLRSNetCallback, ScheduleCallbackHandler
+from .callback import MLRSNetCallback
 from .config import MLRSNetConfig
 from .driver import LRDriver
 from .engines import check_deepspeed_config, check_deepspeed_meta_training, deepspeed_config
@@ -42,10 +42,10 @@ class MLRSNetTrainer(Trainer):
     *trajectory* schedule: one stage per network recorded at ``args.snapshot_fractions`` of the run
     (``trainer.snapshots``), played in equal parts of a later run, as the released recipe does.
 
-    Under DeepSpeed (ZeRO 1-3), which steps the optimizer inside the last micro-batch's backward, the LR of each
-    step is set between that micro-batch's forward (its loss completes the step's loss) and its backward
-    (:meth:`compute_loss`); a DeepSpeed ``"scheduler"`` or ``"optimizer"`` block and meta-training are refused
-    (:mod:`mlrsnet_hf.engines`).
+    The LR of each step is set in the optimizer's step pre-hook, as in any loop (:mod:`mlrsnet_hf.loop`). Under
+    DeepSpeed (ZeRO 1-3), which steps the optimizer inside the last micro-batch's backward, it is set between that
+    micro-batch's forward (its loss completes the step's loss) and its backward (:meth:`compute_loss`); a DeepSpeed
+    ``"scheduler"`` or ``"optimizer"`` block and meta-training are refused (:mod:`mlrsnet_hf.engines`).
 
     The trained model's card (``create_model_card``, ``push_to_hub``) carries the library's tags and a ``schedule:``
     reference to the schedule used (:mod:`mlrsnet_hf.provenance`).
@@ -101,7 +101,7 @@ class MLRSNetTrainer(Trainer):
         self.meta_dataset = meta_dataset
         self.mlrsnet_callback = callback
         self.saved_schedule: dict[str, Any] | None = None  # where save_schedule / push_schedule_to_hub wrote it
-        self.callback_handler = ScheduleCallbackHandler(callback, self.callback_handler)
+        self.add_callback(callback)  # after those given: it acts at the run's start and end (the LR: a step hook)
         if self.is_deepspeed_enabled:
             check_deepspeed_config(deepspeed_config(self.args))
             check_deepspeed_meta_training(args.meta_train)
@@ -137,8 +137,9 @@ class MLRSNetTrainer(Trainer):
         """``Trainer.compute_loss``; the model's loss of a training forward goes to the schedule's loss meter, and
         under DeepSpeed, after the last micro-batch's forward, the LR of this step is set.
 
-        DeepSpeed takes the optimizer step inside that micro-batch's backward (``accelerator.backward``), so the LR
-        cannot wait for ``on_pre_optimizer_step``. The step's loss is complete here: the forward has just run.
+        DeepSpeed takes the optimizer step inside that micro-batch's backward (``accelerator.backward``), on its own
+        optimizer, which steps the torch one once per parameter group: no step hook of the torch optimizer marks the
+        step once. The step's loss is complete here: the forward has just run.
         """
         callback = self.mlrsnet_callback
         driver = callback.lr_scheduler

@@ -295,3 +295,37 @@ def test_a_plain_loop_saves_the_trajectory_the_trainer_saves(tmp_path):
     )
     assert record["per_device_train_batch_size"] == BATCH and "epochs" not in record  # a loop has no epoch count
     assert {k: v for k, v in a.meta_training.items() if k not in ("epochs",)} == record
+
+
+def test_a_step_the_grad_scaler_skips_is_not_counted_and_its_loss_goes_to_the_next_step():
+    """The optimizer's hooks do not fire on a step a GradScaler skips (an inf gradient): no LR is set, no step is
+    counted, and its loss joins the next step's mean, as if it had been one more micro-batch of that step."""
+    losses = [2.3, 2.1, 1.9, 1.8, 1.6, 1.5]
+    skip = 2
+
+    def run(with_scaler: bool):
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+        scaler = torch.amp.GradScaler("cpu")
+        driver = MLRSNetDriver.for_loop(fresh_schedule(), optimizer, model, 5, loss_from_model=False, **TRANSFER)
+        for i, loss in enumerate(losses):
+            driver.observe(loss)
+            out = model(torch.ones(1, 3)).sum()
+            if not with_scaler:
+                out.backward()
+                if i != skip:  # (at the skip: a micro-batch of the next step)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                continue
+            scaler.scale(out).backward()
+            if i == skip:
+                model.weight.grad[0, 0] = float("inf")
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+        driver.finish()
+        return driver.lr_history, driver.last_epoch, driver.run.num_steps
+
+    skipped_lrs, taken, schedule_steps = run(with_scaler=True)
+    assert taken == schedule_steps == len(skipped_lrs) == 5
+    assert skipped_lrs == run(with_scaler=False)[0]

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import Trainer, TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -81,7 +81,7 @@ def main() -> None:
     )  # fmt: skip
     used: dict[int, list[float]] = {}
     # ZeRO steps the inner optimizer once per parameter group: every call of step t must see the LR of step t.
-    register_optimizer_step_pre_hook(
+    register_optimizer_step_post_hook(
         lambda opt, a, k: used.setdefault(trainer.state.global_step, []).extend(g["lr"] for g in opt.param_groups)
     )
     trainer.train(resume_from_checkpoint=resume)

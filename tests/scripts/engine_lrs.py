@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from torch.distributed.tensor import DTensor
-from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
@@ -50,7 +50,7 @@ def main() -> None:
         if id(optimizer.param_groups[0]["params"][0]) not in schedule_params:  # not the meta optimizer's steps
             used.append(float(optimizer.param_groups[0]["lr"]))
 
-    hook = register_optimizer_step_pre_hook(record)
+    hook = register_optimizer_step_post_hook(record)
     trainer.train()
     hook.remove()
     accelerator = trainer.accelerator
