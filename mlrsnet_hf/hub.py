@@ -36,8 +36,8 @@ from .repo_files import (
     ScheduleFileError,
     load_schedule,
     resolve_file,
-    write_schedule_repo,
 )
+from .repo_writing import write_schedule_repo
 from .version import __version__
 
 __all__ = [

@@ -294,7 +294,7 @@ def same_schedule(a, b) -> bool:
 @pytest.mark.parametrize("family", ["mlrsnet", "controller"])
 @pytest.mark.parametrize("existing", [True, False], ids=["over-a-repo", "new-directory"])
 def test_a_killed_save_leaves_the_old_or_the_new_repo(family, existing, tmp_path, monkeypatch, caplog):
-    import mlrsnet_hf.repo_files as repo_files
+    import mlrsnet_hf.repo_writing as repo_writing
 
     old, new = make_schedule(family, 0), make_schedule(family, 1)
     cls = type(new)
@@ -316,8 +316,8 @@ def test_a_killed_save_leaves_the_old_or_the_new_repo(family, existing, tmp_path
 
         caplog.clear()
         with monkeypatch.context() as m:
-            m.setattr(repo_files.os, "replace", replace)
-            m.setattr(repo_files.shutil, "rmtree", lambda *args, **kwargs: None)  # a killed process cleans nothing up
+            m.setattr(repo_writing.os, "replace", replace)
+            m.setattr(repo_writing.shutil, "rmtree", lambda *args, **kwargs: None)  # a killed process cleans nothing up
             try:
                 new.save_pretrained(out, model_card_kwargs={"lr_history": [0.1, 0.05, 0.02]})
                 killed = False
@@ -350,7 +350,7 @@ def test_a_killed_save_leaves_the_old_or_the_new_repo(family, existing, tmp_path
 
 
 def test_the_stale_config_is_named_once_and_repaired(tmp_path, monkeypatch, caplog):
-    import mlrsnet_hf.repo_files as repo_files
+    import mlrsnet_hf.repo_writing as repo_writing
 
     old, new = make_schedule("mlrsnet", 0), make_schedule("mlrsnet", 1)
     out = tmp_path / "repo"
@@ -363,8 +363,8 @@ def test_the_stale_config_is_named_once_and_repaired(tmp_path, monkeypatch, capl
         real_replace(src, dst)
 
     with monkeypatch.context() as m:
-        m.setattr(repo_files.os, "replace", replace)
-        m.setattr(repo_files.shutil, "rmtree", lambda *args, **kwargs: None)
+        m.setattr(repo_writing.os, "replace", replace)
+        m.setattr(repo_writing.shutil, "rmtree", lambda *args, **kwargs: None)
         with pytest.raises(Killed):
             new.save_pretrained(out)
     with caplog.at_level("WARNING", logger="mlrsnet_hf.repo_files"):
