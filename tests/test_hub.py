@@ -317,7 +317,9 @@ def test_a_killed_save_leaves_the_old_or_the_new_repo(family, existing, tmp_path
         caplog.clear()
         with monkeypatch.context() as m:
             m.setattr(repo_writing.os, "replace", replace)
-            m.setattr(repo_writing.shutil, "rmtree", lambda *args, **kwargs: None)  # a killed process cleans nothing up
+            m.setattr(
+                repo_writing.shutil, "rmtree", lambda *args, **kwargs: None
+            )  # a killed process cleans nothing up
             try:
                 new.save_pretrained(out, model_card_kwargs={"lr_history": [0.1, 0.05, 0.02]})
                 killed = False
