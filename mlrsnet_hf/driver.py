@@ -1,27 +1,21 @@
-"""Drivers: a learned schedule as the Trainer's ``lr_scheduler``.
+"""Drivers: a learned schedule as the Trainer's ``lr_scheduler``, or in a training loop of your own.
 
-A driver is shaped like transformers' own adaptive schedulers (``GreedyLR``): the Trainer calls ``step()``
-after every optimizer step it takes, logs ``get_last_lr()`` and checkpoints ``state_dict()`` in
-``scheduler.pt``. Setting the LR needs the step's training loss, which exists only after the backward
-pass, so :class:`~mlrsnet_hf.MLRSNetCallback` calls :meth:`LRDriver.prepare_step` just before
-``optimizer.step()`` (after gradient clipping): the schedule reads the loss and the LR is written into every
-parameter group. ``get_last_lr()`` then reports exactly the LR used. One route for the LR, one for resume,
-for :class:`~mlrsnet_hf.MLRSNetTrainer` and a plain ``Trainer`` alike.
+A driver is shaped like transformers' adaptive schedulers: the Trainer calls ``step()`` after every optimizer step
+it takes, logs ``get_last_lr()`` and checkpoints ``state_dict()`` in ``scheduler.pt``. The LR of a step needs its
+training loss, which exists only after the backward pass: :meth:`LRDriver.prepare_step` runs in the optimizer's
+step pre-hook (after clipping; :mod:`mlrsnet_hf.loop`) and writes it into every parameter group, for
+:class:`~mlrsnet_hf.MLRSNetTrainer`, a plain ``Trainer`` and a loop of your own alike.
 
-In a training loop of your own (PyTorch or ``accelerate``), :meth:`LRDriver.bind` (what
-:meth:`MLRSNetDriver.for_loop` calls) hooks the same two calls onto the optimizer itself: ``prepare_step`` runs
-in its step pre-hook (after your clipping) and ``step`` in its post-hook.
-
-Each family has its driver, a subclass registered with the family (:mod:`mlrsnet_hf.families`):
-:class:`~mlrsnet_hf.mlrsnet.driver.MLRSNetDriver` drives an :class:`~mlrsnet_hf.MLRSNetSchedule` (and meta-trains it
-with a :class:`~mlrsnet_hf.mlrsnet.meta_training.MetaLearner`); :class:`~mlrsnet_hf.lr_controller.driver.LRControllerDriver`
-drives a PPO-trained :class:`~mlrsnet_hf.LRController`.
+Each family has its driver, registered with the family (:mod:`mlrsnet_hf.families`):
+:class:`~mlrsnet_hf.mlrsnet.driver.MLRSNetDriver` drives (and meta-trains) an :class:`~mlrsnet_hf.MLRSNetSchedule`,
+:class:`~mlrsnet_hf.lr_controller.driver.LRControllerDriver` a PPO-trained :class:`~mlrsnet_hf.LRController`.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 from typing import Any
 
 import torch
@@ -35,6 +29,7 @@ from .meta_gradient import is_sharded, trainable_parameters
 from .online_scale import MechanicScale
 from .optimizers import optimizer_name, tensor_lr_dtype, unwrap
 from .options import ScheduleOptions
+from .state_checks import check_driver_state, restoring
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +64,10 @@ class LRDriver(LoopBinding):
         self.lr_history: list[float] = []  # the LR of every step of this process's run (not checkpointed)
         self._pending_lrs: list[torch.Tensor] = []  # device LRs not yet in lr_history (read at the next sync)
         self._restored: dict[str, Any] | None = None
+        self.checkpoint_name = "the checkpoint's scheduler.pt"  # (MLRSNetTrainer names its path)
         self._pending_step: int | None = None
         self._step_lr: float | torch.Tensor | None = None  # the reference LR of the pending step (online scale)
-        # The online scale (options.online_scale), which multiplies every update of the optimizer it wraps.
-        self.online_scale: MechanicScale | None = None
+        self.online_scale: MechanicScale | None = None  # options.online_scale: it scales every update it wraps
         # False: the trainer hands each forward's output to meter.record (MLRSNetTrainer.compute_loss)
         self.loss_from_forward_hook = True
         self._loop_hooks: list[Any] = []  # bind(): the optimizer hooks of a loop of the user's own
@@ -136,10 +131,6 @@ class LRDriver(LoopBinding):
     ) -> None:
         """Bind to this run (``args``: its ``TrainingArguments``); a state loaded from a checkpoint is applied now."""
         check_one_job()
-        if not (args.learning_rate > 0):
-            raise ValueError(
-                f"learning_rate must be positive (the reference of the schedule's LR), got {args.learning_rate}."
-            )
         self.optimizer = optimizer
         self.model = model
         self.args = args
@@ -157,14 +148,23 @@ class LRDriver(LoopBinding):
         for group in optimizer.param_groups:  # group ratios are kept relative to the LRs the run started from
             group.setdefault("initial_lr", group["lr"])
         self.initial_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        if not (math.isfinite(self.initial_lrs[0]) and self.initial_lrs[0] > 0):
+            raise ValueError(
+                f"The first parameter group's LR is {self.initial_lrs[0]}: the schedule sets the other groups' LRs in "
+                "proportion to it, so it must be a positive number (put a group that trains first)."
+            )
+        if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+            raise ValueError(
+                f"learning_rate must be positive (the reference of the schedule's LR), got {args.learning_rate}."
+            )
         self.last_lrs, self.lr_history, self._pending_lrs, self._pending_step = [], [], [], None
-        self._start(restored)
+        self.last_epoch, kept = 0, None
         if restored is not None:
-            self.last_epoch = int(restored["last_epoch"])
-            self.last_lrs = list(restored["last_lrs"])
-            self.initial_lrs = list(restored["initial_lrs"])
-        else:
-            self.last_epoch = 0
+            with restoring(self.checkpoint_name):
+                kept = check_driver_state(restored, len(optimizer.param_groups))
+        self._start(restored)
+        if kept is not None:
+            self.last_epoch, self.last_lrs, self.initial_lrs = kept
         self.meter.attach(model, hook=self.loss_from_forward_hook)
 
     def prepare_step(self, step: int) -> None:

@@ -17,7 +17,6 @@ that :func:`load_any_schedule` finds it by the ``model_type`` of a repo's ``conf
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Callable
 from importlib.resources import files
@@ -27,6 +26,7 @@ from typing import Any, TypeVar
 import torch
 from huggingface_hub import ModelCard
 
+from .repo_checks import RepoCheckError, parse_config_text
 from .repo_files import (
     CARD_NAME,
     CONFIG_NAME,
@@ -35,6 +35,7 @@ from .repo_files import (
     WEIGHTS_NAME,
     ScheduleFileError,
     load_schedule,
+    read_text,
     resolve_file,
 )
 from .repo_writing import write_schedule_repo
@@ -100,15 +101,13 @@ def load_any_schedule(model_id: str | Path, **kwargs: Any) -> Any:
     """Load a schedule repo of any registered family, chosen by the ``model_type`` of its ``config.json``."""
     path = resolve_file(str(model_id), CONFIG_NAME)
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ScheduleFileError(f"{path} is not a valid schedule config ({e}).") from e
-    if not isinstance(config, dict):
-        raise ScheduleFileError(f"{path} is not a valid schedule config (a JSON {type(config).__name__}).")
+        config = parse_config_text(read_text(path))
+    except RepoCheckError as e:
+        raise ScheduleFileError(f"{path} {e}") from None
     model_type = config.get("model_type", _DEFAULT_TYPE[0] if _DEFAULT_TYPE else None)
-    if model_type not in _SCHEDULE_TYPES:
+    if not isinstance(model_type, str) or model_type not in _SCHEDULE_TYPES:
         raise ScheduleFileError(
-            f"{path} is for model_type {model_type!r}: not a registered schedule family "
+            f"{path} is for model_type {str(model_type)[:80]!r}: not a registered schedule family "
             f"(registered: {sorted(_SCHEDULE_TYPES)})."
         )
     return _SCHEDULE_TYPES[model_type].from_pretrained(str(model_id), **kwargs)

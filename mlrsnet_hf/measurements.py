@@ -94,3 +94,15 @@ def check_labels(batch: dict[str, Any], label_names: list[str] | None, what: str
     """Refuse a held-out batch that carries none of the labels its loss needs (caught at train start, not later)."""
     if label_names and not all(batch.get(name) is not None for name in label_names):
         raise ValueError(f"The {what} batches carry no {label_names}: its loss needs labels (got {sorted(batch)}).")
+
+
+def default_num_classes(model: nn.Module) -> int | None:
+    """C for a model: the vocabulary size of a language model, else ``config.num_labels``."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    get_output = getattr(model, "get_output_embeddings", None)
+    is_lm = callable(get_output) and get_output() is not None
+    if is_lm and getattr(config, "vocab_size", None):
+        return int(config.vocab_size)
+    return getattr(config, "num_labels", None)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import logging
 import os
 from pathlib import Path
@@ -25,9 +24,21 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .repo_checks import (
+    MAX_CONFIG_BYTES,
+    WEIGHTS_CHECKSUM_KEY,
+    RepoCheckError,
+    check_config,
+    check_header,
+    check_values,
+    listed,
+    parse_config_text,
+    read_header,
+    weights_checksum,
+)
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -54,13 +65,18 @@ def looks_local(model_id: str) -> bool:
     """A local path, not a Hub id ``org/name``: it exists, starts like a path, has more than one separator,
     or has one and its parent directory exists (as for a mistyped ``output/schedul``)."""
     path = Path(model_id).expanduser()
-    if path.exists() or model_id.startswith(("/", "./", "../", "~")) or model_id.strip("/").count("/") > 1:
+    try:
+        if path.exists() or model_id.startswith(("/", "./", "../", "~")) or model_id.strip("/").count("/") > 1:
+            return True
+        return "/" in model_id.strip("/") and path.parent.is_dir()
+    except OSError:  # a name too long for a path (ENAMETOOLONG): no such directory
         return True
-    return "/" in model_id.strip("/") and path.parent.is_dir()
 
 
 def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> Path:
     """Path of ``filename`` in a local schedule directory or a Hub repo (downloaded or from the HF cache)."""
+    if len(model_id) > 4096:
+        raise ScheduleFileError(f"{model_id[:80]!r}... ({len(model_id)} characters) is not a path or a Hub repo id.")
     if os.path.isdir(model_id):
         path = Path(model_id) / filename
         if not path.is_file():
@@ -92,69 +108,75 @@ def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> Path:
         ) from e
 
 
-def parse_config(text: str, source: str, init_params: set[str], model_type: str) -> dict[str, Any]:
-    """Check a config (JSON text from ``source``): valid JSON, made for this kind of schedule, no unknown fields."""
+def parse_config(text: str, source: str, cls: type) -> dict[str, Any]:
+    """Check a config (JSON text from ``source``) for ``cls``: bounded, made for this kind of schedule, no unknown
+    fields, no ``null`` where a value is needed, sizes within ``cls.config_limits``."""
     try:
-        config = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ScheduleFileError(f"{source} is not valid JSON ({e}).") from e
-    if not isinstance(config, dict):
-        raise ScheduleFileError(f"{source} must hold a JSON object, got {type(config).__name__}.")
+        config = parse_config_text(text)
+    except RepoCheckError as e:
+        raise ScheduleFileError(f"{source} {e}") from None
     found = config.get("model_type")
-    if found is not None and found != model_type:
-        raise ScheduleFileError(f"{source} is for model_type {found!r}, not {model_type!r}.")
+    if found is not None and found != cls.model_type:
+        raise ScheduleFileError(f"{source} is for model_type {str(found)[:80]!r}, not {cls.model_type!r}.")
+    init_params = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(config) - init_params - set(_METADATA_KEYS))
     if unknown:
+        version = str(config.get("library_version", "?"))[:40]
         raise ScheduleFileError(
-            f"{source} has unknown fields {unknown} (written by mlrsnet_hf {config.get('library_version', '?')}, "
-            f"this is {__version__}): upgrade mlrsnet_hf or fix the file."
+            f"{source} has unknown fields {listed(unknown)} (written by mlrsnet_hf {version}, this is "
+            f"{__version__}): upgrade mlrsnet_hf or fix the file."
         )
-    return {k: v for k, v in config.items() if k not in _METADATA_KEYS}
-
-
-def read_config(path: Path, init_params: set[str], model_type: str) -> dict[str, Any]:
-    """Read and check ``config.json`` (see :func:`parse_config`)."""
+    config = {k: v for k, v in config.items() if k not in _METADATA_KEYS}
     try:
-        text = path.read_text(encoding="utf-8")
+        check_config(cls, config)
+    except RepoCheckError as e:
+        raise ScheduleFileError(f"{source} does not describe a valid schedule: {e}") from None
+    return config
+
+
+def read_text(path: Path) -> str:
+    """A config file's text (UTF-8, a byte-order mark allowed), refused unread when it is too large."""
+    try:
+        size = path.stat().st_size
+        if size <= MAX_CONFIG_BYTES:
+            return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise ScheduleFileError(f"{path} is not valid JSON ({e}).") from e
-    return parse_config(text, str(path), init_params, model_type)
+        raise ScheduleFileError(f"{path} cannot be read as UTF-8 text ({e}).") from e
+    raise ScheduleFileError(f"{path} is {size} bytes long: not a schedule config (at most {MAX_CONFIG_BYTES}).")
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
+    """``(metadata, {name: (dtype, shape)})`` from the safetensors header alone (bounded)."""
     try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ScheduleFileError(f"{path} is truncated or corrupted and cannot be read as safetensors ({e}).") from e
+        return read_header(path)
+    except OSError as e:
+        raise ScheduleFileError(f"{path} cannot be read ({e}).") from e
+    except RepoCheckError as e:
+        raise ScheduleFileError(f"{path} is truncated or corrupted and cannot be read as safetensors: {e}") from None
 
 
 def read_weights_metadata(path: Path) -> dict[str, str]:
     """The safetensors header's metadata (only the header is read)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ScheduleFileError(f"{path} is truncated or corrupted and cannot be read as safetensors ({e}).") from e
+    return read_weights_header(path)[0]
 
 
-def _newer_config(config_path: Path, weights_path: Path) -> str | None:
+def _newer_config(config_path: Path, metadata: dict[str, str], weights_path: Path) -> str | None:
     """The config embedded in the weights file when ``config_path`` was left stale by an interrupted save, else None.
 
     ``config.json`` is stale when it differs from the embedded config and is exactly the file the save that wrote
     the weights was replacing. A ``config.json`` edited by hand after a save stays authoritative.
     """
-    metadata = read_weights_metadata(weights_path)
     embedded = metadata.get(EMBEDDED_CONFIG_KEY)
     if embedded is None:  # written before configs were embedded (or by another tool)
         return None
     try:
-        raw = config_path.read_bytes()
+        raw = config_path.read_bytes() if config_path.stat().st_size <= MAX_CONFIG_BYTES else b""
     except OSError:
-        return None  # read_config reports it
+        return None  # read_text reports it
     try:
-        if json.loads(raw) == json.loads(embedded):
+        if parse_config_text(raw.decode("utf-8-sig")) == parse_config_text(embedded):
             return None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (RepoCheckError, UnicodeDecodeError):
         pass
     if hashlib.sha256(raw).hexdigest() != metadata.get(REPLACED_CONFIG_KEY):
         return None
@@ -168,67 +190,58 @@ def _newer_config(config_path: Path, weights_path: Path) -> str | None:
     return embedded
 
 
-def _format(overrides: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in overrides.items())
-
-
 def load_schedule(cls: type, model_id: str, overrides: dict[str, Any], **download_kwargs: Any) -> Any:
-    """Build the schedule from ``config.json`` (plus ``overrides``) and load ``model.safetensors`` strictly."""
+    """Build the schedule from ``config.json`` (plus ``overrides``) and load ``model.safetensors`` strictly.
+
+    The config is checked (:mod:`mlrsnet_hf.repo_checks`) before anything is built from it, and the weights file's
+    header against the config before its data are read; the data are verified against the checksum the save
+    recorded (repos saved before the checksum existed have none).
+    """
     init_params = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(overrides) - init_params)
     if unknown:
         raise TypeError(f"Unknown schedule options {unknown}; valid ones: {sorted(init_params)}.")
     config_path = resolve_file(model_id, CONFIG_NAME, **download_kwargs)
     weights_path = resolve_file(model_id, WEIGHTS_NAME, **download_kwargs)
-    embedded = _newer_config(config_path, weights_path)
-    if embedded is None:
-        source = str(config_path)
-        config = read_config(config_path, init_params, cls.model_type)
-    else:
-        source = f"the config embedded in {weights_path}"
-        config = parse_config(embedded, source, init_params, cls.model_type)
+    metadata, entries = read_weights_header(weights_path)
+    embedded = _newer_config(config_path, metadata, weights_path)
+    source = str(config_path) if embedded is None else f"the config embedded in {weights_path}"
+    config = parse_config(read_text(config_path) if embedded is None else embedded, source, cls)
     try:
-        # On the meta device first: a config.json asking for a huge network allocates nothing before the
-        # weights file has been checked against it.
+        # On the meta device first: nothing is allocated before the weights file has been checked against it.
         with torch.device("meta"):
             skeleton = cls(**config)
     except (TypeError, ValueError) as e:
-        raise ScheduleFileError(f"{source} does not describe a valid schedule: {e}") from e
+        raise ScheduleFileError(f"{source} does not describe a valid schedule: {str(e)[:500]}") from e
     if overrides:  # a bad override is the caller's mistake, not the file's
         config = {**config, **overrides}
         with torch.device("meta"):
             try:
                 skeleton = cls(**config)
             except (TypeError, ValueError) as e:
-                raise ValueError(f"from_pretrained({model_id!r}, {_format(overrides)}): {e}") from e
-
-    weights = read_weights(weights_path)
+                given = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+                raise ValueError(f"from_pretrained({model_id!r}, {given}): {e}") from e
     expected = skeleton.weights()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong_shape = [
-        f"{k}: file {tuple(weights[k].shape)} vs config {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in weights and weights[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong_shape:
-        details = "; ".join(
-            part
-            for part in (
-                f"missing {missing}" if missing else "",
-                f"unexpected {unexpected}" if unexpected else "",
-                f"shape mismatch {wrong_shape}" if wrong_shape else "",
-            )
-            if part
-        )
-        raise ScheduleFileError(f"{weights_path} does not match {source} ({skeleton.extra_repr()}): {details}.")
-    bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
-    if bad:
-        raise ScheduleFileError(f"{weights_path} holds non-finite values in {bad}.")
     try:
+        check_header(entries, expected)
+    except RepoCheckError as e:
+        raise ScheduleFileError(f"{weights_path} does not match {source} ({skeleton.extra_repr()}): {e}") from None
+    try:
+        weights = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ScheduleFileError(
+            f"{weights_path} is truncated or corrupted and cannot be read as safetensors ({e})."
+        ) from e
+    recorded = metadata.get(WEIGHTS_CHECKSUM_KEY)
+    if recorded is not None and weights_checksum(weights) != recorded:
+        raise ScheduleFileError(
+            f"{weights_path} is corrupted: its tensors do not match the checksum its save recorded."
+        )
+    try:
+        check_values(weights, expected)
         skeleton.validate_weights(weights)
-    except ValueError as e:
-        raise ScheduleFileError(f"{weights_path} holds unusable values: {e}") from e
+    except (RepoCheckError, ValueError) as e:
+        raise ScheduleFileError(f"{weights_path} holds unusable values: {e}") from None
     with torch.random.fork_rng(devices=[]):  # loading must not advance the caller's random stream
         schedule = cls(**config)
     schedule.load_state_dict(weights, strict=True)

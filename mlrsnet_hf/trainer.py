@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from .families import default_family, family_of
 from .hub import load_any_schedule
 from .options import ScheduleOptions
 from .provenance import add_model_tags, model_tags, update_model_card
+from .state_checks import CheckpointStateError
 
 if TYPE_CHECKING:
     from .mlrsnet.meta_training import MetaLearner
@@ -159,6 +161,18 @@ class MLRSNetTrainer(Trainer):
         ):
             driver.prepare_step(self.state.global_step)
         return result
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """The Trainer's resume; a ``scheduler.pt`` that cannot be read, or holds bad values, is named."""
+        if checkpoint is not None and isinstance(self.lr_scheduler, LRDriver):
+            path = os.path.join(checkpoint, "scheduler.pt")
+            self.lr_scheduler.checkpoint_name = path
+            if os.path.isfile(path):
+                try:
+                    torch.load(path, weights_only=True)
+                except Exception as e:  # truncated, not a torch file, or holding objects weights_only refuses
+                    raise CheckpointStateError(f"{path} cannot be read (truncated or not a checkpoint?): {e}") from e
+        super()._load_optimizer_and_scheduler(checkpoint)
 
     @property
     def meta_learner(self) -> MetaLearner | None:

@@ -9,9 +9,10 @@ import torch
 from conftest import hf_cache_snapshot
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from mlrsnet_hf import MLRSNetSchedule, ScheduleFileError
+from mlrsnet_hf.repo_files import read_weights_metadata
 
 FILES = {"config.json", "model.safetensors", "README.md", "lr_response.png"}
 
@@ -216,6 +217,7 @@ def test_push_to_hub_uploads_the_repo(schedule, monkeypatch, family):
 OFFLINE_SCRIPT = """
 import sys
 from mlrsnet_hf import MLRSNetSchedule, ScheduleFileError
+from mlrsnet_hf.repo_files import read_weights_metadata
 s = MLRSNetSchedule.from_pretrained("org/mlrsnet-digits")
 print("loaded", s.num_stages, s.meta_training["dataset"])
 try:
@@ -386,7 +388,14 @@ def test_controller_with_unusable_obs_var_is_refused(bad, tmp_path):
     controller = LRController()
     with torch.no_grad():
         controller.obs_var[2] = bad
-    controller.save_pretrained(tmp_path / "controller")
+    with pytest.raises(ValueError, match="Cannot save this LRController: from_pretrained would refuse it.*obs_var"):
+        controller.save_pretrained(tmp_path / "controller")  # a save refuses what a load would refuse
+    assert not (tmp_path / "controller").exists()
+    LRController().save_pretrained(tmp_path / "controller")  # then the same values, written by another tool
+    weights = tmp_path / "controller" / "model.safetensors"
+    tensors, metadata = load_file(weights), read_weights_metadata(weights)
+    tensors["obs_var"][2] = bad
+    save_file(tensors, weights, metadata={k: v for k, v in metadata.items() if k != "weights_sha256"})
     with pytest.raises(ScheduleFileError, match=r"model\.safetensors .*obs_var"):
         LRController.from_pretrained(tmp_path / "controller")
 
@@ -396,7 +405,7 @@ def test_controller_with_unusable_obs_var_is_refused(bad, tmp_path):
     [
         ({"obs_clip": -1.0}, "obs_clip must be a positive number"),
         ({"obs_epsilon": 0.0}, "obs_epsilon must be a positive number"),
-        ({"hidden_sizes": [-1]}, "hidden_sizes must be integers >= 1"),
+        ({"hidden_sizes": [-1]}, "hidden_sizes must be an integer from 1 to 512, got -1"),
         ({"decision_interval": 1.5}, "decision_interval must be an integer >= 1"),
     ],
 )

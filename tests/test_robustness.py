@@ -171,9 +171,9 @@ def test_hostile_configs_fail_cleanly_naming_the_file(tmp_path):
 
     MLRSNetSchedule(hidden_size=8).save_pretrained(tmp_path / "s")
     config = json.loads((tmp_path / "s" / "config.json").read_text())
-    # A few bytes asking for a network of 3 GB of weights: refused from the shapes, nothing allocated.
+    # A few bytes asking for a network of 3 GB of weights: refused from the config's limits, nothing built.
     (tmp_path / "s" / "config.json").write_text(json.dumps({**config, "hidden_size": 20000}))
-    with pytest.raises(ScheduleFileError, match="does not match"):
+    with pytest.raises(ScheduleFileError, match="hidden_size must be an integer from 1 to 1024, got 20000"):
         MLRSNetSchedule.from_pretrained(tmp_path / "s")
     LRController().save_pretrained(tmp_path / "c")
     config = json.loads((tmp_path / "c" / "config.json").read_text())

@@ -222,3 +222,18 @@ def test_a_run_refuses_a_checkpoint_of_another_recipe():
     state = r.state_dict()
     with pytest.raises(ValueError, match="The checkpoint's run used gamma=1.0, this run gamma=0.5"):
         make(gamma=0.5).start().load_state_dict(state)
+
+
+def test_gamma_auto_keeps_the_previous_stages_gamma_when_the_average_loss_is_not_finite(caplog):
+    """A model gone NaN at a stage switch: the stage keeps the last gamma (as a NaN loss's step is skipped); with
+    no earlier stage there is nothing to stand in, and the error says so. An LR of 0 or NaN is never used."""
+    schedule = MLRSNetSchedule(hidden_size=4, num_stages=3, gamma="auto")
+    run = schedule.start(num_classes=10)
+    run.enter_stage(0, average_loss=2.3)
+    with caplog.at_level("WARNING"):
+        run.enter_stage(1, average_loss=float("nan"))
+        run.enter_stage(2, average_loss=0.1)  # L * C == 1: the rule gives 0
+    assert run.gammas[1] == run.gammas[2] == run.gammas[0] > 0
+    assert "keeping the previous stage's gamma" in caplog.text
+    with pytest.raises(ValueError, match='gamma="auto" cannot start stage 0: the average training loss is nan'):
+        schedule.start(num_classes=10).enter_stage(0, average_loss=float("nan"))

@@ -128,6 +128,8 @@ class LRController(
     """
 
     model_type = "lr_controller"
+    # The largest sizes a config.json may ask for (checked before anything is built from it: repo_checks.py).
+    config_limits = {"hidden_sizes": 512}
 
     def __init__(
         self,

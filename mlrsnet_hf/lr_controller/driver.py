@@ -13,6 +13,7 @@ from accelerate.utils import send_to_device
 
 from ..driver import LRDriver
 from ..measurements import check_labels
+from ..state_checks import check_number, check_tensor, restoring
 from .controller import LRController, observe
 
 logger = logging.getLogger(__name__)
@@ -83,10 +84,15 @@ class LRControllerDriver(LRDriver):
         check_labels(self.probe, self.label_names or ["labels"], "probe")
         self.lr, self._interval_losses, self._previous_probs = self.base_lr, [], None
         if restored is not None:
-            runtime = restored["controller"]
-            self.lr = float(runtime["lr"])
-            self._interval_losses = [float(x) for x in runtime["interval_losses"]]
-            previous = runtime["previous_probs"]
+            with restoring(self.checkpoint_name):
+                runtime = restored["controller"]
+                lr = check_number(runtime["lr"], "controller.lr", positive=True)
+                losses = [float(x) for x in runtime["interval_losses"]]
+                previous = runtime["previous_probs"]
+                if previous is not None:
+                    check_tensor(previous, "controller.previous_probs")
+            self.lr = min(max(lr, self.schedule.min_lr), self.schedule.max_lr)
+            self._interval_losses = losses
             self._previous_probs = None if previous is None else previous.clone()
 
     def _lr_for_step(self, step: int, loss: torch.Tensor) -> tuple[float, float]:

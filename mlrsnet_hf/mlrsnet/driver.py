@@ -17,12 +17,13 @@ from ..driver import LRDriver
 from ..engines import check_range_test_engine
 from ..gamma import check_gamma, run_gamma
 from ..lr_range_test import RangeTestResult, lr_range_test
-from ..measurements import average_training_loss, ordered_batches
+from ..measurements import average_training_loss, default_num_classes, ordered_batches
 from ..meta_gradient import is_sharded, trainable_parameters
 from ..options import ScheduleOptions
+from ..state_checks import check_weights, restoring
 from .device_step import DeviceStep
 from .meta_training import MetaLearner
-from .run import ScheduleRun, default_num_classes
+from .run import ScheduleRun
 from .schedule import MLRSNetSchedule
 
 logger = logging.getLogger(__name__)
@@ -168,26 +169,25 @@ class MLRSNetDriver(LRDriver):
                 label_names=self.label_names,
             )
             self.meta.start(self.optimizer, self.num_training_steps)
-        self._start_online_scale(restored)
-        if restored is not None:
+        if restored is None:
+            self._start_online_scale(None)
+            return
+        with restoring(self.checkpoint_name):
+            self._start_online_scale(restored)
             weights = dict(restored["schedule"])
             # before runs were apart from schedules, the run's state was the schedule's "_extra_state"
             legacy = weights.pop("_extra_state", None)
-            schedule.load_state_dict(weights)
+            schedule.load_state_dict(check_weights(weights, schedule.state_dict(), "schedule"))
             saved = restored.get("run") or legacy
             if saved is None:
-                raise ValueError(
-                    "The checkpoint's scheduler.pt holds no run state: the LR sequence cannot be continued."
-                )
+                raise ValueError("it holds no run state: the LR sequence cannot be continued.")
             self.run.load_state_dict(saved)
-            if self.device_step is not None and self.run.stage >= 0:
-                self.device_step.prepare()  # a resumed run steps fast from its first step: capture before it
             if self.meta is not None:
                 if restored.get("meta") is None:
-                    raise ValueError(
-                        "The checkpoint was written without meta-training: cannot resume with meta_train=True."
-                    )
+                    raise ValueError("it was written without meta-training: cannot resume with meta_train=True.")
                 self.meta.load_state_dict(restored["meta"])
+        if self.device_step is not None and self.run.stage >= 0:
+            self.device_step.prepare()  # a resumed run steps fast from its first step: capture before it
 
     def _check_loop(self, loss_from_model: bool, train_dataloader: DataLoader | None) -> None:
         run = self.run

@@ -22,6 +22,7 @@ from ..measurements import check_labels
 from ..meta_gradient import MetaBatches, is_sharded, lr_derivatives, meta_loss, step_delta, trainable_parameters
 from ..optimizers import LR_LINEAR_OPTIMIZERS, is_lr_linear, optimizer_name
 from ..options import ScheduleOptions
+from ..state_checks import check_finite_tree, check_int, check_weights
 from .network import MLRSNetState
 from .run import ScheduleRun
 from .schedule import MLRSNetSchedule
@@ -242,6 +243,17 @@ class MetaLearner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`, each value checked (:mod:`mlrsnet_hf.state_checks`) before any is applied."""
+        check_finite_tree(state["optimizer"], "meta.optimizer")
+        for key in ("epoch", "index"):
+            check_int(state["batches"][key], f"meta.batches[{key!r}]")
+        stage_weights = self.run.stages[0].state_dict()
+        for i, snapshot in enumerate(state.get("snapshots", [])):
+            check_int(snapshot["step"], f"meta.snapshots[{i}]['step']")
+            check_weights(snapshot["weights"], stage_weights, f"meta.snapshots[{i}]['weights']")
+        for i, entry in enumerate(state.get("horizon", [])):
+            check_finite_tree(entry, f"meta.horizon[{i}]")
+        num_updates = check_int(state.get("num_updates", 0), "meta.num_updates")
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches.load_state_dict(state["batches"])
         self._horizon = [dict(entry) for entry in state.get("horizon", [])]
@@ -252,4 +264,4 @@ class MetaLearner:
                 state["horizon_steps"],
             )
         self.snapshots = [dict(snapshot) for snapshot in state.get("snapshots", [])]
-        self.num_updates = int(state.get("num_updates", 0))
+        self.num_updates = num_updates

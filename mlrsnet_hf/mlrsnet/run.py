@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..gamma import BASE_LR_RULES, auto_gamma, check_gamma, check_input_normalization, check_relative_max_scale
+from ..state_checks import CheckpointStateError, check_int, check_number, check_tensor
 from .network import MLRSNetState
 
 logger = logging.getLogger(__name__)
@@ -129,9 +130,7 @@ class ScheduleRun:
                 raise ValueError('gamma="auto" needs the average training loss at the start of each stage.')
             if self.num_classes is None:
                 raise ValueError('gamma="auto" needs num_classes: start the run with num_classes=... .')
-            self.gammas[stage] = auto_gamma(float(average_loss), self.num_classes)
-            if self.gammas[stage] == 0.0:
-                logger.warning("gamma='auto' gave 0 for stage %d (L * C == 1): the LR is 0 in this stage.", stage)
+            self.gammas[stage] = self._auto_gamma(stage, float(average_loss))
         elif self.uses_base_lr:
             if base_lr is not None:
                 if not (math.isfinite(base_lr) and base_lr > 0):
@@ -229,6 +228,24 @@ class ScheduleRun:
         self.num_steps += 1
         return lr if differentiable else value
 
+    def _auto_gamma(self, stage: int, average_loss: float) -> float:
+        """The released rule's gamma; where it is 0 or undefined (``L * C == 1``, a non-finite loss) the previous
+        stage's, as a step with a non-finite loss is skipped: an LR of 0 or NaN is never used."""
+        gamma = auto_gamma(average_loss, self.num_classes) if math.isfinite(average_loss) and average_loss > 0 else 0.0
+        if gamma > 0:
+            return gamma
+        previous = next((g for g in reversed(self.gammas[:stage]) if g is not None), None)
+        if previous is None:
+            raise ValueError(
+                f'gamma="auto" cannot start stage {stage}: the average training loss is {average_loss} (gamma would '
+                "be 0 or undefined) and no earlier stage's gamma can stand in. Check the model's loss, or set a gamma."
+            )
+        message = (
+            'gamma="auto" at stage %d: the average training loss is %s; keeping the previous stage\'s gamma %.4g.'
+        )
+        logger.warning(message, stage, average_loss, previous)
+        return previous
+
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
         """The run's state (tensors and plain data only: loads with ``weights_only``)."""
@@ -248,9 +265,10 @@ class ScheduleRun:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (also the runtime state that schedules kept in their ``state_dict`` before
         runs were apart from them, without the recipe fields)."""
-        if len(state["gammas"]) != self.num_stages:
-            raise ValueError(
-                f"Runtime state is for {len(state['gammas'])} stages, this schedule has {self.num_stages}."
+        gammas = state["gammas"]
+        if not isinstance(gammas, list | tuple) or len(gammas) != self.num_stages:
+            raise CheckpointStateError(
+                f"run.gammas must hold one gamma per stage ({self.num_stages}), got {str(gammas)[:80]}."
             )
         for name in ("gamma", "input_normalization", "relative_max_scale"):
             if name in state and state[name] != getattr(self, name):
@@ -258,24 +276,18 @@ class ScheduleRun:
                     f"The checkpoint's run used {name}={state[name]!r}, this run {name}={getattr(self, name)!r}: "
                     "resume with the same setting."
                 )
+        shape = tuple(self.state.h.shape)
+        h, c = (check_tensor(state[k], f"run.{k} (the LSTM state)", shape) for k in ("h", "c"))
+        stage = check_int(state["stage"], "run.stage", -1, self.num_stages - 1)
+        gammas = [check_number(g, f"run.gammas[{i}]", positive=True, optional=True) for i, g in enumerate(gammas)]
+        if stage >= 0 and gammas[stage] is None and self.gamma not in BASE_LR_RULES:
+            raise CheckpointStateError(f"run.gammas[{stage}] is missing for the current stage {stage}.")
+        num_classes = None if state["num_classes"] is None else check_int(state["num_classes"], "run.num_classes", 1)
+        base_lr = check_number(state["base_lr"], "run.base_lr", positive=True, optional=True)
+        last_lr = check_number(state["last_lr"], "run.last_lr", optional=True)
+        num_steps = check_int(state["num_steps"], "run.num_steps")
+        num_skipped = check_int(state["num_skipped"], "run.num_skipped")
         device = self.state.h.device
-        self.stage = int(state["stage"])
-        self.state = MLRSNetState(state["h"].clone().to(device), state["c"].clone().to(device))
-        self.gammas = list(state["gammas"])
-        self.num_classes = state["num_classes"]
-        self.base_lr = state["base_lr"]
-        self.last_lr = state["last_lr"]
-        self.num_steps = int(state["num_steps"])
-        self.num_skipped = int(state["num_skipped"])
-
-
-def default_num_classes(model: nn.Module) -> int | None:
-    """C for a model: the vocabulary size of a language model, else ``config.num_labels``."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    get_output = getattr(model, "get_output_embeddings", None)
-    is_lm = callable(get_output) and get_output() is not None
-    if is_lm and getattr(config, "vocab_size", None):
-        return int(config.vocab_size)
-    return getattr(config, "num_labels", None)
+        self.state = MLRSNetState(h.clone().to(device), c.clone().to(device))
+        self.stage, self.gammas, self.num_classes, self.base_lr = stage, gammas, num_classes, base_lr
+        self.last_lr, self.num_steps, self.num_skipped = last_lr, num_steps, num_skipped

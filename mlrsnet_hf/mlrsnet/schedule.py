@@ -76,6 +76,8 @@ class MLRSNetSchedule(
     """
 
     model_type = MODEL_TYPE
+    # The largest sizes a config.json may ask for (checked before anything is built from it: repo_checks.py).
+    config_limits = {"hidden_size": 1024, "num_layers": 8, "num_stages": 64}
 
     def __init__(
         self,
@@ -90,6 +92,14 @@ class MLRSNetSchedule(
         meta_training: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers), ("num_stages", num_stages)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}.")
+        for name, value in (
+            ("gamma", gamma), ("input_normalization", input_normalization), ("relative_max_scale", relative_max_scale)
+        ):  # fmt: skip
+            if value is None:
+                raise ValueError(f"{name} must have a value, got None.")
         if num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {num_stages}.")
         stage_starts = default_stage_starts(num_stages) if stage_starts is None else [float(s) for s in stage_starts]

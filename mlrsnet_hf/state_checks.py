@@ -1,0 +1,113 @@
+"""Checks of what a checkpoint's ``scheduler.pt`` restores, before the first resumed step.
+
+A checkpoint may come from a shared repo, a truncated copy or another program: every value a run takes back
+from it (the run's stage, LSTM state, gammas and counters, the schedule's weights, the meta-learner's state) is
+checked for presence, type, shape, finiteness and range, and a bad one raises a :class:`CheckpointStateError`
+naming the checkpoint and the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+
+class CheckpointStateError(ValueError):
+    """A value restored from ``scheduler.pt`` is missing, malformed or out of range."""
+
+
+@contextmanager
+def restoring(source: str) -> Iterator[None]:
+    """Name ``source`` (the checkpoint's ``scheduler.pt``) in any error raised while restoring from it."""
+    try:
+        yield
+    except KeyError as e:
+        raise CheckpointStateError(
+            f"{source} cannot be resumed: the field {e} is missing (truncated or foreign?)"
+        ) from e
+    except (TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+        raise CheckpointStateError(f"{source} cannot be resumed: {str(e)[:400]}") from e
+
+
+def check_int(value: Any, field: str, low: int = 0, high: int | None = None) -> int:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise CheckpointStateError(f"{field} must be an integer {bounds}, got {str(value)[:60]}.")
+    return value
+
+
+def check_number(value: Any, field: str, *, positive: bool = False, optional: bool = False) -> float | None:
+    """A finite number (``positive``: > 0, else >= 0); ``optional``: None is allowed."""
+    if value is None and optional:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CheckpointStateError(f"{field} must be a finite number, got {str(value)[:60]}.")
+    if value < 0 or (positive and value == 0):
+        raise CheckpointStateError(f"{field} must be {'> 0' if positive else '>= 0'}, got {value}.")
+    return float(value)
+
+
+def check_tensor(value: Any, field: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """A finite floating-point tensor (of ``shape``)."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise CheckpointStateError(f"{field} must be a floating-point tensor, got {type(value).__name__}.")
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        raise CheckpointStateError(f"{field} has shape {tuple(value.shape)}, expected {tuple(shape)}.")
+    if not torch.isfinite(value).all():
+        raise CheckpointStateError(f"{field} holds non-finite values.")
+    return value
+
+
+def check_weights(weights: Any, reference: Mapping[str, torch.Tensor], field: str) -> dict[str, torch.Tensor]:
+    """A state dict with exactly ``reference``'s names and shapes, finite."""
+    if not isinstance(weights, Mapping):
+        raise CheckpointStateError(f"{field} must be a dict of tensors, got {type(weights).__name__}.")
+    missing, unexpected = sorted(set(reference) - set(weights)), sorted(set(weights) - set(reference))
+    if missing or unexpected:
+        raise CheckpointStateError(
+            f"{field} does not match this schedule: missing {missing[:8]}, unexpected {[str(k)[:60] for k in unexpected[:8]]}."
+        )
+    for name, tensor in reference.items():
+        check_tensor(weights[name], f"{field}[{name!r}]", tuple(tensor.shape))
+    return dict(weights)
+
+
+def check_finite_tree(value: Any, field: str) -> None:
+    """Every tensor and number inside ``value`` (dicts, lists) is finite (e.g. an optimizer's state)."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointStateError(f"{field} holds non-finite values.")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise CheckpointStateError(f"{field} is not finite ({value}).")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_finite_tree(item, f"{field}[{str(key)[:40]!r}]")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_finite_tree(item, f"{field}[{index}]")
+
+
+def check_driver_state(state: Mapping[str, Any], num_groups: int) -> tuple[int, list[float], list[float]]:
+    """``(last_epoch, last_lrs, initial_lrs)`` of a driver's state, for an optimizer of ``num_groups`` groups."""
+    lists = {}
+    for key in ("last_lrs", "initial_lrs"):
+        values = state[key]
+        if not isinstance(values, list | tuple) or len(values) not in (
+            (0, num_groups) if key == "last_lrs" else (num_groups,)
+        ):
+            raise CheckpointStateError(
+                f"{key} must hold one LR per parameter group ({num_groups}), got {str(values)[:80]}."
+            )
+        lists[key] = [check_number(v, f"{key}[{i}]") for i, v in enumerate(values)]
+    if not lists["initial_lrs"][0] > 0:
+        raise CheckpointStateError("initial_lrs[0] must be > 0 (the first group's LR is the reference of the others).")
+    return check_int(state["last_epoch"], "last_epoch"), lists["last_lrs"], lists["initial_lrs"]
