@@ -2,6 +2,7 @@
 
 - Every file of ``benchmarks/results/`` (tables, pictures, logs) is published under ``results/``, so pages link and
   show the results as the benchmarks wrote them.
+- The docstrings' Sphinx roles (``:class:`~mlrsnet_hf.X` ``) render as plain code in the API pages.
 - ``<!-- cli-reference -->`` in a page becomes the ``--help`` of every ``mlrsnet`` command, rendered from the
   parsers of :mod:`mlrsnet_hf.cli` at build time.
 """
@@ -12,6 +13,7 @@ import argparse
 import contextlib
 import io
 import os
+import re
 from pathlib import Path
 
 from mkdocs.structure.files import File, Files
@@ -19,6 +21,7 @@ from mkdocs.structure.files import File, Files
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 CLI_MARKER = "<!-- cli-reference -->"
+SPHINX_ROLE = re.compile(r":(?:class|mod|func|meth|attr|data|exc|obj):<code>(~?)([\w.]+)</code>")
 
 
 def on_files(files: Files, config) -> Files:
@@ -63,3 +66,9 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     if CLI_MARKER in markdown:
         markdown = markdown.replace(CLI_MARKER, cli_reference())
     return markdown
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """``:class:`~mlrsnet_hf.MLRSNetConfig` `` (Sphinx, in the docstrings) -> ``MLRSNetConfig`` as code, as Sphinx
+    shows it (``~``: the last name only)."""
+    return SPHINX_ROLE.sub(lambda m: f"<code>{m[2].rsplit('.', 1)[-1] if m[1] else m[2]}</code>", html)
