@@ -1,5 +1,6 @@
 # `make demo` / `make test` set up .venv (idempotently) and run the main job / the test suite;
-# `make test-slow` runs the long end-to-end tests (benchmark and demo quick runs) that `make test` leaves out.
+# `make test-slow` runs the long end-to-end tests (benchmark and demo quick runs) that `make test` leaves out;
+# `make docs` builds the documentation site into site/.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 DS_STAMP := $(VENV)/.installed-deepspeed
 DEMO_DIR ?= demo_output
 
-.PHONY: venv demo test test-slow lint format clean
+.PHONY: venv demo test test-slow lint format docs clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,9 +39,12 @@ test: lint $(DS_STAMP)
 test-slow: venv $(DS_STAMP)
 	$(PY) -m pytest -m slow
 
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info
+	rm -rf $(VENV) $(DEMO_DIR) build site *.egg-info

@@ -19,6 +19,8 @@ BENCH = [
 ]
 # the PPO LR controller (training it; using a trained one needs only the core)
 PPO = ["stable-baselines3>=2.3", "gymnasium>=0.29.1"]
+# the documentation site (`make docs`; the test suite builds it with --strict)
+DOCS = ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26", "pymdown-extensions>=10.8"]
 
 setup(
     name="mlrsnet_hf",
@@ -54,7 +56,8 @@ setup(
     extras_require={
         "bench": BENCH,
         "ppo": PPO,
-        "dev": ["pytest>=8", "ruff>=0.6", *BENCH, *PPO],
+        "docs": DOCS,
+        "dev": ["pytest>=8", "ruff>=0.6", *BENCH, *PPO, *DOCS],
     },
     entry_points={"console_scripts": ["mlrsnet=mlrsnet_hf.cli:main"]},
     classifiers=[
