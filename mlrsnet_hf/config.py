@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .options import ScheduleOptions
+from .options import ScheduleOptions, _positive_int
 
 
 @dataclass
@@ -46,6 +46,8 @@ class MLRSNetConfig(TrainingArguments, ScheduleOptions):
     def __post_init__(self) -> None:
         TrainingArguments.__post_init__(self)
         ScheduleOptions.__post_init__(self)
+        for name in ("schedule_hidden_size", "schedule_num_stages"):
+            _positive_int(name, getattr(self, name), 2 if name == "schedule_hidden_size" else 1)
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(
                 f"learning_rate must be a positive number (the reference the schedule's LR is written against), "

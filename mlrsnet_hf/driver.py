@@ -29,7 +29,7 @@ from .meta_gradient import is_sharded, trainable_parameters
 from .online_scale import MechanicScale
 from .optimizers import optimizer_name, tensor_lr_dtype, unwrap
 from .options import ScheduleOptions
-from .state_checks import check_driver_state, restoring
+from .state_checks import CheckpointStateError, check_driver_state, restoring
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +113,9 @@ class LRDriver(LoopBinding):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Keep a checkpoint's state; it is applied when the run starts (:meth:`start`)."""
-        family = state.get("family", type(self).__name__)
+        family = state.get("family", type(self).__name__) if isinstance(state, dict) else "another program"
         if family != type(self).__name__:
-            raise ValueError(
+            raise CheckpointStateError(
                 f"The checkpoint's scheduler.pt was written by {family}: cannot resume with {type(self).__name__}."
             )
         self._restored = dict(state)

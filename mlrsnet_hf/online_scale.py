@@ -169,8 +169,13 @@ class MechanicScale:
                         f"The online scale's {key!r} does not match the optimizer's parameters "
                         f"({len(tensors)} tensors vs {len(shapes)}): was the checkpoint written for another model?"
                     )
+                if not all(torch.isfinite(t).all() for t in tensors):
+                    raise ValueError(f"The online scale's {key!r} holds non-finite values.")
+        steps = state["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"The online scale's 'steps' must be an integer >= 0, got {steps!r}.")
         for key in ("s", "sum_squared_products", "reward", "max_product"):
             getattr(self, key).copy_(state[key])
         self.ref = [t.to(p.device, p.dtype).clone() for t, p in zip(ref, self.params, strict=False)]
         self.delta = [t.to(p.device, p.dtype).clone() for t, p in zip(delta, self.params, strict=False)]
-        self.steps = int(state["steps"])
+        self.steps = steps

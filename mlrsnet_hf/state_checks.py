@@ -111,3 +111,50 @@ def check_driver_state(state: Mapping[str, Any], num_groups: int) -> tuple[int, 
     if not lists["initial_lrs"][0] > 0:
         raise CheckpointStateError("initial_lrs[0] must be > 0 (the first group's LR is the reference of the others).")
     return check_int(state["last_epoch"], "last_epoch"), lists["last_lrs"], lists["initial_lrs"]
+
+
+def check_optimizer_state(saved: Any, optimizer: torch.optim.Optimizer, field: str) -> None:
+    """A torch optimizer's ``state_dict`` that ``optimizer`` can take: its groups' sizes and hyperparameters' types,
+    and each parameter's state with the keys, shapes and values that one step of ``optimizer``'s kind gives."""
+    if not isinstance(saved, Mapping) or set(saved) != {"state", "param_groups"}:
+        raise CheckpointStateError(f"{field} is not an optimizer's state (keys 'state' and 'param_groups').")
+    groups = optimizer.param_groups
+    if not isinstance(saved["param_groups"], list) or len(saved["param_groups"]) != len(groups):
+        raise CheckpointStateError(f"{field}['param_groups'] must hold {len(groups)} groups.")
+    for g, (old, new) in enumerate(zip(saved["param_groups"], groups, strict=True)):
+        for key, value in new.items():
+            got = old.get(key) if isinstance(old, Mapping) else None
+            if key == "params":
+                if not isinstance(got, list) or len(got) != len(value):
+                    raise CheckpointStateError(f"{field}['param_groups'][{g}]['params'] must list {len(value)}.")
+            elif type(got) is not type(value) or (isinstance(value, float) and not math.isfinite(got)):
+                raise CheckpointStateError(
+                    f"{field}['param_groups'][{g}][{key!r}] must be like {value!r}, got {got!r}."
+                )
+    params = [p for group in groups for p in group["params"]]
+    twins = [torch.zeros_like(p, requires_grad=True) for p in params]  # one step of this kind shows its state
+    sizes = [len(group["params"]) for group in groups]
+    starts = [sum(sizes[:g]) for g in range(len(groups))]
+    twin = type(optimizer)(
+        [
+            {**group, "params": twins[start : start + size]}
+            for group, start, size in zip(groups, starts, sizes, strict=True)
+        ]
+    )
+    for t in twins:
+        t.grad = torch.zeros_like(t)
+    twin.step()
+    state = saved["state"]
+    if not isinstance(state, Mapping) or not set(state) <= set(range(len(params))):
+        raise CheckpointStateError(f"{field}['state'] must be keyed by the indices of {len(params)} parameters.")
+    for index, entry in state.items():
+        expected = twin.state[twins[index]]
+        where = f"{field}['state'][{index}]"
+        if not isinstance(entry, Mapping) or set(entry) != set(expected):
+            raise CheckpointStateError(f"{where} must hold {sorted(expected)}.")
+        for key, reference in expected.items():
+            value = entry[key]
+            if key == "step":
+                check_number(value, f"{where}['step']", positive=True)
+            elif isinstance(reference, torch.Tensor):
+                check_tensor(value, f"{where}[{key!r}]", tuple(reference.shape))

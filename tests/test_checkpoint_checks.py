@@ -58,8 +58,16 @@ def nan_like(tensor):
         (("schedule", "stages.0.head.bias"), nan_like, r"schedule\['stages.0.head.bias'\] holds non-finite values"),
         (("schedule", "stages.0.head.weight"), lambda w: w[:, :2], r"schedule\['stages.0.head.weight'\] has shape"),
         (("meta", "optimizer", "state"), lambda s: {k: {**v, "exp_avg": nan_like(v["exp_avg"])} for k, v in s.items()},
-         r"meta.optimizer\['state'\]\['0'\]\['exp_avg'\] holds non-finite values"),
+         r"meta.optimizer\['state'\]\[0\]\['exp_avg'\] holds non-finite values"),
         (("meta", "num_updates"), 2.5, "meta.num_updates must be an integer"),
+        (("meta", "optimizer", "state", 0, "exp_avg"), lambda t: t.reshape(-1)[:-1],
+         r"meta.optimizer\['state'\]\[0\]\['exp_avg'\] has shape"),
+        (("meta", "optimizer", "state", 0, "step"), -1, r"meta.optimizer\['state'\]\[0\]\['step'\] must be"),
+        (("meta", "optimizer", "param_groups", 0, "lr"), "x", r"meta.optimizer\['param_groups'\]\[0\]\['lr'\]"),
+        (("meta", "horizon", 0, "stage"), -1, r"meta.horizon\[0\]\['stage'\] must be an integer from 0 to 1"),
+        (("meta", "horizon", 0, "delta", 0), lambda d: d[:1], r"meta.horizon\[0\]\['delta'\]\[0\] has shape"),
+        (("meta", "horizon", 0, "h"), KeyError, r"meta.horizon\[0\] must hold"),
+        (("run", "stage"), -1, "run.stage is -1 \\(no stage entered\\), but the run has taken steps"),
     ],
 )  # fmt: skip
 def test_a_bad_value_in_scheduler_pt_is_named_before_the_first_resumed_step(checkpoint, path, value, match):

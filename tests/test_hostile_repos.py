@@ -201,3 +201,23 @@ def test_a_stale_temporary_directory_of_a_killed_save_is_removed_only_with_its_m
     (stale / ".mlrsnet_hf-save-in-progress").touch()
     saved(tmp_path)
     assert not stale.exists() and unmarked.is_dir()
+
+
+@pytest.mark.slow
+def test_the_hostile_probe_family_holds(tmp_path):
+    """benchmarks/hostile_probes.py (kills, damaged repos, every field of three checkpoints corrupted six ways, bad
+    arguments), with few bit flips: every case holds."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "hostile_probes.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--flips", "5", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "hostile_probes.json").read_text())
+    assert record["total"]["failed"] == 0, record["failures"][:10]
+    assert record["total"]["held"] > 1000

@@ -185,7 +185,7 @@ class MLRSNetDriver(LRDriver):
             if self.meta is not None:
                 if restored.get("meta") is None:
                     raise ValueError("it was written without meta-training: cannot resume with meta_train=True.")
-                self.meta.load_state_dict(restored["meta"])
+                self.meta.load_state_dict(restored["meta"], trainable_parameters(self.model))
         if self.device_step is not None and self.run.stage >= 0:
             self.device_step.prepare()  # a resumed run steps fast from its first step: capture before it
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,15 @@ from ..measurements import check_labels
 from ..meta_gradient import MetaBatches, is_sharded, lr_derivatives, meta_loss, step_delta, trainable_parameters
 from ..optimizers import LR_LINEAR_OPTIMIZERS, is_lr_linear, optimizer_name
 from ..options import ScheduleOptions
-from ..state_checks import check_finite_tree, check_int, check_weights
+from ..state_checks import (
+    CheckpointStateError,
+    check_finite_tree,
+    check_int,
+    check_number,
+    check_optimizer_state,
+    check_tensor,
+    check_weights,
+)
 from .network import MLRSNetState
 from .run import ScheduleRun
 from .schedule import MLRSNetSchedule
@@ -242,8 +251,31 @@ class MetaLearner:
             "num_updates": self.num_updates,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`, each value checked (:mod:`mlrsnet_hf.state_checks`) before any is applied."""
+    def _check_horizon_entry(self, entry: Any, field: str, params: list[torch.Tensor] | None) -> None:
+        keys = {"stage", "h", "c", "loss", "lr", "delta"}
+        if not isinstance(entry, dict) or set(entry) != keys:
+            raise CheckpointStateError(f"{field} must hold {sorted(keys)}.")
+        check_int(entry["stage"], f"{field}['stage']", 0, self.run.num_stages - 1)
+        for key in ("h", "c"):
+            check_tensor(entry[key], f"{field}[{key!r}]", tuple(self.run.state.h.shape))
+        loss = entry["loss"]
+        if isinstance(loss, torch.Tensor):
+            check_tensor(loss, f"{field}['loss']", ())
+        elif isinstance(loss, bool) or not isinstance(loss, int | float) or not math.isfinite(loss):
+            raise CheckpointStateError(f"{field}['loss'] must be a finite number, got {str(loss)[:40]}.")
+        check_number(entry["lr"], f"{field}['lr']", positive=True)
+        delta = entry["delta"]
+        sharded = params is not None and is_sharded(params)
+        shapes = None if params is None or sharded else [tuple(p.shape) for p in params]
+        if not isinstance(delta, list) or (shapes is not None and len(delta) != len(shapes)):
+            raise CheckpointStateError(f"{field}['delta'] must hold one step per trainable parameter.")
+        for j, d in enumerate(delta):
+            check_tensor(d, f"{field}['delta'][{j}]", None if shapes is None else shapes[j])
+
+    def load_state_dict(self, state: dict[str, Any], params: list[torch.Tensor] | None = None) -> None:
+        """Restore :meth:`state_dict`, each value checked (:mod:`mlrsnet_hf.state_checks`) before any is applied;
+        ``params``: the model's trainable parameters, the shapes of a horizon's steps."""
+        check_optimizer_state(state["optimizer"], self.optimizer, "meta.optimizer")
         check_finite_tree(state["optimizer"], "meta.optimizer")
         for key in ("epoch", "index"):
             check_int(state["batches"][key], f"meta.batches[{key!r}]")
@@ -252,16 +284,17 @@ class MetaLearner:
             check_int(snapshot["step"], f"meta.snapshots[{i}]['step']")
             check_weights(snapshot["weights"], stage_weights, f"meta.snapshots[{i}]['weights']")
         for i, entry in enumerate(state.get("horizon", [])):
-            check_finite_tree(entry, f"meta.horizon[{i}]")
+            self._check_horizon_entry(entry, f"meta.horizon[{i}]", params)
         num_updates = check_int(state.get("num_updates", 0), "meta.num_updates")
+        horizon_steps = check_int(state.get("horizon_steps", len(state.get("horizon", []))), "meta.horizon_steps")
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches.load_state_dict(state["batches"])
         self._horizon = [dict(entry) for entry in state.get("horizon", [])]
-        if state.get("horizon_steps", len(self._horizon)) > len(self._horizon):
+        if horizon_steps > len(self._horizon):
             logger.warning(
                 "Resumed inside a meta horizon under sharded parameters (FSDP2): the %d steps of it taken before the "
                 "checkpoint were not saved, so the next meta update differentiates only the steps taken since.",
-                state["horizon_steps"],
+                horizon_steps,
             )
         self.snapshots = [dict(snapshot) for snapshot in state.get("snapshots", [])]
         self.num_updates = num_updates

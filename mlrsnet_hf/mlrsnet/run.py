@@ -279,6 +279,8 @@ class ScheduleRun:
         shape = tuple(self.state.h.shape)
         h, c = (check_tensor(state[k], f"run.{k} (the LSTM state)", shape) for k in ("h", "c"))
         stage = check_int(state["stage"], "run.stage", -1, self.num_stages - 1)
+        if stage < 0 and check_int(state["num_steps"], "run.num_steps") > 0:
+            raise CheckpointStateError("run.stage is -1 (no stage entered), but the run has taken steps.")
         gammas = [check_number(g, f"run.gammas[{i}]", positive=True, optional=True) for i, g in enumerate(gammas)]
         if stage >= 0 and gammas[stage] is None and self.gamma not in BASE_LR_RULES:
             raise CheckpointStateError(f"run.gammas[{stage}] is missing for the current stage {stage}.")
