@@ -221,3 +221,13 @@ def test_the_hostile_probe_family_holds(tmp_path):
     record = json.loads((tmp_path / "hostile_probes.json").read_text())
     assert record["total"]["failed"] == 0, record["failures"][:10]
     assert record["total"]["held"] > 1000
+
+
+def test_none_is_refused_at_construction_naming_the_field():
+    for cls, fields in (
+        (MLRSNetSchedule, ["hidden_size", "num_layers", "gate_layout", "num_stages", "gamma", "relative_max_scale"]),
+        (LRController, ["max_change", "obs_clip", "obs_epsilon", "min_lr", "max_lr", "hidden_sizes", "probe_size"]),
+    ):
+        for field in fields:
+            with pytest.raises(ValueError, match=field):
+                cls(**{field: None})

@@ -147,6 +147,10 @@ class LRController(
         super().__init__()
         if action_space not in ACTION_SPACES:
             raise ValueError(f"action_space must be one of {ACTION_SPACES}, got {action_space!r}.")
+        for name, value in (("max_change", max_change), ("obs_clip", obs_clip), ("obs_epsilon", obs_epsilon),
+                            ("min_lr", min_lr), ("max_lr", max_lr)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number, got {value!r}.")
         if not 0 < max_change < 1:
             raise ValueError(f"max_change must be in (0, 1), got {max_change}.")
         for name, value in (("decision_interval", decision_interval), ("probe_size", probe_size)):
