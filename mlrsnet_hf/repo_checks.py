@@ -149,16 +149,14 @@ def weights_checksum(weights: dict[str, torch.Tensor]) -> str:
 
 
 # --------------------------------------------------------------------------- save
-def check_writable(schedule: Any) -> None:
-    """Refuse to save what loading would refuse: a config with missing values or beyond the limits, weights that
-    are not floating point or not finite, or values the family cannot use (``validate_weights``)."""
-    config = schedule.config
+def check_writable(schedule: Any, config: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
+    """Refuse to save what loading would refuse: ``schedule``'s ``config`` with missing values or beyond the limits,
+    ``weights`` that are not floating point or not finite, or values the family cannot use (``validate_weights``)."""
     check_config(type(schedule), config)
     try:
         parse_config_text(json.dumps(config))
     except RepoCheckError as e:
         raise RepoCheckError(f"its config {e}") from None
-    weights = schedule.weights()
     not_float = [k for k, v in weights.items() if not v.is_floating_point()]
     if not_float:
         raise RepoCheckError(f"tensors that are not floating point: {listed(not_float)}.")

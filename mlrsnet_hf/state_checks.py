@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from .repo_checks import listed
+
 
 class CheckpointStateError(ValueError):
     """A value restored from ``scheduler.pt`` is missing, malformed or out of range."""
@@ -73,7 +75,7 @@ def check_weights(weights: Any, reference: Mapping[str, torch.Tensor], field: st
     missing, unexpected = sorted(set(reference) - set(weights)), sorted(set(weights) - set(reference))
     if missing or unexpected:
         raise CheckpointStateError(
-            f"{field} does not match this schedule: missing {missing[:8]}, unexpected {[str(k)[:60] for k in unexpected[:8]]}."
+            f"{field} does not match this schedule: missing {listed(missing)}, unexpected {listed(unexpected)}."
         )
     for name, tensor in reference.items():
         check_tensor(weights[name], f"{field}[{name!r}]", tuple(tensor.shape))
