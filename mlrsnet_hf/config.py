@@ -17,18 +17,16 @@ class MLRSNetConfig(TrainingArguments, ScheduleOptions):
 
     Two modes: **transfer** (``meta_train=False``: a learned schedule sets the LR of every optimizer step
     from that step's training loss) and **meta-train** (``meta_train=True``: the schedule is learned
-    online, paper Algorithm 1). ``lr_scheduler_type`` and warm-up settings are ignored: the schedule
-    sets the LR.
+    online, paper Algorithm 1).
 
-    Defaults follow the paper's recipes: ``optim="sgd"``. With an Adam-family optimizer (e.g.
-    ``optim="adamw_torch"``) and ``gamma`` left unset, ``gamma="relative"`` is used: ``learning_rate``
-    is the LR of the first step and the upper bound, and the schedule shapes it.
+    Every ``TrainingArguments`` default is kept, the optimizer included (AdamW): with it, and ``gamma`` left
+    unset, ``gamma="relative"`` is used, so ``learning_rate`` is the LR of the first step and the upper bound,
+    and the schedule shapes it. The paper's recipe (SGD, a fixed ``gamma``) is what the presets and an explicit
+    ``optim="sgd"`` give. The schedule sets every step's LR: settings it does not use (``learning_rate`` under a
+    fixed gamma, ``lr_scheduler_type``, warm-up) are named in one warning at the first step, with the LR used
+    instead; with an optimizer other than SGD, a first LR over 10x ``learning_rate`` is refused.
     """
 
-    optim: str = field(
-        default="sgd",
-        metadata={"help": "The optimizer (as in TrainingArguments). Default 'sgd', the paper's optimizer."},
-    )
     schedule: str | None = field(
         default=None,
         metadata={

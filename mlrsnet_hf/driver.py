@@ -27,11 +27,30 @@ from .loop import LoopBinding
 from .loss_meter import LossMeter
 from .meta_gradient import is_sharded, trainable_parameters
 from .online_scale import MechanicScale
-from .optimizers import optimizer_name, tensor_lr_dtype, unwrap
+from .optimizers import is_sgd, optimizer_name, tensor_lr_dtype, unwrap
 from .options import ScheduleOptions
 from .state_checks import CheckpointStateError, check_driver_state, restoring
 
 logger = logging.getLogger(__name__)
+
+MAX_FIRST_LR_RATIO = 10.0
+"""With an optimizer other than SGD, a first LR more than this many times ``learning_rate``, set by a scale that is
+not ``learning_rate`` (a fixed or ``"auto"`` gamma), is refused (:meth:`LRDriver.check_first_lr`)."""
+
+
+def unused_lr_settings(args: Any) -> list[str]:
+    """The ``TrainingArguments`` LR-schedule settings that ``args`` sets away from their defaults: a learned schedule
+    sets every step's LR, so none of them is used."""
+    settings = []
+    if getattr(args, "lr_scheduler_type", "linear") != "linear":  # (TrainingArguments' default)
+        settings.append(f"lr_scheduler_type={str(getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type))!r}")
+    if getattr(args, "lr_scheduler_kwargs", None):
+        settings.append(f"lr_scheduler_kwargs={args.lr_scheduler_kwargs!r}")
+    for name in ("warmup_steps", "warmup_ratio"):
+        value = getattr(args, name, 0) or 0
+        if value > 0:
+            settings.append(f"{name}={value:g}")
+    return settings
 
 
 class LRDriver(LoopBinding):
@@ -159,6 +178,7 @@ class LRDriver(LoopBinding):
             )
         self.last_lrs, self.lr_history, self._pending_lrs, self._pending_step = [], [], [], None
         self.last_epoch, kept = 0, None
+        self._first_lr_checked = restored is not None  # (a resumed run was checked when it started)
         if restored is not None:
             with restoring(self.checkpoint_name):
                 kept = check_driver_state(restored, len(optimizer.param_groups))
@@ -178,6 +198,9 @@ class LRDriver(LoopBinding):
         if self._step_lr is not None:  # a step not taken still has its place in the history, at the scale as it is
             self._record(self._step_lr * self.online_scale.scale)
         lr, reference = self._lr_for_step(step, self.meter.step_loss(self.average_tokens_across_devices))
+        if not self._first_lr_checked:
+            self._first_lr_checked = True
+            self.check_first_lr(float(lr) * self.initial_lrs[0] / reference)
         if isinstance(lr, torch.Tensor) and not self.tensor_lr:
             lr = lr.item()  # this optimizer needs a number: one read per step
         if self.online_scale is None:
@@ -189,6 +212,42 @@ class LRDriver(LoopBinding):
         for group, value in zip(self.optimizer.param_groups, self.last_lrs, strict=True):
             group["lr"] = value
         self._pending_step = step
+
+    def check_first_lr(self, first_lr: float) -> None:
+        """At the first step of a run: say which of the user's LR settings the run does not use, naming the LR it uses
+        instead (one warning), and refuse a first LR far above ``learning_rate`` with an optimizer other than SGD.
+
+        ``first_lr`` is the first parameter group's LR at the first step. Only the scale's source, given by the family
+        (:meth:`lr_scale_source`), tells whether ``learning_rate`` set it.
+        """
+        source, checked = self.lr_scale_source()
+        unused = unused_lr_settings(self.args)
+        if source is not None:
+            ratio = first_lr / self.base_lr
+            if checked and not is_sgd(self.optimizer) and ratio > MAX_FIRST_LR_RATIO:
+                raise ValueError(
+                    f"{optimizer_name(self.optimizer)} would start at LR {first_lr:.4g}, {ratio:.0f}x the "
+                    f"learning_rate={self.base_lr:g} you set, because {source}: a scale for SGD (the paper's "
+                    "optimizer). With this optimizer leave gamma unset (gamma='relative': learning_rate is the first "
+                    "step's LR and the schedule shapes it), use gamma='range_test' or online_scale='mechanic', or pass "
+                    f"optim='sgd'. To train at this LR anyway, set learning_rate to at least "
+                    f"{first_lr / MAX_FIRST_LR_RATIO:.4g}."
+                )
+            unused.insert(0, f"learning_rate={self.base_lr:g}")
+        if unused:
+            reason = f" ({source})" if source is not None else ""
+            logger.warning(
+                "The learned schedule sets every step's LR: %s %s not used. The first step's LR is %.4g%s.",
+                ", ".join(unused),
+                "is" if len(unused) == 1 else "are",
+                first_lr,
+                reason,
+            )
+
+    def lr_scale_source(self) -> tuple[str | None, bool]:
+        """What sets the run's LR scale in place of ``learning_rate`` (None: ``learning_rate`` sets it), and whether it is
+        a scale given for SGD, refused with other optimizers when it starts far above ``learning_rate``."""
+        return None, False
 
     def _scaled_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Optimizer post-hook after the online scale's: this step's update was applied with ``S_{t+1} * lr_t``.

@@ -79,7 +79,7 @@ def run_gamma(gamma: Any, online_scale: str | None, schedule_gamma: Any, optimiz
             )
         gamma = "relative"
     elif gamma is None and not is_sgd(optimizer) and schedule_gamma not in BASE_LR_RULES:
-        logger.warning(
+        logger.info(
             "%s is not SGD: using gamma='relative' (learning_rate=%g sets the scale, the schedule the shape). "
             "Pass gamma explicitly to override.",
             optimizer_name(optimizer),

@@ -28,7 +28,7 @@ def fresh_schedule() -> MLRSNetSchedule:
 def by_trainer(out, resume=None):
     torch.manual_seed(0)
     recorder, data = Recorder(), digits()
-    args = MLRSNetConfig(output_dir=str(out), **COMMON, **META)
+    args = MLRSNetConfig(optim="sgd", output_dir=str(out), **COMMON, **META)
     trainer = MLRSNetTrainer(
         model=DigitsNet(dropout=0.1), args=args, train_dataset=data[:1200], meta_dataset=data[1200:],
         schedule=fresh_schedule(), callbacks=[recorder],
@@ -96,7 +96,7 @@ def test_a_plain_trainer_with_the_callback_writes_the_trainers_schedule_repo_byt
     """The trajectory schedule meta-trained through the callback is published by the same route as the Trainer's."""
     torch.manual_seed(0)
     data = digits()
-    args = MLRSNetConfig(output_dir=str(tmp_path / "a"), **{**COMMON, "save_strategy": "no"}, **META)
+    args = MLRSNetConfig(optim="sgd", output_dir=str(tmp_path / "a"), **{**COMMON, "save_strategy": "no"}, **META)
     trainer = MLRSNetTrainer(
         model=DigitsNet(dropout=0.1), args=args, train_dataset=data[:1200], meta_dataset=data[1200:],
         schedule=fresh_schedule(),

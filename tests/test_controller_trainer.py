@@ -43,7 +43,7 @@ def run_trainer(out, schedule, resume=None, **kwargs):
     torch.manual_seed(0)
     recorder = Recorder()
     data = digits()
-    args = MLRSNetConfig(output_dir=str(out), **{**COMMON, **kwargs})
+    args = MLRSNetConfig(output_dir=str(out), **{"optim": "sgd", **COMMON, **kwargs})
     trainer = MLRSNetTrainer(
         model=DigitsNet(dropout=0.1), args=args, train_dataset=data[:1200], meta_dataset=data[1200:],
         schedule=schedule, callbacks=[recorder],

@@ -92,7 +92,7 @@ def test_mlrsnet_trainer_reads_nothing_between_stage_entries(tmp_path, optim):
 def test_an_optimizer_that_needs_a_number_costs_one_read_per_step(tmp_path):
     counter = HostReads(exempt={0, 6})
     args = MLRSNetConfig(
-        step_backend="tensor", output_dir=str(tmp_path), **COMMON, gamma=0.5
+        optim="sgd", step_backend="tensor", output_dir=str(tmp_path), **COMMON, gamma=0.5
     )  # plain SGD: the LR is a number
     trainer = MLRSNetTrainer(
         model=DigitsNet(), args=args, train_dataset=digits(400), schedule=schedule(), callbacks=[counter]
@@ -121,7 +121,7 @@ def test_an_lr_controller_reads_only_at_its_decisions(tmp_path):
     data = digits(500)
     counter = HostReads(exempt={0, 4, 8})
     controller = LRController(decision_interval=4, probe_size=20)
-    args = MLRSNetConfig(output_dir=str(tmp_path), **COMMON)
+    args = MLRSNetConfig(optim="sgd", output_dir=str(tmp_path), **COMMON)
     trainer = MLRSNetTrainer(
         model=DigitsNet(), args=args, train_dataset=data[:400], meta_dataset=data[400:], schedule=controller,
         callbacks=[counter],

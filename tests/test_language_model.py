@@ -88,7 +88,7 @@ def test_meta_train_an_lstm_lm_on_real_ptb(ptb_dir, tmp_path):
     torch.manual_seed(0)
     model = lstm_lm(len(vocab), hidden_size=32, dropout=0.5)
     recorder = Recorder()
-    args = MLRSNetConfig(
+    args = MLRSNetConfig(optim="sgd",
         output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=4, gradient_accumulation_steps=2,
         train_sampling_strategy="sequential", meta_train=True, meta_update_interval=3, meta_batch_size=8,
         input_normalization="log_num_classes", gamma="40", max_grad_norm=0.25, weight_decay=5e-6,

@@ -32,7 +32,7 @@ def reference_horizon_hypergradient(model, schedule_run, train, meta, wd, clip, 
 
 
 def run(tmp_path, model, schedule, data, horizon):
-    args = MLRSNetConfig(
+    args = MLRSNetConfig(optim="sgd",
         output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=64, meta_batch_size=32, meta_train=True,
         meta_update_interval=3, meta_horizon=horizon, weight_decay=5e-4, max_grad_norm=0.5, report_to="none",
         save_strategy="no", disable_tqdm=True, use_cpu=True, num_classes=10,
@@ -86,7 +86,7 @@ def test_non_finite_meta_loss_skips_the_meta_update(tmp_path, caplog):
     # Forward calls alternate training (odd) and meta (even) with a meta update every step: call 2 is the
     # first meta forward.
     model = DigitsNet(hidden=16, nan_at_call=2)
-    args = MLRSNetConfig(
+    args = MLRSNetConfig(optim="sgd",
         output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=64, meta_batch_size=32, meta_train=True,
         meta_update_interval=1, report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True,
         num_classes=10,
@@ -124,7 +124,7 @@ def test_w_t_buffers_are_kept_between_meta_updates_and_change_nothing(tmp_path, 
         if not keep:
             monkeypatch.setattr(MetaLearner, "_release", lambda self, buffers: None)
         storages.append(set())
-        args = MLRSNetConfig(
+        args = MLRSNetConfig(optim="sgd",
             output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=16, meta_batch_size=16,
             meta_train=True, meta_update_interval=3, meta_horizon=2, report_to="none", save_strategy="no",
             disable_tqdm=True, use_cpu=True, num_classes=10,
@@ -155,7 +155,7 @@ def test_meta_training_next_to_a_gpu_steps_the_schedule_on_the_host_as_a_cpu_run
         torch.manual_seed(0)
         data = digits(96, dtype=torch.float64)
         model, schedule = DigitsNet(hidden=16).double(), MLRSNetSchedule(hidden_size=8, gamma=0.5).double()
-        args = MLRSNetConfig(
+        args = MLRSNetConfig(optim="sgd",
             output_dir=str(tmp_path / device), max_steps=8, per_device_train_batch_size=16, meta_batch_size=16,
             meta_train=True, meta_update_interval=2, meta_horizon=2, report_to="none", save_strategy="no",
             disable_tqdm=True, use_cpu=device == "cpu", num_classes=10,

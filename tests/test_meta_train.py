@@ -134,7 +134,7 @@ def test_trainer_hypergradient_is_exact(tmp_path):
     schedule = MLRSNetSchedule(hidden_size=8, gamma=0.5).double()
     model_before, run_before = copy.deepcopy(model), copy.deepcopy(schedule).start()
     run_before.enter_stage(0)
-    args = MLRSNetConfig(
+    args = MLRSNetConfig(optim="sgd",
         output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=64, meta_batch_size=32,
         meta_train=True, meta_update_interval=1, weight_decay=5e-4, max_grad_norm=0.5, report_to="none",
         save_strategy="no", disable_tqdm=True, use_cpu=True, num_classes=10,
@@ -160,7 +160,7 @@ def test_trainer_hypergradient_is_exact(tmp_path):
 def test_meta_training_changes_the_schedule_and_writes_a_repo(tmp_path):
     torch.manual_seed(0)
     data = digits()
-    args = MLRSNetConfig(
+    args = MLRSNetConfig(optim="sgd",
         output_dir=str(tmp_path / "out"), max_steps=20, per_device_train_batch_size=32, meta_train=True,
         meta_update_interval=2, meta_learning_rate=1e-2, logging_steps=5, report_to="none", save_strategy="no",
         disable_tqdm=True, use_cpu=True, num_classes=10, eval_strategy="steps", eval_steps=10,

@@ -56,7 +56,7 @@ def test_meta_train_a_wrn_on_cifar_schema_data(tmp_path):
     splits, spec = load_image_dataset("cifar10", str(root), meta_size=60, cache_dir=str(tmp_path / "cache"))
     torch.manual_seed(0)
     model = wide_resnet(num_labels=spec.num_classes, depth=10, widen_factor=1)
-    args = MLRSNetConfig(
+    args = MLRSNetConfig(optim="sgd",
         output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=16, meta_train=True,
         meta_update_interval=2, remove_unused_columns=False, report_to="none", save_strategy="no",
         disable_tqdm=True, use_cpu=True, logging_steps=1, weight_decay=5e-4,

@@ -45,7 +45,7 @@ def schedule_dir(tmp_path):
 def test_the_trainers_card_has_the_tags_and_the_local_schedule(schedule_dir, tmp_path):
     out = tmp_path / "out"
     trainer = MLRSNetTrainer(
-        model=tiny_lm(), args=MLRSNetConfig(output_dir=str(out), **COMMON), train_dataset=tokens(),
+        model=tiny_lm(), args=MLRSNetConfig(optim="sgd", output_dir=str(out), **COMMON), train_dataset=tokens(),
         schedule=str(schedule_dir),
     )  # fmt: skip
     assert trainer.model.model_tags == MLRSNET_TAGS  # tagged at construction, as TRL does
@@ -59,7 +59,9 @@ def test_the_trainers_card_has_the_tags_and_the_local_schedule(schedule_dir, tmp
 
 def test_a_meta_trained_schedule_built_in_code_has_no_source(tmp_path):
     out = tmp_path / "out"
-    args = MLRSNetConfig(output_dir=str(out), meta_train=True, meta_update_interval=2, gamma=0.01, **COMMON)
+    args = MLRSNetConfig(
+        optim="sgd", output_dir=str(out), meta_train=True, meta_update_interval=2, gamma=0.01, **COMMON
+    )
     data = tokens()
     trainer = MLRSNetTrainer(model=tiny_lm(), args=args, train_dataset=data[:24], meta_dataset=data[24:])
     trainer.train()
@@ -74,7 +76,9 @@ def test_a_meta_trained_schedule_is_referenced_where_the_trainer_saved_it(schedu
     from huggingface_hub.hf_api import RepoUrl
 
     out = tmp_path / "out"
-    args = MLRSNetConfig(output_dir=str(out), meta_train=True, meta_update_interval=2, gamma=0.01, **COMMON)
+    args = MLRSNetConfig(
+        optim="sgd", output_dir=str(out), meta_train=True, meta_update_interval=2, gamma=0.01, **COMMON
+    )
     data = tokens()
     trainer = MLRSNetTrainer(
         model=tiny_lm(), args=args, train_dataset=data[:24], meta_dataset=data[24:], schedule=str(schedule_dir)
@@ -99,7 +103,7 @@ def test_an_lr_controller_is_referenced_with_its_family(tmp_path):
     out = tmp_path / "out"
     data = tokens()
     trainer = MLRSNetTrainer(
-        model=tiny_lm(), args=MLRSNetConfig(output_dir=str(out), **COMMON), train_dataset=data[:24],
+        model=tiny_lm(), args=MLRSNetConfig(optim="sgd", output_dir=str(out), **COMMON), train_dataset=data[:24],
         meta_dataset=data[24:], schedule=str(tmp_path / "controller"),
     )  # fmt: skip
     trainer.train()
@@ -152,7 +156,7 @@ def test_push_to_hub_uploads_the_tags(trainer_class, schedule_dir, tmp_path, mon
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: api)
     out = tmp_path / "out"
     if trainer_class == "MLRSNetTrainer":
-        args = MLRSNetConfig(output_dir=str(out), **COMMON)
+        args = MLRSNetConfig(optim="sgd", output_dir=str(out), **COMMON)
         trainer = MLRSNetTrainer(model=tiny_lm(), args=args, train_dataset=tokens(), schedule=str(schedule_dir))
     else:
         callback = MLRSNetCallback(str(schedule_dir), gamma=0.01)

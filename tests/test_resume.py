@@ -29,7 +29,7 @@ def run_trainer(out, resume=None, **kwargs):
     torch.manual_seed(0)
     recorder = Recorder()
     data = digits()
-    args = MLRSNetConfig(output_dir=str(out), num_classes=10, auto_gamma_batches=3, **COMMON, **kwargs)
+    args = MLRSNetConfig(optim="sgd", output_dir=str(out), num_classes=10, auto_gamma_batches=3, **COMMON, **kwargs)
     trainer = MLRSNetTrainer(
         model=DigitsNet(dropout=0.1),
         args=args,

@@ -189,6 +189,21 @@ class MLRSNetDriver(LRDriver):
         if self.device_step is not None and self.run.stage >= 0:
             self.device_step.prepare()  # a resumed run steps fast from its first step: capture before it
 
+    def lr_scale_source(self) -> tuple[str | None, bool]:
+        run, online = self.run, self.options.online_scale
+        if online:
+            return f"online_scale={online!r} learns the LR's scale", False
+        if run.gamma == "relative":
+            return None, False
+        if run.gamma == "range_test":
+            return f"gamma='range_test' measured the LR on this task: {run.base_lr:.4g}", False
+        if run.gamma == "auto":
+            return (
+                f"gamma='auto' (the released rule) gives gamma={run.current_gamma:.4g}, times the schedule's output",
+                True,
+            )
+        return f"gamma={run.gamma:g} is fixed, times the schedule's output", True
+
     def _check_loop(self, loss_from_model: bool, train_dataloader: DataLoader | None) -> None:
         run = self.run
         reads_data = [

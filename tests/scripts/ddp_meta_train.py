@@ -17,7 +17,7 @@ def main() -> None:
     variant = sys.argv[2] if len(sys.argv) > 2 else "default"
     torch.manual_seed(0)
     data = digits()
-    args = MLRSNetConfig(
+    args = MLRSNetConfig(optim="sgd",
         output_dir=str(out / "run"), max_steps=12, per_device_train_batch_size=16, gradient_accumulation_steps=2,
         meta_train=True, meta_update_interval=3, meta_batch_size=16, meta_learning_rate=1e-2, num_classes=10,
         gamma="range_test" if variant == "horizon" else "auto", meta_horizon=3 if variant == "horizon" else 1,

@@ -12,7 +12,7 @@ from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer  # noqa: E
 
 def main() -> None:
     out = Path(sys.argv[1])
-    args = MLRSNetConfig(
+    args = MLRSNetConfig(optim="sgd",
         output_dir=str(out / "run"), max_steps=2, per_device_train_batch_size=8, gamma=0.1, report_to="none",
         save_strategy="no", disable_tqdm=True, seed=0, use_cpu="--use_cpu" in sys.argv,
     )  # fmt: skip
