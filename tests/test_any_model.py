@@ -51,7 +51,7 @@ def test_gpt2_meta_trains_with_adamw(gpt2_dir, tmp_path):
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "using gamma='relative'" in run.stderr  # AdamW: learning_rate sets the scale
+    assert "not used" not in run.stderr  # AdamW, gamma unset: "relative", learning_rate sets the scale (used)
     schedule = MLRSNetSchedule.from_pretrained(out / "schedule")
     assert schedule.gamma == "relative" and schedule.meta_training["optimizer"] == "AdamW"
     vocab_size = json.loads((model_dir / "config.json").read_text())["vocab_size"]
