@@ -36,11 +36,17 @@ setup(
         "mlrsnet_hf.mlrsnet",
         "mlrsnet_hf.lr_controller",
         "mlrsnet_hf.hub_cards",
+        "mlrsnet_hf.zoo",
         "mlrsnet_hf.experiments",
         "mlrsnet_hf.experiments.metric_modules",
     ],
     package_dir={"mlrsnet_hf.hub_cards": "hub_cards"},
-    package_data={"mlrsnet_hf.hub_cards": ["*.md"], "mlrsnet_hf.experiments.metric_modules": ["*/*.py"]},
+    # the schedule zoo: one schedule repo per directory (config.json, model.safetensors, README.md, lr_response.png)
+    package_data={
+        "mlrsnet_hf.hub_cards": ["*.md"],
+        "mlrsnet_hf.zoo": ["*/*"],
+        "mlrsnet_hf.experiments.metric_modules": ["*/*.py"],
+    },
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0",

@@ -43,7 +43,7 @@ def _help_sections() -> list[tuple[str, str]]:
         if name in ("meta-train", "transfer", "train-controller"):
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
-                command_help(name, PRESETS, usage_error=False)  # the HfArgumentParser of the real command
+                command_help(name, PRESETS, usage_error=False, every_flag=True)  # --help-all: the reference
             sections.append((f"mlrsnet {name}", out.getvalue()))
         else:
             sections.append((f"mlrsnet {name}", sub.format_help()))
@@ -55,7 +55,7 @@ def cli_reference() -> str:
     for title, text in _help_sections():
         block = f"```text\n{text.rstrip()}\n```"
         if len(text.splitlines()) > 40:  # the training commands list every TrainingArguments flag: folded
-            block = f'??? note "`{title} --help`"\n\n' + "\n".join(
+            block = f'??? note "`{title} --help-all`"\n\n' + "\n".join(
                 f"    {line}" if line else "" for line in block.splitlines()
             )
         blocks.append(f"### `{title}`\n\n{block}\n")

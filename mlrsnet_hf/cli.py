@@ -1,8 +1,11 @@
 """The ``mlrsnet`` command line.
 
 mlrsnet convert-official mlr_snet_1.pth mlr_snet_100.pth mlr_snet_200.pth --out DIR
-mlrsnet info SCHEDULE                       # a local directory or a Hub repo id
+mlrsnet info SCHEDULE                       # a local directory, a zoo schedule (mlrsnet_hf/NAME) or a Hub repo id
 mlrsnet plot SCHEDULE --out lr.png [--losses FILE] [--num-classes C] [--base-lr LR]   # either family
+
+Only argparse is imported here: ``--help`` starts at once, ``info`` and ``plot`` import what loading a schedule
+needs (torch, not the Trainer), and only the commands that train import transformers' Trainer.
 """
 
 from __future__ import annotations
@@ -14,15 +17,45 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .families import family_of
-from .hub import ScheduleFileError, load_any_schedule
-from .mlrsnet.official import convert_official
 from .version import __version__
+
+TRAINING_COMMANDS = ("meta-train", "transfer", "train-controller")
+# The TrainingArguments flags `meta-train/transfer --help` shows (`--help-all`: all of them); every one is accepted.
+TRAINING_FLAGS = (
+    "output_dir",
+    "max_steps",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "optim",
+    "learning_rate",
+    "weight_decay",
+    "max_grad_norm",
+    "seed",
+    "logging_steps",
+    "eval_strategy",
+    "eval_steps",
+    "save_strategy",
+    "save_steps",
+    "resume_from_checkpoint",
+    "report_to",
+    "bf16",
+    "push_to_hub",
+    "hub_model_id",
+)
+# TrainingArguments flags the library ignores (the schedule sets every LR): left out of every help.
+IGNORED_FLAGS = ("lr_scheduler_type", "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps")
 
 
 def read_losses(path: str | Path) -> list[float]:
     """A loss curve from a JSON list or a text file with one number per line."""
-    text = Path(path).read_text(encoding="utf-8").strip()
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ValueError(f"--losses {path}: no such file.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--losses {path} cannot be read ({e}).") from None
     try:
         values = json.loads(text) if text.startswith("[") else [float(line) for line in text.split() if line]
     except ValueError as e:
@@ -33,19 +66,30 @@ def read_losses(path: str | Path) -> list[float]:
 
 
 def _convert(args: argparse.Namespace) -> None:
+    from .families import family_of
+    from .mlrsnet.official import convert_official
+
     schedule = convert_official(args.checkpoints, args.out)
     print(family_of(schedule).describe(schedule, str(args.out)))
 
 
 def _info(args: argparse.Namespace) -> None:
+    from .families import family_of
+    from .hub import load_any_schedule
+
     schedule = load_any_schedule(args.schedule)
     print(family_of(schedule).describe(schedule, args.schedule))
 
 
 def _plot(args: argparse.Namespace) -> None:
-    schedule = load_any_schedule(args.schedule)
-    losses = read_losses(args.losses) if args.losses else None
+    from .families import family_of
+    from .hub import load_any_schedule
+
     out = args.out if args.out.suffix else args.out.with_suffix(".png")  # what matplotlib writes for a bare name
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist.")
+    losses = read_losses(args.losses) if args.losses else None
+    schedule = load_any_schedule(args.schedule)
     lrs = family_of(schedule).plot(schedule, out, losses=losses, num_classes=args.num_classes, base_lr=args.base_lr)
     print(
         f"wrote {out}: {len(lrs)} steps, LR from {lrs[0]:.4g} to {lrs[-1]:.4g} (min {min(lrs):.4g}, max {max(lrs):.4g})"
@@ -69,11 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("info", help="what a schedule (of any family) is and what it was trained on")
-    p.add_argument("schedule", help="a schedule directory or Hub repo id")
+    p.add_argument("schedule", help="a schedule directory, a zoo schedule (mlrsnet_hf/NAME) or a Hub repo id")
     p.set_defaults(func=_info)
 
     p = sub.add_parser("plot", help="plot a schedule's (of any family) LR response to a loss curve")
-    p.add_argument("schedule", help="a schedule directory or Hub repo id")
+    p.add_argument("schedule", help="a schedule directory, a zoo schedule (mlrsnet_hf/NAME) or a Hub repo id")
     p.add_argument("--out", required=True, type=Path, help="image file to write (.png added to a name without one)")
     p.add_argument("--losses", help="loss curve: JSON list or one number per line (default: a typical curve)")
     p.add_argument("--num-classes", type=int, help="C for gamma='auto' (default: the meta-training task's, else 10)")
@@ -87,50 +131,84 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def command_help(command: str, presets: dict, usage_error: bool) -> int:
-    """``mlrsnet meta-train|transfer|train-controller --help``: every flag, as ``HfArgumentParser`` knows them.
+def command_parser(command: str, presets: dict, every_flag: bool = False) -> argparse.ArgumentParser:
+    """The ``--help`` of ``mlrsnet meta-train|transfer|train-controller``: the task's flags, then the schedule's, then
+    the ``TrainingArguments`` flags in a group of their own (those of :data:`TRAINING_FLAGS`; ``every_flag``: all of
+    them), never those the library ignores (:data:`IGNORED_FLAGS`). The command itself parses with
+    ``HfArgumentParser`` over the same classes, so every ``TrainingArguments`` flag is accepted."""
+    import dataclasses
+    from typing import get_type_hints
 
-    With no arguments at all: the usage on stderr and exit status 2 (as argparse does for a missing argument).
-    """
-    from transformers import HfArgumentParser
+    from transformers import HfArgumentParser, TrainingArguments
 
     from .config import MLRSNetConfig
     from .experiments.tasks import ControllerArguments, TaskArguments
 
-    classes = (TaskArguments, ControllerArguments) if command == "train-controller" else (TaskArguments, MLRSNetConfig)
-    tasks = "tasks:\n" + "\n".join(f"  {name}: {p.description}" for name, p in presets.items())
-    if usage_error:
-        print(f"usage: mlrsnet {command} --task TASK --output_dir DIR [FLAG ...]", file=sys.stderr)
-        print(
-            f"mlrsnet {command}: error: --task and --output_dir are required (--help lists every flag)",
-            file=sys.stderr,
-        )
-        print(tasks, file=sys.stderr)
-        return 2
     what = {
         "meta-train": "meta-train a schedule",
         "transfer": "train with a learned schedule (--schedule)",
         "train-controller": "train a PPO LR controller",
     }[command]
+    tasks = "tasks:\n" + "\n".join(f"  {name}: {p.description}" for name, p in presets.items())
     parser = HfArgumentParser(
-        classes,
+        [],
         prog=f"mlrsnet {command}",
+        usage=f"mlrsnet {command} --task TASK --output_dir DIR [FLAG ...]",
         description=f"mlrsnet {command}: {what} on a task preset.",
         epilog=tasks,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.print_help()
+
+    def add(title: str, cls: type, names: Sequence[str] | None = None) -> None:
+        group, hints = parser.add_argument_group(title), get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            if field.init and (names is None or field.name in names):
+                field.type = hints[field.name]  # (as HfArgumentParser does)
+                parser._parse_dataclass_field(group, field)
+
+    add("task", TaskArguments)
+    if command == "train-controller":
+        add("PPO controller", ControllerArguments)
+        return parser
+    training = {f.name for f in dataclasses.fields(TrainingArguments)}
+    add("schedule", MLRSNetConfig, [f.name for f in dataclasses.fields(MLRSNetConfig) if f.name not in training])
+    shown = sorted(training - set(IGNORED_FLAGS)) if every_flag else TRAINING_FLAGS
+    add(
+        "training (TrainingArguments)"
+        + ("" if every_flag else ": the common flags; every other one is accepted too (--help-all lists them)"),
+        MLRSNetConfig,
+        shown,
+    )
+    return parser
+
+
+def command_help(command: str, presets: dict, usage_error: bool, every_flag: bool = False) -> int:
+    """``mlrsnet meta-train|transfer|train-controller --help`` (:func:`command_parser`).
+
+    With no arguments at all: the usage on stderr and exit status 2 (as argparse does for a missing argument).
+    """
+    if usage_error:
+        tasks = "tasks:\n" + "\n".join(f"  {name}: {p.description}" for name, p in presets.items())
+        print(f"usage: mlrsnet {command} --task TASK --output_dir DIR [FLAG ...]", file=sys.stderr)
+        print(
+            f"mlrsnet {command}: error: --task and --output_dir are required (--help lists the flags)",
+            file=sys.stderr,
+        )
+        print(tasks, file=sys.stderr)
+        return 2
+    command_parser(command, presets, every_flag).print_help()
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("meta-train", "transfer", "train-controller"):
+    if argv and argv[0] in TRAINING_COMMANDS:
         # These take every MLRSNetConfig / TrainingArguments flag: HfArgumentParser parses them.
         from .experiments.tasks import PRESETS, run, train_controller_run
+        from .repo_files import ScheduleFileError
 
-        if len(argv) == 1 or argv[1] in ("-h", "--help"):
-            return command_help(argv[0], PRESETS, usage_error=len(argv) == 1)
+        if len(argv) == 1 or argv[1] in ("-h", "--help", "--help-all"):
+            return command_help(argv[0], PRESETS, usage_error=len(argv) == 1, every_flag=argv[-1] == "--help-all")
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
         try:
             if argv[0] == "train-controller":
@@ -144,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from .repo_files import ScheduleFileError
+
     try:
         args.func(args)
     except (ScheduleFileError, ValueError) as e:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .builtin_families import load_builtin_families
 from .hub import register_schedule_type
 
 
@@ -94,12 +95,14 @@ def register_family(family: ScheduleFamily, *, default: bool = False) -> Schedul
 
 
 def registered_families() -> dict[str, ScheduleFamily]:
-    """The registered families by ``model_type``."""
+    """The registered families by ``model_type`` (the built-in ones always among them)."""
+    load_builtin_families()
     return {name: family for name, family in _FAMILIES.items() if name != "__default__"}
 
 
 def default_family() -> ScheduleFamily:
     """The family registered with ``default=True`` (MLR-SNet)."""
+    load_builtin_families()
     if "__default__" not in _FAMILIES:
         raise RuntimeError("No default schedule family is registered (import mlrsnet_hf registers MLR-SNet).")
     return _FAMILIES["__default__"]
@@ -108,6 +111,9 @@ def default_family() -> ScheduleFamily:
 def family_of(schedule: Any) -> ScheduleFamily:
     """The family of a schedule object; a ``TypeError`` naming the registered ones for anything else."""
     family = _FAMILIES.get(getattr(type(schedule), "model_type", None))
+    if family is None:
+        load_builtin_families()
+        family = _FAMILIES.get(getattr(type(schedule), "model_type", None))
     if family is None or not isinstance(schedule, family.schedule_class):
         known = ", ".join(f.schedule_class.__name__ for f in registered_families().values())
         raise TypeError(

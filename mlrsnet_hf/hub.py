@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import torch
 from huggingface_hub import ModelCard
 
+from .builtin_families import load_builtin_families
 from .repo_checks import RepoCheckError, parse_config_text
 from .repo_files import (
     CARD_NAME,
@@ -33,10 +34,14 @@ from .repo_files import (
     PLOT_NAME,
     USED_PLOT_NAME,
     WEIGHTS_NAME,
+    HubUnreachableError,
     ScheduleFileError,
+    hub_is_offline,
+    is_network_error,
     load_schedule,
     read_text,
     resolve_file,
+    unreachable_message,
 )
 from .repo_writing import write_schedule_repo
 from .version import __version__
@@ -47,6 +52,7 @@ __all__ = [
     "PLOT_NAME",
     "USED_PLOT_NAME",
     "WEIGHTS_NAME",
+    "HubUnreachableError",
     "ScheduleFileError",
     "ScheduleRepoMixin",
     "card_from_template",
@@ -90,6 +96,7 @@ def register_schedule_type(cls: S | None = None, *, default: bool = False) -> S 
 
 def registered_schedule_types() -> dict[str, type]:
     """``model_type`` -> family class, for every registered family."""
+    load_builtin_families()
     return dict(_SCHEDULE_TYPES)
 
 
@@ -99,6 +106,7 @@ def _qualified(cls: type) -> str:
 
 def load_any_schedule(model_id: str | Path, **kwargs: Any) -> Any:
     """Load a schedule repo of any registered family, chosen by the ``model_type`` of its ``config.json``."""
+    load_builtin_families()
     path = resolve_file(str(model_id), CONFIG_NAME)
     try:
         config = parse_config_text(read_text(path))
@@ -142,6 +150,21 @@ class ScheduleRepoMixin:
                 repo_id or Path(save_directory).name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs
             )
         return None
+
+    # Overrides the public method for one reason: offline, the mixin's push raises a raw connection error.
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload the repo ``save_pretrained`` writes to ``repo_id`` (``PyTorchModelHubMixin.push_to_hub``; same
+        arguments). With ``HF_HUB_OFFLINE=1`` or no network: a :class:`~mlrsnet_hf.hub.HubUnreachableError` naming
+        the repo, before or instead of the client's connection error."""
+        later = f" Save it with save_pretrained(DIR) and upload DIR when online (`hf upload {repo_id} DIR`)."
+        if hub_is_offline():
+            raise HubUnreachableError(unreachable_message(repo_id, "push the schedule to", None) + later)
+        try:
+            return super().push_to_hub(repo_id, **kwargs)
+        except Exception as e:
+            if not is_network_error(e):
+                raise
+            raise HubUnreachableError(unreachable_message(repo_id, "push the schedule to", e) + later) from e
 
     @classmethod
     def from_pretrained(

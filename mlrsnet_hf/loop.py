@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers.utils import find_labels
 
 from . import publishing
 from .measurements import loader_batch_size
@@ -79,6 +78,8 @@ class LoopBinding:
         if self.options.meta_train and not (self.options.meta_batch_size or args.per_device_train_batch_size):
             raise ValueError("Meta-training needs the meta batches' size: pass meta_batch_size (or batch_size).")
         if self.label_names is None:
+            from transformers.utils import find_labels  # (transformers: not imported by a loop that never asks)
+
             self.label_names = find_labels(type(getattr(model, "module", model)))
         self.loss_from_forward_hook = loss_from_model
         try:

@@ -33,13 +33,13 @@ each process's shard, then over processes (:func:`lr_derivatives`).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor, Shard
 
 
 def model_loss(output: Any) -> torch.Tensor | None:
@@ -77,7 +77,7 @@ def is_sharded(params: Sequence[torch.Tensor]) -> bool:
     A mix of shards and whole tensors (e.g. FSDP2's ``ignored_params``) is refused: their gradients are reduced
     differently, so no single rule gives the hypergradient.
     """
-    kinds = {isinstance(p, DTensor) for p in params}
+    kinds = {is_dtensor(p) for p in params}
     if kinds == {True, False}:
         raise ValueError(
             "Meta-training found both sharded (DTensor) and unsharded trainable parameters (e.g. FSDP2 ignored_params): "
@@ -88,10 +88,19 @@ def is_sharded(params: Sequence[torch.Tensor]) -> bool:
 
 def local(t: torch.Tensor) -> torch.Tensor:
     """This process's part of ``t``: the local shard of a ``DTensor``, else ``t`` itself."""
-    return t.to_local() if isinstance(t, DTensor) else t
+    return t.to_local() if is_dtensor(t) else t
 
 
-def _shard_groups(param: DTensor) -> list[Any]:
+def is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a ``DTensor``. ``torch.distributed.tensor`` (a second of imports) is not imported for it:
+    were ``t`` one, its module would be loaded already."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
+
+
+def _shard_groups(param: Any) -> list[Any]:
+    from torch.distributed.tensor import Shard
+
     """The process groups over which ``param``'s local dot products must be summed (its sharded mesh dims)."""
     mesh = param.device_mesh
     return [mesh.get_group(dim) for dim, placement in enumerate(param.placements) if isinstance(placement, Shard)]

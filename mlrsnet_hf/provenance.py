@@ -8,7 +8,8 @@ came from::
     schedule:
       model_type: mlrsnet_schedule    # the schedule family (or lr_controller)
       mode: transfer                  # or meta-train (learned online during this run)
-      repo_id: org/name               # a Hub repo; or path: the local directory it was loaded from
+      repo_id: org/name               # a Hub repo; or path: the local directory it was loaded from; or
+                                      # zoo: mlrsnet_hf/NAME (with library_version): a schedule of the zoo
       revision: 0123abcd...           # the commit loaded (Hub repos only)
       saved_to: {repo_id: org/learned, revision: ...}   # MLRSNetTrainer.push_schedule_to_hub / save_schedule
       range_test: {lr: 0.46, rule: min_loss_div_3, rule_lr: 0.00042, fallback_reason: ...}   # gamma="range_test"
@@ -31,6 +32,8 @@ from torch import nn
 
 from .families import family_of
 from .hub import significant
+from .version import __version__
+from .zoo import zoo_directory
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ def schedule_reference(
     """Where ``schedule`` came from, for the ``schedule:`` metadata of a trained model's card.
 
     ``repo_id`` and ``revision`` (the commit loaded, when known) for a Hub repo, ``path`` for a local directory,
-    neither for a schedule built in code. ``mode`` is ``"meta-train"`` when the run learned it online; ``saved_to``
+    ``zoo`` and ``library_version`` for a schedule of the zoo, none of them for a schedule built in code. ``mode`` is ``"meta-train"`` when the run learned it online; ``saved_to``
     (``{"path"}`` or ``{"repo_id", "revision"}``) is where the run's schedule was written, if it was; ``range_test``
     (the run's ``RangeTestResult`` with ``gamma="range_test"``) adds the LR it chose (:func:`range_test_summary`).
     """
@@ -71,6 +74,9 @@ def schedule_reference(
     if source is not None:
         if Path(source).expanduser().is_dir():
             reference["path"] = str(source)
+        elif zoo_directory(str(source)) is not None:  # shipped with the package: its version says which
+            reference["zoo"] = str(source)
+            reference["library_version"] = __version__
         else:
             reference["repo_id"] = str(source)
             reference["revision"] = getattr(schedule, "revision", None)

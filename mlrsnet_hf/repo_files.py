@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import hf_hub_download
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -40,6 +42,7 @@ from .repo_checks import (
     weights_checksum,
 )
 from .version import __version__
+from .zoo import ZOO_PREFIX, is_zoo_name, zoo_directory, zoo_names
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,24 @@ class ScheduleFileError(OSError):
     """A schedule repo's file is missing, unreadable, corrupted or does not match the config."""
 
 
+class HubUnreachableError(ScheduleFileError):
+    """The Hugging Face Hub could not be reached (no network, or ``HF_HUB_OFFLINE=1``) to download a schedule repo
+    that is not in the local HF cache, or to upload one."""
+
+
+_NETWORK_ERRORS = {"ConnectError", "ConnectTimeout", "NetworkError", "TimeoutException", "ProxyError"}
+
+
+def is_network_error(error: BaseException) -> bool:
+    """Whether ``error`` means that no answer came from the Hub (``huggingface_hub``'s offline mode, a refused or
+    timed-out connection: the HTTP client's own classes, whichever client that is), not an answer of the Hub."""
+    if isinstance(error, HfHubHTTPError):
+        return False
+    return isinstance(error, (ConnectionError, TimeoutError)) or any(
+        c.__name__ in _NETWORK_ERRORS for c in type(error).__mro__
+    )
+
+
 # --------------------------------------------------------------------- loading
 def looks_local(model_id: str) -> bool:
     """A local path, not a Hub id ``org/name``: it exists, starts like a path, has more than one separator,
@@ -74,27 +95,96 @@ def looks_local(model_id: str) -> bool:
 
 
 def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> Path:
-    """Path of ``filename`` in a local schedule directory or a Hub repo (downloaded or from the HF cache)."""
+    """Path of ``filename`` in a local schedule directory, a zoo schedule or a Hub repo (downloaded or cached).
+
+    Looked for in this order: an existing local directory, the zoo (``mlrsnet_hf/<name>``, shipped with the
+    package), the Hub (``org/name``). A bare word that is not a directory, and a Hub repo when the Hub cannot be
+    reached and the file is not cached, fail at once (no retries) with a :class:`ScheduleFileError` saying what
+    was tried.
+    """
     if len(model_id) > 4096:
         raise ScheduleFileError(f"{model_id[:80]!r}... ({len(model_id)} characters) is not a path or a Hub repo id.")
     if os.path.isdir(model_id):
-        path = Path(model_id) / filename
-        if not path.is_file():
-            raise ScheduleFileError(f"{path} is missing: {model_id} is not a complete schedule repo.")
-        return path
+        if zoo_directory(model_id) is not None:
+            logger.warning("Loading the local directory %s, not the zoo schedule of the same name.", model_id)
+        return _file_in(Path(model_id), filename, model_id)
+    if is_zoo_name(model_id):
+        directory = zoo_directory(model_id)
+        if directory is None:
+            raise ScheduleFileError(
+                f"{model_id!r} is not a local directory, and the schedule zoo shipped with mlrsnet_hf has no such "
+                f"name (no Hub repo is looked up under {ZOO_PREFIX!r}). The zoo: {', '.join(zoo_names())}."
+            )
+        return _file_in(directory, filename, model_id)
     if looks_local(model_id):
         raise ScheduleFileError(f"No such directory: {model_id} (a local path, so no Hub repo was looked up).")
+    if "/" not in model_id.strip("/"):
+        raise ScheduleFileError(
+            f"{model_id!r} is not a local directory, not a zoo schedule and not a Hub repo id ('org/name'), so "
+            f"nothing was downloaded{_zoo_hint(model_id)}."
+        )
+    return _download(model_id, filename, **download_kwargs)
+
+
+def _file_in(directory: Path, filename: str, model_id: str) -> Path:
+    path = directory / filename
+    if not path.is_file():
+        raise ScheduleFileError(f"{path} is missing: {model_id} is not a complete schedule repo.")
+    return path
+
+
+def _zoo_hint(word: str) -> str:
+    """Names of the zoo for a message: the one ``word`` names, else all of them."""
+    names = zoo_names()
+    if ZOO_PREFIX + word in names:
+        return f". Did you mean the zoo schedule {ZOO_PREFIX + word!r}?"
+    return f". The schedule zoo shipped with mlrsnet_hf: {', '.join(names)}" if names else ""
+
+
+def hub_is_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, as ``huggingface_hub`` reads it."""
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def unreachable_message(repo_id: str, what: str, error: BaseException | None) -> str:
+    """Why ``repo_id`` could not be reached: ``HF_HUB_OFFLINE``, or the network error (in one line)."""
+    why = "HF_HUB_OFFLINE=1 is set" if error is None else f"{type(error).__name__}: {str(error)[:200]}"
+    return f"Cannot {what} {repo_id!r}: the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached ({why})."
+
+
+def _download(model_id: str, filename: str, **download_kwargs: Any) -> Path:
+    """``hf_hub_download``, but a Hub that cannot be reached is found out by one request (not 23 s of retries)."""
+    unreachable = None
     try:
+        if not (hub_is_offline() or download_kwargs.get("local_files_only")):
+            unreachable = _probe(model_id, filename, download_kwargs)
+        if unreachable is not None:  # a copy in the HF cache still loads
+            try:
+                path = hf_hub_download(
+                    repo_id=model_id, filename=filename, **{**download_kwargs, "local_files_only": True}
+                )
+            except LocalEntryNotFoundError:
+                path = None
+            if path is None:
+                raise HubUnreachableError(
+                    f"{unreachable_message(model_id, f'download {filename} of schedule', unreachable)} It is not in "
+                    f"the local HF cache either. Pass a local schedule directory or a zoo schedule "
+                    f"({', '.join(zoo_names())}), or download it once with network (`hf download {model_id}`)."
+                ) from None
+            logger.warning("The Hub cannot be reached: using the cached %s of %s.", filename, model_id)
+            return Path(path)
         return Path(hf_hub_download(repo_id=model_id, filename=filename, **download_kwargs))
     except HFValidationError as e:
         raise ScheduleFileError(
-            f"{model_id!r} is neither an existing local directory nor a valid Hub repo id ('org/name')."
+            f"{model_id!r} is neither an existing local directory, nor a zoo schedule, nor a valid Hub repo id "
+            f"('org/name')."
         ) from e
     except LocalEntryNotFoundError as e:
-        raise ScheduleFileError(
+        raise HubUnreachableError(
             f"Cannot load {filename} of schedule {model_id!r}: the Hub cannot be reached (offline or "
             f"HF_HUB_OFFLINE=1) and the file is not in the local HF cache. Download it once on a machine "
-            f"with network (`hf download {model_id}`), or pass the path of a local schedule directory."
+            f"with network (`hf download {model_id}`), or pass the path of a local schedule directory or a zoo "
+            f"schedule ({', '.join(zoo_names())})."
         ) from e
     except RepositoryNotFoundError as e:
         raise ScheduleFileError(
@@ -106,6 +196,23 @@ def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> Path:
         raise ScheduleFileError(
             f"{model_id!r} has no {filename}: it is not a schedule repo made by mlrsnet_hf."
         ) from e
+
+
+def _probe(model_id: str, filename: str, download_kwargs: dict[str, Any]) -> Exception | None:
+    """Ask the Hub for the file's metadata once, without retries: the network error when it cannot be reached.
+
+    Answers of the Hub (no such repo, revision or file) are raised as they are; other HTTP answers are left to the
+    download to report.
+    """
+    validate_repo_id(model_id)
+    url = hf_hub_url(model_id, filename, revision=download_kwargs.get("revision"))
+    try:
+        get_hf_file_metadata(url, token=download_kwargs.get("token"), retry_on_errors=False)
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError, HFValidationError):
+        raise
+    except Exception as e:
+        return e if is_network_error(e) else None  # another answer of the Hub: the download reports it
+    return None
 
 
 def parse_config(text: str, source: str, cls: type) -> dict[str, Any]:

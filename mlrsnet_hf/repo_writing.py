@@ -93,6 +93,8 @@ def write_schedule_repo(
             card_kwargs["used_plot_name"] = USED_PLOT_NAME
         if not keep_card:
             schedule.generate_model_card(**card_kwargs).save(tmp / CARD_NAME)
+        for path in tmp.iterdir():  # safetensors writes its file private (0600): every file gets the usual mode
+            path.chmod(0o666 & ~umask)
         if not save_directory.exists():
             os.replace(tmp, save_directory)  # one rename: all or nothing
         else:

@@ -133,3 +133,82 @@ def test_plot_out_without_extension_reports_the_file_written(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "s"), "--out", str(tmp_path / "noext")]) == 0
     assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'noext.png'}: ")
     assert (tmp_path / "noext.png").is_file() and not (tmp_path / "noext").exists()
+
+
+def modules_after(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter; what it printed last (JSON)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+HEAVY = ("torch", "transformers", "transformers.trainer", "datasets", "matplotlib")
+
+
+def test_help_imports_neither_torch_nor_the_trainer():
+    found = modules_after(
+        "import contextlib, io, json, sys\n"
+        "import mlrsnet_hf.cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    mlrsnet_hf.cli.main(['--help'])\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
+    assert found == []  # `mlrsnet --help` took 11 s importing them (now ~0.1 s)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch: several seconds on a busy machine
+def test_info_and_plot_import_no_trainer_and_the_package_still_exports_everything(tmp_path):
+    found = modules_after(
+        "import contextlib, io, json, sys\n"
+        "from mlrsnet_hf.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['info', 'mlrsnet_hf/digits-cnn-600']) == 0\n"
+        f"    assert main(['plot', 'mlrsnet_hf/ptb-lstm-200', '--out', {str(tmp_path / 'p.png')!r}]) == 0\n"
+        "trainer = 'transformers.trainer' in sys.modules\n"
+        "from mlrsnet_hf.families import registered_families\n"
+        "from mlrsnet_hf import MLRSNetTrainer, LRController, __all__\n"
+        "import mlrsnet_hf\n"
+        "print(json.dumps([trainer, sorted(registered_families()), all(hasattr(mlrsnet_hf, n) for n in __all__)]))"
+    )
+    assert found == [False, ["lr_controller", "mlrsnet_schedule"], True]
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch
+def test_the_registry_has_both_builtin_families_whatever_was_imported_first():
+    found = modules_after(
+        "import json\n"
+        "from mlrsnet_hf.hub import registered_schedule_types\n"
+        "print(json.dumps(sorted(registered_schedule_types())))"
+    )
+    assert found == ["lr_controller", "mlrsnet_schedule"]
+
+
+def test_training_command_help_groups_task_schedule_and_training_flags(capsys):
+    assert main(["transfer", "--help"]) == 0
+    out = capsys.readouterr().out
+    groups = [line for line in out.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert groups[:3] == ["options:", "task:", "schedule:"] and groups[3].startswith("training (TrainingArguments)")
+    assert out.index("--task") < out.index("--gamma") < out.index("--schedule ") < out.index("--learning_rate")
+    assert out.startswith("usage: mlrsnet transfer --task TASK --output_dir DIR [FLAG ...]\n")
+    for ignored in ("--lr_scheduler_type", "--warmup_steps", "--warmup_ratio"):
+        assert ignored not in out
+    assert "--dataloader_num_workers" not in out and len(out.splitlines()) < 260  # was 720 lines
+    assert main(["transfer", "--help-all"]) == 0
+    every = capsys.readouterr().out
+    assert "--dataloader_num_workers" in every and "--lr_scheduler_type" not in every
+
+
+def test_plot_errors_are_one_line(tmp_path, capsys):
+    repo = tmp_path / "s"
+    MLRSNetSchedule(gamma=1.0).save_pretrained(repo)
+    assert main(["plot", str(repo), "--out", str(tmp_path / "x.png"), "--losses", str(tmp_path / "none.txt")]) == 1
+    assert capsys.readouterr().err == f"mlrsnet: error: --losses {tmp_path / 'none.txt'}: no such file.\n"
+    out = tmp_path / "no" / "x.png"
+    assert main(["plot", str(repo), "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"mlrsnet: error: --out {out}: the folder {out.parent} does not exist.\n"
+    assert main(["info", "myschedule"]) == 1  # no Hub lookup: one line at once (was 23 s and 55 lines)
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("mlrsnet: error: 'myschedule' is not a local directory, not a zoo schedule")
+        and err.count("\n") == 1
+    )

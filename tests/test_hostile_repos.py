@@ -166,7 +166,9 @@ def test_a_config_with_a_byte_order_mark_loads(tmp_path):
 def test_a_very_long_repo_id_is_a_clear_error():
     with pytest.raises(ScheduleFileError, match=r"\(5000 characters\) is not a path or a Hub repo id"):
         MLRSNetSchedule.from_pretrained("a" * 2500 + "/" + "b" * 2499)
-    with pytest.raises(ScheduleFileError, match="is neither an existing local directory nor a valid Hub repo id"):
+    with pytest.raises(
+        ScheduleFileError, match="is neither an existing local directory, nor a zoo schedule, nor a valid Hub repo id"
+    ):
         MLRSNetSchedule.from_pretrained("org/" + "b" * 300)  # too long for a file name: not a crash
 
 

@@ -142,8 +142,10 @@ def test_invalid_json(repo):
 def test_not_a_directory_nor_repo_id(tmp_path):
     with pytest.raises(ScheduleFileError, match="No such directory"):  # a path: no Hub lookup
         MLRSNetSchedule.from_pretrained(str(tmp_path / "no" / "such" / "dir"))
-    with pytest.raises(ScheduleFileError, match="neither an existing local directory nor a valid Hub repo id"):
+    with pytest.raises(ScheduleFileError, match="not a local directory, not a zoo schedule and not a Hub repo id"):
         MLRSNetSchedule.from_pretrained("not a repo id")
+    with pytest.raises(ScheduleFileError, match="nor a zoo schedule, nor a valid Hub repo id"):
+        MLRSNetSchedule.from_pretrained("not an/id")
 
 
 def test_save_is_atomic_and_keeps_other_files(schedule, tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """The pictures: readable LR axes, training curves with a title and no duplicate panels or points."""
 
+import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -46,3 +47,29 @@ def test_training_curves_have_a_title_one_loss_panel_and_no_repeated_points(tmp_
     assert accuracy_ax.get_ylabel() == "test accuracy" and list(accuracy_ax.get_lines()[0].get_ydata()) == [0.3, 0.5]
     with Image.open(tmp_path / "c.png") as img:
         assert img.format == "PNG"
+
+
+@pytest.mark.slow  # ~10 s: a real 200-step Trainer run
+def test_a_200_step_preset_run_draws_curves_not_single_points(tmp_path):
+    """The presets' logging defaults (CURVE_DEFAULTS) in a real 200-step Trainer run: 100 training-loss points and
+    10 evaluations in training_curves.png, where TrainingArguments' defaults drew one point per panel."""
+    import torch
+    from tiny import DigitsNet, digits
+    from transformers import Trainer, TrainingArguments
+
+    from mlrsnet_hf.experiments.tasks import CURVE_DEFAULTS
+
+    torch.manual_seed(0)
+    data = digits(80)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=200, per_device_train_batch_size=4, per_device_eval_batch_size=16,
+        optim="sgd", learning_rate=0.05, report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True,
+        **CURVE_DEFAULTS,
+    )  # fmt: skip
+    trainer = Trainer(model=DigitsNet(hidden=8), args=args, train_dataset=data[:64], eval_dataset=data[64:])
+    trainer.train()
+    trainer.evaluate()
+    fig = plot_training_curves(trainer.state.log_history, tmp_path / "training_curves.png")
+    (loss_ax,) = fig.axes
+    train_line, eval_line = loss_ax.get_lines()
+    assert len(train_line.get_xdata()) == 100 and len(eval_line.get_xdata()) == 10  # (the final eval at step 200)

@@ -185,3 +185,13 @@ def test_a_hub_schedule_is_referenced_by_repo_id_and_commit(schedule_dir, tmp_pa
         "model_type": "mlrsnet_schedule", "mode": "transfer", "repo_id": "org/schedule", "revision": commit,
     }  # fmt: skip
     assert schedule_reference(MLRSNetSchedule()) == {"model_type": "mlrsnet_schedule", "mode": "transfer"}
+
+
+def test_a_zoo_schedule_is_referenced_by_its_zoo_name_and_the_library_version():
+    import mlrsnet_hf
+
+    schedule = MLRSNetSchedule.from_pretrained("mlrsnet_hf/mnist1d-cnn-600")
+    assert schedule_reference(schedule) == {
+        "model_type": "mlrsnet_schedule", "mode": "transfer", "zoo": "mlrsnet_hf/mnist1d-cnn-600",
+        "library_version": mlrsnet_hf.__version__,
+    }  # fmt: skip

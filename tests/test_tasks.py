@@ -11,7 +11,7 @@ from hub_data import write_hub_layout
 
 from mlrsnet_hf import LRController, MLRSNetSchedule
 from mlrsnet_hf.cli import main
-from mlrsnet_hf.experiments.tasks import PRESETS, parse
+from mlrsnet_hf.experiments.tasks import CURVE_DEFAULTS, PRESETS, parse
 
 QUICK = ["--max_steps", "4", "--logging_steps", "1", "--use_cpu", "--disable_tqdm", "true", "--save_strategy", "no"]
 
@@ -25,6 +25,15 @@ def test_presets_are_the_paper_recipes():
     assert args.weight_decay == 0.1  # a flag given on the command line wins over the preset
     assert args.input_normalization == "log_num_classes" and args.gamma == 40.0
     assert set(PRESETS) >= {"cifar10-resnet18", "cifar100-wrn28-10", "ptb-lstm2", "ptb-lstm3"}
+
+
+def test_preset_runs_log_the_loss_100_times_and_evaluate_10_times():
+    _, preset = parse(["--task", "cifar10-resnet18", "--output_dir", "o"], meta_train=False)
+    assert (preset.logging_steps, preset.eval_strategy, preset.eval_steps) == (0.01, "steps", 0.1)
+    assert CURVE_DEFAULTS == {"logging_steps": 0.01, "eval_strategy": "steps", "eval_steps": 0.1}
+    _, given = parse(["--task", "ptb-lstm2", "--output_dir", "o", "--logging_steps", "5"], meta_train=True)
+    assert given.logging_steps == 5  # a flag given wins
+    # (the 200-step run it gives: tests/test_plotting.py, slow)
 
 
 @pytest.mark.slow
@@ -49,8 +58,9 @@ def test_meta_train_example_then_transfer_to_text(tmp_path):
     assert len(set(metrics["learning_rates"])) > 1
     printed = json.loads(run.stdout[run.stdout.rindex("{\n") :])  # the example prints its final metrics
     assert printed["eval_accuracy"] == metrics["eval_accuracy"]
-    for name in ("lr_curve.png", "training_curves.png", "lr_used.png", "README.md", "model/config.json"):
+    for name in ("training_curves.png", "lr_used.png", "README.md", "model/config.json"):
         assert (out / name).is_file(), name
+    assert not (out / "lr_curve.png").exists()  # it was lr_used.png byte for byte
 
     ptb = SHARED / "data" / "ptb"
     if not (ptb / "ptb.valid.txt").is_file():
@@ -65,6 +75,7 @@ def test_meta_train_example_then_transfer_to_text(tmp_path):
     metrics = json.loads((text_out / "metrics.json").read_text())
     assert metrics["eval_perplexity"] > 1 and len(set(metrics["learning_rates"])) > 1
     assert all(0 < lr < 40 for lr in metrics["learning_rates"])  # gamma 40 (the paper's text setting) times p
+    assert (text_out / "lr_curve.png").is_file()  # a transfer writes no schedule repo: its LR picture is this one
 
 
 def test_meta_train_preset_in_process_writes_a_schedule_repo(tmp_path, capsys):
@@ -81,6 +92,8 @@ def test_meta_train_preset_in_process_writes_a_schedule_repo(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["eval_accuracy"] <= 1 and len(metrics["learning_rates"]) == 4
     assert (out / "model" / "config.json").is_file()
+    assert (out / "training_curves.png").is_file() and (out / "lr_used.png").is_file()
+    assert not (out / "lr_curve.png").exists()  # it was lr_used.png byte for byte
 
 
 def test_cli_errors(tmp_path, capsys):
@@ -90,6 +103,14 @@ def test_cli_errors(tmp_path, capsys):
     assert "Unknown task 'imagenet'" in capsys.readouterr().err
     assert main(["meta-train", "--help"]) == 0
     assert "cifar10-resnet18" in capsys.readouterr().out
+    ptb = ["--task", "ptb-lstm2", "--output_dir", str(tmp_path)]
+    for argv in (["meta-train", *ptb], ["meta-train", "--task", "cifar10-resnet18", "--output_dir", str(tmp_path)]):
+        assert (
+            main([*argv, "--dataset", "./nope"]) == 1
+        )  # was 31 lines ending in "Repo id must use alphanumeric chars"
+        assert capsys.readouterr().err == (
+            "mlrsnet: error: --dataset ./nope: no such directory (a local path, so no Hub dataset was looked up).\n"
+        )
 
 
 @pytest.mark.slow

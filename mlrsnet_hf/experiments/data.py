@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from datasets import DatasetDict, load_dataset
 
+from ..repo_files import looks_local
+
 logger = logging.getLogger(__name__)
 
 
@@ -175,7 +177,10 @@ def load_image_dataset(
 
 
 def load_raw(path: str, config: str | None = None, **load_kwargs: Any) -> DatasetDict:
-    """``load_dataset`` on a Hub id or a local directory in the Hub repo's layout."""
+    """``load_dataset`` on a Hub id or a local directory in the Hub repo's layout; a local path (``./x``, ``/x``,
+    ``~/x``, ``a/b/c``...) that is no directory is a ``ValueError`` at once, not a Hub lookup."""
+    if not os.path.isdir(path) and looks_local(path):
+        raise ValueError(f"--dataset {path}: no such directory (a local path, so no Hub dataset was looked up).")
     if os.path.isdir(path):
         if config and os.path.isdir(os.path.join(path, config)):
             return load_dataset(path, data_dir=config, **load_kwargs)

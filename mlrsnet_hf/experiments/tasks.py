@@ -8,7 +8,8 @@ A preset fixes the data, the model and the recipe's training arguments (as parse
 flag given on the command line wins). ``meta-train`` writes a schedule repo to ``--output_dir``
 (loadable with ``MLRSNetSchedule.from_pretrained``) with the trained task model in ``OUT/model``;
 ``transfer`` trains with a learned schedule. Both write ``metrics.json`` and plots of the LR and of
-the metrics into ``--output_dir``. ``train-controller`` trains a PPO LR controller on the preset's
+the metrics into ``--output_dir`` (``meta-train``: the LR in the schedule repo's ``lr_used.png``; ``transfer``:
+``lr_curve.png``). ``train-controller`` trains a PPO LR controller on the preset's
 data (episodes of child training with Adam, see :mod:`mlrsnet_hf.experiments.controller_env`) and writes it as a
 schedule repo; ``transfer --schedule OUT`` then uses it (with ``--optim adamw_torch``, as it was trained).
 """
@@ -110,6 +111,12 @@ PRESETS: dict[str, TaskPreset] = {
     "ptb-lstm2": TaskPreset("ptb", "lstm2", _PTB_RECIPE, None, "2-layer LSTM LM on Penn Treebank"),
     "ptb-lstm3": TaskPreset("ptb", "lstm3", _PTB_RECIPE, None, "3-layer LSTM LM on Penn Treebank"),
 }
+
+
+# What a preset run logs, as fractions of its steps (TrainingArguments reads a value below 1 so): the training loss
+# 100 times and the test metrics 10 times, so training_curves.png has curves at any budget (TrainingArguments'
+# defaults, every 500 steps and no evaluation before the end, drew one point per panel for a 200-step run).
+CURVE_DEFAULTS = {"logging_steps": 0.01, "eval_strategy": "steps", "eval_steps": 0.1}
 
 
 @dataclass
@@ -235,7 +242,7 @@ def parse(argv: Sequence[str], meta_train: bool) -> tuple[TaskArguments, MLRSNet
         # fallback applies (gamma="relative", with a warning: --learning_rate sets the scale).
         recipe.pop("gamma", None)
     parser = HfArgumentParser((TaskArguments, MLRSNetConfig))
-    parser.set_defaults(**recipe, meta_train=meta_train, report_to="none")
+    parser.set_defaults(**CURVE_DEFAULTS, **recipe, meta_train=meta_train, report_to="none")
     task_args, training = parser.parse_args_into_dataclasses(argv)
     return task_args, training
 
@@ -285,7 +292,8 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
         record = {"task": task_args.task, **(task.corruption or {}), **metrics}
         record["learning_rates"] = trainer.lr_scheduler.lr_history
         (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
-        plot_lr_curve(trainer.lr_scheduler.lr_history, out / "lr_curve.png")
+        if not meta_train:  # (meta-training writes the same picture as the schedule repo's lr_used.png)
+            plot_lr_curve(trainer.lr_scheduler.lr_history, out / "lr_curve.png")
         what = "meta-training MLR-SNet" if meta_train else f"transfer of {training.schedule}"
         plot_training_curves(
             trainer.state.log_history,

@@ -7,7 +7,6 @@ from pathlib import Path
 from ..families import ScheduleFamily, register_family
 from .controller import LRController
 from .driver import LRControllerDriver
-from .plotting import plot_controller_response
 
 
 def describe_controller(controller: LRController, name: str) -> str:
@@ -33,6 +32,8 @@ def plot_controller(
     """``mlrsnet plot``: the LR along ``losses`` from ``base_lr`` (default: the initial LRs it was trained from)."""
     if num_classes is not None:
         raise ValueError("--num-classes is for an MLR-SNet schedule's gamma='auto'; an LR controller takes none.")
+    from .plotting import plot_controller_response  # (matplotlib: only for a picture)
+
     initial = [base_lr] if base_lr is not None else None
     return plot_controller_response(controller, out, losses=losses, initial_lrs=initial)
 

@@ -8,7 +8,6 @@ from typing import Any
 from ..families import ScheduleFamily, register_family
 from ..hub import significant
 from .driver import MLRSNetDriver
-from .plotting import plot_lr_response
 from .schedule import MLRSNetSchedule
 from .schedule_card import recorded_fields
 
@@ -51,6 +50,8 @@ def plot_schedule(
             f"--base-lr is used only by gamma='relative' or 'range_test'; this schedule's gamma is "
             f"{schedule.gamma!r}, so its LRs do not depend on it."
         )
+    from .plotting import plot_lr_response  # (matplotlib: only for a picture)
+
     return plot_lr_response(schedule, out, losses=losses, num_classes=num_classes, base_lr=base_lr)
 
 

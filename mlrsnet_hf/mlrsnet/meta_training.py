@@ -17,10 +17,17 @@ import torch
 from accelerate.state import PartialState
 from accelerate.utils import reduce, send_to_device
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from ..measurements import check_labels
-from ..meta_gradient import MetaBatches, is_sharded, lr_derivatives, meta_loss, step_delta, trainable_parameters
+from ..meta_gradient import (
+    MetaBatches,
+    is_dtensor,
+    is_sharded,
+    lr_derivatives,
+    meta_loss,
+    step_delta,
+    trainable_parameters,
+)
 from ..optimizers import LR_LINEAR_OPTIMIZERS, is_lr_linear, optimizer_name
 from ..options import ScheduleOptions
 from ..state_checks import (
@@ -121,10 +128,7 @@ class MetaLearner:
         while self._spare:
             buffers = self._spare.pop()
             if len(buffers) == len(params) and all(
-                isinstance(b, DTensor) == isinstance(p, DTensor)
-                and b.shape == p.shape
-                and b.dtype == p.dtype
-                and b.device == p.device
+                is_dtensor(b) == is_dtensor(p) and b.shape == p.shape and b.dtype == p.dtype and b.device == p.device
                 for b, p in zip(buffers, params, strict=True)
             ):
                 for b, p in zip(buffers, params, strict=True):

@@ -40,7 +40,7 @@ class MLRSNetScheduleRepo(ScheduleRepoMixin):
 
 
 # Fields of a meta-training record that the card shows elsewhere (metadata, results) or not as table rows.
-_NOT_ROWS = ("results", "license", "license_name", "license_link", "license_note")
+_NOT_ROWS = ("results", "benchmark", "license", "license_name", "license_link", "license_note")
 
 
 def recorded_fields(schedule: nn.Module) -> dict[str, Any]:
