@@ -40,17 +40,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from quality import (  # noqa: E402
-    HIGHER_IS_BETTER,
-    QUALITY_TASKS,
-    RESULTS,
-    SHARED,
-    job,
-    run_all,
-    schedule_path,
-    score,
-    task_spec,
-)
+from common import RESULTS, SHARED  # noqa: E402
+from common.harness import job, run_all, score  # noqa: E402
+from common.learned import schedule_path  # noqa: E402
+from common.tasks import HIGHER_IS_BETTER, QUALITY_TASKS, task_spec  # noqa: E402
 
 logger = logging.getLogger("scale")
 SOURCE_ROW = "MLR-SNet meta-trained"

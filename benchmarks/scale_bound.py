@@ -22,17 +22,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from quality import (
-    BASELINES,
-    HIGHER_IS_BETTER,
-    QUALITY_TASKS,
-    RESULTS,
-    RIVALS,
-    job,
-    run_all,
-    schedule_path,
-    task_spec,
-)
+from common import RESULTS
+from common.harness import job, run_all
+from common.learned import schedule_path
+from common.rows import BASELINES, RIVALS
+from common.tasks import HIGHER_IS_BETTER, QUALITY_TASKS, task_spec
 from scale import FAMILIES, SOURCE_ROW, fmt, mean_lr, scales
 
 FIXED = FAMILIES["fixed scale"]

@@ -17,18 +17,10 @@ import json
 import statistics
 from pathlib import Path
 
-from quality import (
-    HIGHER_IS_BETTER,
-    MLRSNET_ROWS,
-    QUALITY_TASKS,
-    RESULTS,
-    SCALE_EXPERIMENTS,
-    job,
-    run_all,
-    schedule_path,
-    score,
-    task_spec,
-)
+from common import RESULTS
+from common.harness import job, run_all, score
+from common.learned import MLRSNET_ROWS, SCALE_EXPERIMENTS, schedule_path
+from common.tasks import HIGHER_IS_BETTER, QUALITY_TASKS, task_spec
 
 REFERENCE = "MLR-SNet transferred, trajectory"
 CANDIDATES = (
