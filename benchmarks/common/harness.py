@@ -65,7 +65,7 @@ class Harness:
     def __init__(self, total: int, workers: int = 1, on_record: Callable[[list[Record]], None] | None = None,
                  describe: Callable[[Record], str] = describe) -> None:  # fmt: skip
         self.total, self.workers, self.on_record, self.describe = total, workers, on_record, describe
-        self.done, self.ran, self.records = 0, 0, []
+        self.done, self.ran, self.records = 0, 0, {}  # records by path: each job counted once
         self.started = time.monotonic()
         # no bar off a terminal (logs, tests): the log lines say the same
         self.bar = tqdm(total=total, unit="run", desc="runs", dynamic_ncols=True, disable=None)
@@ -81,20 +81,20 @@ class Harness:
         """Run ``jobs`` with ``fn`` (those not on disk), then return every job's record, in the jobs' order."""
         start = time.monotonic()
         todo = [j for j in jobs if not Path(j["path"]).is_file()]
-        resumed = len(jobs) - len(todo)
-        self.records += [json.loads(Path(j["path"]).read_text()) for j in jobs if Path(j["path"]).is_file()]
-        self._advance(resumed)
+        resumed = [j["path"] for j in jobs if j["path"] not in self.records and Path(j["path"]).is_file()]
+        self.records.update({p: json.loads(Path(p).read_text()) for p in resumed})
+        self._advance(len(resumed))
         if resumed:
-            logger.info("== %s: %d of %d runs already done (resumed)", name, resumed, len(jobs))
+            logger.info("== %s: %d of %d runs already done (resumed)", name, len(resumed), len(jobs))
         self.bar.set_description(name)
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
             if todo and self.workers > 1:
                 with multiprocessing.get_context("spawn").Pool(self.workers) as pool:
-                    for record in pool.imap_unordered(fn, todo):
-                        self._finished(record)
+                    for i, record in pool.imap_unordered(_indexed, [(i, fn, j) for i, j in enumerate(todo)]):
+                        self._finished(todo[i], record)
             else:
                 for j in todo:
-                    self._finished(fn(j))
+                    self._finished(j, fn(j))
         minutes = (time.monotonic() - start) / 60
         logger.info("== %s done: %d runs in %.1f min (%d of %d overall, %s)", name, len(todo), minutes, self.done,
                     self.total, self.time_left())  # fmt: skip
@@ -107,13 +107,19 @@ class Harness:
         self.done += n
         self.bar.update(n)
 
-    def _finished(self, record: Record) -> None:
+    def _finished(self, job: dict[str, Any], record: Record) -> None:
         self.ran += 1
-        self.records.append(record)
+        self.records[job["path"]] = record
         self._advance(1)
         logger.info("run %d of %d (%s): %s", self.done, self.total, self.time_left(), self.describe(record))
         if self.on_record is not None:
-            self.on_record(self.records)
+            self.on_record(list(self.records.values()))
+
+
+def _indexed(task: tuple[int, Callable[[dict[str, Any]], Record], dict[str, Any]]) -> tuple[int, Record]:
+    """``fn(job)`` in a worker process, with the job's index (results arrive in any order)."""
+    i, fn, j = task
+    return i, fn(j)
 
 
 def run_all(jobs: list[dict[str, Any]], workers: int, desc: str) -> list[Record]:

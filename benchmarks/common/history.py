@@ -65,7 +65,10 @@ def measured(runs: list[dict[str, Any]]) -> str:
     if not runs:
         return "_When and where this was measured is not recorded._"
     last = runs[-1]
-    line = f"_Measured {last['date']} on {last['machine']}, commit {last['commit']}: `{last['command']}`"
+    if last.get("migrated"):  # a file written before it carried its history: what its commit and JSON tell
+        line = f"_Committed {last['date']} (commit {last['commit']}), measured before on {last['machine']}"
+    else:
+        line = f"_Measured {last['date']} on {last['machine']}, commit {last['commit']}: `{last['command']}`"
     if len(runs) > 1:
         line += f" (the file's history: {len(runs)} runs, the first {runs[0]['date']}; see its JSON)"
     return line + "._"

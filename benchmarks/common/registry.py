@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from .learned import CONTROLLER_ROWS, CONTROLLER_TRAINING, MLRSNET_ROWS, SCALE_EXPERIMENTS, MLRSNetRow
-from .rows import BASELINES, RIVALS, Row
+from .rows import BASELINES, RIVALS, Baseline, Rival, Row
 
 MLRSNET = tuple(MLRSNET_ROWS)
 CONTROLLER = tuple(CONTROLLER_ROWS)
@@ -17,9 +17,27 @@ def row_labels() -> list[str]:
     return list(TABLE_ROWS)
 
 
+def add_row(row: Baseline | Rival) -> None:
+    """Register a tuned baseline or an untuned rival at run time (in the code: one entry of ``BASELINES`` or
+    ``RIVALS`` in ``common/rows.py``); it becomes a row of the tables, after the others."""
+    if row.label in ROWS:
+        raise ValueError(f"A row is already named {row.label!r}.")
+    (BASELINES if isinstance(row, Baseline) else RIVALS)[row.label] = row
+    TABLE_ROWS[row.label] = ROWS[row.label] = row
+
+
 def mlrsnet_row(label: str) -> MLRSNetRow | None:
     """The MLR-SNet row (or scale experiment) of ``label``; None for the other rows."""
     return MLRSNET_ROWS.get(label) or SCALE_EXPERIMENTS.get(label)
 
 
-__all__ = ["CONTROLLER", "CONTROLLER_TRAINING", "MLRSNET", "ROWS", "TABLE_ROWS", "mlrsnet_row", "row_labels"]
+__all__ = [
+    "CONTROLLER",
+    "CONTROLLER_TRAINING",
+    "MLRSNET",
+    "ROWS",
+    "TABLE_ROWS",
+    "add_row",
+    "mlrsnet_row",
+    "row_labels",
+]
