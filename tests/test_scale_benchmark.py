@@ -56,7 +56,6 @@ def test_summary_compares_the_best_fixed_scale_with_the_online_scale_at_the_pape
     assert "| 10 | diverged (diverged, 10) | diverged (diverged, 5) | 0.3300 (0.3300, 0.6) |" in markdown
 
 
-@pytest.mark.slow
 def test_the_ceiling_is_the_fixed_scale_best_on_mean_validation_beside_the_targets_rows():
     def fixed(x, seed, val, test, lrs, **extra):
         return {"task": "regression-mlp", "schedule": scale_bound.FIXED, "lr": x, "seed": seed, "val": val,
@@ -91,6 +90,7 @@ def test_the_ceiling_is_the_fixed_scale_best_on_mean_validation_beside_the_targe
     assert "| regression-mlp | 3.00 | 30.00 | 0 of 1 |" in scale_bound.to_markdown({"regression-mlp": bound})
 
 
+@pytest.mark.slow
 def test_scale_benchmark_quick(tmp_path):
     """Three scales on two tasks for each family; the summary, table and figure are written; a rerun resumes."""
     command = [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--quick", "--out", str(tmp_path)]
