@@ -158,3 +158,22 @@ def test_committed_results_are_read_by_the_report_writer():
     committed = (REPO / "benchmarks" / "results" / "quality_cpu.md").read_text()
     assert report.quality_markdown(data, "quality_cpu") == committed
     assert data["runs"] and all({"date", "machine", "commit", "command"} <= set(r) for r in data["runs"])
+
+
+def test_a_task_and_a_rival_are_one_entry_each(tmp_path):
+    """Registered entries become jobs of every row on the task, and the rival's jobs on it; removed afterwards."""
+    from common.registry import registered
+    from common.rows import Rival
+    from common.tasks import Task
+
+    task = Task("toy", "tabular", "mse", 100, 8, (0.1, 1.0), (1e-3, 1e-2), 1.0, 0.0, "regression-mlp", "1", "toy")
+    rival = Rival("Adam 3e-4 (untuned)", 3e-4, "constant", optim="adamw_torch")
+    with registered(task, rival):
+        assert task_spec("toy") is task and row_labels()[-1] == rival.label
+        plan = Plan(tmp_path, ["toy"], range(2), skip=set(), quick=False)
+        jobs = [(j["schedule"], j["seed"], j["lr"]) for j in plan.first() + plan.second(None) if j["task"] == "toy"]
+        assert ("SGD fixed", 0, 0.1) in jobs and ("SGD fixed", 0, 1.0) in jobs and ("AdamW cosine", 0, 1e-2) in jobs
+        assert [j for j in jobs if j[0] == rival.label] == [(rival.label, 0, 3e-4), (rival.label, 1, 3e-4)]
+        with pytest.raises(ValueError, match="taken"), registered(rival):
+            pass
+    assert "toy" not in ALL_TASKS and rival.label not in row_labels() and rival.label not in RIVALS

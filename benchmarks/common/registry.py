@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from .learned import CONTROLLER_ROWS, CONTROLLER_TRAINING, MLRSNET_ROWS, SCALE_EXPERIMENTS, MLRSNetRow
 from .rows import BASELINES, RIVALS, Baseline, Rival, Row
+from .tasks import ALL_TASKS, TASKS, Task
 
 MLRSNET = tuple(MLRSNET_ROWS)
 CONTROLLER = tuple(CONTROLLER_ROWS)
@@ -17,13 +21,25 @@ def row_labels() -> list[str]:
     return list(TABLE_ROWS)
 
 
-def add_row(row: Baseline | Rival) -> None:
-    """Register a tuned baseline or an untuned rival at run time (in the code: one entry of ``BASELINES`` or
-    ``RIVALS`` in ``common/rows.py``); it becomes a row of the tables, after the others."""
-    if row.label in ROWS:
-        raise ValueError(f"A row is already named {row.label!r}.")
-    (BASELINES if isinstance(row, Baseline) else RIVALS)[row.label] = row
-    TABLE_ROWS[row.label] = ROWS[row.label] = row
+@contextlib.contextmanager
+def registered(*entries: Task | Baseline | Rival) -> Iterator[None]:
+    """Tasks, tuned baselines and untuned rivals added for the ``with`` block, removed after it (for a test or an
+    example; for good, each is one entry of ``TASKS`` in ``common/tasks.py`` or of ``BASELINES`` / ``RIVALS`` in
+    ``common/rows.py``). The rows come after the others in the tables. Runs in this process only (``workers=1``)."""
+    keys = [e.name if isinstance(e, Task) else e.label for e in entries]
+    if taken := [k for k in keys if k in ALL_TASKS or k in ROWS]:
+        raise ValueError(f"These names are taken: {taken}")
+    targets = [(TASKS, ALL_TASKS) if isinstance(e, Task) else (BASELINES if isinstance(e, Baseline) else RIVALS,
+               TABLE_ROWS, ROWS) for e in entries]  # fmt: skip
+    for entry, key, dicts in zip(entries, keys, targets, strict=True):
+        for d in dicts:
+            d[key] = entry
+    try:
+        yield
+    finally:
+        for key, dicts in zip(keys, targets, strict=True):
+            for d in dicts:
+                d.pop(key, None)
 
 
 def mlrsnet_row(label: str) -> MLRSNetRow | None:
@@ -37,7 +53,7 @@ __all__ = [
     "MLRSNET",
     "ROWS",
     "TABLE_ROWS",
-    "add_row",
+    "registered",
     "mlrsnet_row",
     "row_labels",
 ]

@@ -144,14 +144,6 @@ ALL_TASKS = {**TASKS, **{t.name: t for t in VARIANTS.values()}}
 QUALITY_TASKS = (*TASKS, VARIANTS["labels40"].name)
 
 
-def add_task(task: Task) -> Task:
-    """Register a task at run time (in the code: one entry of :data:`TASKS`); every row can then run on it."""
-    if task.name in ALL_TASKS:
-        raise ValueError(f"A task is already named {task.name!r}.")
-    TASKS[task.name] = ALL_TASKS[task.name] = task
-    return task
-
-
 def task_spec(name: str) -> Task:
     """The task named ``name`` (a key of :data:`TASKS`, or a variant's ``"digits-cnn@<variant>"``)."""
     if name not in ALL_TASKS:
