@@ -7,7 +7,7 @@ batches and clipping) and scored by the final *validation* metric; no test set i
 
 * meta-training (on the task): the paper's fixed gamma or ``gamma="range_test"`` (three rules for reading
   the LR off the curve), with the one-step hypergradient or a 10-step horizon (``meta_horizon=10``);
-* transfer (from the task's ``source`` in ``quality.TASKS``, meta-trained with seed 0): the final network
+* transfer (from the task's ``source`` in ``common.tasks.TASKS``, meta-trained with seed 0): the final network
   alone or the trajectory (snapshots at 0.005, 0.5, 1.0 of the run, played in thirds), with the paper's
   gamma or a range-test rule.
 
