@@ -31,30 +31,24 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
-
-from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, convert_official  # noqa: E402
-from mlrsnet_hf.experiments.data import digits_splits, ptb_small_splits  # noqa: E402
-from mlrsnet_hf.experiments.language_models import lstm_lm  # noqa: E402
-from mlrsnet_hf.experiments.metrics import accuracy_metrics, perplexity_metrics  # noqa: E402
-from mlrsnet_hf.experiments.vision_models import DigitsCNN, DigitsMLP  # noqa: E402
-from mlrsnet_hf.plotting import format_lr_axis  # noqa: E402
+from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, convert_official
+from mlrsnet_hf.experiments.data import digits_splits, ptb_small_splits
+from mlrsnet_hf.experiments.language_models import lstm_lm
+from mlrsnet_hf.experiments.metrics import accuracy_metrics, perplexity_metrics
+from mlrsnet_hf.experiments.vision_models import DigitsCNN, DigitsMLP
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmarks' harness and report writer
 from common import history  # noqa: E402
+from common.demo_report import LEARNED, plot, summarise, write  # noqa: E402
 from common.harness import Harness  # noqa: E402
-from common.report import verdict  # noqa: E402
 
 logger = logging.getLogger("demo")
 SHARED = REPO.parent / "shared"
 CHECKPOINTS = ("mlr_snet_1.pth", "mlr_snet_100.pth", "mlr_snet_200.pth")
-LEARNED = ("MLR-SNet (meta-trained online)", "MLR-SNet (transferred)", "MLR-SNet (transferred from images)")
 
 
 def common_args(out: Path, steps: int, batch: int, seed: int, eval_steps: int) -> dict:
@@ -83,7 +77,7 @@ def run_baseline(task: dict, out: Path, kind: str, lr: float, args: dict, key: s
     """One hand-designed schedule with one LR of its grid: its validation metric and loss, and the test curve.
 
     ``key`` is the metric (``eval_accuracy``/``eval_perplexity``). The test metric is recorded but plays no part in
-    the choice of the LR (:func:`choose`).
+    the choice of the LR (``common.demo_report.choose``).
     """
     metric = key.removeprefix("eval_")
     torch.manual_seed(args["seed"])
@@ -100,27 +94,6 @@ def run_baseline(task: dict, out: Path, kind: str, lr: float, args: dict, key: s
     points = curve(trainer, key)
     return {"lr": lr, "validation": val[f"val_{metric}"], "val_loss": val["val_loss"], "final": points[-1][1],
             "curve": points, "lrs": recorder.lrs}  # fmt: skip
-
-
-def choose(runs: list[dict], grid: list[float], best) -> dict:
-    """Of one schedule's runs over its grid, the LR best on the validation split (``best``: ``max`` or ``min`` of
-    the metric; ties broken by the lower validation loss)."""
-    sign = 1 if best is max else -1
-    chosen = max(runs, key=lambda r: (finite_or_worst(sign * r["validation"]), finite_or_worst(-r["val_loss"])))
-    return {
-        "final": chosen["final"],
-        "validation": chosen["validation"],
-        "lr": chosen["lr"],
-        "interior": len(grid) > 2 and grid[0] < chosen["lr"] < grid[-1],
-        "curve": chosen["curve"],
-        "lrs": chosen["lrs"],
-        "grid": {str(r["lr"]): {"validation": r["validation"], "test": r["final"]} for r in runs},
-    }
-
-
-def finite_or_worst(score: float) -> float:
-    """A score to maximise, a diverged run's (NaN / inf) counted as the worst."""
-    return score if math.isfinite(score) else -math.inf
 
 
 def run_mlrsnet(task, out, schedule, args, key, meta_dataset=None, **mlrsnet) -> tuple[dict, MLRSNetTrainer]:
@@ -140,93 +113,6 @@ def run_mlrsnet(task, out, schedule, args, key, meta_dataset=None, **mlrsnet) ->
     }, trainer
 
 
-def plot(results: dict, path: Path) -> None:
-    """Per task: the test metric against the step (top) and the LR of every step (bottom), for every schedule."""
-    tasks = list(results)
-    fig, axes = plt.subplots(2, len(tasks), figsize=(6 * len(tasks), 7), squeeze=False)
-    for col, name in enumerate(tasks):
-        task = results[name]
-        all_lrs = []
-        for label, r in task["runs"].items():
-            axes[0, col].plot(*zip(*r["curve"], strict=True), marker=".", label=label)
-            axes[1, col].plot(range(1, len(r["lrs"]) + 1), r["lrs"], label=label)
-            all_lrs += r["lrs"]
-        axes[0, col].set_title(f"{name}: test {task['metric']}")
-        axes[0, col].set_xlabel("optimizer step")
-        axes[0, col].legend(fontsize=7)
-        axes[1, col].set_title(f"{name}: learning rate of every step")
-        axes[1, col].set_xlabel("optimizer step")
-        format_lr_axis(axes[1, col], all_lrs)
-        axes[1, col].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def selection_notes(results: dict, grids: dict[str, list[float]]) -> str:
-    """How the baselines' LRs were chosen, and whether each chosen LR lies inside its grid."""
-    lines = [
-        "Baselines: each hand-designed schedule trained with every LR of its task's grid; the LR kept is the one with",
-        "the best metric on the validation split (the held-out meta set, which the test set never overlaps; ties",
-        "broken by validation loss). The test metric plays no part in the choice. MLR-SNet got no tuning.",
-        "",
-        "| task | schedule | LR grid | chosen LR | validation | inside the grid |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, task in results.items():
-        for label, r in task["runs"].items():
-            if "grid" in r:
-                grid = " / ".join(f"{lr:g}" for lr in grids[name])
-                inside = "yes" if r["interior"] else "no: at an end of the grid"
-                kind = label.split(" (")[0]
-                lines.append(f"| {name} | {kind} | {grid} | {r['lr']:g} | {r['validation']:.4g} | {inside} |")
-    return "\n".join(lines)
-
-
-def summarise(records: dict[str, dict], plan: list[dict], grids: dict[str, list[float]]) -> dict:
-    """The results so far, per task: the learned schedule's run, each baseline at its LR chosen on validation, and
-    a verdict (the learned schedule's test metric and its 1 run against the best tuned one's, with its grid's size)."""
-    results: dict = {}
-    for job in plan:
-        record = records.get(job["path"])
-        if record is None:
-            continue
-        task = results.setdefault(job["task"], {"metric": job["metric"], "runs": {}})
-        if job["label"] in LEARNED:
-            task["runs"][job["label"]] = {k: v for k, v in record.items() if k not in ("task", "schedule", "lr")}
-    for name, task in results.items():
-        best = max if task["metric"] == "accuracy" else min
-        for kind in dict.fromkeys(j["label"] for j in plan if j["task"] == name and j["label"] not in LEARNED):
-            runs = [
-                records[j["path"]] for j in plan if j["task"] == name and j["label"] == kind and j["path"] in records
-            ]
-            if runs:
-                chosen = choose(runs, grids[name], best)
-                task["runs"][f"{kind} (best lr {chosen['lr']:g})"] = chosen
-        learned = next(((k, r) for k, r in task["runs"].items() if k in LEARNED), None)
-        tuned = {k: (r["final"], len(r["grid"])) for k, r in task["runs"].items() if "grid" in r}
-        if learned and tuned:
-            task["verdict"] = verdict(name, task["metric"], (learned[0], learned[1]["final"], 1), tuned)
-    return results
-
-
-def write(out: Path, results: dict, args: argparse.Namespace, grids: dict, run: dict, done: str) -> str:
-    """results.json and results.md (the table, the verdicts, how the baselines were chosen); returns the table."""
-    lines = ["| task | schedule | final test metric |", "|---|---|---|"]
-    for name, task in results.items():
-        for label, r in task["runs"].items():
-            lines.append(f"| {name} | {label} | {task['metric']} {r['final']:.4g} |")
-    table = "\n".join(lines)
-    verdicts = "\n".join(f"- {t['verdict']}" for t in results.values() if "verdict" in t)
-    (out / "results.md").write_text(
-        f"# Demo results ({args.steps} image steps, {args.text_steps} text steps, seed {args.seed})\n\n"
-        f"{history.measured([run])} {done}\n\n{table}\n\nVerdicts (test metric; the learned schedule took one run, a tuned "
-        f"one a run per LR of its grid):\n\n{verdicts}\n\n{selection_notes(results, grids)}\n"
-    )
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    return table
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", type=Path, default=Path("demo_output"))
@@ -241,6 +127,7 @@ def main() -> None:
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
     run = history.this_run()
+    title = f"Demo results ({args.steps} image steps, {args.text_steps} text steps, seed {args.seed})"
 
     official = args.shared / "official"
     if all((official / name).is_file() for name in CHECKPOINTS):
@@ -326,7 +213,7 @@ def main() -> None:
 
     def arrived(_: list[dict]) -> None:  # rewrite results.json / results.md after every run
         records.update({j["path"]: json.loads(Path(j["path"]).read_text()) for j in plan if Path(j["path"]).is_file()})
-        write(out, summarise(records, plan, grids), args, grids, run, f"({len(records)} of {len(plan)} runs done)")
+        write(out, summarise(records, plan, grids), title, grids, run, f"({len(records)} of {len(plan)} runs done)")
 
     def describe(r: dict) -> str:
         return (
@@ -342,7 +229,7 @@ def main() -> None:
         arrived([])
     harness.close()
     results = summarise(records, plan, grids)
-    table = write(out, results, args, grids, run, "")
+    table = write(out, results, title, grids, run, "")
     plot(results, out / "results.png")
     print("\n" + table + "\n")
     print("\n".join(t["verdict"] for t in results.values() if "verdict" in t))

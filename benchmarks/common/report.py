@@ -219,7 +219,7 @@ def verdict(task: str, metric: str, learned: tuple[str, float, int], tuned: dict
     tie = math.isfinite(value) and math.isclose(value, best_value, rel_tol=1e-9)
     word = "ties" if tie else "beats" if better else "trails"
     return (f"{task}: {label} {word} the best tuned schedule: {metric} {value:.4g} ({runs} run{'s' * (runs != 1)}) "
-            f"vs {best} {best_value:.4g} (a grid of {grid} runs)")  # fmt: skip
+            f"vs {best} {best_value:.4g} (a grid of {grid} run{'s' * (grid != 1)})")  # fmt: skip
 
 
 def quality_verdicts(summary: dict[str, Any]) -> list[str]:
