@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 
 import torch
+from common import history
 from common.speed_meta import worker_meta_step
 from common.speed_overhead import paired, worker_overhead, worker_side
 from common.speed_report import to_markdown
@@ -88,6 +89,7 @@ def main() -> None:
             result = worker_meta_step(mode, repeats, args.device, batch, bool(wide))
         print(json.dumps(result))
         return
+    args.run = history.this_run()  # the results file's history entry
 
     steps, warmup, batch, repeats = (12, 3, 16, 1) if args.quick else (300, 20, 64, args.repeats or 3)
     flags = ["--device", args.device] + (["--bf16"] if args.bf16 else [])
@@ -179,9 +181,10 @@ def write_results(args: argparse.Namespace, results: dict, suffix: str = "") -> 
     out_dir = args.out or RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"speed_{args.device}{'_bf16' if args.bf16 else ''}{'_quick' if args.quick else ''}{suffix}"
-    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out_dir / f"{name}.md").write_text(to_markdown(results))
-    print(to_markdown(results))
+    data = history.write_json(out_dir / f"{name}.json", results, args.run, indent=2)
+    markdown = history.with_measured(to_markdown(data), data["runs"])
+    (out_dir / f"{name}.md").write_text(markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":

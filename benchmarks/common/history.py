@@ -50,13 +50,13 @@ def previous_runs(path: Path) -> list[dict[str, Any]]:
     return list(data.get("runs", [])) if isinstance(data, dict) else []
 
 
-def write_json(path: Path, data: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+def write_json(path: Path, data: dict[str, Any], run: dict[str, Any], indent: int = 1) -> dict[str, Any]:
     """Write ``data`` to ``path`` with the file's history and ``run`` appended to it (a rewrite of the same
     invocation, e.g. as results arrive, replaces its own entry). Returns what was written."""
     runs = [r for r in previous_runs(path) if r.get("date") != run["date"] or r.get("command") != run["command"]]
     data = {**data, "runs": [*runs, run]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=float) + "\n")
+    path.write_text(json.dumps(data, indent=indent, default=float) + "\n")
     return data
 
 
@@ -72,3 +72,9 @@ def measured(runs: list[dict[str, Any]]) -> str:
     if len(runs) > 1:
         line += f" (the file's history: {len(runs)} runs, the first {runs[0]['date']}; see its JSON)"
     return line + "._"
+
+
+def with_measured(markdown: str, runs: list[dict[str, Any]]) -> str:
+    """``markdown`` with the :func:`measured` line after its title (its first line)."""
+    title, _, rest = markdown.partition("\n")
+    return f"{title}\n\n{measured(runs)}\n" + (rest if rest.startswith("\n") else "\n" + rest)
