@@ -95,9 +95,10 @@ class Harness:
             else:
                 for j in todo:
                     self._finished(j, fn(j))
-        minutes = (time.monotonic() - start) / 60
-        logger.info("== %s done: %d runs in %.1f min (%d of %d overall, %s)", name, len(todo), minutes, self.done,
-                    self.total, self.time_left())  # fmt: skip
+        took = time.monotonic() - start
+        logger.info("== %s done: %d run%s in %s (%d of %d overall, %s)", name, len(todo), "s" * (len(todo) != 1),
+                    f"{took:.0f} s" if took < 90 else f"{took / 60:.1f} min", self.done, self.total,
+                    self.time_left())  # fmt: skip
         return [json.loads(Path(j["path"]).read_text()) for j in jobs]
 
     def close(self) -> None:
