@@ -15,7 +15,7 @@
 4. Print a comparison table and a one-line verdict per task (learned vs best tuned, and the runs each took), and
    write results.json, results.md and plots (the test metric and the LR of every step, for every schedule) to the
    output folder. results.json / results.md are rewritten after every run, so an interrupted demo keeps what it
-   finished, and a rerun with the same --output_dir resumes (each run's record is in OUT/runs/records).
+   finished, and a rerun with the same --output_dir resumes (each run's record is in OUT/runs/records/<budget>).
 The runs go through the benchmarks' harness (benchmarks/common/harness.py): it prints "run k of N" with the time
 left, and a line after each phase.
 When the released checkpoints are present (../shared/official), they are also converted to a schedule repo.
@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import math
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -149,6 +150,8 @@ def main() -> None:
     names = {"digits-cnn": "digits-cnn (meta-train task)", "digits-mlp": "digits-mlp (architecture transfer)",
              "ptb-lstm": "ptb-lstm (modality transfer)"}  # fmt: skip
     learned: dict = {}  # the schedule meta-trained in phase 1, loaded once for both transfers
+    # One run's record per file (a rerun resumes), kept apart per budget and seed, with the schedule they learned.
+    records_dir = out / "runs" / "records" / f"steps={args.steps},text_steps={args.text_steps},seed={args.seed}"
 
     def learned_schedule() -> MLRSNetSchedule:
         if "schedule" not in learned:
@@ -157,7 +160,7 @@ def main() -> None:
 
     def job(task: dict, label: str, metric: str, run: Callable[[], dict], lr: float | None = None) -> dict:
         name = f"{task['name']}-{label.split(' (')[0]}" + ("" if lr is None else f"-lr={lr:g}")
-        path = out / "runs" / "records" / f"{name.replace(' ', '-')}.json"
+        path = records_dir / f"{name.replace(' ', '-')}.json"
         return {"task": names[task["name"]], "label": label, "metric": metric, "lr": lr, "path": str(path), "run": run}
 
     def meta_train() -> dict:  # 1. meta-train on the CNN (gamma 1: the paper's image setting)
@@ -169,7 +172,16 @@ def main() -> None:
         trainer.save_schedule(
             out / "schedule", meta_training={"dataset": "sklearn/digits", "model": "DigitsCNN", "eval_split": "test"}
         )
+        shutil.copytree(out / "schedule", records_dir / "schedule", dirs_exist_ok=True)
         return result
+
+    def same_schedule() -> None:  # a resumed meta-training: the schedule repo is this budget's (another run's no more)
+        kept, repo = records_dir / "schedule", out / "schedule"
+        if kept.is_dir() and (
+            not repo.is_dir() or (kept / "config.json").read_bytes() != (repo / "config.json").read_bytes()
+        ):
+            shutil.rmtree(repo, ignore_errors=True)
+            shutil.copytree(kept, repo)
 
     def baselines(task: dict, train_args: dict, grid: list[float], metric: str) -> list[dict]:
         where = out / "runs" / task["name"]
@@ -226,6 +238,8 @@ def main() -> None:
     for name, jobs in phases:
         logger.info("== %s", name)
         harness.phase(name, jobs, run_job)
+        if jobs is phases[0][1]:
+            same_schedule()
         arrived([])
     harness.close()
     results = summarise(records, plan, grids)

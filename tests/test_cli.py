@@ -102,7 +102,7 @@ def test_demo_reduced_budget(tmp_path):
         and "(1 run) vs " in results["digits-mlp (architecture transfer)"]["verdict"]
     )
     assert "Verdicts" in table and table.count("(a grid of 1 run)") == len(results) and "_Measured " in table
-    assert len(list((tmp_path / "runs" / "records").glob("*.json"))) == n
+    assert len(list((tmp_path / "runs" / "records").glob("*/*.json"))) == n  # one directory per budget and seed
     again = subprocess.run(
         [sys.executable, str(REPO / "examples" / "demo.py"), "--output_dir", str(tmp_path), "--steps", "30",
          "--text_steps", "10", "--quick"],
