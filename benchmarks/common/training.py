@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,31 @@ from .rows import Run
 from .steps import LRRecorder
 from .tasks import HIGHER_IS_BETTER, task_data, task_spec
 
+QUIET = {"transformers": logging.ERROR, "mlrsnet_hf": logging.ERROR, "dog": logging.WARNING}  # dog: every state dict
+
+
+@contextlib.contextmanager
+def one_quiet_thread() -> Iterator[None]:
+    """One CPU thread and quiet libraries for a run, as before it afterwards (a run here, not in a worker)."""
+    threads, levels = torch.get_num_threads(), {name: logging.getLogger(name).level for name in QUIET}
+    torch.set_num_threads(1)
+    for name, level in QUIET.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """One training run; writes and returns its record (final val and test metrics, curves, LRs, wall time)."""
-    torch.set_num_threads(1)
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    logging.getLogger("mlrsnet_hf").setLevel(logging.ERROR)
-    logging.getLogger("dog").setLevel(logging.WARNING)  # it logs each optimizer state-dict round trip
+    with one_quiet_thread():
+        return _run(job)
+
+
+def _run(job: dict[str, Any]) -> dict[str, Any]:
     task = task_spec(job["task"])
     data = task_data(task.name, job["quick"])
     if job["schedule"] == CONTROLLER_TRAINING:  # a learning step, not a row: it trains the controller rows' policy
