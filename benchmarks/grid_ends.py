@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
-from quality import RESULTS, job, run_all, score, task_spec
+from common import RESULTS, history
+from common.harness import job, run_all, score
+from common.tasks import task_spec
 
 
 def grid_end_choices(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -40,10 +43,12 @@ def grid_end_choices(results: dict[str, Any]) -> list[dict[str, Any]]:
     return choices
 
 
-def to_markdown(rows: list[dict[str, Any]], source: str) -> str:
+def to_markdown(rows: list[dict[str, Any]], source: str, runs: list[dict[str, Any]] | None = None) -> str:
     improved = [r for r in rows if r["better"]]
     lines = [
         "# Past the grid ends (seed 0, validation split)",
+        "",
+        history.measured(runs or []),
         "",
         f"Tuned baselines of `{source}` whose chosen LR is an end of their grid, run once more one LR past that end. "
         f"{len(improved)} of {len(rows)} do better on the validation split there: their rows in the quality table "
@@ -67,7 +72,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few steps, two choices (smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run = history.this_run(args.workers)
     choices = grid_end_choices(json.loads(args.results.read_text())["results"])
     if args.quick:
         choices = choices[:2]
@@ -87,8 +93,8 @@ def main() -> None:
         }
         for c, r in zip(choices, records, strict=True)
     ]
-    (args.out / f"{name}.json").write_text(json.dumps({"source": str(args.results), "rows": rows}, indent=1))
-    markdown = to_markdown(rows, args.results.name)
+    data = history.write_json(args.out / f"{name}.json", {"source": str(args.results), "rows": rows}, run)
+    markdown = to_markdown(rows, args.results.name, data["runs"])
     (args.out / f"{name}.md").write_text(markdown)
     print(markdown)
 

@@ -14,13 +14,13 @@ the scale's persistent memory (its two parameter-sized buffers).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from common import history
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from mlrsnet_hf.online_scale import MechanicScale
@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    run = history.this_run()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(1)
@@ -115,9 +116,10 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {device}"
     meta = {"machine": machine, "blocks": blocks, "block": block, "threads": torch.get_num_threads()}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"online_scale_cost_{tag}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    data = history.write_json(args.out / f"online_scale_cost_{tag}.json", {"meta": meta, "results": results}, run)
     (args.out / f"online_scale_cost_{tag}.md").write_text(
-        f"# The online scale's cost ({machine}, {meta['threads']} thread(s))\n\nMedian over {blocks} turns of "
+        f"# The online scale's cost ({machine}, {meta['threads']} thread(s))\n\n{history.measured(data['runs'])}\n\n"
+        f"Median over {blocks} turns of "
         f"{block} steps each, with and without Mechanic attached (`python benchmarks/online_scale_cost.py`).\n\n"
         + "\n".join(lines)
         + "\n"

@@ -15,17 +15,18 @@ i.e. higher mean test accuracy over the corruptions.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
 from pathlib import Path
 
-from quality import BASELINES, RESULTS, job, run_all, score, summarise, task_spec
+from common import RESULTS, history
+from common.harness import Harness, best_lr, job
+from common.report import summarise
+from common.rows import BASELINES
+from common.tasks import VARIANTS
+from common.training import run_job
 
-from mlrsnet_hf.experiments.corruptions import CORRUPTIONS
-
-VARIANTS = (*CORRUPTIONS, "labels40")
 MLRSNET = "MLR-SNet meta-trained"
 ROWS = (MLRSNET, "SGD fixed", "SGD multi-step", "SGD exponential", "SGD cosine", "SGD SGDR (4 restarts)", "Adam fixed")
 
@@ -42,48 +43,42 @@ def main() -> None:
     seeds = range(1 if args.quick else args.seeds)
     tag = "cpu_quick" if args.quick else "cpu"
     out = args.out / f"robustness_{tag}"
-    tasks = [f"digits-cnn@{v}" for v in args.variants]
-    started = time.time()
+    tasks = [VARIANTS[v] for v in args.variants]
+    started, run = time.time(), history.this_run(args.workers)
 
-    def steps(t: str) -> int:
-        return 8 if args.quick else task_spec(t).steps
-
-    def grid(t: str, family: str) -> tuple[float, ...]:
-        g = task_spec(t).sgd_grid if family == "sgd" else task_spec(t).adam_grid
-        return g[1:2] if args.quick else g
+    def steps(t) -> int:
+        return 8 if args.quick else t.steps
 
     # Phase 1: MLR-SNet meta-trained on every task and seed; each baseline's LR grid with seed 0.
-    first = [job(out, t, MLRSNET, s, steps(t), args.quick, schedule_dir=str(out / "schedules" / t)) for t in tasks for s in seeds]  # fmt: skip
-    first += [job(out, t, label, 0, steps(t), args.quick, lr)
-              for t in tasks for label in ROWS[1:] for lr in grid(t, BASELINES[label].family)]  # fmt: skip
-    records = run_all(first, args.workers, "meta-training and LR grids")
+    first = [job(out, t.name, MLRSNET, s, steps(t), args.quick, schedule_dir=str(out / "schedules" / t.name))
+             for t in tasks for s in seeds]  # fmt: skip
+    first += [job(out, t.name, label, 0, steps(t), args.quick, lr)
+              for t in tasks for label in ROWS[1:] for lr in BASELINES[label].grid(t, args.quick)]  # fmt: skip
+    harness = Harness(len(first) + len(tasks) * len(ROWS[1:]) * (len(seeds) - 1), args.workers)
+    records = harness.phase("meta-training and LR grids", first, run_job)
     # Phase 2: each baseline's best LR (on the clean validation set) with the other seeds.
-    second = []
-    for t in tasks:
-        for label in ROWS[1:]:
-            seed0 = [r for r in records if r["task"] == t and r["schedule"] == label and r["seed"] == 0]
-            best = max(seed0, key=lambda r: score(r, r["metric"]))["lr"]
-            second += [job(out, t, label, s, steps(t), args.quick, best) for s in seeds if s != 0]
-    records += run_all(second, args.workers, "best LRs, other seeds")
-    summary = summarise(records, tasks)
+    second = [job(out, t.name, label, s, steps(t), args.quick, best_lr(records, t.name, label))
+              for t in tasks for label in ROWS[1:] for s in seeds if s != 0]  # fmt: skip
+    records += harness.phase("best LRs, other seeds", second, run_job)
+    harness.close()
+    summary = summarise(records, [t.name for t in tasks])
     table = {}
     for label in ROWS:
-        per_task = {t.partition("@")[2]: summary[t]["schedules"][label]["mean"] for t in tasks}
+        per_task = {t.variant: summary[t.name]["schedules"][label]["mean"] for t in tasks}
         corruptions = [v for k, v in per_task.items() if k != "labels40" and v is not None]
         table[label] = {
             "per_task": per_task,
             "corruptions_mean": statistics.fmean(corruptions) if corruptions else None,
             "corruptions_std": statistics.stdev(corruptions) if len(corruptions) > 1 else 0.0,
-            "best_lr": {t.partition("@")[2]: summary[t]["schedules"][label]["best_lr"] for t in tasks},
+            "best_lr": {t.variant: summary[t.name]["schedules"][label]["best_lr"] for t in tasks},
         }
     result = {
         "meta": {"seeds": len(seeds), "severity": 5, "meta_set": "10 clean images per class", "quick": args.quick,
-                 "wall_minutes": round((time.time() - started) / 60, 1), "tasks": tasks},
+                 "wall_minutes": round((time.time() - started) / 60, 1), "tasks": [t.name for t in tasks]},
         "table": table,
         "summary": summary,
     }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"robustness_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = history.write_json(args.out / f"robustness_{tag}.json", result, run)
     (args.out / f"robustness_{tag}.md").write_text(to_markdown(result))
     print(to_markdown(result))
 
@@ -92,6 +87,8 @@ def to_markdown(result: dict) -> str:
     tasks = [t.partition("@")[2] for t in result["meta"]["tasks"]]
     lines = [
         "# Robustness at CPU scale: digits with a biased training set, a clean meta set of 10 per class",
+        "",
+        history.measured(result.get("runs", [])),
         "",
         f"Test accuracy on the clean test set, mean of {result['meta']['seeds']} seeds; corruptions at severity "
         f"{result['meta']['severity']}; baselines' LRs chosen on the clean meta/validation set. "

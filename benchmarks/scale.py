@@ -26,7 +26,6 @@ curve: the scale needs no choosing). Runs are JSON files under ``--out/scale_<ta
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import platform
@@ -40,17 +39,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from quality import (  # noqa: E402
-    HIGHER_IS_BETTER,
-    QUALITY_TASKS,
-    RESULTS,
-    SHARED,
-    job,
-    run_all,
-    schedule_path,
-    score,
-    task_spec,
-)
+from common import RESULTS, SHARED, history  # noqa: E402
+from common.harness import job, run_all, score  # noqa: E402
+from common.learned import schedule_path  # noqa: E402
+from common.tasks import HIGHER_IS_BETTER, QUALITY_TASKS, task_spec  # noqa: E402
 
 logger = logging.getLogger("scale")
 SOURCE_ROW = "MLR-SNet meta-trained"
@@ -181,6 +173,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run = history.this_run(args.workers)
     tasks = args.tasks or list(QUICK_TASKS if args.quick else QUALITY_TASKS)
     text = [t for t in tasks if task_spec(t).modality == "text"]
     if text and not (SHARED / "data" / "ptb" / "ptb.valid.txt").is_file():
@@ -223,9 +216,9 @@ def main() -> None:
     }
     table = to_markdown(results)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"scale_{tag}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    data = history.write_json(args.out / f"scale_{tag}.json", {"meta": meta, "results": results}, run)
     (args.out / f"scale_{tag}.md").write_text(
-        f"# The LR scale: fixed vs learned online ({tag})\n\nSeed 0; {len(grids[tasks[0]])} scales x = c * "
+        f"# The LR scale: fixed vs learned online ({tag})\n\n{history.measured(data['runs'])}\n\nSeed 0; {len(grids[tasks[0]])} scales x = c * "
         "10^(k/3) per task around the paper's scale c. The summary: the best fixed scale (gamma) of the transferred "
         "trajectory on the validation split, beside the online scale (Mechanic) run from x = c; the mean LR is the "
         "mean over the run's steps of the LR its updates used. Then per task: the test metric (validation metric, "

@@ -22,17 +22,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from quality import (
-    BASELINES,
-    HIGHER_IS_BETTER,
-    QUALITY_TASKS,
-    RESULTS,
-    RIVALS,
-    job,
-    run_all,
-    schedule_path,
-    task_spec,
-)
+from common import RESULTS, history
+from common.harness import job, run_all
+from common.learned import schedule_path
+from common.rows import BASELINES, RIVALS
+from common.tasks import HIGHER_IS_BETTER, QUALITY_TASKS, task_spec
 from scale import FAMILIES, SOURCE_ROW, fmt, mean_lr, scales
 
 FIXED = FAMILIES["fixed scale"]
@@ -159,6 +153,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="parallel runs (one CPU thread each)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    run = history.this_run(args.workers)
     out = args.out / "scale_cpu"  # scale.py's runs and source schedules
     quality = json.loads((args.out / "quality_cpu.json").read_text())
     sources = sorted({task_spec(t).source for t in args.tasks})
@@ -183,7 +178,7 @@ def main() -> None:
     table = to_markdown(bounds)
     (args.out / "scale_bound_cpu.json").write_text(json.dumps(bounds, indent=1) + "\n")
     (args.out / "scale_bound_cpu.md").write_text(
-        "# The ceiling of a scale rule under the transferred shape (cpu)\n\n"
+        f"# The ceiling of a scale rule under the transferred shape (cpu)\n\n{history.measured([run])}\n\n"
         f"The transferred trajectory (SGD) at the fixed scale x chosen on the mean validation metric over {args.seeds} "
         "seeds (13 scales, 1/3-decade steps over 4 decades, `benchmarks/scale.py`'s grid); its test metric, mean ± "
         "std over the seeds. No scale rule under this shape can do better than this on average. Beside it, from "

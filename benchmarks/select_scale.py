@@ -13,22 +13,13 @@ optimizer with the shape as their LR multiplier. Each run is one JSON file under
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
-from quality import (
-    HIGHER_IS_BETTER,
-    MLRSNET_ROWS,
-    QUALITY_TASKS,
-    RESULTS,
-    SCALE_EXPERIMENTS,
-    job,
-    run_all,
-    schedule_path,
-    score,
-    task_spec,
-)
+from common import RESULTS, history
+from common.harness import job, run_all, score
+from common.learned import MLRSNET_ROWS, SCALE_EXPERIMENTS, schedule_path
+from common.tasks import HIGHER_IS_BETTER, QUALITY_TASKS, task_spec
 
 REFERENCE = "MLR-SNet transferred, trajectory"
 CANDIDATES = (
@@ -51,6 +42,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    run = history.this_run(args.workers)
     out = args.out / "select_scale_cpu"
     tasks = args.tasks
     sources = sorted({task_spec(t).source for t in tasks})
@@ -92,22 +84,12 @@ def main() -> None:
         lines.append(f"| {short(c)} | " + " | ".join(cells) + f" | {wins[c]} of {len(tasks)} | {ranks[c]:.2f} |")
     md = "\n".join(lines)
     higher = {t: HIGHER_IS_BETTER[task_spec(t).metric] for t in tasks}
-    (args.out / "select_scale_cpu.json").write_text(
-        json.dumps(
-            {
-                "seeds": args.seeds,
-                "tasks": tasks,
-                "higher_is_better": higher,
-                "results": table,
-                "mean_rank": ranks,
-                "beats_fixed_gamma": wins,
-            },
-            indent=1,
-        )
-        + "\n"  # fmt: skip
-    )
+    data = {"seeds": args.seeds, "tasks": tasks, "higher_is_better": higher, "results": table, "mean_rank": ranks,
+            "beats_fixed_gamma": wins}  # fmt: skip
+    data = history.write_json(args.out / "select_scale_cpu.json", data, run)
     (args.out / "select_scale_cpu.md").write_text(
-        "# The learned scale's mechanism, on the validation splits\n\nFinal validation metric, mean over "
+        f"# The learned scale's mechanism, on the validation splits\n\n{history.measured(data['runs'])}\n\n"
+        "Final validation metric, mean over "
         f"{args.seeds} seed(s), and (LR) the mean LR of the run (the step size used); every candidate runs the "
         "transferred trajectory schedule; mean rank over the tasks (1 = best). `python benchmarks/select_scale.py`.\n\n"
         + md

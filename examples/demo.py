@@ -12,8 +12,12 @@
 3. Train the same tasks with hand-designed schedules (constant, cosine, linear decay), each with the best
    LR of a grid, chosen on the validation split (the held-out meta set; ties broken by validation loss);
    the grids are wide enough that every chosen LR lies inside its grid, not at an end.
-4. Print a comparison table and write results.json, results.md and plots (the test metric and the LR of
-   every step, for every schedule) to the output folder.
+4. Print a comparison table and a one-line verdict per task (learned vs best tuned, and the runs each took), and
+   write results.json, results.md and plots (the test metric and the LR of every step, for every schedule) to the
+   output folder. results.json / results.md are rewritten after every run, so an interrupted demo keeps what it
+   finished, and a rerun with the same --output_dir resumes (each run's record is in OUT/runs/records/<budget>).
+The runs go through the benchmarks' harness (benchmarks/common/harness.py): it prints "run k of N" with the time
+left, and a line after each phase.
 When the released checkpoints are present (../shared/official), they are also converted to a schedule repo.
 """
 
@@ -23,24 +27,28 @@ import argparse
 import json
 import logging
 import math
+import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, convert_official
+from mlrsnet_hf.experiments.data import digits_splits, ptb_small_splits
+from mlrsnet_hf.experiments.language_models import lstm_lm
+from mlrsnet_hf.experiments.metrics import accuracy_metrics, perplexity_metrics
+from mlrsnet_hf.experiments.vision_models import DigitsCNN, DigitsMLP
 
-from mlrsnet_hf import MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer, convert_official  # noqa: E402
-from mlrsnet_hf.experiments.data import digits_splits, ptb_small_splits  # noqa: E402
-from mlrsnet_hf.experiments.language_models import lstm_lm  # noqa: E402
-from mlrsnet_hf.experiments.metrics import accuracy_metrics, perplexity_metrics  # noqa: E402
-from mlrsnet_hf.experiments.vision_models import DigitsCNN, DigitsMLP  # noqa: E402
-from mlrsnet_hf.plotting import format_lr_axis  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmarks' harness and report writer
+from common import history  # noqa: E402
+from common.demo_report import LEARNED, plot, summarise, write  # noqa: E402
+from common.harness import Harness  # noqa: E402
 
 logger = logging.getLogger("demo")
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = REPO.parent / "shared"
 CHECKPOINTS = ("mlr_snet_1.pth", "mlr_snet_100.pth", "mlr_snet_200.pth")
 
 
@@ -48,7 +56,7 @@ def common_args(out: Path, steps: int, batch: int, seed: int, eval_steps: int) -
     return dict(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, per_device_eval_batch_size=200,
         eval_strategy="steps", eval_steps=eval_steps, logging_steps=eval_steps, save_strategy="no", report_to="none",
-        use_cpu=True, seed=seed, optim="sgd", disable_tqdm=False, remove_unused_columns=False,
+        use_cpu=True, seed=seed, optim="sgd", disable_tqdm=True, remove_unused_columns=False,
     )  # fmt: skip
 
 
@@ -66,51 +74,27 @@ class LRRecorder(TrainerCallback):
         self.lrs.append(float(lr_scheduler.get_last_lr()[0]))
 
 
-def run_baselines(task: dict, out: Path, grid: list[float], schedules: list[str], args: dict, key: str, best) -> dict:
-    """Every hand-designed schedule with each LR of the grid; per schedule, the LR best on the validation split.
+def run_baseline(task: dict, out: Path, kind: str, lr: float, args: dict, key: str) -> dict:
+    """One hand-designed schedule with one LR of its grid: its validation metric and loss, and the test curve.
 
-    ``key`` is the metric (``eval_accuracy``/``eval_perplexity``), ``best`` ``max`` or ``min`` of it; ties are
-    broken by the lower validation loss. The test metric of every run is recorded but plays no part in the choice.
+    ``key`` is the metric (``eval_accuracy``/``eval_perplexity``). The test metric is recorded but plays no part in
+    the choice of the LR (``common.demo_report.choose``).
     """
-    results = {}
     metric = key.removeprefix("eval_")
-    sign = 1 if best is max else -1
-    for kind in schedules:
-        runs = []
-        for lr in grid:
-            torch.manual_seed(args["seed"])
-            recorder = LRRecorder()
-            trainer = Trainer(
-                model=task["model"](), args=TrainingArguments(**{**args, "output_dir": str(out / f"{kind}-{lr}")},
-                learning_rate=lr, lr_scheduler_type=kind, max_grad_norm=task.get("clip", 1.0)),
-                train_dataset=task["train"], eval_dataset=task["test"], compute_metrics=task["metrics"][0],
-                preprocess_logits_for_metrics=task["metrics"][1], callbacks=[recorder],
-            )  # fmt: skip
-            trainer.train()
-            val = trainer.evaluate(task["val"], metric_key_prefix="val")
-            points = curve(trainer, key)
-            runs.append({"lr": lr, "validation": val[f"val_{metric}"], "val_loss": val["val_loss"],
-                         "final": points[-1][1], "curve": points, "lrs": recorder.lrs})  # fmt: skip
-            logger.info(
-                "%s %s lr=%g: validation %s %.4f (loss %.4f), test %.4f",
-                task["name"], kind, lr, metric, runs[-1]["validation"], val["val_loss"], runs[-1]["final"],
-            )  # fmt: skip
-        chosen = max(runs, key=lambda r: (finite_or_worst(sign * r["validation"]), finite_or_worst(-r["val_loss"])))
-        results[f"{kind} (best lr {chosen['lr']:g})"] = {
-            "final": chosen["final"],
-            "validation": chosen["validation"],
-            "lr": chosen["lr"],
-            "interior": len(grid) > 2 and grid[0] < chosen["lr"] < grid[-1],
-            "curve": chosen["curve"],
-            "lrs": chosen["lrs"],
-            "grid": {str(r["lr"]): {"validation": r["validation"], "test": r["final"]} for r in runs},
-        }
-    return results
-
-
-def finite_or_worst(score: float) -> float:
-    """A score to maximise, a diverged run's (NaN / inf) counted as the worst."""
-    return score if math.isfinite(score) else -math.inf
+    torch.manual_seed(args["seed"])
+    recorder = LRRecorder()
+    trainer = Trainer(
+        model=task["model"](), args=TrainingArguments(**{**args, "output_dir": str(out / f"{kind}-{lr}")},
+        learning_rate=lr, lr_scheduler_type=kind, max_grad_norm=task.get("clip", 1.0)),
+        train_dataset=task["train"], eval_dataset=task["test"], compute_metrics=task["metrics"][0],
+        preprocess_logits_for_metrics=task["metrics"][1], callbacks=[recorder],
+    )  # fmt: skip
+    trainer.remove_callback(PrinterCallback)  # one line per run (the harness's), not the Trainer's logs
+    trainer.train()
+    val = trainer.evaluate(task["val"], metric_key_prefix="val")
+    points = curve(trainer, key)
+    return {"lr": lr, "validation": val[f"val_{metric}"], "val_loss": val["val_loss"], "final": points[-1][1],
+            "curve": points, "lrs": recorder.lrs}  # fmt: skip
 
 
 def run_mlrsnet(task, out, schedule, args, key, meta_dataset=None, **mlrsnet) -> tuple[dict, MLRSNetTrainer]:
@@ -121,55 +105,13 @@ def run_mlrsnet(task, out, schedule, args, key, meta_dataset=None, **mlrsnet) ->
         meta_dataset=meta_dataset, schedule=schedule, compute_metrics=task["metrics"][0],
         preprocess_logits_for_metrics=task["metrics"][1],
     )  # fmt: skip
+    trainer.remove_callback(PrinterCallback)
     trainer.train()
     return {
         "final": curve(trainer, key)[-1][1],
         "curve": curve(trainer, key),
         "lrs": trainer.lr_scheduler.lr_history,
     }, trainer
-
-
-def plot(results: dict, path: Path) -> None:
-    """Per task: the test metric against the step (top) and the LR of every step (bottom), for every schedule."""
-    tasks = list(results)
-    fig, axes = plt.subplots(2, len(tasks), figsize=(6 * len(tasks), 7), squeeze=False)
-    for col, name in enumerate(tasks):
-        task = results[name]
-        all_lrs = []
-        for label, r in task["runs"].items():
-            axes[0, col].plot(*zip(*r["curve"], strict=True), marker=".", label=label)
-            axes[1, col].plot(range(1, len(r["lrs"]) + 1), r["lrs"], label=label)
-            all_lrs += r["lrs"]
-        axes[0, col].set_title(f"{name}: test {task['metric']}")
-        axes[0, col].set_xlabel("optimizer step")
-        axes[0, col].legend(fontsize=7)
-        axes[1, col].set_title(f"{name}: learning rate of every step")
-        axes[1, col].set_xlabel("optimizer step")
-        format_lr_axis(axes[1, col], all_lrs)
-        axes[1, col].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def selection_notes(results: dict, grids: dict[str, list[float]]) -> str:
-    """How the baselines' LRs were chosen, and whether each chosen LR lies inside its grid."""
-    lines = [
-        "Baselines: each hand-designed schedule trained with every LR of its task's grid; the LR kept is the one with",
-        "the best metric on the validation split (the held-out meta set, which the test set never overlaps; ties",
-        "broken by validation loss). The test metric plays no part in the choice. MLR-SNet got no tuning.",
-        "",
-        "| task | schedule | LR grid | chosen LR | validation | inside the grid |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, task in results.items():
-        for label, r in task["runs"].items():
-            if "grid" in r:
-                grid = " / ".join(f"{lr:g}" for lr in grids[name])
-                inside = "yes" if r["interior"] else "no: at an end of the grid"
-                kind = label.split(" (")[0]
-                lines.append(f"| {name} | {kind} | {grid} | {r['lr']:g} | {r['validation']:.4g} | {inside} |")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -185,6 +127,8 @@ def main() -> None:
     logging.getLogger("mlrsnet_hf").setLevel(logging.WARNING)
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
+    run = history.this_run()
+    title = f"Demo results ({args.steps} image steps, {args.text_steps} text steps, seed {args.seed})"
 
     official = args.shared / "official"
     if all((official / name).is_file() for name in CHECKPOINTS):
@@ -199,92 +143,113 @@ def main() -> None:
     # Wide enough that every chosen LR lies inside its grid (results.md says where each one fell).
     image_grid = [0.1] if args.quick else [0.1, 0.3, 1.0, 3.0, 10.0]
     text_grid = [20.0] if args.quick else [10.0, 20.0, 40.0, 80.0, 160.0, 320.0]
-    results: dict = {}
-
-    # 1. Meta-train on the CNN (gamma 1: the paper's image setting).
     cnn = {"name": "digits-cnn", "model": DigitsCNN, "train": digits["train"], "val": digits["meta"], "test": digits["test"],
            "metrics": acc}  # fmt: skip
-    logger.info("== 1. meta-training MLR-SNet on digits / CNN (%d steps)", args.steps)
-    torch.manual_seed(args.seed)
-    schedule = MLRSNetSchedule(num_stages=1, gamma=1.0)
-    learned, trainer = run_mlrsnet(
-        cnn, out / "runs" / "meta-train", schedule, image_args, "eval_accuracy", meta_dataset=digits["meta"],
-        meta_train=True, meta_update_interval=10, meta_learning_rate=1e-3, num_classes=10,
-    )  # fmt: skip
-    trainer.save_schedule(
-        out / "schedule", meta_training={"dataset": "sklearn/digits", "model": "DigitsCNN", "eval_split": "test"}
-    )
-    learned_schedule = MLRSNetSchedule.from_pretrained(out / "schedule")
-    results["digits-cnn (meta-train task)"] = {
-        "metric": "accuracy",
-        "runs": {"MLR-SNet (meta-trained online)": learned},
-    }
-
-    # 2a. Transfer to another architecture, no tuning.
     mlp = {"name": "digits-mlp", "model": DigitsMLP, "train": digits["train"], "val": digits["meta"], "test": digits["test"],
            "metrics": acc}  # fmt: skip
-    logger.info("== 2a. transfer to digits / MLP")
-    transferred, _ = run_mlrsnet(
-        mlp, out / "runs" / "transfer-mlp", learned_schedule, image_args, "eval_accuracy", num_classes=10
-    )
-    results["digits-mlp (architecture transfer)"] = {
-        "metric": "accuracy",
-        "runs": {"MLR-SNet (transferred)": transferred},
-    }
+    names = {"digits-cnn": "digits-cnn (meta-train task)", "digits-mlp": "digits-mlp (architecture transfer)",
+             "ptb-lstm": "ptb-lstm (modality transfer)"}  # fmt: skip
+    learned: dict = {}  # the schedule meta-trained in phase 1, loaded once for both transfers
+    # One run's record per file (a rerun resumes), kept apart per budget and seed, with the schedule they learned.
+    records_dir = out / "runs" / "records" / f"steps={args.steps},text_steps={args.text_steps},seed={args.seed}"
 
-    # 3. Baselines on both image tasks.
-    logger.info("== 3. tuned baselines on the image tasks")
-    for name, task in (("digits-cnn (meta-train task)", cnn), ("digits-mlp (architecture transfer)", mlp)):
-        results[name]["runs"].update(
-            run_baselines(task, out / "runs" / task["name"], image_grid, schedules, image_args, "eval_accuracy", max)
+    def learned_schedule() -> MLRSNetSchedule:
+        if "schedule" not in learned:
+            learned["schedule"] = MLRSNetSchedule.from_pretrained(out / "schedule")
+        return learned["schedule"]
+
+    def job(task: dict, label: str, metric: str, run: Callable[[], dict], lr: float | None = None) -> dict:
+        name = f"{task['name']}-{label.split(' (')[0]}" + ("" if lr is None else f"-lr={lr:g}")
+        path = records_dir / f"{name.replace(' ', '-')}.json"
+        return {"task": names[task["name"]], "label": label, "metric": metric, "lr": lr, "path": str(path), "run": run}
+
+    def meta_train() -> dict:  # 1. meta-train on the CNN (gamma 1: the paper's image setting)
+        torch.manual_seed(args.seed)
+        result, trainer = run_mlrsnet(
+            cnn, out / "runs" / "meta-train", MLRSNetSchedule(num_stages=1, gamma=1.0), image_args, "eval_accuracy",
+            meta_dataset=digits["meta"], meta_train=True, meta_update_interval=10, meta_learning_rate=1e-3, num_classes=10,
+        )  # fmt: skip
+        trainer.save_schedule(
+            out / "schedule", meta_training={"dataset": "sklearn/digits", "model": "DigitsCNN", "eval_split": "test"}
         )
+        shutil.copytree(out / "schedule", records_dir / "schedule", dirs_exist_ok=True)
+        return result
 
-    # 2b. Transfer to text (real PTB), gamma 40 and loss / ln(V) as in the released recipe.
+    def same_schedule() -> None:  # a resumed meta-training: the schedule repo is this budget's (another run's no more)
+        kept, repo = records_dir / "schedule", out / "schedule"
+        if kept.is_dir() and (
+            not repo.is_dir() or (kept / "config.json").read_bytes() != (repo / "config.json").read_bytes()
+        ):
+            shutil.rmtree(repo, ignore_errors=True)
+            shutil.copytree(kept, repo)
+
+    def baselines(task: dict, train_args: dict, grid: list[float], metric: str) -> list[dict]:
+        where = out / "runs" / task["name"]
+        return [job(task, kind, metric, lambda t=task, k=kind, lr=lr: run_baseline(t, where, k, lr, train_args, f"eval_{metric}"), lr)
+                for kind in schedules for lr in grid]  # fmt: skip
+
+    phases = [
+        ("1. meta-training MLR-SNet on digits / CNN", [job(cnn, LEARNED[0], "accuracy", meta_train)]),
+        ("2a. transfer to digits / MLP", [job(mlp, LEARNED[1], "accuracy", lambda: run_mlrsnet(
+            mlp, out / "runs" / "transfer-mlp", learned_schedule(), image_args, "eval_accuracy", num_classes=10)[0])]),
+        ("3. tuned baselines on the image tasks", [*baselines(cnn, image_args, image_grid, "accuracy"),
+                                                   *baselines(mlp, image_args, image_grid, "accuracy")]),
+    ]  # fmt: skip
+    grids = {names["digits-cnn"]: image_grid, names["digits-mlp"]: image_grid, names["ptb-lstm"]: text_grid}
     ptb = args.shared / "data" / "ptb"
-    if (ptb / "ptb.valid.txt").is_file():
+    if (ptb / "ptb.valid.txt").is_file():  # 2b. transfer to text (real PTB), gamma 40 and loss / ln(V) as released
         chunks, vocab = ptb_small_splits(str(ptb), batch_size=20, seq_len=35, eval_batch_size=20)
-        text_eval = max(args.text_steps // 5, 1)
-        text_args = {
-            **common_args(out / "runs", args.text_steps, 20, args.seed, text_eval),
-            "train_sampling_strategy": "sequential",
-        }
+        text_args = {**common_args(out / "runs", args.text_steps, 20, args.seed, max(args.text_steps // 5, 1)),
+                     "train_sampling_strategy": "sequential"}  # fmt: skip
         n_test = min(len(chunks["test"]), 20 * 40)
         lm = {
             "name": "ptb-lstm", "model": lambda: lstm_lm(len(vocab), hidden_size=128, dropout=0.3),
             "train": chunks["train"], "val": chunks["meta"], "test": torch.utils.data.Subset(chunks["test"], range(n_test)),
             "metrics": perplexity_metrics(), "clip": 0.25,
         }  # fmt: skip
-        logger.info("== 2b. transfer to Penn Treebank / LSTM (image -> text)")
-        text, _ = run_mlrsnet(
-            lm, out / "runs" / "transfer-ptb", learned_schedule, text_args, "eval_perplexity",
-            gamma="40", input_normalization="log_num_classes",
-        )  # fmt: skip
-        runs = {"MLR-SNet (transferred from images)": text}
-        runs.update(run_baselines(lm, out / "runs" / "ptb", text_grid, schedules, text_args, "eval_perplexity", min))
-        results["ptb-lstm (modality transfer)"] = {"metric": "perplexity", "runs": runs}
+        transfer = job(lm, LEARNED[2], "perplexity", lambda: run_mlrsnet(
+            lm, out / "runs" / "transfer-ptb", learned_schedule(), text_args, "eval_perplexity", gamma="40",
+            input_normalization="log_num_classes")[0])  # fmt: skip
+        phases.append(("2b. transfer to Penn Treebank / LSTM (image -> text), and its tuned baselines",
+                       [transfer, *baselines(lm, text_args, text_grid, "perplexity")]))  # fmt: skip
     else:
         logger.info("== 2b. skipped: no Penn Treebank text in %s", ptb)
+    plan = [j for _, jobs in phases for j in jobs]
+    records: dict[str, dict] = {}
 
-    # 4. Table, JSON, plots.
-    lines = ["| task | schedule | final test metric |", "|---|---|---|"]
-    for name, task in results.items():
-        for label, r in task["runs"].items():
-            lines.append(f"| {name} | {label} | {task['metric']} {r['final']:.4g} |")
-    table = "\n".join(lines)
-    grids = {name: text_grid if name.startswith("ptb") else image_grid for name in results}
-    (out / "results.md").write_text(
-        f"# Demo results ({args.steps} image steps, {args.text_steps} text steps, seed {args.seed})\n\n{table}\n\n"
-        f"{selection_notes(results, grids)}\n"
-    )
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    def run_job(job: dict) -> dict:
+        record = {"task": job["task"], "schedule": job["label"], "lr": job["lr"], **job["run"]()}
+        Path(job["path"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(job["path"]).write_text(json.dumps(record, default=float) + "\n")
+        return record
+
+    def arrived(_: list[dict]) -> None:  # rewrite results.json / results.md after every run
+        records.update({j["path"]: json.loads(Path(j["path"]).read_text()) for j in plan if Path(j["path"]).is_file()})
+        write(out, summarise(records, plan, grids), title, grids, run, f"({len(records)} of {len(plan)} runs done)")
+
+    def describe(r: dict) -> str:
+        return (
+            f"{r['task']} | {r['schedule']}"
+            + ("" if r["lr"] is None else f" lr={r['lr']:g}")
+            + f": test {r['final']:.4g}"
+        )
+
+    harness = Harness(len(plan), workers=1, on_record=arrived, describe=describe)
+    for name, jobs in phases:
+        logger.info("== %s", name)
+        harness.phase(name, jobs, run_job)
+        if jobs is phases[0][1]:
+            same_schedule()
+        arrived([])
+    harness.close()
+    results = summarise(records, plan, grids)
+    table = write(out, results, title, grids, run, "")
     plot(results, out / "results.png")
-    print("\n" + table)
+    print("\n" + table + "\n")
+    print("\n".join(t["verdict"] for t in results.values() if "verdict" in t))
     print(f"\nSchedule repo: {out / 'schedule'}; results: {out / 'results.md'}, {out / 'results.png'}")
     at_an_end = [
-        f"{name}: {label}"
-        for name, t in results.items()
-        for label, r in t["runs"].items()
-        if r.get("interior") is False
+        f"{n}: {label}" for n, t in results.items() for label, r in t["runs"].items() if r.get("interior") is False
     ]
     if at_an_end and not args.quick:
         logger.warning("Chosen LRs at an end of their grid (widen it): %s", "; ".join(at_an_end))

@@ -15,7 +15,14 @@ from conftest import REPO, SHARED
 from transformers import EvalPrediction, default_data_collator
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-import quality  # noqa: E402
+from common.harness import job, score  # noqa: E402
+from common.learned import CONTROLLER_TRAINING, META, SCALE_EXPERIMENTS, schedule_path  # noqa: E402
+from common.registry import CONTROLLER, MLRSNET, row_labels  # noqa: E402
+from common.report import carry_over, merge_reused  # noqa: E402
+from common.rows import BASELINES, RIVALS  # noqa: E402
+from common.steps import HYPERGRADIENT_BETA, MechanicRecorder  # noqa: E402
+from common.tasks import HIGHER_IS_BETTER, QUALITY_TASKS, task_spec  # noqa: E402
+from common.training import run_job  # noqa: E402
 from toys import RegressionMLP, mse_metrics, regression_splits  # noqa: E402
 
 
@@ -117,9 +124,7 @@ def test_quality_benchmark_quick(tmp_path):
     tasks = ["digits-cnn"] + (["ptb-lstm"] if (SHARED / "data" / "ptb" / "ptb.valid.txt").is_file() else [])
     report = quality_quick(tmp_path, tasks)
     released = (SHARED / "official" / "mlr_snet_1.pth").is_file()
-    expected = {*quality.BASELINES, *quality.CONTROLLER, *quality.RIVALS, *quality.MLRSNET} - (
-        set() if released else {"MLR-SNet released"}
-    )
+    expected = {*BASELINES, *CONTROLLER, *RIVALS, *MLRSNET} - (set() if released else {"MLR-SNet released"})
     for task in tasks:
         entries = report["results"][task]["schedules"]
         assert set(entries) == expected
@@ -135,7 +140,7 @@ def test_quality_benchmark_quick(tmp_path):
         hd = entries["SGD hypergradient descent"]["lrs"]
         ratios = [b / a for a, b in zip(hd, hd[1:], strict=False)]
         assert hd[0] == lr and len(set(hd)) > 1
-        assert all(abs(r - 1) <= quality.HYPERGRADIENT_BETA + 1e-12 for r in ratios)  # multiplicative rule
+        assert all(abs(r - 1) <= HYPERGRADIENT_BETA + 1e-12 for r in ratios)  # multiplicative rule
         assert all(x > 0 for x in entries["MLR-SNet meta-trained"]["lrs"])
         # Transfer: the trajectory's first third is the source's early network, not its final one.
         final, trajectory = (entries[f"MLR-SNet transferred, {k}"]["lrs"] for k in ("final network", "trajectory"))
@@ -154,11 +159,11 @@ def test_quality_benchmark_quick(tmp_path):
         assert len(entries["DoG"]["test_last_iterate"]) == 1  # the averaged model is the result
         # The scale learned in the run: Mechanic's S starts near 0; Prodigy's d at d0 = 1e-6, times lr_1 = 1.
         online = entries["MLR-SNet transferred, trajectory + online scale (Mechanic)"]["lrs"]
-        assert all(x > 0 for x in online) and online[0] < 1e-3 * quality.task_spec(task).paper_scale
+        assert all(x > 0 for x in online) and online[0] < 1e-3 * task_spec(task).paper_scale
         assert entries["MLR-SNet transferred, trajectory + Prodigy scale"]["lrs"][0] == pytest.approx(1e-6)
         for label, lr in (("Mechanic SGD cosine (untuned)", 0.1), ("Mechanic AdamW cosine (untuned)", 1e-3)):
             assert entries[label]["best_lr"] == lr and all(0 < x < lr for x in entries[label]["lrs"]), label
-    assert report["meta"]["meta_hyperparameters"] == quality.META
+    assert report["meta"]["meta_hyperparameters"] == META
     costs = report["meta"]["training_cost_seconds"]
     assert all(costs[t]["PPO controller training"] > 0 for t in tasks)
     # The controller starts from Adam's 1e-3 and moves by a factor 1.05^(-1, 0, 1) at steps 0 and 4 (quick: K=4).
@@ -167,7 +172,7 @@ def test_quality_benchmark_quick(tmp_path):
     assert factors <= {round(1 / 1.05, 9), 1.0, 1.05} and lrs[:4] == [lrs[0]] * 4 and lrs[4:] == [lrs[4]] * 4
     assert "| MLR-SNet transferred, trajectory |" in (tmp_path / "quality_cpu_quick.md").read_text()
     assert "| Prodigy | " in (tmp_path / "quality_cpu_quick.md").read_text()
-    assert set(report["meta"]["rivals"]) == set(quality.RIVALS)
+    assert set(report["meta"]["rivals"]) == set(RIVALS)
     mechanic = report["meta"]["rivals"]["Mechanic SGD cosine (untuned)"]
     assert mechanic["optimizer"] == "mechanic_pytorch.mechanize(torch.optim.SGD)"
     assert mechanic["lrs_record"] == "S * lr"
@@ -198,11 +203,11 @@ def test_quality_benchmark_quick_new_tasks(tmp_path):
     tasks = ["regression-mlp", "digits-cnn@labels40"]
     report = quality_quick(tmp_path, tasks)
     released = (SHARED / "official" / "mlr_snet_1.pth").is_file()
-    expected = set(quality.row_labels()) - (set() if released else {"MLR-SNet released"})
+    expected = set(row_labels()) - (set() if released else {"MLR-SNet released"})
     regression, noisy = (report["results"][t] for t in tasks)
     assert regression["metric"] == "mse" and regression["higher_is_better"] is False
     assert noisy["metric"] == "accuracy" and noisy["higher_is_better"] is True
-    assert set(regression["schedules"]) == expected - set(quality.CONTROLLER)
+    assert set(regression["schedules"]) == expected - set(CONTROLLER)
     assert set(noisy["schedules"]) == expected
     for task in tasks:
         for label, e in report["results"][task]["schedules"].items():
@@ -238,11 +243,11 @@ def test_regression_task_is_generated_deterministically_and_scored_by_mse():
     predictions = preprocess(output.logits.detach(), batch["labels"]).numpy()
     assert compute(EvalPrediction(predictions, batch["labels"].numpy()))["mse"] == pytest.approx(output.loss.item())
     assert compute(EvalPrediction(np.array([np.nan]), np.array([0.0])))["mse"] == math.inf  # diverged: the worst
-    task = quality.task_spec("regression-mlp")
+    task = task_spec("regression-mlp")
     assert task.metric == "mse" and task.paper_scale == 1.0 and task.source == "digits-cnn"
-    scores = [quality.score({"val": v}, "mse") for v in (0.2, 0.3, math.inf)]
+    scores = [score({"val": v}, "mse") for v in (0.2, 0.3, math.inf)]
     assert scores == sorted(scores, reverse=True) and scores[-1] == -math.inf  # lower is better; diverged worst
-    assert {quality.task_spec(t).metric for t in quality.QUALITY_TASKS} <= set(quality.HIGHER_IS_BETTER)
+    assert {task_spec(t).metric for t in QUALITY_TASKS} <= set(HIGHER_IS_BETTER)
 
 
 def test_mechanic_recorder_reads_the_step_taken():
@@ -252,7 +257,7 @@ def test_mechanic_recorder_reads_the_step_taken():
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.randn(20, dtype=torch.float64))
     optimizer = mechanize(torch.optim.SGD)([p], lr=0.1)
-    recorder = quality.MechanicRecorder()
+    recorder = MechanicRecorder()
     p.grad = torch.randn(20, dtype=torch.float64)
     grad, before = p.grad.clone(), p.detach().clone()
     recorder.on_pre_optimizer_step(None, None, None, optimizer=optimizer)
@@ -265,22 +270,22 @@ def test_mechanic_recorder_reads_the_step_taken():
 def test_reuse_takes_each_task_from_the_first_file_that_has_it():
     def results(steps, seeds, cost, **rows):
         tasks = {t: {"steps": steps} for t in rows}
-        costs = {t: {quality.CONTROLLER_TRAINING: cost} for t in rows}
+        costs = {t: {CONTROLLER_TRAINING: cost} for t in rows}
         meta = {"seeds": seeds, "tasks": tasks, "training_cost_seconds": costs}
         return {"meta": meta, "results": {t: {"schedules": {"DoG": {"mean": v}}} for t, v in rows.items()}}
 
     full = results(600, 3, 68.0, **{"digits-cnn": 0.98})
     new_tasks = results(8, 1, 5.0, **{"digits-cnn": 0.1, "regression-mlp": 0.3})
-    merged = quality.merge_reused([full, new_tasks])
+    merged = merge_reused([full, new_tasks])
     assert merged["results"] == {"digits-cnn": full["results"]["digits-cnn"],
                                  "regression-mlp": new_tasks["results"]["regression-mlp"]}  # fmt: skip
     assert merged["meta"]["seeds"] == {"digits-cnn": 3, "regression-mlp": 1}
     assert merged["meta"]["tasks"] == {"digits-cnn": {"steps": 600}, "regression-mlp": {"steps": 8}}
-    skip = {"DoG", quality.CONTROLLER_TRAINING}
-    carried, seconds = quality.carry_over(merged, ["digits-cnn", "regression-mlp"], skip)
+    skip = {"DoG", CONTROLLER_TRAINING}
+    carried, seconds = carry_over(merged, ["digits-cnn", "regression-mlp"], skip)
     assert carried == {"digits-cnn": {"DoG": {"mean": 0.98}}, "regression-mlp": {"DoG": {"mean": 0.3}}}
     assert seconds == {"digits-cnn": 68.0, "regression-mlp": 5.0}
-    assert quality.merge_reused([]) == {}
+    assert merge_reused([]) == {}
 
 
 @pytest.mark.slow
@@ -299,13 +304,13 @@ def test_only_runs_the_rows_named(tmp_path):
 
 @pytest.mark.slow
 def test_scale_experiments_run_and_record_the_step_size_they_used(tmp_path):
-    """select_scale.py's candidates outside the tables (quality.SCALE_EXPERIMENTS), a few steps each on digits."""
+    """select_scale.py's candidates outside the tables (SCALE_EXPERIMENTS), a few steps each on digits."""
     source = tmp_path / "source"
-    quality.run_job(quality.job(tmp_path, "digits-cnn", "MLR-SNet meta-trained", 0, 8, True, schedule_dir=str(source)))
-    for label, row in quality.SCALE_EXPERIMENTS.items():
-        record = quality.run_job(
-            quality.job(tmp_path, "digits-cnn", label, 0, 8, True,
-                        source_schedule=quality.schedule_path(source, True), source_task="digits-cnn")
+    run_job(job(tmp_path, "digits-cnn", "MLR-SNet meta-trained", 0, 8, True, schedule_dir=str(source)))
+    for label, row in SCALE_EXPERIMENTS.items():
+        record = run_job(
+            job(tmp_path, "digits-cnn", label, 0, 8, True,
+                        source_schedule=schedule_path(source, True), source_task="digits-cnn")
         )  # fmt: skip
         assert "error" not in record and 0 <= record["val"] <= 1, (label, record.get("error"))
         assert len(record["lrs"]) == 8 and all(math.isfinite(lr) and lr > 0 for lr in record["lrs"]), label

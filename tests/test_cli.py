@@ -91,6 +91,25 @@ def test_demo_reduced_budget(tmp_path):
     assert (tmp_path / "results.png").is_file()
     if (SHARED / "official" / "mlr_snet_1.pth").is_file():
         assert MLRSNetSchedule.from_pretrained(tmp_path / "official-schedule").num_stages == 3
+    # It talks (issue 36): run k of N with the time left, a line per phase, a verdict per task; results written
+    # as they arrive (one record per run), and a rerun resumes instead of training again.
+    n = 9 if "ptb-lstm (modality transfer)" in results else 6
+    assert f"run {n} of {n} (" in out.stderr and "== 3. tuned baselines on the image tasks done: 4 runs" in out.stderr
+    assert (
+        results["digits-mlp (architecture transfer)"]["verdict"].startswith(
+            "digits-mlp (architecture transfer): MLR-SNet (transferred) "
+        )
+        and "(1 run) vs " in results["digits-mlp (architecture transfer)"]["verdict"]
+    )
+    assert "Verdicts" in table and table.count("(a grid of 1 run)") == len(results) and "_Measured " in table
+    assert len(list((tmp_path / "runs" / "records").glob("*/*.json"))) == n  # one directory per budget and seed
+    again = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "demo.py"), "--output_dir", str(tmp_path), "--steps", "30",
+         "--text_steps", "10", "--quick"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0 and "runs already done (resumed)" in again.stderr and "run 1 of" not in again.stderr
+    assert json.loads((tmp_path / "results.json").read_text()) == results
 
 
 def test_plot_an_lr_controller_in_the_range_of_its_training_losses(tmp_path, capsys):

@@ -10,19 +10,20 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-import quality  # noqa: E402
 import scale  # noqa: E402
 import scale_bound  # noqa: E402
+from common.rows import BASELINES  # noqa: E402
+from common.tasks import QUALITY_TASKS, task_spec  # noqa: E402
 
 
 def test_scales_span_four_decades_in_thirds_around_the_paper_scale():
     assert scale.scales(1.0, quick=False) == [
         0.01, 0.0215, 0.0464, 0.1, 0.215, 0.464, 1.0, 2.15, 4.64, 10.0, 21.5, 46.4, 100.0
     ]  # fmt: skip
-    lstm = scale.scales(quality.task_spec("ptb-lstm").paper_scale, quick=False)
+    lstm = scale.scales(task_spec("ptb-lstm").paper_scale, quick=False)
     assert (len(lstm), lstm[0], lstm[6], lstm[-1]) == (13, 0.4, 40.0, 4000.0)
     assert scale.scales(1.0, quick=True) == [0.1, 1.0, 10.0]
-    centres = {t: quality.task_spec(t).paper_scale for t in quality.QUALITY_TASKS}
+    centres = {t: task_spec(t).paper_scale for t in QUALITY_TASKS}
     assert centres == {"digits-cnn": 1.0, "mnist1d-cnn": 1.0, "ptb-lstm": 40.0, "ptb-gpt2": 1.0,
                        "regression-mlp": 1.0, "digits-cnn@labels40": 1.0}  # fmt: skip
 
@@ -55,7 +56,6 @@ def test_summary_compares_the_best_fixed_scale_with_the_online_scale_at_the_pape
     assert "| 10 | diverged (diverged, 10) | diverged (diverged, 5) | 0.3300 (0.3300, 0.6) |" in markdown
 
 
-@pytest.mark.slow
 def test_the_ceiling_is_the_fixed_scale_best_on_mean_validation_beside_the_targets_rows():
     def fixed(x, seed, val, test, lrs, **extra):
         return {"task": "regression-mlp", "schedule": scale_bound.FIXED, "lr": x, "seed": seed, "val": val,
@@ -71,7 +71,7 @@ def test_the_ceiling_is_the_fixed_scale_best_on_mean_validation_beside_the_targe
         "Prodigy": 0.27, "AdamW 1e-3 cosine (untuned default)": 0.29, "DoG": math.nan,
     }  # fmt: skip
     quality_results = {"results": {"regression-mlp": {"schedules": {
-        k: {"mean": v, "best_lr": 1.0 if k in quality.BASELINES else None} for k, v in rows.items()
+        k: {"mean": v, "best_lr": 1.0 if k in BASELINES else None} for k, v in rows.items()
     }}}}  # fmt: skip
     range_test = fixed(None, 0, 0.3, 0.3, [2.0, 1.0], range_test={"lr": 2.0, "rule_lr": 2.0, "edge_lr": 20.0,
                                                                    "fallback_reason": None})  # fmt: skip
@@ -90,6 +90,7 @@ def test_the_ceiling_is_the_fixed_scale_best_on_mean_validation_beside_the_targe
     assert "| regression-mlp | 3.00 | 30.00 | 0 of 1 |" in scale_bound.to_markdown({"regression-mlp": bound})
 
 
+@pytest.mark.slow
 def test_scale_benchmark_quick(tmp_path):
     """Three scales on two tasks for each family; the summary, table and figure are written; a rerun resumes."""
     command = [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--quick", "--out", str(tmp_path)]
