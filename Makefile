@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DS_STAMP := $(VENV)/.installed-deepspeed
 DEMO_DIR ?= demo_output
+# pytest-xdist workers: test files run side by side (one torch thread each), two for the 2-core CI machine
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test test-slow lint format docs clean
 
@@ -34,10 +36,10 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 test: lint $(DS_STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: venv $(DS_STAMP)
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m slow -n $(TEST_WORKERS) --dist loadfile
 
 docs: venv
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site

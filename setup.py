@@ -63,7 +63,7 @@ setup(
         "bench": BENCH,
         "ppo": PPO,
         "docs": DOCS,
-        "dev": ["pytest>=8", "ruff>=0.6", *BENCH, *PPO, *DOCS],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", *BENCH, *PPO, *DOCS],
     },
     entry_points={"console_scripts": ["mlrsnet=mlrsnet_hf.cli:main"]},
     classifiers=[

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers side by side: one torch thread each
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MLRSNET_SHARED", REPO.parent / "shared"))
 OFFICIAL = SHARED / "official"
