@@ -82,6 +82,9 @@ class MLRSNetRow(Row):
                 if self.scale == "mechanic-lambda0":
                     defaults = (BETAS, 0.0, 1e-8, 1e-8)  # MechanicScale(betas, s_decay, s_init, eps)
                     run.context = unittest.mock.patch.object(MechanicScale.__init__, "__defaults__", defaults)
+            elif self.scale == "adamw-1e-3":  # the drop-in default: your AdamW at your LR, the schedule shapes it
+                optim = "adamw_torch"
+                mlrsnet.update(gamma="relative", learning_rate=1e-3, weight_decay=0.01)
             elif self.scale in SCALE_OPTIMIZERS:  # its step is d_t * lr_t, lr_t = p_t / p_1: the shape multiplies it
                 cls, kwargs, step_size = SCALE_OPTIMIZERS[self.scale]
                 mlrsnet.update(gamma="relative", learning_rate=1.0)
@@ -180,6 +183,10 @@ MLRSNET_ROWS = {
         MLRSNetRow("MLR-SNet transferred, trajectory, horizon-10 source", "transferred", horizon=10),
         MLRSNetRow("MLR-SNet transferred, trajectory + online scale (Mechanic)", "transferred", scale="mechanic"),
         MLRSNetRow("MLR-SNet transferred, trajectory + Prodigy scale", "transferred", scale="prodigy"),
+        # MLRSNetConfig's defaults (issue 36): AdamW at learning_rate 1e-3 (weight decay 0.01, as the untuned AdamW
+        # cosine row), gamma "relative": the first LR is 1e-3 and the schedule shapes it.
+        MLRSNetRow("MLR-SNet transferred, trajectory, AdamW 1e-3 (drop-in default)", "transferred",
+                   scale="adamw-1e-3"),
         MLRSNetRow("MLR-SNet released", "released"),
     )
 }
