@@ -75,7 +75,9 @@ class Harness:
         if not self.ran:
             return "time left unknown"
         seconds = (time.monotonic() - self.started) / self.ran * (self.total - self.done)
-        return f"~{seconds / 60:.0f} min left" if seconds >= 90 else f"~{seconds:.0f} s left"
+        # (only the count of the runs to come is known, not their kind: slower runs later make it longer)
+        left = f"~{seconds / 60:.0f} min" if seconds >= 90 else f"~{seconds:.0f} s"
+        return f"{left} left at this pace"
 
     def phase(self, name: str, jobs: list[dict[str, Any]], fn: Callable[[dict[str, Any]], Record]) -> list[Record]:
         """Run ``jobs`` with ``fn`` (those not on disk), then return every job's record, in the jobs' order."""
