@@ -185,8 +185,9 @@ MLRSNET_ROWS = {
         MLRSNetRow("MLR-SNet transferred, trajectory + Prodigy scale", "transferred", scale="prodigy"),
         # MLRSNetConfig's defaults (issue 36): AdamW at learning_rate 1e-3 (weight decay 0.01, as the untuned AdamW
         # cosine row), gamma "relative": the first LR is 1e-3 and the schedule shapes it.
-        MLRSNetRow("MLR-SNet transferred, trajectory, AdamW 1e-3 (drop-in default)", "transferred",
-                   scale="adamw-1e-3"),
+        MLRSNetRow(
+            "MLR-SNet transferred, trajectory, AdamW 1e-3 (drop-in default)", "transferred", scale="adamw-1e-3"
+        ),
         MLRSNetRow("MLR-SNet released", "released"),
     )
 }
