@@ -236,11 +236,13 @@ class LRDriver(LoopBinding):
             unused.insert(0, f"learning_rate={self.base_lr:g}")
         if unused:
             reason = f" ({source})" if source is not None else ""
+            # under an online scale the optimizer is given the shape; the LR applied is S times it
+            first = f"S x {first_lr:.4g}" if self.online_scale is not None else f"{first_lr:.4g}"
             logger.warning(
-                "The learned schedule sets every step's LR: %s %s not used. The first step's LR is %.4g%s.",
+                "The learned schedule sets every step's LR: %s %s not used. The first step's LR is %s%s.",
                 ", ".join(unused),
                 "is" if len(unused) == 1 else "are",
-                first_lr,
+                first,
                 reason,
             )
 

@@ -116,6 +116,13 @@ def test_a_measured_lr_is_not_refused(schedule_dir, tmp_path, caplog):
     assert f"gamma='range_test' measured the LR on this task: {first:.4g}" in message
 
 
+def test_an_online_scale_says_the_lr_is_its_scale_times_the_shape(schedule_dir, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        train(tmp_path, str(schedule_dir), optim="sgd", learning_rate=0.1, online_scale="mechanic")
+    (message,) = warnings_of(caplog)
+    assert "learning_rate=0.1 is not used. The first step's LR is S x 1 (online_scale='mechanic' learns" in message
+
+
 def test_the_presets_keep_the_papers_sgd():
     from mlrsnet_hf.experiments.tasks import PRESETS
 

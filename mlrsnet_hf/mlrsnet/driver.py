@@ -192,7 +192,7 @@ class MLRSNetDriver(LRDriver):
     def lr_scale_source(self) -> tuple[str | None, bool]:
         run, online = self.run, self.options.online_scale
         if online:
-            return f"online_scale={online!r} learns the LR's scale", False
+            return f"online_scale={online!r} learns the LR's scale S", False
         if run.gamma == "relative":
             return None, False
         if run.gamma == "range_test":
