@@ -44,8 +44,6 @@ TRAINING_FLAGS = (
     "push_to_hub",
     "hub_model_id",
 )
-# TrainingArguments flags the library ignores (the schedule sets every LR): left out of every help.
-IGNORED_FLAGS = ("lr_scheduler_type", "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps")
 
 
 def read_losses(path: str | Path) -> list[float]:
@@ -131,10 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def task_list(presets: dict) -> str:
+    """The task presets, one per line with its description (the training commands' help and usage error)."""
+    return "tasks:\n" + "\n".join(f"  {name}: {p.description}" for name, p in presets.items())
+
+
 def command_parser(command: str, presets: dict, every_flag: bool = False) -> argparse.ArgumentParser:
     """The ``--help`` of ``mlrsnet meta-train|transfer|train-controller``: the task's flags, then the schedule's, then
     the ``TrainingArguments`` flags in a group of their own (those of :data:`TRAINING_FLAGS`; ``every_flag``: all of
-    them), never those the library ignores (:data:`IGNORED_FLAGS`). The command itself parses with
+    them), never those the library ignores (:data:`~mlrsnet_hf.driver.LR_SCHEDULE_SETTINGS`). The command itself parses with
     ``HfArgumentParser`` over the same classes, so every ``TrainingArguments`` flag is accepted."""
     import dataclasses
     from typing import get_type_hints
@@ -142,6 +145,7 @@ def command_parser(command: str, presets: dict, every_flag: bool = False) -> arg
     from transformers import HfArgumentParser, TrainingArguments
 
     from .config import MLRSNetConfig
+    from .driver import LR_SCHEDULE_SETTINGS
     from .experiments.tasks import ControllerArguments, TaskArguments
 
     what = {
@@ -149,13 +153,12 @@ def command_parser(command: str, presets: dict, every_flag: bool = False) -> arg
         "transfer": "train with a learned schedule (--schedule)",
         "train-controller": "train a PPO LR controller",
     }[command]
-    tasks = "tasks:\n" + "\n".join(f"  {name}: {p.description}" for name, p in presets.items())
     parser = HfArgumentParser(
         [],
         prog=f"mlrsnet {command}",
         usage=f"mlrsnet {command} --task TASK --output_dir DIR [FLAG ...]",
         description=f"mlrsnet {command}: {what} on a task preset.",
-        epilog=tasks,
+        epilog=task_list(presets),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
@@ -172,7 +175,7 @@ def command_parser(command: str, presets: dict, every_flag: bool = False) -> arg
         return parser
     training = {f.name for f in dataclasses.fields(TrainingArguments)}
     add("schedule", MLRSNetConfig, [f.name for f in dataclasses.fields(MLRSNetConfig) if f.name not in training])
-    shown = sorted(training - set(IGNORED_FLAGS)) if every_flag else TRAINING_FLAGS
+    shown = sorted(training - set(LR_SCHEDULE_SETTINGS)) if every_flag else TRAINING_FLAGS
     add(
         "training (TrainingArguments)"
         + ("" if every_flag else ": the common flags; every other one is accepted too (--help-all lists them)"),
@@ -188,13 +191,12 @@ def command_help(command: str, presets: dict, usage_error: bool, every_flag: boo
     With no arguments at all: the usage on stderr and exit status 2 (as argparse does for a missing argument).
     """
     if usage_error:
-        tasks = "tasks:\n" + "\n".join(f"  {name}: {p.description}" for name, p in presets.items())
         print(f"usage: mlrsnet {command} --task TASK --output_dir DIR [FLAG ...]", file=sys.stderr)
         print(
             f"mlrsnet {command}: error: --task and --output_dir are required (--help lists the flags)",
             file=sys.stderr,
         )
-        print(tasks, file=sys.stderr)
+        print(task_list(presets), file=sys.stderr)
         return 2
     command_parser(command, presets, every_flag).print_help()
     return 0

@@ -38,18 +38,24 @@ MAX_FIRST_LR_RATIO = 10.0
 not ``learning_rate`` (a fixed or ``"auto"`` gamma), is refused (:meth:`LRDriver.check_first_lr`)."""
 
 
+# TrainingArguments' LR-schedule settings, with their defaults: a learned schedule sets every step's LR, so none of
+# them is used (the command line's help leaves them out too).
+LR_SCHEDULE_SETTINGS = {
+    "lr_scheduler_type": "linear",
+    "lr_scheduler_kwargs": None,
+    "warmup_steps": 0,
+    "warmup_ratio": 0,
+}
+
+
 def unused_lr_settings(args: Any) -> list[str]:
-    """The ``TrainingArguments`` LR-schedule settings that ``args`` sets away from their defaults: a learned schedule
-    sets every step's LR, so none of them is used."""
+    """The settings of :data:`LR_SCHEDULE_SETTINGS` that ``args`` sets away from their defaults, as ``name=value``."""
     settings = []
-    if getattr(args, "lr_scheduler_type", "linear") != "linear":  # (TrainingArguments' default)
-        settings.append(f"lr_scheduler_type={str(getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type))!r}")
-    if getattr(args, "lr_scheduler_kwargs", None):
-        settings.append(f"lr_scheduler_kwargs={args.lr_scheduler_kwargs!r}")
-    for name in ("warmup_steps", "warmup_ratio"):
-        value = getattr(args, name, 0) or 0
-        if value > 0:
-            settings.append(f"{name}={value:g}")
+    for name, default in LR_SCHEDULE_SETTINGS.items():
+        value = getattr(args, name, default)
+        value = getattr(value, "value", value)  # (lr_scheduler_type is an enum)
+        if value and value != default:
+            settings.append(f"{name}={value:g}" if isinstance(value, (int, float)) else f"{name}={value!r}")
     return settings
 
 
