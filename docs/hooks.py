@@ -34,7 +34,7 @@ def on_files(files: Files, config) -> Files:
 def _help_sections() -> list[tuple[str, str]]:
     os.environ["COLUMNS"] = "110"  # argparse wraps to the terminal: the same width on every machine
     from mlrsnet_hf.cli import build_parser, command_help
-    from mlrsnet_hf.experiments.tasks import PRESETS
+    from mlrsnet_hf.experiments.presets import PRESETS
 
     parser = build_parser()
     sections = [("mlrsnet", parser.format_help())]

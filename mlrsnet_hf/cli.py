@@ -5,7 +5,9 @@ mlrsnet info SCHEDULE                       # a local directory, a zoo schedule 
 mlrsnet plot SCHEDULE --out lr.png [--losses FILE] [--num-classes C] [--base-lr LR]   # either family
 
 Only argparse is imported here: ``--help`` starts at once, ``info`` and ``plot`` import what loading a schedule
-needs (torch, not the Trainer), and only the commands that train import transformers' Trainer.
+needs (torch, not the Trainer), a training command's ``--help`` the argument classes (``TrainingArguments``, not the
+Trainer, the data or the models), and only the commands that train import transformers' Trainer.
+``benchmarks/cli_startup.py`` measures them.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def command_parser(command: str, presets: dict, every_flag: bool = False) -> arg
 
     from .config import MLRSNetConfig
     from .driver import LR_SCHEDULE_SETTINGS
-    from .experiments.tasks import ControllerArguments, TaskArguments
+    from .experiments.presets import ControllerArguments, TaskArguments
 
     what = {
         "meta-train": "meta-train a schedule",
@@ -206,11 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TRAINING_COMMANDS:
         # These take every MLRSNetConfig / TrainingArguments flag: HfArgumentParser parses them.
-        from .experiments.tasks import PRESETS, run, train_controller_run
+        from .experiments.presets import PRESETS
+
+        if len(argv) == 1 or argv[1] in ("-h", "--help", "--help-all"):  # without the data, models and Trainer
+            return command_help(argv[0], PRESETS, usage_error=len(argv) == 1, every_flag=argv[-1] == "--help-all")
+        from .experiments.tasks import run, train_controller_run
         from .repo_files import ScheduleFileError
 
-        if len(argv) == 1 or argv[1] in ("-h", "--help", "--help-all"):
-            return command_help(argv[0], PRESETS, usage_error=len(argv) == 1, every_flag=argv[-1] == "--help-all")
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
         try:
             if argv[0] == "train-controller":

@@ -326,3 +326,14 @@ def test_online_scale_cost_quick(tmp_path):
     for r in results.values():  # two parameter-sized float32 buffers
         assert r["scale_buffers_mib"] == pytest.approx(2 * 4 * r["parameters"] / 2**20)
         assert r["step_ms_with"] > 0 and r["optimizer_step_ms_with"] > 0
+
+
+@pytest.mark.slow
+def test_cli_startup_benchmark_records_every_command_beside_its_floors(tmp_path):
+    run_benchmark("cli_startup.py", "--repeats", "1", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "cli_startup_cpu.json").read_text())
+    rows = data["rows"]
+    assert len(rows) == 7 and data["runs"][-1]["command"].endswith("--repeats 1 --out " + str(tmp_path))
+    assert rows["mlrsnet --help"]["median_s"] < rows["import torch"]["median_s"]  # --help imports no torch
+    table = (tmp_path / "cli_startup_cpu.md").read_text()
+    assert "| `mlrsnet info mlrsnet_hf/digits-cnn-600` |" in table and "_Measured " in table

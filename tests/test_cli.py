@@ -175,6 +175,19 @@ def test_help_imports_neither_torch_nor_the_trainer():
     assert found == []  # `mlrsnet --help` took 11 s importing them (now ~0.1 s)
 
 
+def test_a_training_commands_help_imports_neither_the_trainer_nor_the_data_nor_the_models():
+    found = modules_after(
+        "import contextlib, io, json, sys\n"
+        "import mlrsnet_hf.cli\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    assert mlrsnet_hf.cli.main(['meta-train', '--help']) == 0\n"
+        "heavy = ('transformers.trainer', 'datasets', 'mlrsnet_hf.experiments.tasks', 'mlrsnet_hf.experiments.data')\n"
+        "print(json.dumps(['--task TASK' in out.getvalue(), [m for m in heavy if m in sys.modules]]))"
+    )
+    assert found == [True, []]  # 8.5 s when it imported the presets' runs (now ~3 s: TrainingArguments, torch)
+
+
 @pytest.mark.slow  # a fresh interpreter importing torch: several seconds on a busy machine
 def test_info_and_plot_import_no_trainer_and_the_package_still_exports_everything(tmp_path):
     found = modules_after(

@@ -57,7 +57,7 @@ def test_a_200_step_preset_run_draws_curves_not_single_points(tmp_path):
     from tiny import DigitsNet, digits
     from transformers import Trainer, TrainingArguments
 
-    from mlrsnet_hf.experiments.tasks import CURVE_DEFAULTS
+    from mlrsnet_hf.experiments.presets import CURVE_DEFAULTS
 
     torch.manual_seed(0)
     data = digits(80)

@@ -124,6 +124,6 @@ def test_an_online_scale_says_the_lr_is_its_scale_times_the_shape(schedule_dir, 
 
 
 def test_the_presets_keep_the_papers_sgd():
-    from mlrsnet_hf.experiments.tasks import PRESETS
+    from mlrsnet_hf.experiments.presets import PRESETS
 
     assert {preset.training.get("optim") for preset in PRESETS.values()} == {"sgd"}

@@ -1,6 +1,7 @@
 """The paper's experiments on top of the core: its tasks, data, networks, metrics, and the PPO controller's training.
 
-    presets and runs      :mod:`.tasks` (``mlrsnet meta-train / transfer / train-controller``, the examples)
+    presets               :mod:`.presets` (the tasks and the runs' arguments: dataclasses only)
+    runs                  :mod:`.tasks` (``mlrsnet meta-train / transfer / train-controller``, the examples)
     data                  :mod:`.data` (image sets and the meta split, PTB; the demo's digits and PTB text)
     networks              :mod:`.vision_models` (ResNet-18, WRN, MobileNetV2, ShuffleNetV2; the digits CNN/MLP),
                           :mod:`.language_models` (the PTB LSTM)
