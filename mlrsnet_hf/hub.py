@@ -41,6 +41,7 @@ from .repo_files import (
     load_schedule,
     read_text,
     resolve_file,
+    snapshot_commit,
     unreachable_message,
 )
 from .repo_writing import write_schedule_repo
@@ -104,10 +105,17 @@ def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+_HUB_KWARGS = ("force_download", "token", "cache_dir", "local_files_only", "revision")
+
+
 def load_any_schedule(model_id: str | Path, **kwargs: Any) -> Any:
-    """Load a schedule repo of any registered family, chosen by the ``model_type`` of its ``config.json``."""
+    """Load a schedule repo of any registered family, chosen by the ``model_type`` of its ``config.json``.
+
+    ``kwargs`` go to the family's ``from_pretrained`` (``revision``, ``token``, ``cache_dir``... and overrides).
+    """
     load_builtin_families()
-    path = resolve_file(str(model_id), CONFIG_NAME)
+    hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+    path = resolve_file(str(model_id), CONFIG_NAME, **hub_kwargs)
     try:
         config = parse_config_text(read_text(path))
     except RepoCheckError as e:
@@ -118,6 +126,8 @@ def load_any_schedule(model_id: str | Path, **kwargs: Any) -> Any:
             f"{path} is for model_type {str(model_type)[:80]!r}: not a registered schedule family "
             f"(registered: {sorted(_SCHEDULE_TYPES)})."
         )
+    if snapshot_commit(path) is not None:  # from the Hub: the family loads the same commit
+        kwargs = {**kwargs, "revision": snapshot_commit(path)}
     return _SCHEDULE_TYPES[model_type].from_pretrained(str(model_id), **kwargs)
 
 

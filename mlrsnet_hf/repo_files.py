@@ -12,11 +12,13 @@ import hashlib
 import inspect
 import logging
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -58,6 +60,8 @@ _METADATA_KEYS = ("model_type", "library_name", "library_version")
 EMBEDDED_CONFIG_KEY = "config"
 REPLACED_CONFIG_KEY = "replaces_config_sha256"
 
+COMMIT_HASH = re.compile(r"[0-9a-f]{40}")  # a revision that names a commit: its files never change
+
 
 class ScheduleFileError(OSError):
     """A schedule repo's file is missing, unreadable, corrupted or does not match the config."""
@@ -94,20 +98,20 @@ def looks_local(model_id: str) -> bool:
         return True
 
 
-def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> Path:
-    """Path of ``filename`` in a local schedule directory, a zoo schedule or a Hub repo (downloaded or cached).
+def resolve_files(model_id: str, filenames: Sequence[str], **download_kwargs: Any) -> list[Path]:
+    """Paths of ``filenames`` in a local schedule directory, a zoo schedule or a Hub repo (downloaded or cached).
 
     Looked for in this order: an existing local directory, the zoo (``mlrsnet_hf/<name>``, shipped with the
     package), the Hub (``org/name``). A bare word that is not a directory, and a Hub repo when the Hub cannot be
-    reached and the file is not cached, fail at once (no retries) with a :class:`ScheduleFileError` saying what
-    was tried.
+    reached and the files are not cached, fail at once (no retries) with a :class:`ScheduleFileError` saying what
+    was tried. The files of a Hub repo all come from one commit (see :func:`_download`).
     """
     if len(model_id) > 4096:
         raise ScheduleFileError(f"{model_id[:80]!r}... ({len(model_id)} characters) is not a path or a Hub repo id.")
     if os.path.isdir(model_id):
         if zoo_directory(model_id) is not None:
             logger.warning("Loading the local directory %s, not the zoo schedule of the same name.", model_id)
-        return _file_in(Path(model_id), filename, model_id)
+        return [_file_in(Path(model_id), name, model_id) for name in filenames]
     if is_zoo_name(model_id):
         directory = zoo_directory(model_id)
         if directory is None:
@@ -115,7 +119,7 @@ def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> Path:
                 f"{model_id!r} is not a local directory, and the schedule zoo shipped with mlrsnet_hf has no such "
                 f"name (no Hub repo is looked up under {ZOO_PREFIX!r}). The zoo: {', '.join(zoo_names())}."
             )
-        return _file_in(directory, filename, model_id)
+        return [_file_in(directory, name, model_id) for name in filenames]
     if looks_local(model_id):
         raise ScheduleFileError(f"No such directory: {model_id} (a local path, so no Hub repo was looked up).")
     if "/" not in model_id.strip("/"):
@@ -123,7 +127,12 @@ def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> Path:
             f"{model_id!r} is not a local directory, not a zoo schedule and not a Hub repo id ('org/name'), so "
             f"nothing was downloaded{_zoo_hint(model_id)}."
         )
-    return _download(model_id, filename, **download_kwargs)
+    return _download(model_id, filenames, **download_kwargs)
+
+
+def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> Path:
+    """Path of one file of a schedule repo (:func:`resolve_files`)."""
+    return resolve_files(model_id, [filename], **download_kwargs)[0]
 
 
 def _file_in(directory: Path, filename: str, model_id: str) -> Path:
@@ -152,40 +161,46 @@ def unreachable_message(repo_id: str, what: str, error: BaseException | None) ->
     return f"Cannot {what} {repo_id!r}: the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached ({why})."
 
 
-def _download(model_id: str, filename: str, **download_kwargs: Any) -> Path:
-    """``hf_hub_download``, but a Hub that cannot be reached is found out by one request (not 23 s of retries)."""
-    unreachable = None
+def _download(model_id: str, filenames: Sequence[str], **download_kwargs: Any) -> list[Path]:
+    """``hf_hub_download`` of each file, all from the commit the first one comes from.
+
+    An unreachable Hub is found by one request without retries (``hf_hub_download`` alone retries for 23 s), and
+    then a copy in the HF cache still loads. Pinning the later files to the first one's commit keeps a config and
+    its weights together when the repo is pushed to between the two downloads, and needs no request for a file
+    that is cached; a revision that is a commit hash with every file cached makes no request at all.
+    """
+    kwargs = dict(download_kwargs)
+    unreachable: BaseException | None = None
+    name = filenames[0]
     try:
-        if not (hub_is_offline() or download_kwargs.get("local_files_only")):
-            unreachable = _probe(model_id, filename, download_kwargs)
-        if unreachable is not None:  # a copy in the HF cache still loads
-            try:
-                path = hf_hub_download(
-                    repo_id=model_id, filename=filename, **{**download_kwargs, "local_files_only": True}
-                )
-            except LocalEntryNotFoundError:
-                path = None
-            if path is None:
-                raise HubUnreachableError(
-                    f"{unreachable_message(model_id, f'download {filename} of schedule', unreachable)} It is not in "
-                    f"the local HF cache either. Pass a local schedule directory or a zoo schedule "
-                    f"({', '.join(zoo_names())}), or download it once with network (`hf download {model_id}`)."
-                ) from None
-            logger.warning("The Hub cannot be reached: using the cached %s of %s.", filename, model_id)
-            return Path(path)
-        return Path(hf_hub_download(repo_id=model_id, filename=filename, **download_kwargs))
+        cached = _cached_at_commit(model_id, filenames, kwargs)
+        if cached is not None:
+            return cached
+        if not (hub_is_offline() or kwargs.get("local_files_only")):
+            unreachable = _probe(model_id, name, kwargs)
+            kwargs["local_files_only"] = unreachable is not None  # then a copy in the HF cache still loads
+        paths = []
+        for name in filenames:
+            paths.append(Path(hf_hub_download(repo_id=model_id, filename=name, **kwargs)))
+            kwargs["revision"] = snapshot_commit(paths[0]) or kwargs.get("revision")
+        if unreachable is not None:
+            logger.warning("The Hub cannot be reached (%s): using the cached copy of %s.", unreachable, model_id)
+        return paths
     except HFValidationError as e:
         raise ScheduleFileError(
             f"{model_id!r} is neither an existing local directory, nor a zoo schedule, nor a valid Hub repo id "
             f"('org/name')."
         ) from e
-    except LocalEntryNotFoundError as e:
+    except LocalEntryNotFoundError as e:  # not cached, and the Hub unreachable or not to be asked
+        if unreachable is None and not hub_is_offline():
+            raise ScheduleFileError(
+                f"{name} of schedule {model_id!r} is not in the local HF cache, and local_files_only=True."
+            ) from e
         raise HubUnreachableError(
-            f"Cannot load {filename} of schedule {model_id!r}: the Hub cannot be reached (offline or "
-            f"HF_HUB_OFFLINE=1) and the file is not in the local HF cache. Download it once on a machine "
-            f"with network (`hf download {model_id}`), or pass the path of a local schedule directory or a zoo "
-            f"schedule ({', '.join(zoo_names())})."
-        ) from e
+            f"{unreachable_message(model_id, f'download {name} of schedule', unreachable)} It is not in the local "
+            f"HF cache either. Pass a local schedule directory or a zoo schedule ({', '.join(zoo_names())}), or "
+            f"download it once with network (`hf download {model_id}`)."
+        ) from None
     except RepositoryNotFoundError as e:
         raise ScheduleFileError(
             f"No local directory and no Hub repo named {model_id!r} (or it is private: log in with `hf auth login`)."
@@ -193,9 +208,20 @@ def _download(model_id: str, filename: str, **download_kwargs: Any) -> Path:
     except RevisionNotFoundError as e:
         raise ScheduleFileError(f"Revision {download_kwargs.get('revision')!r} not found in {model_id!r}.") from e
     except EntryNotFoundError as e:
-        raise ScheduleFileError(
-            f"{model_id!r} has no {filename}: it is not a schedule repo made by mlrsnet_hf."
-        ) from e
+        raise ScheduleFileError(f"{model_id!r} has no {name}: it is not a schedule repo made by mlrsnet_hf.") from e
+
+
+def _cached_at_commit(model_id: str, filenames: Sequence[str], download_kwargs: dict[str, Any]) -> list[Path] | None:
+    """The cached files when the revision asked for is a commit hash and all of them are in the HF cache, else None."""
+    revision = download_kwargs.get("revision")
+    if download_kwargs.get("force_download") or not (isinstance(revision, str) and COMMIT_HASH.fullmatch(revision)):
+        return None
+    validate_repo_id(model_id)
+    paths = [
+        try_to_load_from_cache(model_id, name, cache_dir=download_kwargs.get("cache_dir"), revision=revision)
+        for name in filenames
+    ]
+    return [Path(p) for p in paths] if all(isinstance(p, str) for p in paths) else None
 
 
 def _probe(model_id: str, filename: str, download_kwargs: dict[str, Any]) -> Exception | None:
@@ -308,8 +334,7 @@ def load_schedule(cls: type, model_id: str, overrides: dict[str, Any], **downloa
     unknown = sorted(set(overrides) - init_params)
     if unknown:
         raise TypeError(f"Unknown schedule options {unknown}; valid ones: {sorted(init_params)}.")
-    config_path = resolve_file(model_id, CONFIG_NAME, **download_kwargs)
-    weights_path = resolve_file(model_id, WEIGHTS_NAME, **download_kwargs)
+    config_path, weights_path = resolve_files(model_id, [CONFIG_NAME, WEIGHTS_NAME], **download_kwargs)
     metadata, entries = read_weights_header(weights_path)
     embedded = _newer_config(config_path, metadata, weights_path)
     source = str(config_path) if embedded is None else f"the config embedded in {weights_path}"
@@ -360,8 +385,11 @@ def load_schedule(cls: type, model_id: str, overrides: dict[str, Any], **downloa
     return schedule
 
 
+def snapshot_commit(path: Path) -> str | None:
+    """The commit a file in the HF cache was downloaded from (its snapshot directory's name), else None."""
+    return path.parent.name if path.parent.parent.name == "snapshots" else None
+
+
 def loaded_revision(config_path: Path, requested: str | None) -> str | None:
-    """The commit a Hub file was downloaded from (its HF cache snapshot directory), else the revision asked for."""
-    if config_path.parent.parent.name == "snapshots":
-        return config_path.parent.name
-    return requested
+    """The commit a Hub file was downloaded from, else the revision asked for."""
+    return snapshot_commit(config_path) or requested

@@ -236,7 +236,8 @@ def test_offline_loading_from_the_hf_cache(repo, tmp_path):
     out = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "loaded 3 sklearn/digits" in out.stdout
-    assert "error: Cannot load config.json of schedule 'org/not-cached'" in out.stdout
+    assert "error: Cannot download config.json of schedule 'org/not-cached'" in out.stdout
+    assert "(HF_HUB_OFFLINE=1 is set)" in out.stdout
     assert "hf download org/not-cached" in out.stdout
 
 

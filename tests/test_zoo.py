@@ -141,31 +141,7 @@ def test_a_hub_id_with_the_hub_unreachable_fails_after_one_request(monkeypatch):
     assert "mlrsnet_hf/digits-cnn-600" in message and "hf download org/mlrsnet-cifar10" in message
 
 
-def test_a_cached_hub_repo_still_loads_when_the_hub_is_unreachable(monkeypatch, tmp_path):
-    MLRSNetSchedule(hidden_size=4, gamma=0.5).save_pretrained(tmp_path / "cached")
-
-    def metadata(url, **kwargs):
-        raise ConnectError("unreachable")
-
-    def from_cache(repo_id, filename, **kwargs):
-        assert kwargs.get("local_files_only")
-        return str(tmp_path / "cached" / filename)
-
-    monkeypatch.setattr(repo_files, "get_hf_file_metadata", metadata)
-    monkeypatch.setattr(repo_files, "hf_hub_download", from_cache)
-    assert MLRSNetSchedule.from_pretrained("org/cached").hidden_size == 4
-
-
-def test_hf_hub_offline_is_a_clear_error_without_a_request(monkeypatch):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(repo_files, "get_hf_file_metadata", lambda *a, **k: pytest.fail("a request was made"))
-
-    def offline(repo_id, filename, **kwargs):
-        raise huggingface_hub.errors.LocalEntryNotFoundError("offline")
-
-    monkeypatch.setattr(repo_files, "hf_hub_download", offline)
-    with pytest.raises(HubUnreachableError, match="'org/name': the Hub cannot be reached .offline or HF_HUB_OFFLINE"):
-        MLRSNetSchedule.from_pretrained("org/name")
+# A cached repo loading when the Hub is away, and HF_HUB_OFFLINE: tests/test_hub_downloads.py (a fake Hub).
 
 
 @pytest.fixture
