@@ -210,8 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # These take every MLRSNetConfig / TrainingArguments flag: HfArgumentParser parses them.
         from .experiments.presets import PRESETS
 
-        if len(argv) == 1 or argv[1] in ("-h", "--help", "--help-all"):  # without the data, models and Trainer
-            return command_help(argv[0], PRESETS, usage_error=len(argv) == 1, every_flag=argv[-1] == "--help-all")
+        help_flags = {"-h", "--help", "--help-all"} & set(argv[1:])
+        if len(argv) == 1 or help_flags:  # without the data, models and Trainer
+            return command_help(argv[0], PRESETS, usage_error=len(argv) == 1, every_flag="--help-all" in help_flags)
         from .experiments.tasks import run, train_controller_run
         from .repo_files import ScheduleFileError
 

@@ -41,6 +41,7 @@ from .repo_files import (
     load_schedule,
     read_text,
     resolve_file,
+    resolve_files,
     snapshot_commit,
     unreachable_message,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "register_schedule_type",
     "registered_schedule_types",
     "resolve_file",
+    "resolve_files",
     "significant",
     "write_schedule_repo",
 ]
@@ -115,7 +117,8 @@ def load_any_schedule(model_id: str | Path, **kwargs: Any) -> Any:
     """
     load_builtin_families()
     hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-    path = resolve_file(str(model_id), CONFIG_NAME, **hub_kwargs)
+    # Both files at once: from the Hub, one commit and one reachability probe (the family's load then finds them).
+    path, _ = resolve_files(str(model_id), [CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs)
     try:
         config = parse_config_text(read_text(path))
     except RepoCheckError as e:
@@ -126,8 +129,8 @@ def load_any_schedule(model_id: str | Path, **kwargs: Any) -> Any:
             f"{path} is for model_type {str(model_type)[:80]!r}: not a registered schedule family "
             f"(registered: {sorted(_SCHEDULE_TYPES)})."
         )
-    if snapshot_commit(path) is not None:  # from the Hub: the family loads the same commit
-        kwargs = {**kwargs, "revision": snapshot_commit(path)}
+    if snapshot_commit(path) is not None:  # from the Hub: the family loads the commit just downloaded
+        kwargs = {**kwargs, "revision": snapshot_commit(path), "force_download": False}
     return _SCHEDULE_TYPES[model_type].from_pretrained(str(model_id), **kwargs)
 
 

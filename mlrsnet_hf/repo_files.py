@@ -164,23 +164,26 @@ def unreachable_message(repo_id: str, what: str, error: BaseException | None) ->
 def _download(model_id: str, filenames: Sequence[str], **download_kwargs: Any) -> list[Path]:
     """``hf_hub_download`` of each file, all from the commit the first one comes from.
 
-    An unreachable Hub is found by one request without retries (``hf_hub_download`` alone retries for 23 s), and
-    then a copy in the HF cache still loads. Pinning the later files to the first one's commit keeps a config and
-    its weights together when the repo is pushed to between the two downloads, and needs no request for a file
-    that is cached; a revision that is a commit hash with every file cached makes no request at all.
+    Before a file that is not cached, the Hub is asked once, without retries, whether it can be reached
+    (``hf_hub_download`` alone retries for 23 s); when it cannot, a copy in the HF cache still loads. Pinning the
+    later files to the first one's commit keeps a config and its weights together when the repo is pushed to
+    between the two downloads, and needs no request for a file that is cached; a revision that is a commit hash with
+    every file cached makes no request at all.
     """
     kwargs = dict(download_kwargs)
     unreachable: BaseException | None = None
     name = filenames[0]
+    paths: list[Path] = []
     try:
         cached = _cached_at_commit(model_id, filenames, kwargs)
         if cached is not None:
             return cached
-        if not (hub_is_offline() or kwargs.get("local_files_only")):
-            unreachable = _probe(model_id, name, kwargs)
-            kwargs["local_files_only"] = unreachable is not None  # then a copy in the HF cache still loads
-        paths = []
         for name in filenames:
+            if not (hub_is_offline() or kwargs.get("local_files_only") or _cached_at_commit(model_id, [name], kwargs)):
+                unreachable = _probe(model_id, name, kwargs)
+                if unreachable is not None and kwargs.get("force_download"):
+                    raise _not_downloaded(model_id, name, unreachable, "force_download=True needs the Hub")
+                kwargs["local_files_only"] = unreachable is not None  # then a copy in the HF cache still loads
             paths.append(Path(hf_hub_download(repo_id=model_id, filename=name, **kwargs)))
             kwargs["revision"] = snapshot_commit(paths[0]) or kwargs.get("revision")
         if unreachable is not None:
@@ -191,16 +194,12 @@ def _download(model_id: str, filenames: Sequence[str], **download_kwargs: Any) -
             f"{model_id!r} is neither an existing local directory, nor a zoo schedule, nor a valid Hub repo id "
             f"('org/name')."
         ) from e
-    except LocalEntryNotFoundError as e:  # not cached, and the Hub unreachable or not to be asked
-        if unreachable is None and not hub_is_offline():
+    except LocalEntryNotFoundError as e:  # not cached, and the Hub not asked, unreachable or not answering usably
+        if download_kwargs.get("local_files_only"):
             raise ScheduleFileError(
                 f"{name} of schedule {model_id!r} is not in the local HF cache, and local_files_only=True."
             ) from e
-        raise HubUnreachableError(
-            f"{unreachable_message(model_id, f'download {name} of schedule', unreachable)} It is not in the local "
-            f"HF cache either. Pass a local schedule directory or a zoo schedule ({', '.join(zoo_names())}), or "
-            f"download it once with network (`hf download {model_id}`)."
-        ) from None
+        raise _not_downloaded(model_id, name, None if hub_is_offline() else unreachable or e.__cause__ or e) from e
     except RepositoryNotFoundError as e:
         raise ScheduleFileError(
             f"No local directory and no Hub repo named {model_id!r} (or it is private: log in with `hf auth login`)."
@@ -211,6 +210,22 @@ def _download(model_id: str, filenames: Sequence[str], **download_kwargs: Any) -
         raise ScheduleFileError(f"{model_id!r} has no {name}: it is not a schedule repo made by mlrsnet_hf.") from e
 
 
+def _not_downloaded(model_id: str, name: str, error: BaseException | None, why: str = "") -> ScheduleFileError:
+    """The error for ``name`` of a Hub repo that could not be downloaded: a :class:`HubUnreachableError` for
+    ``HF_HUB_OFFLINE`` (``error`` None) or a network error, else the Hub's unusable answer."""
+    what = f"download {name} of schedule"
+    if error is None or is_network_error(error):
+        cache = f" {why}." if why else " It is not in the local HF cache either."
+        return HubUnreachableError(
+            f"{unreachable_message(model_id, what, error)}{cache} Pass a local schedule directory or a zoo schedule "
+            f"({', '.join(zoo_names())}), or download it once with network (`hf download {model_id}`)."
+        )
+    return ScheduleFileError(
+        f"Cannot {what} {model_id!r}: the Hub ({constants.ENDPOINT}) gave no usable answer "
+        f"({type(error).__name__}: {str(error)[:300]}), and it is not in the local HF cache."
+    )
+
+
 def _cached_at_commit(model_id: str, filenames: Sequence[str], download_kwargs: dict[str, Any]) -> list[Path] | None:
     """The cached files when the revision asked for is a commit hash and all of them are in the HF cache, else None."""
     revision = download_kwargs.get("revision")
@@ -218,10 +233,17 @@ def _cached_at_commit(model_id: str, filenames: Sequence[str], download_kwargs: 
         return None
     validate_repo_id(model_id)
     paths = [
-        try_to_load_from_cache(model_id, name, cache_dir=download_kwargs.get("cache_dir"), revision=revision)
+        try_to_load_from_cache(
+            model_id, name, cache_dir=_expanded(download_kwargs.get("cache_dir")), revision=revision
+        )
         for name in filenames
     ]
     return [Path(p) for p in paths] if all(isinstance(p, str) for p in paths) else None
+
+
+def _expanded(cache_dir: str | Path | None) -> str | None:
+    """``cache_dir`` as ``hf_hub_download`` reads it (``~`` expanded)."""
+    return None if cache_dir is None else str(Path(cache_dir).expanduser())
 
 
 def _probe(model_id: str, filename: str, download_kwargs: dict[str, Any]) -> Exception | None:

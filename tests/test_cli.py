@@ -182,6 +182,7 @@ def test_a_training_commands_help_imports_neither_the_trainer_nor_the_data_nor_t
         "out = io.StringIO()\n"
         "with contextlib.redirect_stdout(out):\n"
         "    assert mlrsnet_hf.cli.main(['meta-train', '--help']) == 0\n"
+        "    assert mlrsnet_hf.cli.main(['transfer', '--task', 'ptb-lstm2', '--help']) == 0\n"
         "heavy = ('transformers.trainer', 'datasets', 'mlrsnet_hf.experiments.tasks', 'mlrsnet_hf.experiments.data')\n"
         "print(json.dumps(['--task TASK' in out.getvalue(), [m for m in heavy if m in sys.modules]]))"
     )
