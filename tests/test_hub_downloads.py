@@ -270,3 +270,13 @@ def test_a_tag_loads_its_commit_online_and_from_the_cache_offline(hub, tmp_path,
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert load_any_schedule(REPO_ID, revision="v1.0").gamma == 0.5  # the cache's refs/v1.0
     assert all(path.startswith("/api/") for path in hub.other)  # (huggingface_hub may ask for its agent registry)
+
+
+def test_a_cache_dir_under_home_is_found_like_huggingface_hub_finds_it(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    commit = hub.push(REPO_ID, saved(tmp_path, "v1", gamma=0.5))
+    MLRSNetSchedule.from_pretrained(REPO_ID, cache_dir="~/my-cache")
+    assert (tmp_path / "my-cache").is_dir()
+    hub.requests.clear()
+    assert MLRSNetSchedule.from_pretrained(REPO_ID, cache_dir="~/my-cache", revision=commit).gamma == 0.5
+    assert hub.requests == []
