@@ -124,9 +124,13 @@ def test_short_ppo_run_changes_the_policy_and_exports_it(action_space, tmp_path)
     assert loaded.decide(features, 0.01) == controller.decide(features, 0.01)
 
 
-def test_training_shows_progress_and_records_the_loss_range(caplog, capsys):
-    """A tqdm bar over the decisions and one INFO line per finished episode; the card's loss range recorded."""
+def test_training_shows_progress_and_records_the_loss_range(caplog, capsys, tmp_path, monkeypatch):
+    """A tqdm bar over the decisions and one INFO line per finished episode; the card's loss range recorded; no
+    folder left in the temporary directory (sb3's default logger made an empty one per run)."""
     import logging
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     with caplog.at_level(logging.INFO, logger="mlrsnet_hf.experiments.controller_env"):
         controller, _ = train_controller(
@@ -141,3 +145,4 @@ def test_training_shows_progress_and_records_the_loss_range(caplog, capsys):
         lambda: make_env(episode_steps=20), total_timesteps=2, n_steps=2, batch_size=2, n_epochs=1, progress=False
     )
     assert "decision" not in capsys.readouterr().err
+    assert not list(tmp_path.glob("SB3-*"))

@@ -159,6 +159,7 @@ def train_controller(
     try:
         from stable_baselines3 import PPO
         from stable_baselines3.common.env_util import make_vec_env
+        from stable_baselines3.common.logger import Logger
         from stable_baselines3.common.vec_env import VecNormalize
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("Training an LR controller needs the [ppo] extra: pip install 'mlrsnet_hf[ppo]'.") from e
@@ -178,6 +179,8 @@ def train_controller(
         verbose=0,
         **ppo_kwargs,
     )
+    if ppo_kwargs.get("tensorboard_log") is None:  # sb3's own logger leaves an empty SB3-<date> folder in /tmp
+        agent.set_logger(Logger(folder=None, output_formats=[]))
     agent.learn(total_timesteps=total_timesteps, callback=progress_callback(total_timesteps, disable=not progress))
     training_run: dict[str, Any] = {"total_timesteps": total_timesteps, "seed": seed, "algorithm": "PPO"}
     ranges = [r for r in env.get_attr("completed_loss_range") if r is not None]
