@@ -177,7 +177,7 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
         compute_metrics=task.compute_metrics,
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=checkpoint_to_resume(training.resume_from_checkpoint))
     metrics = trainer.evaluate()
     out = Path(training.output_dir)
     if trainer.is_world_process_zero():
@@ -234,8 +234,14 @@ def run_baseline(argv: Sequence[str], lr_scheduler_type: str = "cosine") -> dict
         compute_metrics=task.compute_metrics,
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=checkpoint_to_resume(training.resume_from_checkpoint))
     return trainer.evaluate()
+
+
+def checkpoint_to_resume(value: str | None) -> str | bool | None:
+    """``--resume_from_checkpoint``: a checkpoint directory, or ``true``/``last`` for the last one in
+    ``--output_dir`` (as ``Trainer.train(resume_from_checkpoint=True)``)."""
+    return True if value is not None and value.lower() in ("true", "last") else value
 
 
 def train_controller_run(argv: Sequence[str] | None = None) -> dict[str, Any]:
