@@ -40,6 +40,7 @@ not ``learning_rate`` (a fixed or ``"auto"`` gamma), is refused (:meth:`LRDriver
 
 # TrainingArguments' LR-schedule settings, with their defaults: a learned schedule sets every step's LR, so none of
 # them is used (the command line's help leaves them out too).
+DEFAULT_LEARNING_RATE = 5e-5  # TrainingArguments' default (tested): not named as unused, the user may not have set it
 LR_SCHEDULE_SETTINGS = {
     "lr_scheduler_type": "linear",
     "lr_scheduler_kwargs": None,
@@ -209,12 +210,13 @@ class LRDriver(LoopBinding):
             self.check_first_lr(float(lr) * self.initial_lrs[0] / reference)
         if isinstance(lr, torch.Tensor) and not self.tensor_lr:
             lr = lr.item()  # this optimizer needs a number: one read per step
-        if self.online_scale is None:
-            self._record(lr)
-        else:
-            self._step_lr = lr  # recorded by _scaled_step once the update is applied
         # (a group at the reference LR gets the LR itself: no operation, the same number)
         self.last_lrs = [lr if initial == reference else lr * (initial / reference) for initial in self.initial_lrs]
+        # The history holds the first group's LR, the one the optimizer uses (as the Trainer logs it).
+        if self.online_scale is None:
+            self._record(self.last_lrs[0])
+        else:
+            self._step_lr = self.last_lrs[0]  # recorded by _scaled_step once the update is applied
         for group, value in zip(self.optimizer.param_groups, self.last_lrs, strict=True):
             group["lr"] = value
         self._pending_step = step
@@ -229,17 +231,22 @@ class LRDriver(LoopBinding):
         source, checked = self.lr_scale_source()
         unused = unused_lr_settings(self.args)
         if source is not None:
-            ratio = first_lr / self.base_lr
+            # The LR the user gave: learning_rate, or the LR of an optimizer built by the user (its first group's).
+            user_lr = self.initial_lrs[0]
+            own = user_lr != self.base_lr
+            setting = f"optimizer's lr={user_lr:g}" if own else f"learning_rate={user_lr:g}"
+            ratio = first_lr / user_lr
+            knob = "the optimizer's lr" if own else "learning_rate"
             if checked and not is_sgd(self.optimizer) and ratio > MAX_FIRST_LR_RATIO:
                 raise ValueError(
-                    f"{optimizer_name(self.optimizer)} would start at LR {first_lr:.4g}, {ratio:.0f}x the "
-                    f"learning_rate={self.base_lr:g} you set, because {source}: a scale for SGD (the paper's "
-                    "optimizer). With this optimizer leave gamma unset (gamma='relative': learning_rate is the first "
-                    "step's LR and the schedule shapes it), use gamma='range_test' or online_scale='mechanic', or pass "
-                    f"optim='sgd'. To train at this LR anyway, set learning_rate to at least "
-                    f"{first_lr / MAX_FIRST_LR_RATIO:.4g}."
+                    f"{optimizer_name(self.optimizer)} would start at LR {first_lr:.4g}, {ratio:.0f}x the {setting} you "
+                    f"set, because {source}: a scale for SGD (the paper's optimizer). With this optimizer leave gamma "
+                    "unset (gamma='relative': learning_rate is the first step's LR and the schedule shapes it), use "
+                    "gamma='range_test' or online_scale='mechanic', or pass optim='sgd'. To train at this LR anyway, "
+                    f"set {knob} to at least {first_lr / MAX_FIRST_LR_RATIO:.4g}."
                 )
-            unused.insert(0, f"learning_rate={self.base_lr:g}")
+            if own or user_lr != DEFAULT_LEARNING_RATE:  # (not the default the user may never have set)
+                unused.insert(0, f"the {setting}" if own else setting)
         if unused:
             reason = f" ({source})" if source is not None else ""
             # under an online scale the optimizer is given the shape; the LR applied is S times it

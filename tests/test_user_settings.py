@@ -9,6 +9,7 @@ from tiny import DigitsNet, digits
 from transformers import Trainer, TrainingArguments
 
 from mlrsnet_hf import MLRSNetCallback, MLRSNetConfig, MLRSNetSchedule, MLRSNetTrainer
+from mlrsnet_hf.driver import DEFAULT_LEARNING_RATE
 
 COMMON = dict(
     max_steps=4, per_device_train_batch_size=32, report_to="none", save_strategy="no", disable_tqdm=True,
@@ -54,20 +55,58 @@ def test_a_drop_in_swap_keeps_the_optimizer_and_the_lr(schedule_dir, tmp_path, c
 def test_unused_settings_get_one_warning_naming_the_lr_used(schedule_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         trainer = train(
-            tmp_path, str(schedule_dir), optim="sgd", learning_rate=5e-5, lr_scheduler_type="cosine", warmup_steps=2
+            tmp_path, str(schedule_dir), optim="sgd", learning_rate=1e-4, lr_scheduler_type="cosine", warmup_steps=2
         )
     first = trainer.lr_scheduler.lr_history[0]
-    assert first > 1e-3  # the schedule's SGD LR, not the user's 5e-5
+    assert first > 1e-3  # the schedule's SGD LR, not the user's 1e-4
     (message,) = warnings_of(caplog)
-    assert "learning_rate=5e-05, lr_scheduler_type='cosine', warmup_steps=2 are not used" in message
+    assert "learning_rate=0.0001, lr_scheduler_type='cosine', warmup_steps=2 are not used" in message
     assert f"The first step's LR is {first:.4g} (gamma=0.4 is fixed, times the schedule's output)" in message
 
 
-def test_a_schedule_options_default_run_with_sgd_warns_only_of_learning_rate(schedule_dir, tmp_path, caplog):
+def test_a_default_learning_rate_the_user_never_set_is_not_named(schedule_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         train(tmp_path, str(schedule_dir), optim="sgd")
+    assert warnings_of(caplog) == []  # (the preset runs and every optim="sgd" run named "learning_rate=5e-05")
+    assert TrainingArguments(output_dir=str(tmp_path)).learning_rate == DEFAULT_LEARNING_RATE
+
+
+def train_with_own_optimizer(tmp_path, schedule, optimizer_lr, **kwargs):
+    """A run with the user's own AdamW at ``optimizer_lr``; returns the trainer and the LR each step used."""
+    torch.manual_seed(0)
+    model = DigitsNet()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=optimizer_lr)
+    used = []
+    optimizer.register_step_post_hook(lambda opt, *_: used.append(opt.param_groups[0]["lr"]))
+    trainer = MLRSNetTrainer(
+        model=model,
+        args=MLRSNetConfig(output_dir=str(tmp_path), **{**COMMON, **kwargs}),
+        schedule=schedule,
+        train_dataset=digits(256),
+        optimizers=(optimizer, None),
+    )
+    trainer.train()
+    return trainer, used
+
+
+def test_the_lr_history_is_the_lr_the_users_own_optimizer_used(schedule_dir, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        trainer, used = train_with_own_optimizer(tmp_path, str(schedule_dir), 1e-3, logging_steps=1)
+    assert used[0] == pytest.approx(1e-3) and len(set(used)) > 1  # relative: the optimizer's LR is the first
+    assert trainer.lr_scheduler.lr_history == used  # (it was scaled to learning_rate=5e-05: 20x too low)
+    logged = [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
+    assert logged and all(lr in used for lr in logged)
+    assert warnings_of(caplog) == []
+
+
+def test_a_fixed_gamma_is_checked_against_the_users_own_optimizers_lr(schedule_dir, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        trainer, used = train_with_own_optimizer(tmp_path, str(schedule_dir), 0.1, gamma=0.4)
+    assert trainer.lr_scheduler.lr_history == used and 0.1 < used[0] < 0.4  # 0.4 x p: within 10x of 0.1
     (message,) = warnings_of(caplog)
-    assert "learning_rate=5e-05 is not used" in message
+    assert message.startswith("The learned schedule sets every step's LR: the optimizer's lr=0.1 is not used")
+    with pytest.raises(ValueError, match=r"AdamW would start at LR 0\.\d+, \d+x the optimizer's lr=0\.0001 you set"):
+        train_with_own_optimizer(tmp_path, str(schedule_dir), 1e-4, gamma=0.4, learning_rate=0.1)
 
 
 def test_a_fixed_gamma_far_above_adamws_lr_is_refused_before_the_first_update(schedule_dir, tmp_path):
@@ -110,7 +149,7 @@ def test_a_learning_rate_that_asks_for_the_lr_is_not_refused(schedule_dir, tmp_p
 
 def test_a_measured_lr_is_not_refused(schedule_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        trainer = train(tmp_path, str(schedule_dir), gamma="range_test", range_test_steps=10)
+        trainer = train(tmp_path, str(schedule_dir), gamma="range_test", range_test_steps=10, learning_rate=1e-3)
     first = trainer.lr_scheduler.lr_history[0]
     (message,) = [m for m in warnings_of(caplog) if "sets every step's LR" in m]
     assert f"gamma='range_test' measured the LR on this task: {first:.4g}" in message
