@@ -85,6 +85,8 @@ def _plot(args: argparse.Namespace) -> None:
     from .families import family_of
     from .hub import load_any_schedule
 
+    if args.num_classes is not None and args.num_classes < 2:
+        raise ValueError(f"--num-classes must be at least 2 (the number of classes C), got {args.num_classes}.")
     out = args.out if args.out.suffix else args.out.with_suffix(".png")  # what matplotlib writes for a bare name
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: the folder {out.parent} does not exist.")
@@ -136,6 +138,12 @@ def task_list(presets: dict) -> str:
     return "tasks:\n" + "\n".join(f"  {name}: {p.description}" for name, p in presets.items())
 
 
+def usage(command: str) -> str:
+    """The usage line of a training command."""
+    schedule = " --schedule SCHEDULE" if command == "transfer" else ""
+    return f"mlrsnet {command} --task TASK{schedule} --output_dir DIR [FLAG ...]"
+
+
 def command_parser(command: str, presets: dict, every_flag: bool = False) -> argparse.ArgumentParser:
     """The ``--help`` of ``mlrsnet meta-train|transfer|train-controller``: the task's flags, then the schedule's, then
     the ``TrainingArguments`` flags in a group of their own (those of :data:`TRAINING_FLAGS`; ``every_flag``: all of
@@ -158,7 +166,7 @@ def command_parser(command: str, presets: dict, every_flag: bool = False) -> arg
     parser = HfArgumentParser(
         [],
         prog=f"mlrsnet {command}",
-        usage=f"mlrsnet {command} --task TASK --output_dir DIR [FLAG ...]",
+        usage=usage(command),
         description=f"mlrsnet {command}: {what} on a task preset.",
         epilog=task_list(presets),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -193,11 +201,11 @@ def command_help(command: str, presets: dict, usage_error: bool, every_flag: boo
     With no arguments at all: the usage on stderr and exit status 2 (as argparse does for a missing argument).
     """
     if usage_error:
-        print(f"usage: mlrsnet {command} --task TASK --output_dir DIR [FLAG ...]", file=sys.stderr)
-        print(
-            f"mlrsnet {command}: error: --task and --output_dir are required (--help lists the flags)",
-            file=sys.stderr,
+        print(f"usage: {usage(command)}", file=sys.stderr)
+        required = (
+            "--task, --schedule and --output_dir are" if command == "transfer" else "--task and --output_dir are"
         )
+        print(f"mlrsnet {command}: error: {required} required (--help lists the flags)", file=sys.stderr)
         print(task_list(presets), file=sys.stderr)
         return 2
     command_parser(command, presets, every_flag).print_help()
@@ -213,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help_flags = {"-h", "--help", "--help-all"} & set(argv[1:])
         if len(argv) == 1 or help_flags:  # without the data, models and Trainer
             return command_help(argv[0], PRESETS, usage_error=len(argv) == 1, every_flag="--help-all" in help_flags)
+        task = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--task"), None)
+        if task is not None and task not in PRESETS:  # said before the Trainer, data and models are imported
+            print(f"mlrsnet: error: Unknown task {task!r}: expected one of {', '.join(PRESETS)}.", file=sys.stderr)
+            return 1
         from .experiments.tasks import run, train_controller_run
         from .repo_files import ScheduleFileError
 

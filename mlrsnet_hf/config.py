@@ -30,7 +30,8 @@ class MLRSNetConfig(TrainingArguments, ScheduleOptions):
     schedule: str | None = field(
         default=None,
         metadata={
-            "help": "The learned schedule: a local directory or a Hub repo id. Required for transfer; for "
+            "help": "The learned schedule: a local directory, a zoo schedule shipped with the package "
+            "(mlrsnet_hf/NAME, see `mlrsnet info`) or a Hub repo id. Required for transfer; for "
             "meta-training, a schedule to start from (default: a freshly initialised one)."
         },
     )

@@ -221,8 +221,8 @@ def test_training_command_help_groups_task_schedule_and_training_flags(capsys):
     out = capsys.readouterr().out
     groups = [line for line in out.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
     assert groups[:3] == ["options:", "task:", "schedule:"] and groups[3].startswith("training (TrainingArguments)")
-    assert out.index("--task") < out.index("--gamma") < out.index("--schedule ") < out.index("--learning_rate")
-    assert out.startswith("usage: mlrsnet transfer --task TASK --output_dir DIR [FLAG ...]\n")
+    assert out.index("--task") < out.index("--gamma") < out.index("  --schedule ") < out.index("--learning_rate")
+    assert out.startswith("usage: mlrsnet transfer --task TASK --schedule SCHEDULE --output_dir DIR [FLAG ...]\n")
     for ignored in ("--lr_scheduler_type", "--warmup_steps", "--warmup_ratio"):
         assert ignored not in out
     assert "--dataloader_num_workers" not in out and len(out.splitlines()) < 260  # was 720 lines
@@ -244,4 +244,25 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
     assert (
         err.startswith("mlrsnet: error: 'myschedule' is not a local directory, not a zoo schedule")
         and err.count("\n") == 1
+    )
+
+
+def test_small_usage_errors_are_said_at_once_and_name_the_way_out(tmp_path, capsys):
+    assert main(["transfer"]) == 2
+    assert "--task, --schedule and --output_dir are required" in capsys.readouterr().err
+    # a wrong task before the Trainer, the data and the models are imported (it took 9 s)
+    found = modules_after(
+        "import contextlib, io, json, sys\n"
+        "import mlrsnet_hf.cli\n"
+        "err = io.StringIO()\n"
+        "with contextlib.redirect_stderr(err):\n"
+        "    code = mlrsnet_hf.cli.main(['transfer', '--task', 'imagenet', '--output_dir', 'x'])\n"
+        "print(json.dumps([code, err.getvalue(), 'transformers.trainer' in sys.modules]))"
+    )
+    assert found[0] == 1 and found[1].startswith("mlrsnet: error: Unknown task 'imagenet': expected one of cifar10")
+    assert found[2] is False
+    assert main(["plot", "mlrsnet_hf/ptb-gpt2-200", "--out", str(tmp_path / "p"), "--num-classes", "-5"]) == 1
+    assert (
+        capsys.readouterr().err
+        == "mlrsnet: error: --num-classes must be at least 2 (the number of classes C), got -5.\n"
     )

@@ -237,3 +237,14 @@ def test_gamma_auto_keeps_the_previous_stages_gamma_when_the_average_loss_is_not
     assert "keeping the previous stage's gamma" in caplog.text
     with pytest.raises(ValueError, match='gamma="auto" cannot start stage 0: the average training loss is nan'):
         schedule.start(num_classes=10).enter_stage(0, average_loss=float("nan"))
+
+
+def test_a_missing_num_classes_says_where_to_pass_it():
+    schedule = MLRSNetSchedule(hidden_size=4, gamma=1.0, input_normalization="log_num_classes")
+    with pytest.raises(
+        ValueError, match=r"needs num_classes \(C\): pass num_classes=\.\.\. to schedule.start, unroll"
+    ):
+        schedule.unroll([5.0, 4.0])
+    assert len(schedule.unroll([5.0, 4.0], num_classes=10)) == 2
+    with pytest.raises(ValueError, match=r'gamma="auto" needs num_classes \(C\)'):
+        MLRSNetSchedule(hidden_size=4, gamma="auto").simulate([2.0, 1.0])

@@ -287,7 +287,11 @@ def load_ptb_lm(
     ranges = disjoint_splits({"train": train_split, "meta": meta_split, "test": test_split})
     for role, (name, _, _) in ranges.items():
         if name not in sentences:
-            raise ValueError(f"PTB split {name!r} ({role}) not found (have {sorted(sentences)}).")
+            raise ValueError(
+                f"PTB split {name!r} ({role}) not found (have {sorted(sentences)}): choose the splits with "
+                "--train_split, --meta_split and --test_split, e.g. --train_split 'validation[:90%]' "
+                "--meta_split 'validation[90%:]' with only the validation and test text."
+            )
     vocabulary = build_vocabulary(*(sentences[s] for s in ("train", "validation", "test") if s in sentences))
 
     def part(role: str) -> list[str]:

@@ -145,7 +145,10 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
     argv = list(sys.argv[1:] if argv is None else argv)
     task_args, training = parse(argv, meta_train)
     if not meta_train and training.schedule is None:
-        raise ValueError("transfer needs --schedule (a schedule directory or Hub repo id).")
+        raise ValueError(
+            "transfer needs --schedule: a schedule directory, a zoo schedule shipped with the package (e.g. "
+            "mlrsnet_hf/ptb-lstm-200; mlrsnet_hf.zoo_names() lists them) or a Hub repo id."
+        )
     schedule = None
     if not meta_train:
         schedule = load_any_schedule(training.schedule)

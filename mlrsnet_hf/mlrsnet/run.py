@@ -129,7 +129,9 @@ class ScheduleRun:
             if average_loss is None:
                 raise ValueError('gamma="auto" needs the average training loss at the start of each stage.')
             if self.num_classes is None:
-                raise ValueError('gamma="auto" needs num_classes: start the run with num_classes=... .')
+                raise ValueError(
+                    'gamma="auto" needs num_classes (C): pass num_classes=... to schedule.start, unroll or simulate.'
+                )
             self.gammas[stage] = self._auto_gamma(stage, float(average_loss))
         elif self.uses_base_lr:
             if base_lr is not None:
@@ -151,7 +153,10 @@ class ScheduleRun:
         """The network's input: the loss, divided by ``ln C`` with ``input_normalization="log_num_classes"``."""
         if self.input_normalization == "log_num_classes":
             if self.num_classes is None:
-                raise ValueError('input_normalization="log_num_classes" needs num_classes: start the run with it.')
+                raise ValueError(
+                    'input_normalization="log_num_classes" needs num_classes (C): pass num_classes=... to '
+                    "schedule.start, unroll or simulate."
+                )
             return loss / math.log(self.num_classes)
         return loss
 
