@@ -85,8 +85,9 @@ class LossMeter:
         if self._loss_sum is None:
             raise RuntimeError(
                 "The learned schedule needs the training loss, but the model returned none during this step. The model must "
-                "return a loss (pass labels); with label_smoothing_factor or compute_loss_func the Trainer computes "
-                "the loss outside the model, which the schedule cannot read. In a loop of your own "
+                "return a loss (pass labels); with label_smoothing_factor or compute_loss_func a plain Trainer computes "
+                "the loss outside the model, which the callback cannot read: use MLRSNetTrainer, which reads it. In a "
+                "loop of your own "
                 "(MLRSNetDriver.for_loop), pass loss_from_model=False and hand each loss to driver.observe(loss)."
             )
         if self._partial:

@@ -145,7 +145,17 @@ class MLRSNetTrainer(Trainer):
         """
         callback = self.mlrsnet_callback
         driver = callback.lr_scheduler
-        if driver.loss_from_forward_hook:
+        # label_smoothing_factor / compute_loss_func: the Trainer takes the labels and computes the loss itself
+        outside = (self.label_smoother is not None or self.compute_loss_func is not None) and "labels" in inputs
+        if outside and model.training:
+            with driver.meter.paused():  # the model's own output holds no training loss then
+                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            partial = num_items_in_batch is not None
+            scaled = self.args.average_tokens_across_devices and partial  # (Trainer.compute_loss's own scaling)
+            scale = self.accelerator.num_processes // self.get_tp_size() if scaled else 1
+            driver.meter.record({"loss": loss / scale if scale != 1 else loss}, partial=partial)
+            result = (loss, outputs) if return_outputs else loss
+        elif driver.loss_from_forward_hook:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         else:
             result = super().compute_loss(model, inputs, True, num_items_in_batch)

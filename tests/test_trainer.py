@@ -2,6 +2,7 @@
 
 import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -158,6 +159,39 @@ def test_the_loss_is_read_in_compute_loss_or_by_a_hook_when_a_subclass_computes_
     assert runs[MLRSNetTrainer][1:] == ([0] * 9, 0)
     assert runs[OwnLoss][1:] == ([1] * 9, 0)  # removed at the end of training
     assert runs[OwnLoss][0] == runs[MLRSNetTrainer][0] and len({lrs[0] for lrs in runs[OwnLoss][0]}) > 3
+
+
+def test_a_loss_the_trainer_computes_label_smoothing_or_compute_loss_func_is_the_one_read(schedule_dir, tmp_path):
+    """With label_smoothing_factor or compute_loss_func the model returns no loss: the schedule reads the Trainer's."""
+
+    def cross_entropy(outputs, labels, num_items_in_batch=None):  # the model's own loss, computed by the Trainer
+        return torch.nn.functional.cross_entropy(outputs["logits"], labels)
+
+    runs = {}
+    for name, kwargs in (("model", {}), ("compute_loss_func", {"compute_loss_func": cross_entropy})):
+        torch.manual_seed(0)
+        recorder = Recorder()
+        args = config(tmp_path / name, schedule=str(schedule_dir))
+        MLRSNetTrainer(model=DigitsNet(), args=args, train_dataset=digits(600), callbacks=[recorder], **kwargs).train()
+        runs[name] = [lrs[0] for lrs in recorder.lrs]
+    assert runs["compute_loss_func"] == runs["model"] and len(set(runs["model"])) > 3  # (it raised at step 1)
+
+    torch.manual_seed(0)
+    model, recorder = DigitsNet(), Recorder()
+    model.config = SimpleNamespace(problem_type=None)  # (the Trainer reads it under label smoothing)
+    smoothed = []
+    real = MLRSNetTrainer.compute_loss
+
+    def spy(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        smoothed.append(float(result[0] if isinstance(result, tuple) else result))
+        return result
+
+    args = config(tmp_path / "smoothing", schedule=str(schedule_dir), label_smoothing_factor=0.1)
+    trainer = MLRSNetTrainer(model=model, args=args, train_dataset=digits(600), callbacks=[recorder])
+    trainer.compute_loss = spy.__get__(trainer)
+    trainer.train()
+    assert [lrs[0] for lrs in recorder.lrs] == pytest.approx(replay(schedule_dir, smoothed, 9), rel=1e-6)
 
 
 def test_callback_options_and_path(schedule_dir, tmp_path):
