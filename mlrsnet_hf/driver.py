@@ -132,6 +132,7 @@ class LRDriver(LoopBinding):
         return {
             "family": type(self).__name__,
             "last_epoch": self.last_epoch,
+            "num_training_steps": self.num_training_steps,  # (a resume with another max_steps is told)
             "last_lrs": [float(v) for v in self.last_lrs],
             "initial_lrs": list(self.initial_lrs),
             **self._runtime_state(),

@@ -29,7 +29,9 @@ def run_trainer(out, resume=None, **kwargs):
     torch.manual_seed(0)
     recorder = Recorder()
     data = digits()
-    args = MLRSNetConfig(optim="sgd", output_dir=str(out), num_classes=10, auto_gamma_batches=3, **COMMON, **kwargs)
+    args = MLRSNetConfig(
+        optim="sgd", output_dir=str(out), num_classes=10, auto_gamma_batches=3, **{**COMMON, **kwargs}
+    )
     trainer = MLRSNetTrainer(
         model=DigitsNet(dropout=0.1),
         args=args,
@@ -62,6 +64,18 @@ def test_trainer_resume_is_exact(schedule_dir, tmp_path, meta_train, horizon):
             assert all(torch.equal(a["weights"][k], v) for k, v in b["weights"].items())
         initial = MLRSNetSchedule.from_pretrained(schedule_dir).weights()
         assert any(not torch.equal(v, initial[k]) for k, v in full.schedule.weights().items())
+
+
+def test_a_resume_with_a_longer_max_steps_follows_the_new_length_and_says_so(schedule_dir, tmp_path, caplog):
+    kwargs = dict(schedule=str(schedule_dir))
+    run_trainer(tmp_path / "a", save_steps=10, **kwargs)
+    with caplog.at_level("WARNING"):
+        resumed, _ = run_trainer(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-10"), max_steps=20, **kwargs)
+    stages = [h["schedule_stage"] for h in resumed.state.log_history if "schedule_stage" in h and h["step"] > 10]
+    # a 20-step run's stages start at steps 0, 6 and 13: steps 11-13 are in stage 1 (they stayed in stage 2)
+    assert stages == [1, 1, 1] + [2] * 7
+    assert "Resuming a run of 10 optimizer steps as one of 20: the schedule's stages follow the new length (step 11 " \
+        "is in stage 1, it was in stage 2)" in caplog.text  # fmt: skip
 
 
 def run_callback(out, schedule, resume=None):

@@ -186,6 +186,21 @@ class MLRSNetDriver(LRDriver):
                 if restored.get("meta") is None:
                     raise ValueError("it was written without meta-training: cannot resume with meta_train=True.")
                 self.meta.load_state_dict(restored["meta"], trainable_parameters(self.model))
+        saved_total = restored.get("num_training_steps")
+        if isinstance(saved_total, int) and saved_total != self.num_training_steps:
+            # As Trainer's own schedulers do on such a resume, the stages follow the new length: the next step
+            # enters the stage it belongs to now (the LSTM state carries over, as across any stage switch).
+            next_step = int(restored["last_epoch"])
+            self._stage_firsts.add(next_step)
+            logger.warning(
+                "Resuming a run of %d optimizer steps as one of %d: the schedule's stages follow the new length "
+                "(step %d is in stage %d, it was in stage %d).",
+                saved_total,
+                self.num_training_steps,
+                next_step + 1,
+                self.run.stage_at(next_step, self.num_training_steps),
+                self.run.stage,
+            )
         if self.device_step is not None and self.run.stage >= 0:
             self.device_step.prepare()  # a resumed run steps fast from its first step: capture before it
 
