@@ -2,7 +2,7 @@
 
 mlrsnet convert-official mlr_snet_1.pth mlr_snet_100.pth mlr_snet_200.pth --out DIR
 mlrsnet info SCHEDULE                       # a local directory, a zoo schedule (mlrsnet_hf/NAME) or a Hub repo id
-mlrsnet plot SCHEDULE --out lr.png [--losses FILE] [--num-classes C] [--base-lr LR]   # either family
+mlrsnet plot SCHEDULE --out lr.png [--losses FILE] [--num-classes C] [--base-lr LR] [--gamma G]   # either family
 
 Only argparse is imported here: ``--help`` starts at once, ``info`` and ``plot`` import what loading a schedule
 needs (torch, not the Trainer), a training command's ``--help`` the argument classes (``TrainingArguments``, not the
@@ -91,11 +91,23 @@ def _plot(args: argparse.Namespace) -> None:
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: the folder {out.parent} does not exist.")
     losses = read_losses(args.losses) if args.losses else None
-    schedule = load_any_schedule(args.schedule)
+    overrides = {} if args.gamma is None else {"gamma": _gamma(args.gamma)}
+    try:
+        schedule = load_any_schedule(args.schedule, **overrides)
+    except TypeError as e:  # a family without a gamma (the LR controller)
+        raise ValueError(f"--gamma: {e}") from None
     lrs = family_of(schedule).plot(schedule, out, losses=losses, num_classes=args.num_classes, base_lr=args.base_lr)
     print(
         f"wrote {out}: {len(lrs)} steps, LR from {lrs[0]:.4g} to {lrs[-1]:.4g} (min {min(lrs):.4g}, max {max(lrs):.4g})"
     )
+
+
+def _gamma(value: str) -> float | str:
+    """``--gamma``: a number, or the name of a rule."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="learning_rate for gamma='relative'/'range_test' (default 1); an LR controller's initial LR "
         "(default: those it was trained from); an error for any other gamma",
+    )
+    p.add_argument(
+        "--gamma",
+        help="an MLR-SNet schedule's gamma for this picture (default: its own), e.g. 'relative' with --base-lr 1e-3 "
+        "for what a run with AdamW at learning_rate 1e-3 gets (the default with an optimizer other than SGD)",
     )
     p.set_defaults(func=_plot)
     return parser

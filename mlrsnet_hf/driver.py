@@ -85,6 +85,7 @@ class LRDriver(LoopBinding):
         self.meter = LossMeter()
         self.optimizer: torch.optim.Optimizer | None = None
         self.last_epoch = 0  # optimizer steps taken (the Trainer's calls to step())
+        self.num_training_steps: int | None = None  # the run's length (start())
         self.last_lrs: list[float] = []
         self.initial_lrs: list[float] = []
         self.lr_history: list[float] = []  # the LR of every step of this process's run (not checkpointed)
@@ -230,7 +231,7 @@ class LRDriver(LoopBinding):
         (:meth:`lr_scale_source`), tells whether ``learning_rate`` set it.
         """
         source, checked = self.lr_scale_source()
-        unused = unused_lr_settings(self.args)
+        unused = unused_lr_settings(self.args) + self.unused_options()
         if source is not None:
             # The LR the user gave: learning_rate, or the LR of an optimizer built by the user (its first group's).
             user_lr = self.initial_lrs[0]
@@ -259,6 +260,11 @@ class LRDriver(LoopBinding):
                 first,
                 reason,
             )
+
+    def unused_options(self) -> list[str]:
+        """The family's run options that this run sets but does not use, as ``name=value`` (the first-step warning
+        names them)."""
+        return []
 
     def lr_scale_source(self) -> tuple[str | None, bool]:
         """What sets the run's LR scale in place of ``learning_rate`` (None: ``learning_rate`` sets it), and whether it is

@@ -120,6 +120,11 @@ def resolve_files(model_id: str, filenames: Sequence[str], **download_kwargs: An
                 f"name (no Hub repo is looked up under {ZOO_PREFIX!r}). The zoo: {', '.join(zoo_names())}."
             )
         return [_file_in(directory, name, model_id) for name in filenames]
+    if os.path.isfile(model_id):
+        raise ScheduleFileError(
+            f"{model_id} is a file: a schedule is a directory holding {CONFIG_NAME} and {WEIGHTS_NAME}; pass the "
+            f"directory ({os.path.dirname(model_id) or '.'})."
+        )
     if looks_local(model_id):
         raise ScheduleFileError(f"No such directory: {model_id} (a local path, so no Hub repo was looked up).")
     if "/" not in model_id.strip("/"):

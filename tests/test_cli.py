@@ -8,7 +8,7 @@ import torch
 from conftest import CHECKPOINTS, REPO, SHARED
 from PIL import Image
 
-from mlrsnet_hf import MLRSNetSchedule
+from mlrsnet_hf import LRController, MLRSNetSchedule
 from mlrsnet_hf.cli import main, read_losses
 
 
@@ -266,3 +266,18 @@ def test_small_usage_errors_are_said_at_once_and_name_the_way_out(tmp_path, caps
         capsys.readouterr().err
         == "mlrsnet: error: --num-classes must be at least 2 (the number of classes C), got -5.\n"
     )
+
+
+def test_plot_draws_a_schedule_under_another_gamma(tmp_path, capsys):
+    """``--gamma relative --base-lr``: what the default run with AdamW gets, for a schedule saved with a fixed gamma."""
+    out = tmp_path / "rel"
+    assert (
+        main(["plot", "mlrsnet_hf/digits-cnn-600", "--out", str(out), "--gamma", "relative", "--base-lr", "1e-3"]) == 0
+    )
+    assert capsys.readouterr().out.startswith(f"wrote {out}.png: 600 steps, LR from 0.001 to ")
+    assert main(["plot", "mlrsnet_hf/digits-cnn-600", "--out", str(out), "--base-lr", "1e-3"]) == 1
+    assert "(--gamma relative --base-lr LR: what a run" in capsys.readouterr().err
+    controller = tmp_path / "controller"
+    LRController().save_pretrained(controller)
+    assert main(["plot", str(controller), "--out", str(out), "--gamma", "relative"]) == 1
+    assert capsys.readouterr().err.startswith("mlrsnet: error: --gamma: Unknown schedule options ['gamma']")

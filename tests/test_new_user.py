@@ -62,9 +62,15 @@ def test_a_mistyped_local_path_fails_at_once_without_a_hub_lookup(tmp_path, monk
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
     monkeypatch.setattr("mlrsnet_hf.repo_files.hf_hub_download", no_hub)
     MLRSNetSchedule(hidden_size=4).save_pretrained(tmp_path / "schedule")
-    for typo in (str(tmp_path / "schedul"), str(tmp_path / "schedule" / "config.json")):
-        with pytest.raises(ScheduleFileError, match="No such directory|not a complete schedule repo|is missing"):
-            MLRSNetSchedule.from_pretrained(typo)
+    with pytest.raises(ScheduleFileError, match="^No such directory: "):
+        MLRSNetSchedule.from_pretrained(str(tmp_path / "schedul"))
+    config = tmp_path / "schedule" / "config.json"
+    with pytest.raises(ScheduleFileError, match=f"^{config} is a file: a schedule is a directory holding config.json"):
+        MLRSNetSchedule.from_pretrained(str(config))
+    from mlrsnet_hf.experiments.data import load_raw
+
+    with pytest.raises(ValueError, match=f"^--dataset {config} is a file: pass the directory"):
+        load_raw(str(config))
 
 
 def test_a_meta_training_run_without_meta_updates_says_so(tmp_path, caplog):

@@ -166,3 +166,16 @@ def test_the_presets_keep_the_papers_sgd():
     from mlrsnet_hf.experiments.presets import PRESETS
 
     assert {preset.training.get("optim") for preset in PRESETS.values()} == {"sgd"}
+
+
+def test_options_a_transfer_does_not_use_are_named(schedule_dir, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        torch.manual_seed(0)
+        data = digits(300)
+        args = MLRSNetConfig(output_dir=str(tmp_path), optim="sgd", relative_max_scale=2.0, **COMMON)
+        MLRSNetTrainer(
+            model=DigitsNet(), args=args, schedule=str(schedule_dir), train_dataset=data[:256], meta_dataset=data[256:]
+        ).train()
+    meta, first = warnings_of(caplog)
+    assert meta.startswith("meta_dataset is read only to meta-train the schedule (meta_train=True)")
+    assert "relative_max_scale=2 (gamma=0.4) is not used" in first

@@ -179,6 +179,8 @@ def load_image_dataset(
 def load_raw(path: str, config: str | None = None, **load_kwargs: Any) -> DatasetDict:
     """``load_dataset`` on a Hub id or a local directory in the Hub repo's layout; a local path (``./x``, ``/x``,
     ``~/x``, ``a/b/c``...) that is no directory is a ``ValueError`` at once, not a Hub lookup."""
+    if os.path.isfile(path):
+        raise ValueError(f"--dataset {path} is a file: pass the directory that holds the dataset's files.")
     if not os.path.isdir(path) and looks_local(path):
         raise ValueError(f"--dataset {path}: no such directory (a local path, so no Hub dataset was looked up).")
     if os.path.isdir(path):

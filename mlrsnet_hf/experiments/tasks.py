@@ -175,7 +175,9 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
         args=training,
         train_dataset=task.train,
         eval_dataset=task.test,
-        meta_dataset=task.meta,
+        # the meta split: MLR-SNet's meta updates, or the probe batches of a family without run options (the LR
+        # controller); a transferred MLR-SNet schedule does not read it
+        meta_dataset=task.meta if meta_train or family_of(schedule).driver_class.options_class is None else None,
         schedule=schedule,
         compute_metrics=task.compute_metrics,
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,

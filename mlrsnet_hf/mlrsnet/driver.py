@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..driver import LRDriver
 from ..engines import check_range_test_engine
-from ..gamma import check_gamma, run_gamma
+from ..gamma import BASE_LR_RULES, check_gamma, run_gamma
 from ..lr_range_test import RangeTestResult, lr_range_test
 from ..measurements import average_training_loss, default_num_classes, ordered_batches
 from ..meta_gradient import is_sharded, trainable_parameters
@@ -53,6 +53,11 @@ class MLRSNetDriver(LRDriver):
         super().__init__(schedule, options, held_out, held_out_collate_fn, label_names)
         if self.options.meta_train and held_out is None:
             raise ValueError("meta_train=True needs meta_dataset: held-out training data for the meta updates.")
+        if not self.options.meta_train and held_out is not None:
+            logger.warning(
+                "meta_dataset is read only to meta-train the schedule (meta_train=True); this run transfers it and "
+                "does not use meta_dataset."
+            )
         self.meta: MetaLearner | None = None
         self.range_test: RangeTestResult | None = None  # the curve and choice of gamma="range_test", once run
         self.last_step: dict[str, Any] | None = None
@@ -203,6 +208,12 @@ class MLRSNetDriver(LRDriver):
             )
         if self.device_step is not None and self.run.stage >= 0:
             self.device_step.prepare()  # a resumed run steps fast from its first step: capture before it
+
+    def unused_options(self) -> list[str]:
+        scale = self.options.relative_max_scale
+        if scale is not None and self.run.gamma not in BASE_LR_RULES:  # (a bound on lr / base LR)
+            return [f"relative_max_scale={scale:g} (gamma={self.run.gamma!r})"]
+        return []
 
     def lr_scale_source(self) -> tuple[str | None, bool]:
         run, online = self.run, self.options.online_scale

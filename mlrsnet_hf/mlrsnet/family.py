@@ -48,7 +48,8 @@ def plot_schedule(
     if base_lr is not None and not schedule.uses_base_lr:
         raise ValueError(
             f"--base-lr is used only by gamma='relative' or 'range_test'; this schedule's gamma is "
-            f"{schedule.gamma!r}, so its LRs do not depend on it."
+            f"{schedule.gamma!r}, so its LRs do not depend on it (--gamma relative --base-lr LR: what a run with "
+            "an optimizer other than SGD at learning_rate LR gets)."
         )
     from .plotting import plot_lr_response  # (matplotlib: only for a picture)
 
