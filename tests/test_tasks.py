@@ -123,6 +123,21 @@ def test_a_preset_run_resumes_from_the_checkpoint_it_is_given(tmp_path, monkeypa
     assert resumed == pytest.approx(full[2:], rel=2e-3) and resumed != pytest.approx(full[:2], rel=2e-3)
 
 
+def test_a_ptb_transfer_trains_on_all_of_a_split_the_meta_split_would_overlap(tmp_path, capsys):
+    """A transfer reads no meta split, so PTB's default one (validation) may overlap the training text; meta-training
+    still refuses the overlap."""
+    ptb = SHARED / "data" / "ptb"
+    if not (ptb / "ptb.valid.txt").is_file():
+        pytest.skip(f"Penn Treebank text not found in {ptb}")
+    argv = ["--task", "ptb-lstm2", "--dataset", str(ptb), "--train_split", "validation", "--max_eval_samples", "20",
+            "--eval_strategy", "no", *QUICK]  # fmt: skip
+    assert main(["transfer", *argv, "--schedule", "mlrsnet_hf/ptb-lstm-200", "--output_dir", str(tmp_path / "t")]) == 0
+    assert len(json.loads((tmp_path / "t" / "metrics.json").read_text())["learning_rates"]) == 4
+    capsys.readouterr()
+    assert main(["meta-train", *argv, "--output_dir", str(tmp_path / "m")]) == 1
+    assert "The train and meta splits overlap" in capsys.readouterr().err
+
+
 def test_cli_errors(tmp_path, capsys):
     assert main(["transfer", "--task", "cifar10-resnet18", "--output_dir", str(tmp_path)]) == 1
     assert "transfer needs --schedule" in capsys.readouterr().err

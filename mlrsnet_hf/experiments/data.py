@@ -274,19 +274,22 @@ def load_ptb_lm(
     seq_len: int = 35,
     eval_batch_size: int = 10,
     train_split: str = "train",
-    meta_split: str = "validation",
+    meta_split: str | None = "validation",
     test_split: str = "test",
     **load_kwargs: Any,
-) -> tuple[dict[str, LMChunks], list[str]]:
+) -> tuple[dict[str, LMChunks | None], list[str]]:
     """PTB as contiguous LM batches: ``({"train", "meta", "test"}, vocabulary)``.
 
     The meta split is PTB's validation split (the paper's setting); with only the validation and test
     files at hand (e.g. a CPU-scale run), carve splits apart with ``datasets``' slice syntax, e.g.
-    ``train_split="validation[:90%]", meta_split="validation[90%:]"``. Overlapping splits are refused. The vocabulary covers all splits, as in the standard PTB setup. The schedule's
+    ``train_split="validation[:90%]", meta_split="validation[90%:]"``. Overlapping splits are refused;
+    ``meta_split=None``: no meta split (``"meta"`` is None; a transfer does not read one). The vocabulary covers all
+    splits, as in the standard PTB setup. The schedule's
     loss input is the loss divided by ``ln(len(vocabulary))`` (``input_normalization="log_num_classes"``).
     """
     sentences = load_ptb(dataset, **load_kwargs)
-    ranges = disjoint_splits({"train": train_split, "meta": meta_split, "test": test_split})
+    roles = {"train": train_split, "meta": meta_split, "test": test_split}
+    ranges = disjoint_splits({role: split for role, split in roles.items() if split is not None})
     for role, (name, _, _) in ranges.items():
         if name not in sentences:
             raise ValueError(
@@ -303,7 +306,7 @@ def load_ptb_lm(
 
     chunks = {
         "train": LMChunks(encode(part("train"), vocabulary), batch_size, seq_len),
-        "meta": LMChunks(encode(part("meta"), vocabulary), batch_size, seq_len),
+        "meta": LMChunks(encode(part("meta"), vocabulary), batch_size, seq_len) if meta_split is not None else None,
         "test": LMChunks(encode(part("test"), vocabulary), eval_batch_size, seq_len),
     }
     return chunks, vocabulary

@@ -66,8 +66,9 @@ def preset_model(preset: TaskPreset, num_classes: int) -> nn.Module:
     return wide_resnet(num_classes) if preset.model == "wrn-28-10" else cifar_net(preset.model, num_classes)
 
 
-def build_task(args: TaskArguments, training: MLRSNetConfig | None = None) -> Task:
-    """Data, model and metrics of a preset."""
+def build_task(args: TaskArguments, training: MLRSNetConfig | None = None, needs_meta: bool = True) -> Task:
+    """Data, model and metrics of a preset (``needs_meta=False``: PTB's meta split is neither loaded nor checked for
+    overlap; the image sets keep theirs)."""
     if args.task not in PRESETS:
         raise ValueError(f"Unknown task {args.task!r}: expected one of {', '.join(PRESETS)}.")
     preset = PRESETS[args.task]
@@ -80,7 +81,7 @@ def build_task(args: TaskArguments, training: MLRSNetConfig | None = None) -> Ta
             seq_len=args.seq_len,
             eval_batch_size=eval_batch,
             train_split=args.train_split,
-            meta_split=args.meta_split,
+            meta_split=args.meta_split if needs_meta else None,
             test_split=args.test_split,
         )
         model = preset_model(preset, len(vocab))
@@ -160,7 +161,10 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
                 if f"--{name}" not in argv:
                     setattr(training, name, getattr(defaults, name))
     set_seed(training.seed)
-    task = build_task(task_args, training)
+    # the meta split: MLR-SNet's meta updates, or the probe batches of a family without run options (the LR
+    # controller); a transferred MLR-SNet schedule does not read it
+    needs_meta = meta_train or family_of(schedule).driver_class.options_class is None
+    task = build_task(task_args, training, needs_meta)
     if task_args.max_eval_samples is not None:
         n = min(task_args.max_eval_samples, len(task.test))
         task.test = task.test.select(range(n)) if hasattr(task.test, "select") else Subset(task.test, range(n))
@@ -175,9 +179,7 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
         args=training,
         train_dataset=task.train,
         eval_dataset=task.test,
-        # the meta split: MLR-SNet's meta updates, or the probe batches of a family without run options (the LR
-        # controller); a transferred MLR-SNet schedule does not read it
-        meta_dataset=task.meta if meta_train or family_of(schedule).driver_class.options_class is None else None,
+        meta_dataset=task.meta if needs_meta else None,
         schedule=schedule,
         compute_metrics=task.compute_metrics,
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
@@ -230,7 +232,7 @@ def run_baseline(argv: Sequence[str], lr_scheduler_type: str = "cosine") -> dict
     task_args, training = parse(list(argv), meta_train=False)
     training.lr_scheduler_type = lr_scheduler_type
     set_seed(training.seed)
-    task = build_task(task_args, training)
+    task = build_task(task_args, training, needs_meta=False)
     trainer = Trainer(
         model=task.model,
         args=training,
