@@ -129,8 +129,9 @@ def load_any_schedule(model_id: str | Path, **kwargs: Any) -> Any:
             f"{path} is for model_type {str(model_type)[:80]!r}: not a registered schedule family "
             f"(registered: {sorted(_SCHEDULE_TYPES)})."
         )
-    if snapshot_commit(path) is not None:  # from the Hub: the family loads the commit just downloaded
-        kwargs = {**kwargs, "revision": snapshot_commit(path), "force_download": False}
+    commit = snapshot_commit(path)
+    if commit is not None:  # from the Hub: the family loads the commit just downloaded
+        kwargs = {**kwargs, "revision": commit, "force_download": False}
     return _SCHEDULE_TYPES[model_type].from_pretrained(str(model_id), **kwargs)
 
 

@@ -180,11 +180,8 @@ def _download(model_id: str, filenames: Sequence[str], **download_kwargs: Any) -
     name = filenames[0]
     paths: list[Path] = []
     try:
-        cached = _cached_at_commit(model_id, filenames, kwargs)
-        if cached is not None:
-            return cached
         for name in filenames:
-            if not (hub_is_offline() or kwargs.get("local_files_only") or _cached_at_commit(model_id, [name], kwargs)):
+            if not (hub_is_offline() or kwargs.get("local_files_only") or _cached_at_commit(model_id, name, kwargs)):
                 unreachable = _probe(model_id, name, kwargs)
                 if unreachable is not None and kwargs.get("force_download"):
                     raise _not_downloaded(model_id, name, unreachable, "force_download=True needs the Hub")
@@ -231,19 +228,15 @@ def _not_downloaded(model_id: str, name: str, error: BaseException | None, why: 
     )
 
 
-def _cached_at_commit(model_id: str, filenames: Sequence[str], download_kwargs: dict[str, Any]) -> list[Path] | None:
-    """The cached files when the revision asked for is a commit hash and all of them are in the HF cache, else None."""
+def _cached_at_commit(model_id: str, filename: str, download_kwargs: dict[str, Any]) -> bool:
+    """Whether the revision asked for is a commit hash and ``filename`` is in the HF cache at it (then
+    ``hf_hub_download`` returns it without a request)."""
     revision = download_kwargs.get("revision")
     if download_kwargs.get("force_download") or not (isinstance(revision, str) and COMMIT_HASH.fullmatch(revision)):
-        return None
+        return False
     validate_repo_id(model_id)
-    paths = [
-        try_to_load_from_cache(
-            model_id, name, cache_dir=_expanded(download_kwargs.get("cache_dir")), revision=revision
-        )
-        for name in filenames
-    ]
-    return [Path(p) for p in paths] if all(isinstance(p, str) for p in paths) else None
+    cache_dir = _expanded(download_kwargs.get("cache_dir"))
+    return isinstance(try_to_load_from_cache(model_id, filename, cache_dir=cache_dir, revision=revision), str)
 
 
 def _expanded(cache_dir: str | Path | None) -> str | None:
