@@ -233,14 +233,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TRAINING_COMMANDS:
         # These take every MLRSNetConfig / TrainingArguments flag: HfArgumentParser parses them.
-        from .experiments.presets import PRESETS
+        from .experiments.presets import PRESETS, preset
 
         help_flags = {"-h", "--help", "--help-all"} & set(argv[1:])
         if len(argv) == 1 or help_flags:  # without the data, models and Trainer
             return command_help(argv[0], PRESETS, usage_error=len(argv) == 1, every_flag="--help-all" in help_flags)
         task = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--task"), None)
-        if task is not None and task not in PRESETS:  # said before the Trainer, data and models are imported
-            print(f"mlrsnet: error: Unknown task {task!r}: expected one of {', '.join(PRESETS)}.", file=sys.stderr)
+        try:
+            if task is not None:
+                preset(task)  # a wrong name is said before the Trainer, data and models are imported
+        except ValueError as e:
+            print(f"mlrsnet: error: {e}", file=sys.stderr)
             return 1
         from .experiments.tasks import run, train_controller_run
         from .repo_files import ScheduleFileError

@@ -78,6 +78,13 @@ PRESETS: dict[str, TaskPreset] = {
 }
 
 
+def preset(name: str) -> TaskPreset:
+    """The preset called ``name``; a ``ValueError`` naming every preset for any other name."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown task {name!r}: expected one of {', '.join(PRESETS)}.")
+    return PRESETS[name]
+
+
 # What a preset run logs, as fractions of its steps (TrainingArguments reads a value below 1 so): the training loss
 # 100 times and the test metrics 10 times, so training_curves.png has curves at any budget (TrainingArguments'
 # defaults, every 500 steps and no evaluation before the end, drew one point per panel for a 200-step run).

@@ -41,6 +41,7 @@ from .data import load_image_dataset, load_ptb_lm
 from .language_models import lstm_lm
 from .metrics import accuracy_metrics, perplexity_metrics
 from .presets import CURVE_DEFAULTS, PRESETS, ControllerArguments, TaskArguments, TaskPreset
+from .presets import preset as task_preset
 from .vision_models import cifar_net, wide_resnet
 
 logger = logging.getLogger(__name__)
@@ -69,9 +70,7 @@ def preset_model(preset: TaskPreset, num_classes: int) -> nn.Module:
 def build_task(args: TaskArguments, training: MLRSNetConfig | None = None, needs_meta: bool = True) -> Task:
     """Data, model and metrics of a preset (``needs_meta=False``: PTB's meta split is neither loaded nor checked for
     overlap; the image sets keep theirs)."""
-    if args.task not in PRESETS:
-        raise ValueError(f"Unknown task {args.task!r}: expected one of {', '.join(PRESETS)}.")
-    preset = PRESETS[args.task]
+    preset = task_preset(args.task)
     if preset.dataset == "ptb":
         batch = training.per_device_train_batch_size if training else preset.training["per_device_train_batch_size"]
         eval_batch = training.per_device_eval_batch_size if training else preset.training["per_device_eval_batch_size"]
@@ -127,9 +126,7 @@ def parse(argv: Sequence[str], meta_train: bool) -> tuple[TaskArguments, MLRSNet
     if "-h" in argv or "--help" in argv:  # every flag, not only the task's: the full parser prints its help
         HfArgumentParser((TaskArguments, MLRSNetConfig)).parse_args_into_dataclasses(argv)
     task_args, _ = HfArgumentParser(TaskArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)
-    if task_args.task not in PRESETS:
-        raise ValueError(f"Unknown task {task_args.task!r}: expected one of {', '.join(PRESETS)}.")
-    recipe = dict(PRESETS[task_args.task].training)
+    recipe = dict(task_preset(task_args.task).training)
     optim = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--optim"), recipe.get("optim", "sgd"))
     if not optim.startswith("sgd") and "--gamma" not in argv:
         # The recipe's gamma is an SGD learning rate: with another optimizer the library's documented
@@ -150,10 +147,11 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
             "transfer needs --schedule: a schedule directory, a zoo schedule shipped with the package (e.g. "
             "mlrsnet_hf/ptb-lstm-200; mlrsnet_hf.zoo_names() lists them) or a Hub repo id."
         )
-    schedule = None
+    schedule, without_options = None, False
     if not meta_train:
         schedule = load_any_schedule(training.schedule)
-        if family_of(schedule).driver_class.options_class is None:
+        without_options = family_of(schedule).driver_class.options_class is None
+        if without_options:
             # A family without run options (the LR controller): the preset's recipe gamma and normalisation are
             # MLR-SNet's, not the user's; only options given on the command line reach it (and are refused).
             defaults = ScheduleOptions()
@@ -163,7 +161,7 @@ def run(argv: Sequence[str] | None = None, meta_train: bool = True) -> dict[str,
     set_seed(training.seed)
     # the meta split: MLR-SNet's meta updates, or the probe batches of a family without run options (the LR
     # controller); a transferred MLR-SNet schedule does not read it
-    needs_meta = meta_train or family_of(schedule).driver_class.options_class is None
+    needs_meta = meta_train or without_options
     task = build_task(task_args, training, needs_meta)
     if task_args.max_eval_samples is not None:
         n = min(task_args.max_eval_samples, len(task.test))
