@@ -151,9 +151,14 @@ class MLRSNetTrainer(Trainer):
             with driver.meter.paused():  # the model's own output holds no training loss then
                 loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
             partial = num_items_in_batch is not None
-            scaled = self.args.average_tokens_across_devices and partial  # (Trainer.compute_loss's own scaling)
-            scale = self.accelerator.num_processes // self.get_tp_size() if scaled else 1
-            driver.meter.record({"loss": loss / scale if scale != 1 else loss}, partial=partial)
+            # Trainer.compute_loss multiplied the loss by the processes under these conditions, as a model's own
+            scaled = (
+                self.args.average_tokens_across_devices
+                and (self.model_accepts_loss_kwargs or self.compute_loss_func is not None)
+                and partial
+            )
+            scale = self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu
+            driver.meter.record({"loss": loss / scale if scaled and scale != 1 else loss}, partial=partial)
             result = (loss, outputs) if return_outputs else loss
         elif driver.loss_from_forward_hook:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
